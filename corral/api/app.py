@@ -1,0 +1,20 @@
+"""The FastAPI application: routers under /v1, errors mapped in one table."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from corral import __version__
+from corral.api import errors
+from corral.api.deps import Services
+from corral.api.models import API_PREFIX
+from corral.api.routes import daemon, images, vms
+
+
+def create_app(svc: Services | None = None) -> FastAPI:
+    app = FastAPI(title="Corral", version=__version__, description="Corral's REST API (served on a unix socket).")
+    app.state.services = svc
+    errors.install(app)
+    for r in (vms.router, images.router, daemon.router):
+        app.include_router(r, prefix=API_PREFIX)
+    return app

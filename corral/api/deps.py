@@ -1,0 +1,25 @@
+"""The domain services the routes call, held on the app (set by the daemon at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from corral.images.store import ImageStore
+from corral.settings import Settings
+from corral.store.db import Store
+from corral.vm.service import VMService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    images: ImageStore
+    vms: VMService
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

@@ -1,0 +1,44 @@
+"""Domain errors to HTTP statuses, in one table; the body carries the one-line message."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from corral import errors as e
+
+STATUS: list[tuple[type[e.CorralError], int]] = [
+    (e.InvalidInput, 422),
+    (e.NotFound, 404),
+    (e.StateError, 409),
+    (e.Conflict, 409),
+    (e.CapacityError, 409),
+    (e.EngineError, 502),
+    (e.ImageError, 500),
+    (e.CorralError, 500),
+]
+
+
+def status_for(exc: e.CorralError) -> int:
+    return next(code for cls, code in STATUS if isinstance(exc, cls))
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """The first problem pydantic found, as one line: 'memory: Input should be ...'."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(e.CorralError)
+    async def _corral(_: Request, exc: e.CorralError) -> JSONResponse:
+        return JSONResponse({"error": type(exc).__name__, "message": exc.message}, status_code=status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "InvalidInput", "message": validation_message(exc)}, status_code=422)

@@ -1,0 +1,69 @@
+"""/v1/images: list, build (a streamed progress), remove."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from corral.api.deps import Services, services
+from corral.api.models import BuildEvent
+from corral.errors import CorralError
+from corral.images.artifacts import Manifest
+
+router = APIRouter(prefix="/images", tags=["images"])
+Svc = Annotated[Services, Depends(services)]
+
+
+@router.get("", response_model=list[Manifest])
+async def list_images(svc: Svc) -> list[Manifest]:
+    return await asyncio.to_thread(svc.images.list)
+
+
+@router.get("/{name}", response_model=Manifest)
+async def get_image(name: str, svc: Svc) -> Manifest:
+    return await asyncio.to_thread(svc.images.get, name)
+
+
+@router.post("/{name}/build")
+async def build_image(name: str, svc: Svc, refresh: bool = False) -> StreamingResponse:
+    """NDJSON stream of :class:`BuildEvent`: progress while the builder runs (in a thread), then ``done``."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[BuildEvent] = asyncio.Queue()
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, BuildEvent(kind="progress", stage=stage, done=done, total=total))
+
+    async def run() -> None:
+        try:
+            manifest = await asyncio.to_thread(svc.images.ensure, name, svc.settings.mirror, progress, refresh)
+            svc.vms.event(None, "image", f"image '{name}' ready", image=name)
+            await queue.put(BuildEvent(kind="done", manifest=manifest))
+        except CorralError as exc:
+            await queue.put(BuildEvent(kind="error", message=exc.message))
+        except Exception as exc:  # a builder bug still ends the stream with a readable line
+            await queue.put(BuildEvent(kind="error", message=f"image build failed: {exc}"))
+
+    async def stream() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(run())
+        try:
+            while True:
+                ev = await queue.get()
+                yield ev.model_dump_json(exclude_none=True).encode() + b"\n"
+                if ev.kind != "progress":
+                    break
+        finally:
+            if not task.done():
+                await task  # a disconnected client does not leave a half-built image: the build finishes
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+@router.delete("/{name}", status_code=204)
+async def remove_image(name: str, svc: Svc) -> None:
+    users = [r.name for r in svc.vms.list() if r.spec.image == name]
+    await asyncio.to_thread(svc.images.remove, name, users)
+    svc.vms.event(None, "image", f"image '{name}' removed", image=name)

@@ -1,0 +1,215 @@
+"""/v1/vms: each route parses, calls the VM service, and returns a wire model."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from corral.api.deps import Services, services
+from corral.api.models import (
+    DiskInfo,
+    EventInfo,
+    ExecChunk,
+    ExecRequest,
+    RestartRequest,
+    StopRequest,
+    VMInfo,
+    WaitRequest,
+)
+from corral.engine import qemu_img
+from corral.engine.guest_agent import ExecExit
+from corral.errors import CorralError, EngineError
+from corral.store.db import VMRecord
+from corral.vm.service import render_logs
+from corral.vm.spec import VMSpec
+from corral.vm.states import VMState, check_operation
+
+router = APIRouter(prefix="/vms", tags=["vms"])
+Svc = Annotated[Services, Depends(services)]
+
+
+def to_info(svc: Services, rec: VMRecord, detail: bool = False) -> VMInfo:
+    rt = svc.vms.runtime(rec.name)
+    m = svc.vms.machine(rec.name)
+    info = VMInfo(
+        name=rec.name, id=rec.id, spec=rec.spec, state=rec.state.value, state_reason=rec.state_reason,
+        mac=rec.mac, created_at=rec.created_at, last_exit_reason=rec.last_exit_reason,
+        restart_count=rec.restart_count,
+    )
+    if rt is not None:
+        info.pid, info.accel, info.started_at = rt.pid, rt.accel, rt.started_at
+        info.uptime = time.time() - rt.started_at
+    if m is not None:
+        info.agent_ready = m.agent_ready
+        info.addresses = list(m.addresses)
+    return info
+
+
+async def _disks(svc: Services, name: str) -> list[DiskInfo]:
+    path = svc.vms.paths(name).disk
+    try:
+        data = await qemu_img.info(path, "qcow2") if not svc.vms.machine(name) else await _disk_via_qmp(svc, name)
+    except CorralError:
+        return [DiskInfo(name="root", path=str(path), format="qcow2", virtual_size=0)]
+    return [DiskInfo(name="root", path=str(path), format="qcow2", virtual_size=int(data.get("virtual-size", 0)),
+                     backing=data.get("backing-filename") or data.get("full-backing-filename"),
+                     backing_format=data.get("backing-filename-format") or data.get("backing-format"))]
+
+
+async def _disk_via_qmp(svc: Services, name: str) -> dict[str, Any]:
+    # qemu-img would need the image lock that the running QEMU holds: ask QEMU itself.
+    m = svc.vms.machine(name)
+    if m is None or m.monitor is None:
+        return {}
+    for blk in await m.monitor.execute("query-block"):
+        if blk.get("device") == "" and blk.get("inserted", {}).get("node-name") == "root" or \
+                blk.get("qdev", "").endswith("root-disk/virtio-backend"):
+            image = blk["inserted"]["image"]
+            return {"virtual-size": image.get("virtual-size", 0), "backing-filename": image.get("backing-filename"),
+                    "backing-filename-format": image.get("backing-filename-format")}
+    return {}
+
+
+@router.get("", response_model=list[VMInfo])
+async def list_vms(svc: Svc) -> list[VMInfo]:
+    return [to_info(svc, rec) for rec in svc.vms.list()]
+
+
+@router.post("", response_model=VMInfo, status_code=201)
+async def create_vm(spec: VMSpec, svc: Svc) -> VMInfo:
+    return to_info(svc, await svc.vms.create(spec))
+
+
+@router.get("/{name}", response_model=VMInfo)
+async def show_vm(name: str, svc: Svc) -> VMInfo:
+    rec = svc.vms.get(name)
+    with contextlib.suppress(CorralError, asyncio.TimeoutError):
+        await asyncio.wait_for(svc.vms.refresh_addresses(name), 3.0)
+    info = to_info(svc, svc.vms.get(name))
+    info.disks = await _disks(svc, rec.name)
+    return info
+
+
+@router.delete("/{name}", status_code=204)
+async def delete_vm(name: str, svc: Svc, force: bool = False) -> None:
+    await svc.vms.delete(name, force=force)
+
+
+@router.post("/{name}/start", response_model=VMInfo)
+async def start_vm(name: str, svc: Svc) -> VMInfo:
+    return to_info(svc, await svc.vms.start(name))
+
+
+@router.post("/{name}/stop", response_model=VMInfo)
+async def stop_vm(name: str, req: StopRequest, svc: Svc) -> VMInfo:
+    return to_info(svc, await svc.vms.stop(name, timeout=req.timeout, force=req.force))
+
+
+@router.post("/{name}/kill", response_model=VMInfo)
+async def kill_vm(name: str, svc: Svc) -> VMInfo:
+    return to_info(svc, await svc.vms.kill(name))
+
+
+@router.post("/{name}/restart", response_model=VMInfo)
+async def restart_vm(name: str, req: RestartRequest, svc: Svc) -> VMInfo:
+    return to_info(svc, await svc.vms.restart(name, hard=req.hard, timeout=req.timeout))
+
+
+@router.post("/{name}/pause", response_model=VMInfo)
+async def pause_vm(name: str, svc: Svc) -> VMInfo:
+    return to_info(svc, await svc.vms.pause(name))
+
+
+@router.post("/{name}/resume", response_model=VMInfo)
+async def resume_vm(name: str, svc: Svc) -> VMInfo:
+    return to_info(svc, await svc.vms.resume(name))
+
+
+@router.post("/{name}/wait-ready", response_model=VMInfo)
+async def wait_ready(name: str, req: WaitRequest, svc: Svc) -> VMInfo:
+    await svc.vms.wait_ready(name, req.timeout)
+    with contextlib.suppress(CorralError, asyncio.TimeoutError):
+        await asyncio.wait_for(svc.vms.refresh_addresses(name), 3.0)
+    return to_info(svc, svc.vms.get(name))
+
+
+@router.post("/{name}/exec")
+async def exec_vm(name: str, req: ExecRequest, svc: Svc) -> StreamingResponse:
+    """NDJSON stream of :class:`ExecChunk`: output as the guest writes it, then one ``exit`` line."""
+    check_operation(name, "exec", svc.vms.get(name).state)  # fail before the 200 when the VM cannot run it
+    stdin = base64.b64decode(req.stdin_b64) if req.stdin_b64 else None
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for item in svc.vms.exec(name, req.argv, env=req.env, cwd=req.cwd, stdin=stdin,
+                                           timeout=req.timeout):
+                if isinstance(item, ExecExit):
+                    chunk = ExecChunk(kind="exit", exit_code=item.exit_code, signal=item.signal,
+                                      timed_out=item.timed_out)
+                else:
+                    chunk = ExecChunk(kind=item.stream, data_b64=base64.b64encode(item.data).decode())
+                yield chunk.model_dump_json(exclude_none=True).encode() + b"\n"
+        except CorralError as exc:
+            yield ExecChunk(kind="error", message=exc.message).model_dump_json(exclude_none=True).encode() + b"\n"
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+@router.get("/{name}/logs", response_class=PlainTextResponse)
+async def logs(name: str, svc: Svc, tail: Annotated[int | None, Query(ge=0)] = None) -> str:
+    svc.vms.get(name)
+    return await asyncio.to_thread(render_logs, svc.vms.paths(name), tail)
+
+
+@router.get("/{name}/events", response_model=list[EventInfo])
+async def vm_events(name: str, svc: Svc, after: int = 0) -> list[EventInfo]:
+    svc.vms.get(name)
+    return [EventInfo(**e.__dict__) for e in svc.store.events(vm=name, after=after)]
+
+
+@router.websocket("/{name}/console")
+async def console(websocket: WebSocket, name: str) -> None:
+    """Bridge a websocket to the VM's serial console socket (one attached client at a time, as QEMU allows)."""
+    svc: Services = websocket.app.state.services
+    await websocket.accept()
+    try:
+        rec = svc.vms.get(name)
+        if rec.state not in (VMState.RUNNING, VMState.PAUSED, VMState.STARTING):
+            raise EngineError(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(svc.vms.paths(name).console_socket))
+        except OSError as exc:
+            raise EngineError(f"cannot attach to the console of '{name}': {exc}") from exc
+    except CorralError as exc:
+        await websocket.close(code=4000, reason=exc.message[:120])
+        return
+
+    async def guest_to_client() -> None:
+        while data := await reader.read(65536):
+            await websocket.send_bytes(data)
+
+    async def client_to_guest() -> None:
+        while True:
+            data = await websocket.receive_bytes()
+            writer.write(data)
+            await writer.drain()
+
+    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()

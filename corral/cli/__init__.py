@@ -1,0 +1,1 @@
+"""The `corral` CLI: a thin client of the API. Each verb parses, calls the client, prints."""

@@ -1,0 +1,191 @@
+"""Lifecycle verbs: launch, ls, show, start, stop, restart, kill, pause, resume, rm, logs."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from datetime import datetime
+
+import typer
+from rich.table import Table
+
+from corral.api.models import VMInfo
+from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
+from corral.cli.images import build_with_progress
+from corral.client import APIError, Client
+from corral.vm.sizes import format_size
+from corral.vm.spec import VMSpec
+
+STATE_STYLE = {"running": "green", "paused": "yellow", "stopped": "dim", "crashed": "red", "unknown": "magenta",
+               "starting": "cyan", "stopping": "cyan"}
+
+
+def _spec(name: str, image: str, cpus: int, memory: str, disk: str | None, restart: str) -> VMSpec:
+    from pydantic import ValidationError
+
+    try:
+        return VMSpec.model_validate({"name": name, "image": image, "vcpus": cpus, "memory": memory,
+                                      "disk": disk, "restart": restart})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        fail(f"{'.'.join(str(x) for x in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}", EXIT_INVALID)
+
+
+def _wait_ready(client: Client, name: str, timeout: float) -> VMInfo:
+    with out.status(f"[bold]{name}[/]: booting, waiting for the guest agent...", spinner="dots"):
+        return client.wait_ready(name, timeout)
+
+
+def launch(
+    name: str | None = typer.Argument(None, help="VM name (default: a generated one)"),
+    image: str = typer.Option("tiny", "--image", "-i", help="image name: `corral images ls`"),
+    cpus: int = typer.Option(1, "--cpus", "-c", help="vCPUs"),
+    memory: str = typer.Option("256M", "--memory", "-m", help="memory, e.g. 512M or 2G"),
+    disk: str | None = typer.Option(None, "--disk", "-d", help="root disk size, e.g. 10G (default: image size)"),
+    restart: str = typer.Option("never", "--restart", help="restart policy: never, on-failure, always"),
+    timeout: float = typer.Option(300.0, help="seconds to wait for the guest agent"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="return once QEMU runs, without waiting for the guest"),
+) -> None:
+    """Create and start a VM, then wait until its guest agent answers."""
+    spec = _spec(name or f"vm-{secrets.token_hex(3)}", image, cpus, memory, disk, restart)
+    t0 = time.monotonic()
+    with api() as client:
+        if spec.image not in {m.name for m in client.list_images()}:
+            build_with_progress(client, spec.image)
+        client.create_vm(spec)
+        try:
+            client.start_vm(spec.name)
+        except APIError:
+            client.delete_vm(spec.name, force=True)  # launch is all or nothing
+            raise
+        if no_wait:
+            out.print(f"[bold]{spec.name}[/] started")
+            return
+        info = _wait_ready(client, spec.name, timeout)
+    addr = f", {', '.join(info.addresses)}" if info.addresses else ""
+    out.print(f"[bold]{spec.name}[/] ready in {time.monotonic() - t0:.1f}s ({info.accel}{addr})")
+
+
+def ls(json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List VMs."""
+    with api() as client:
+        vms = client.list_vms()
+    if json_:
+        print_json(vms)
+        return
+    t = Table(box=None)
+    for col in ("NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"):
+        t.add_column(col)
+    for v in vms:
+        style = STATE_STYLE.get(v.state, "")
+        t.add_row(v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.image, str(v.spec.vcpus),
+                  format_size(v.spec.memory << 20), format_size(v.spec.disk) if v.spec.disk else "image",
+                  ", ".join(v.addresses) or "-", human_duration(v.uptime))
+    out.print(t)
+
+
+def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Show one VM: state, process, accelerator, resources, disks, addresses, last exit reason."""
+    with api() as client:
+        v = client.get_vm(name)
+    if json_:
+        print_json(v)
+        return
+    rows = [
+        ("name", v.name), ("id", v.id),
+        ("state", v.state + (f" ({v.state_reason})" if v.state_reason else "")),
+        ("image", v.spec.image), ("vcpus", str(v.spec.vcpus)), ("memory", format_size(v.spec.memory << 20)),
+        ("restart policy", v.spec.restart.value), ("mac", v.mac),
+        ("pid", str(v.pid) if v.pid else "-"), ("accelerator", v.accel or "-"),
+        ("uptime", human_duration(v.uptime)), ("guest agent", "ready" if v.agent_ready else "not ready"),
+        ("addresses", ", ".join(v.addresses) or "-"),
+        ("created", datetime.fromtimestamp(v.created_at).strftime("%Y-%m-%d %H:%M:%S")),
+        ("last exit", v.last_exit_reason or "-"), ("restarts", str(v.restart_count)),
+    ]
+    for d in v.disks:
+        backing = f", backing {d.backing} ({d.backing_format})" if d.backing else ""
+        rows.append((f"disk {d.name}", f"{d.path} ({d.format}, {format_size(d.virtual_size)}{backing})"))
+    width = max(len(k) for k, _ in rows)
+    for k, val in rows:
+        out.print(f"{k + ':':<{width + 1}} {val}", highlight=False, soft_wrap=True)
+
+
+def start(name: str, timeout: float = typer.Option(300.0, help="seconds to wait for the guest agent"),
+          no_wait: bool = typer.Option(False, "--no-wait", help="do not wait for the guest agent")) -> None:
+    """Start a stopped VM."""
+    with api() as client:
+        client.start_vm(name)
+        if not no_wait:
+            _wait_ready(client, name, timeout)
+    out.print(f"{name} started")
+
+
+def stop(name: str, timeout: float = typer.Option(30.0, help="seconds to wait for the guest to power off"),
+         force: bool = typer.Option(True, "--force/--no-force", help="kill QEMU if the guest does not power off")
+         ) -> None:
+    """Power a VM off (ACPI), killing it after --timeout."""
+    with api() as client:
+        v = client.stop_vm(name, timeout=timeout, force=force)
+    out.print(f"{name} {v.state}")
+
+
+def kill(name: str) -> None:
+    """Kill a VM's QEMU process at once (no guest shutdown)."""
+    with api() as client:
+        client.kill_vm(name)
+    out.print(f"{name} killed")
+
+
+def restart(name: str, hard: bool = typer.Option(False, help="reset at once instead of a clean guest reboot"),
+            timeout: float = typer.Option(300.0, help="seconds to wait for the guest agent")) -> None:
+    """Reboot a running VM and wait until it is ready again."""
+    with api() as client, out.status(f"[bold]{name}[/]: rebooting...", spinner="dots"):
+        client.restart_vm(name, hard=hard, timeout=timeout)
+    out.print(f"{name} restarted")
+
+
+def pause(name: str) -> None:
+    """Pause a running VM's vCPUs."""
+    with api() as client:
+        client.pause_vm(name)
+    out.print(f"{name} paused")
+
+
+def resume(name: str) -> None:
+    """Resume a paused VM."""
+    with api() as client:
+        client.resume_vm(name)
+    out.print(f"{name} resumed")
+
+
+def rm(names: list[str] = typer.Argument(..., help="VM names"),
+       force: bool = typer.Option(False, "--force", "-f", help="kill running VMs first")) -> None:
+    """Delete VMs and their disks (a running VM only with --force)."""
+    with api() as client:
+        for name in names:
+            client.delete_vm(name, force=force)
+            out.print(f"{name} deleted")
+
+
+def logs(name: str, tail: int | None = typer.Option(None, "--tail", "-n", help="last N lines only"),
+         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new output")) -> None:
+    """Print the VM's serial console output (kept even while nobody is attached)."""
+    with api() as client:
+        text = client.logs(name, tail)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        seen = len(client.logs(name)) if follow else 0
+        while follow:
+            time.sleep(0.5)
+            full = client.logs(name)
+            if len(full) < seen:  # rotated
+                seen = 0
+            sys.stdout.write(full[seen:])
+            sys.stdout.flush()
+            seen = len(full)
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (launch, ls, show, start, stop, restart, kill, pause, resume, rm, logs):
+        app.command()(fn)

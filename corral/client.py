@@ -1,0 +1,252 @@
+"""The Python client of Corral's API (also the SDK): httpx over the daemon's unix socket.
+
+Errors come back as :class:`APIError` carrying the HTTP status, the error class name and the one-line message.
+:func:`connect` starts the daemon when it is not running (as the CLI does).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral import paths
+from corral.api.models import (
+    API_PREFIX,
+    BuildEvent,
+    DaemonStatus,
+    EventInfo,
+    ExecChunk,
+    ExecRequest,
+    RestartRequest,
+    StopRequest,
+    VMInfo,
+    WaitRequest,
+)
+from corral.errors import CorralError
+from corral.images.artifacts import Manifest
+from corral.settings import Settings, load_settings
+from corral.vm.spec import VMSpec
+
+
+class APIError(CorralError):
+    """The daemon answered with an error."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error = status, error
+
+
+class DaemonUnavailable(CorralError):
+    """The daemon is not running, or did not come up."""
+
+
+class Client:
+    def __init__(self, socket: Path, timeout: float = 600.0) -> None:
+        self.socket = socket
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://corral" + API_PREFIX,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------- core --
+    def _check(self, r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                raise APIError(r.status_code, body.get("error", "Error"), body.get("message") or r.text)
+            except (ValueError, AttributeError):
+                raise APIError(r.status_code, "Error", r.text.strip() or r.reason_phrase) from None
+        return r
+
+    def _req(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        try:
+            return self._check(self._http.request(method, url, **kw))
+        except httpx.TransportError as exc:
+            raise DaemonUnavailable(f"cannot reach corrald at {self.socket}: {exc}") from exc
+
+    def _stream(self, method: str, url: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        try:
+            with self._http.stream(method, url, **kw) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._check(r)
+                for line in r.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise DaemonUnavailable(f"lost the connection to corrald at {self.socket}: {exc}") from exc
+
+    # -------------------------------------------------------------------------------------------------- VMs --
+    def list_vms(self) -> list[VMInfo]:
+        return [VMInfo.model_validate(v) for v in self._req("GET", "/vms").json()]
+
+    def get_vm(self, name: str) -> VMInfo:
+        return VMInfo.model_validate(self._req("GET", f"/vms/{name}").json())
+
+    def create_vm(self, spec: VMSpec | dict[str, Any]) -> VMInfo:
+        body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, VMSpec) else spec
+        return VMInfo.model_validate(self._req("POST", "/vms", json=body).json())
+
+    def start_vm(self, name: str) -> VMInfo:
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/start").json())
+
+    def stop_vm(self, name: str, timeout: float = 30.0, force: bool = True) -> VMInfo:
+        body = StopRequest(timeout=timeout, force=force).model_dump()
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/stop", json=body).json())
+
+    def kill_vm(self, name: str) -> VMInfo:
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/kill").json())
+
+    def restart_vm(self, name: str, hard: bool = False, timeout: float = 120.0) -> VMInfo:
+        body = RestartRequest(hard=hard, timeout=timeout).model_dump()
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/restart", json=body).json())
+
+    def pause_vm(self, name: str) -> VMInfo:
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/pause").json())
+
+    def resume_vm(self, name: str) -> VMInfo:
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/resume").json())
+
+    def delete_vm(self, name: str, force: bool = False) -> None:
+        self._req("DELETE", f"/vms/{name}", params={"force": force})
+
+    def wait_ready(self, name: str, timeout: float = 120.0) -> VMInfo:
+        body = WaitRequest(timeout=timeout).model_dump()
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/wait-ready", json=body).json())
+
+    def logs(self, name: str, tail: int | None = None) -> str:
+        params = {"tail": tail} if tail is not None else {}
+        return self._req("GET", f"/vms/{name}/logs", params=params).text
+
+    def events(self, vm: str | None = None, after: int = 0) -> list[EventInfo]:
+        params: dict[str, Any] = {"after": after}
+        if vm:
+            params["vm"] = vm
+        return [EventInfo.model_validate(e) for e in self._req("GET", "/events", params=params).json()]
+
+    def exec_stream(
+        self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+        stdin: bytes | None = None, timeout: float | None = None,
+    ) -> Iterator[ExecChunk]:
+        req = ExecRequest(argv=argv, env=env, cwd=cwd, timeout=timeout,
+                          stdin_b64=base64.b64encode(stdin).decode() if stdin is not None else None)
+        for item in self._stream("POST", f"/vms/{name}/exec", json=req.model_dump(exclude_none=True)):
+            yield ExecChunk.model_validate(item)
+
+    def exec(self, name: str, argv: list[str], **kw: Any) -> tuple[int | None, bytes, bytes]:
+        """Run a command to completion: (exit code, stdout, stderr). Raises APIError on an ``error`` line."""
+        out, err, code = bytearray(), bytearray(), None
+        for chunk in self.exec_stream(name, argv, **kw):
+            if chunk.kind == "stdout":
+                out += base64.b64decode(chunk.data_b64 or "")
+            elif chunk.kind == "stderr":
+                err += base64.b64decode(chunk.data_b64 or "")
+            elif chunk.kind == "exit":
+                code = chunk.exit_code
+            elif chunk.kind == "error":
+                raise APIError(502, "EngineError", chunk.message or "exec failed")
+        return code, bytes(out), bytes(err)
+
+    # ------------------------------------------------------------------------------------------------ images --
+    def list_images(self) -> list[Manifest]:
+        return [Manifest.model_validate(m) for m in self._req("GET", "/images").json()]
+
+    def build_image(self, name: str, refresh: bool = False,
+                    progress: Callable[[BuildEvent], None] | None = None) -> Manifest:
+        for item in self._stream("POST", f"/images/{name}/build", params={"refresh": refresh}):
+            ev = BuildEvent.model_validate(item)
+            if ev.kind == "progress" and progress:
+                progress(ev)
+            elif ev.kind == "error":
+                raise APIError(500, "ImageError", ev.message or "image build failed")
+            elif ev.kind == "done" and ev.manifest is not None:
+                return ev.manifest
+        raise APIError(500, "ImageError", f"the build of '{name}' ended without a result")
+
+    def remove_image(self, name: str) -> None:
+        self._req("DELETE", f"/images/{name}")
+
+    # ------------------------------------------------------------------------------------------------ daemon --
+    def status(self) -> DaemonStatus:
+        return DaemonStatus.model_validate(self._req("GET", "/status").json())
+
+    def ping(self) -> bool:
+        try:
+            self._http.get("/status", timeout=2.0)
+            return True
+        except httpx.TransportError:
+            return False
+
+
+def daemon_running(settings: Settings) -> bool:
+    if not settings.socket.exists():
+        return False
+    with Client(settings.socket) as c:
+        return c.ping()
+
+
+def _spawn_detached(argv: list[str], env: dict[str, str], log: Path) -> None:
+    """Double-fork ``argv`` into its own session: it is never our child, so it leaves no zombie behind and
+    survives the CLI. Its output goes to ``log``; it inherits no descriptor but 0, 1 and 2."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            null = os.open(os.devnull, os.O_RDONLY)
+            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(null, 0)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+
+
+def start_daemon(settings: Settings, timeout: float = 30.0) -> None:
+    """Start corrald detached (own session, output to corrald.log) and wait until it answers."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = settings.home / paths.DAEMON_LOG
+    log.touch(mode=0o600)
+    offset = log.stat().st_size
+    env = dict(os.environ, CORRAL_HOME=str(settings.home), CORRAL_CACHE=str(settings.cache))
+    _spawn_detached([sys.executable, "-m", "corral.daemon.main"], env, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon_running(settings):
+            return
+        with open(log, "rb") as f:
+            f.seek(offset)
+            failed = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.startswith("corrald: ")]
+        if failed and "already running" not in failed[-1]:
+            raise DaemonUnavailable(failed[-1])
+        time.sleep(0.05)
+    raise DaemonUnavailable(f"corrald did not answer within {timeout:.0f}s: see {log}")
+
+
+def connect(settings: Settings | None = None, autostart: bool = True) -> Client:
+    """A client of this host's daemon, starting the daemon first if it is not running."""
+    settings = settings or load_settings()
+    if autostart and not daemon_running(settings):
+        start_daemon(settings)
+    return Client(settings.socket)

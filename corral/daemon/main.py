@@ -1,0 +1,129 @@
+"""corrald's entry point.
+
+Start-up: take the single-instance lock (flock on corrald.pid, released by the kernel when the process dies, so a
+crash leaves no stale lock), open the store, re-attach to running VMs, then serve the API on a unix socket created
+under umask 077 (mode 0600 from the first moment). Shut-down (SIGTERM/SIGINT) stops supervising and leaves every
+QEMU running: VMs outlive the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from typing import IO
+
+import uvicorn
+from fastapi import FastAPI
+
+from corral import paths
+from corral.api.app import create_app
+from corral.api.deps import Services
+from corral.errors import CorralError
+from corral.images.store import ImageStore
+from corral.settings import Settings, load_settings
+from corral.store.db import Store
+from corral.vm.service import VMService
+
+log = logging.getLogger("corrald")
+
+
+class AlreadyRunning(CorralError):
+    pass
+
+
+def take_lock(settings: Settings) -> IO[str]:
+    """Hold an exclusive flock on corrald.pid for the daemon's lifetime."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    f = open(settings.home / paths.DAEMON_PID, "a+")  # noqa: SIM115 - held open: the lock lives with it
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        f.seek(0)
+        raise AlreadyRunning(f"corrald is already running for {settings.home} (pid {f.read().strip() or '?'})") from exc
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def bind_socket(settings: Settings) -> socket.socket:
+    path = settings.socket
+    path.unlink(missing_ok=True)  # safe: we hold the lock, so no live daemon owns it
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+async def serve(settings: Settings) -> None:
+    lock = take_lock(settings)
+    store = Store(settings.database)
+    images = ImageStore(settings.images_dir, settings.cache)
+    vms = VMService(settings, store, images)
+    svc = Services(settings=settings, store=store, images=images, vms=vms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        vms.event(None, "daemon", f"corrald started (pid {os.getpid()})")
+        await vms.recover()
+        housekeeping = asyncio.create_task(_housekeeping(vms))
+        try:
+            yield
+        finally:
+            housekeeping.cancel()
+            await vms.shutdown()
+            vms.event(None, "daemon", "corrald stopped; VMs left running")
+            store.close()
+
+    app = create_app(svc)
+    app.router.lifespan_context = lifespan
+    sock = bind_socket(settings)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        settings.socket.unlink(missing_ok=True)
+        lock.close()
+
+
+async def _housekeeping(vms: VMService) -> None:
+    while True:
+        await asyncio.sleep(30)
+        await asyncio.to_thread(vms.maintain_logs)
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except CorralError as exc:
+        print(f"corrald: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logging.basicConfig(
+        level=logging.INFO if os.environ.get("CORRAL_DEBUG") is None else logging.DEBUG,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except AlreadyRunning as exc:
+        print(f"corrald: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

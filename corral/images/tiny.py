@@ -1,0 +1,484 @@
+"""The ``tiny`` image: Debian's cloud kernel, a busybox initrd and a busybox root disk with qemu-guest-agent.
+
+Why so small: tests and demos boot many VMs under TCG, where every megabyte read and every process forked costs
+real time. The guest does exactly what the daemon relies on (agent, hostname, DHCP, power button, reboot, panic
+reporting, serial shell, online root growth) and nothing else; everything comes from Debian's signed archive.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import stat
+import struct
+import subprocess
+from pathlib import Path
+
+from corral.errors import ImageError
+from corral.images.archive import DebianArchive, Package, Progress, parse_relation
+from corral.images.artifacts import BuiltImage, SourcePackage
+
+BUILDER_VERSION = "3"
+SUITE = "bookworm"
+KERNEL_META = "linux-image-cloud-amd64"
+KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0 quiet loglevel=3 tsc=reliable no_timer_check i8042.noaux"
+DISK_VIRTUAL_SIZE = 1 << 30
+
+# Loaded by the initrd, in dependency order (dependencies are added from each module's own modinfo).
+# ext4 is built into Debian's cloud kernel, so it needs no module. pvpanic-mmio binds QEMU's ISA ``-device pvpanic``
+# (ACPI id QEMU0001); button + evdev give busybox acpid the ACPI power button.
+MODULES = [
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "pvpanic-mmio",
+    "button",
+    "evdev",
+]
+
+# Root disk: only these binaries are copied from the packages, with the shared libraries they need.
+AGENT_PACKAGES = ["qemu-guest-agent", "e2fsprogs"]
+BINARIES = ["usr/sbin/qemu-ga", "sbin/resize2fs"]
+LIB_DIRS = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib"]
+
+
+def _note(progress: Progress | None, what: str) -> None:
+    if progress:
+        progress(what, 0, None)
+
+
+# -- ELF: which shared libraries a binary needs ---------------------------------------------------------------
+
+
+def elf_needed(path: Path) -> tuple[list[str], str | None]:
+    """DT_NEEDED names and PT_INTERP of an ELF64 little-endian file (no binutils needed on the build host)."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return [], None
+    (phoff, shoff) = struct.unpack_from("<QQ", data, 0x20)
+    (phentsize, phnum, shentsize, shnum) = struct.unpack_from("<HHHH", data, 0x36)
+    interp = None
+    for i in range(phnum):
+        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 3:  # PT_INTERP
+            interp = data[p_offset : p_offset + p_filesz].rstrip(b"\0").decode()
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    needed: list[str] = []
+    for sh in sections:
+        if sh[1] != 6:  # SHT_DYNAMIC
+            continue
+        strtab = sections[sh[6]]
+        str_off = strtab[4]
+        for off in range(sh[4], sh[4] + sh[5], 16):
+            tag, val = struct.unpack_from("<qQ", data, off)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                end = data.index(b"\0", str_off + val)
+                needed.append(data[str_off + val : end].decode())
+    return needed, interp
+
+
+def copy_with_libs(staging: Path, rel_binaries: list[str], tree: Path) -> None:
+    """Copy binaries from staging into tree/usr/..., plus every library they need, transitively."""
+    lib_out = tree / "usr/lib/x86_64-linux-gnu"
+    lib_out.mkdir(parents=True, exist_ok=True)
+    todo: list[Path] = []
+    for rel in rel_binaries:
+        src = staging / rel
+        if not src.exists():
+            raise ImageError(f"{rel} is missing from the extracted packages: the Debian package layout changed")
+        dest = tree / "usr" / rel.removeprefix("usr/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+        todo.append(dest)
+    seen: set[str] = set()
+    while todo:
+        needed, interp = elf_needed(todo.pop())
+        if interp and interp not in seen:
+            seen.add(interp)
+            src = staging / interp.lstrip("/")
+            dest = tree / "usr" / interp.lstrip("/").removeprefix("usr/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src.resolve(), dest)
+            dest.chmod(0o755)
+        for name in needed:
+            if name in seen:
+                continue
+            seen.add(name)
+            lib = next((staging / d / name for d in LIB_DIRS if (staging / d / name).exists()), None)
+            if lib is None:
+                raise ImageError(f"shared library {name} is in no extracted package: add its package to the tiny image")
+            dest = lib_out / name
+            shutil.copyfile(lib.resolve(), dest)
+            dest.chmod(0o755)
+            todo.append(dest)
+
+
+# -- initrd ---------------------------------------------------------------------------------------------------
+
+
+class Cpio:
+    """A newc cpio archive written in Python, so device nodes need no root and the output is reproducible."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.ino = 1
+
+    def add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        fields = [self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+        self.ino += 1
+        self.buf += b"070701" + b"".join(b"%08X" % f for f in fields) + name.encode() + b"\0"
+        self.buf += b"\0" * (-len(self.buf) % 4)
+        self.buf += data
+        self.buf += b"\0" * (-len(self.buf) % 4)
+
+    def dir(self, name: str) -> None:
+        self.add(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        self.add(name, stat.S_IFREG | perm, data)
+
+    def finish(self) -> bytes:
+        self.add("TRAILER!!!", 0)
+        return bytes(self.buf)
+
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+# corral tiny initrd: load the few modules the guest needs, mount /dev/vda, hand over to its /sbin/init.
+# Under TCG every exec costs tens of milliseconds, so this script uses shell builtins wherever it can.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+read -r mods < /modules.list
+modprobe -a $mods || for m in $mods; do insmod /lib/modules/*/$m.ko; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 500 ]; do usleep 10000; i=$((i+1)); done
+if ! mount -t ext4 -o rw,noinit_itable,no_prefetch_block_bitmaps /dev/vda /newroot; then
+    echo "initrd: cannot mount /dev/vda as the root filesystem; dropping to a shell"
+    exec sh
+fi
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
+mount --move /dev /newroot/dev
+mount --move /sys /newroot/sys
+mount --move /proc /newroot/proc
+exec switch_root /newroot /sbin/init
+"""
+
+
+def _module_index(modroot: Path) -> dict[str, Path]:
+    """Module name (with - and _ both accepted) -> .ko path."""
+    index: dict[str, Path] = {}
+    for ko in modroot.rglob("*.ko"):
+        index[ko.name[:-3]] = ko
+        index[ko.name[:-3].replace("-", "_")] = ko
+    return index
+
+
+def _module_depends(ko: Path) -> list[str]:
+    m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", ko.read_bytes())
+    return [d for d in (m.group(1).decode().split(",") if m else []) if d]
+
+
+def module_load_order(modroot: Path, wanted: list[str]) -> list[Path]:
+    """The .ko files for ``wanted`` and their dependencies, dependencies first."""
+    index = _module_index(modroot)
+    order: list[Path] = []
+
+    def visit(name: str) -> None:
+        ko = index.get(name) or index.get(name.replace("-", "_"))
+        if ko is None:
+            raise ImageError(f"kernel module {name} is not in the kernel package: it may be built in now")
+        if ko in order:
+            return
+        for dep in _module_depends(ko):
+            visit(dep)
+        order.append(ko)
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+def make_initrd(busybox: Path, modules: list[Path], kver: str, dest: Path) -> None:
+    """gzip'd newc cpio: busybox, /init, the modules flat in /lib/modules/<kver>/ with a modules.dep for modprobe."""
+    c = Cpio()
+    for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules", f"lib/modules/{kver}"):
+        c.dir(d)
+    c.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
+    c.add("dev/null", stat.S_IFCHR | 0o666, rdev=(1, 3))
+    c.file("bin/busybox", busybox.read_bytes(), 0o755)
+    c.file("init", INIT_SCRIPT.encode(), 0o755)
+    names, dep_lines = [], []
+    by_name = {ko.name[:-3].replace("-", "_"): ko for ko in modules}
+    for ko in modules:
+        c.file(f"lib/modules/{kver}/{ko.name}", ko.read_bytes())
+        names.append(ko.name[:-3])
+        deps = " ".join(by_name[d.replace("-", "_")].name for d in _module_depends(ko))
+        dep_lines.append(f"{ko.name}: {deps}".rstrip())
+    c.file(f"lib/modules/{kver}/modules.dep", ("\n".join(dep_lines) + "\n").encode())
+    c.file("modules.list", (" ".join(names) + "\n").encode())
+    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz:
+        gz.write(c.finish())
+
+
+# -- root filesystem ------------------------------------------------------------------------------------------
+
+FILES: dict[str, tuple[int, str]] = {
+    "etc/inittab": (
+        0o644,
+        """# corral tiny: busybox init
+::sysinit:/etc/init.d/rcS
+::once:/etc/init.d/rc.background
+::respawn:/sbin/corral-qga
+ttyS0::respawn:/sbin/getty -n -l /sbin/corral-autologin -L 115200 ttyS0 vt100
+::ctrlaltdel:/sbin/reboot
+::shutdown:/etc/init.d/rcK
+""",
+    ),
+    "etc/init.d/rcS": (
+        0o755,
+        r"""#!/bin/sh
+# Boot, part 1 (init waits for it): only what the guest agent needs; builtins only where possible, since every
+# exec is slow under TCG. The initrd already mounted /proc, /sys, /dev and /run.
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/class ] || mount -t sysfs sysfs /sys
+[ -c /dev/null ] || mount -t devtmpfs devtmpfs /dev
+[ -d /run/lock ] || { mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run; mkdir /run/lock; }
+read -r cmdline < /proc/cmdline
+name=
+for w in $cmdline; do
+    case "$w" in corral.hostname=*) name="${w#corral.hostname=}" ;; esac
+done
+read -r old < /etc/hostname
+if [ -n "$name" ] && [ "$name" != "$old" ]; then echo "$name" > /etc/hostname; else name="$old"; fi
+hostname "$name"
+exit 0
+""",
+    ),
+    "etc/init.d/rc.background": (
+        0o755,
+        r"""#!/bin/sh
+# Boot, part 2 (runs alongside the guest agent): everything that may take time, at low priority so that on one
+# TCG vCPU the agent starts first.
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+renice -n 10 -p $$ >/dev/null
+name=$(hostname)
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620 devpts /dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+ip link set lo up
+ip link set eth0 up 2>/dev/null && \
+    udhcpc -i eth0 -f -S -s /usr/share/udhcpc/default.script -x "hostname:$name" >/dev/null 2>&1 &
+acpid -c /etc/acpi -l /dev/null
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" > /etc/hosts
+[ -s /etc/machine-id ] || tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
+resize2fs /dev/vda >/dev/null 2>&1
+exit 0
+""",
+    ),
+    "etc/init.d/rcK": (
+        0o755,
+        r"""#!/bin/sh
+# Shutdown: stop everything, then leave the root filesystem clean.
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+kill -TERM -1 2>/dev/null
+usleep 200000
+sync
+umount -a -r 2>/dev/null
+mount -o remount,ro / 2>/dev/null
+exit 0
+""",
+    ),
+    "sbin/corral-qga": (
+        0o755,
+        r"""#!/bin/sh
+# Started (and restarted) by init: qemu-ga on the virtio port QEMU named org.qemu.guest_agent.0.
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+for p in /sys/class/virtio-ports/*; do
+    read -r name < "$p/name" 2>/dev/null
+    [ "$name" = org.qemu.guest_agent.0 ] && exec qemu-ga -m virtio-serial -p "/dev/${p##*/}" -t /run
+done
+sleep 1
+""",
+    ),
+    "sbin/corral-autologin": (0o755, "#!/bin/sh\nexec /bin/sh -l\n"),
+    "etc/acpi/PWRF/00000080": (0o755, "#!/bin/sh\nexec /sbin/poweroff\n"),
+    # qemu-ga's guest-shutdown runs `/sbin/shutdown -P|-H|-r +0 MSG`; busybox has no shutdown applet.
+    "sbin/shutdown": (
+        0o755,
+        r"""#!/bin/sh
+# Minimal shutdown(8) for qemu-ga, which runs `shutdown -h -r|-H|-P +0 MSG`: -r reboots, -H halts, else poweroff.
+for arg in "$@"; do
+    case "$arg" in
+        -r) exec /sbin/reboot ;;
+        -H) exec /sbin/halt ;;
+    esac
+done
+exec /sbin/poweroff
+""",
+    ),
+    "usr/share/udhcpc/default.script": (
+        0o755,
+        r"""#!/bin/sh
+# udhcpc hook: apply the lease (address, default route, resolv.conf).
+[ -n "$1" ] || exit 1
+case "$1" in
+    deconfig)
+        ip -4 addr flush dev "$interface"
+        ip link set "$interface" up
+        ;;
+    bound|renew)
+        ip -4 addr flush dev "$interface"
+        ip -4 addr add "$ip/${mask:-24}" ${broadcast:+broadcast $broadcast} dev "$interface"
+        for r in $router; do ip -4 route replace default via "$r" dev "$interface"; break; done
+        : > /etc/resolv.conf.new
+        [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf.new
+        for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf.new; done
+        mv /etc/resolv.conf.new /etc/resolv.conf
+        ;;
+esac
+exit 0
+""",
+    ),
+    "etc/passwd": (0o644, "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+    "etc/group": (0o644, "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"),
+    "etc/shadow": (0o600, "root::19000:0:99999:7:::\n"),
+    "etc/hostname": (0o644, "tiny\n"),
+    "etc/fstab": (0o644, "/dev/vda / ext4 rw 0 1\n"),
+    "etc/profile": (
+        0o644,
+        "export PATH=/sbin:/bin:/usr/sbin:/usr/bin\nexport HOME=/root\nPS1='\\h:\\w\\$ '\ncd /root\n",
+    ),
+    "etc/resolv.conf": (0o644, ""),
+    "etc/nsswitch.conf": (0o644, "passwd: files\ngroup: files\nhosts: files dns\n"),
+}
+
+
+def make_tree(tree: Path, busybox: Path, staging: Path) -> None:
+    """Assemble the root filesystem (merged /usr, like Debian 12) in ``tree``."""
+    for d in ("usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu", "usr/lib64", "etc", "dev", "proc", "sys", "run",
+              "tmp", "root", "var/log", "var/tmp", "mnt"):
+        (tree / d).mkdir(parents=True, exist_ok=True)
+    for link in ("bin", "sbin", "lib", "lib64"):
+        (tree / link).symlink_to(f"usr/{link}")
+    (tree / "var/run").symlink_to("../run")
+    (tree / "tmp").chmod(0o1777)
+    (tree / "var/tmp").chmod(0o1777)
+    (tree / "root").chmod(0o700)
+    shutil.copy2(busybox, tree / "usr/bin/busybox")
+    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout
+    for rel in applets.split():
+        dest = tree / "usr" / rel.removeprefix("usr/")
+        if dest.exists() or dest.is_symlink():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.symlink_to(os.path.relpath(tree / "usr/bin/busybox", dest.parent))
+    copy_with_libs(staging, BINARIES, tree)
+    for rel, (mode, text) in FILES.items():
+        dest = tree / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_symlink():
+            dest.unlink()
+        dest.write_text(text)
+        dest.chmod(mode)
+
+
+def make_disk(tree: Path, raw: Path, qcow2: Path) -> None:
+    """ext4 from a directory without mounting anything, every inode owned by root, then qcow2 (sparse, small)."""
+    with open(raw, "wb") as f:
+        f.truncate(DISK_VIRTUAL_SIZE)
+    run = subprocess.run
+    # Initialise inode tables now (zeros cost nothing in qcow2) and mount with noinit_itable: no ext4lazyinit
+    # thread competing with the guest agent for the one vCPU at boot.
+    extended = "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"
+    r = run(["mkfs.ext4", "-q", "-F", "-L", "corral-root", "-m", "0", "-E", extended, "-d", str(tree), str(raw)],
+            capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ImageError(f"mkfs.ext4 failed: {r.stderr.strip()[:300]}")
+    if os.getuid() != 0:  # mkfs -d copies the builder's uid; the guest wants root-owned files
+        script = "".join(
+            f'sif "/{p.relative_to(tree)}" uid 0\nsif "/{p.relative_to(tree)}" gid 0\n' for p in tree.rglob("*")
+        )
+        run(["debugfs", "-w", "-f", "-", str(raw)], input=script, capture_output=True, text=True, check=True)
+    r = run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", str(raw), str(qcow2)], capture_output=True,
+            text=True)
+    if r.returncode != 0:
+        raise ImageError(f"qemu-img convert failed: {r.stderr.strip()[:300]}")
+    raw.unlink()
+
+
+# -- the builder ----------------------------------------------------------------------------------------------
+
+
+def _wanted_for_staging(pkgs: list[Package]) -> list[Package]:
+    """Only libraries and the two tools: perl, dpkg and friends come in through Depends but add nothing we run."""
+    keep = set(AGENT_PACKAGES)
+    return [p for p in pkgs if p.name in keep or (p.name.startswith("lib") and "perl" not in p.name)]
+
+
+def build_tiny(workdir: Path, archive: DebianArchive, progress: Progress | None = None) -> BuiltImage:
+    """Build the tiny image in ``workdir`` (which the caller owns and removes)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    _note(progress, f"load the {archive.suite} package index")
+    archive.load_index(progress)
+    meta = archive.package(KERNEL_META)
+    kernel_pkg_name = next(
+        (alt for group in parse_relation(meta.depends) for alt in group if alt.startswith("linux-image-")), None
+    )
+    if kernel_pkg_name is None:
+        raise ImageError(f"{KERNEL_META} depends on no linux-image package: the archive layout changed")
+    kernel_pkg = archive.package(kernel_pkg_name)
+    busybox_pkg = archive.package("busybox-static")
+    agent_pkgs = _wanted_for_staging(archive.resolve(AGENT_PACKAGES))
+    used = [meta, kernel_pkg, busybox_pkg, *agent_pkgs]
+
+    staging = workdir / "staging"
+    kroot = workdir / "kernel"
+    for i, pkg in enumerate(used):
+        _note(progress, f"fetch {pkg.name} ({i + 1}/{len(used)})")
+        deb = archive.download(pkg, progress)
+        if pkg is kernel_pkg:
+            archive.extract(deb, kroot)
+        elif pkg is not meta:
+            archive.extract(deb, staging)
+
+    _note(progress, "make the initrd")
+    vmlinuz = next(iter(sorted((kroot / "boot").glob("vmlinuz-*"))), None)
+    moddirs = sorted((kroot / "lib/modules").glob("*"))
+    if vmlinuz is None or not moddirs:
+        raise ImageError(f"{kernel_pkg.name} holds no vmlinuz or modules: the Debian package layout changed")
+    kernel = workdir / "vmlinuz"
+    shutil.copyfile(vmlinuz, kernel)
+    busybox = staging / "bin/busybox"
+    initrd = workdir / "initrd.img"
+    make_initrd(busybox, module_load_order(moddirs[0], MODULES), moddirs[0].name, initrd)
+
+    _note(progress, "assemble the root filesystem")
+    tree = workdir / "tree"
+    make_tree(tree, busybox, staging)
+    _note(progress, "make the root disk")
+    disk = workdir / "disk.qcow2"
+    make_disk(tree, workdir / "disk.raw", disk)
+    shutil.rmtree(staging)
+    shutil.rmtree(kroot)
+    shutil.rmtree(tree)
+    return BuiltImage(
+        name="tiny",
+        kernel=kernel,
+        initrd=initrd,
+        disk=disk,
+        kernel_cmdline=KERNEL_CMDLINE,
+        builder=f"tiny {BUILDER_VERSION}",
+        mirror=archive.mirror,
+        suite=archive.suite,
+        packages=[SourcePackage(name=p.name, version=p.version, arch=p.arch, sha256=p.sha256) for p in used],
+    )
+

@@ -1,0 +1,70 @@
+"""Every file name Corral uses, in one place (documented in docs/explanation/files.md).
+
+The Corral home (``$CORRAL_HOME``, default ``~/.local/share/corral``) holds::
+
+    corrald.sock        the REST API (unix socket, mode 0600)
+    corrald.pid         the daemon's pid
+    corrald.log         the daemon's log
+    corral.db           SQLite store (WAL): VM definitions, runtime records, events
+    images/<name>/      the image store: one directory per image, read-only files
+    vms/<name>/         one directory per VM, mode 0700 (the files below)
+
+The build cache (``$CORRAL_CACHE``, default ``~/.cache/corral``) holds downloaded packages and built images, shared by
+every Corral home on the host, so that tests with their own home do not build images again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DAEMON_SOCKET = "corrald.sock"
+DAEMON_PID = "corrald.pid"
+DAEMON_LOG = "corrald.log"
+DATABASE = "corral.db"
+IMAGES_DIR = "images"
+VMS_DIR = "vms"
+
+# Inside an image directory.
+IMAGE_MANIFEST = "manifest.json"
+IMAGE_KERNEL = "vmlinuz"
+IMAGE_INITRD = "initrd.img"
+IMAGE_DISK = "disk.qcow2"
+
+
+@dataclass(frozen=True)
+class VMPaths:
+    """The files of one VM. The directory is private (0700): QMP, the agent and the console live here."""
+
+    root: Path
+
+    @property
+    def disk(self) -> Path:
+        """The root disk: a qcow2 overlay whose backing file is the image's disk."""
+        return self.root / "disk.qcow2"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.root / "qmp.sock"
+
+    @property
+    def qga_socket(self) -> Path:
+        return self.root / "qga.sock"
+
+    @property
+    def console_socket(self) -> Path:
+        return self.root / "console.sock"
+
+    @property
+    def serial_log(self) -> Path:
+        """Everything the guest wrote to its serial console, kept by QEMU even while the daemon is away."""
+        return self.root / "serial.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        """QEMU's own stdout and stderr."""
+        return self.root / "qemu.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "qemu.pid"

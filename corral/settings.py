@@ -1,0 +1,102 @@
+"""Host settings: loaded from the environment, then defaulted, then validated (three separate steps).
+
+Precedence: an environment variable beats the default. Every setting is read once, when the daemon or CLI starts.
+
+==========================  =====================================  ==============================================
+variable                    default                                meaning
+==========================  =====================================  ==============================================
+CORRAL_HOME                 ~/.local/share/corral                  the Corral home (socket, store, VMs, images)
+CORRAL_CACHE                ~/.cache/corral                        downloaded packages and built images
+CORRAL_MIRROR               http://deb.debian.org/debian           Debian archive the image builder fetches from
+CORRAL_ACCEL                auto                                   auto (probe KVM, else TCG), kvm or tcg
+CORRAL_MEMORY_OVERCOMMIT    1.0                                    guest memory allowed, as a multiple of host RAM
+CORRAL_TCG_TB_SIZE          32                                     TCG translation cache per VM, MiB
+CORRAL_QEMU                 qemu-system-x86_64                     the QEMU binary
+==========================  =====================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral import paths
+from corral.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    cache: Path
+    mirror: str
+    accel: str
+    memory_overcommit: float
+    tcg_tb_size_mib: int
+    qemu_binary: str
+
+    @property
+    def socket(self) -> Path:
+        return self.home / paths.DAEMON_SOCKET
+
+    @property
+    def database(self) -> Path:
+        return self.home / paths.DATABASE
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / paths.IMAGES_DIR
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.home / paths.VMS_DIR
+
+    def vm_paths(self, name: str) -> paths.VMPaths:
+        return paths.VMPaths(self.vms_dir / name)
+
+
+def _load(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith("CORRAL_") and v != ""}
+
+
+def _defaults(raw: dict[str, str]) -> dict[str, str]:
+    xdg_data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    xdg_cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return {
+        "CORRAL_HOME": str(Path(xdg_data) / "corral"),
+        "CORRAL_CACHE": str(Path(xdg_cache) / "corral"),
+        "CORRAL_MIRROR": "http://deb.debian.org/debian",
+        "CORRAL_ACCEL": "auto",
+        "CORRAL_MEMORY_OVERCOMMIT": "1.0",
+        "CORRAL_TCG_TB_SIZE": "32",
+        "CORRAL_QEMU": "qemu-system-x86_64",
+    } | raw
+
+
+def _validate(v: dict[str, str]) -> Settings:
+    accel = v["CORRAL_ACCEL"]
+    if accel not in ("auto", "kvm", "tcg"):
+        raise InvalidInput(f"CORRAL_ACCEL={accel!r} is not valid: use auto, kvm or tcg")
+    try:
+        overcommit = float(v["CORRAL_MEMORY_OVERCOMMIT"])
+        tb = int(v["CORRAL_TCG_TB_SIZE"])
+    except ValueError as exc:
+        raise InvalidInput(f"bad number in Corral settings: {exc}") from exc
+    if not 0.1 <= overcommit <= 100:
+        raise InvalidInput(f"CORRAL_MEMORY_OVERCOMMIT={overcommit} is out of range: use 0.1 to 100")
+    if not 4 <= tb <= 4096:
+        raise InvalidInput(f"CORRAL_TCG_TB_SIZE={tb} is out of range: use 4 to 4096 (MiB)")
+    return Settings(
+        home=Path(v["CORRAL_HOME"]).expanduser().absolute(),
+        cache=Path(v["CORRAL_CACHE"]).expanduser().absolute(),
+        mirror=v["CORRAL_MIRROR"].rstrip("/"),
+        accel=accel,
+        memory_overcommit=overcommit,
+        tcg_tb_size_mib=tb,
+        qemu_binary=v["CORRAL_QEMU"],
+    )
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Load, default and validate the settings from ``env`` (default: the process environment)."""
+    return _validate(_defaults(_load(dict(os.environ if env is None else env))))

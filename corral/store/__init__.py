@@ -1,0 +1,1 @@
+"""Persistent state: SQLite (WAL) holding VM definitions, runtime records and the event log."""

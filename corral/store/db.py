@@ -1,0 +1,175 @@
+"""The SQLite store. One connection, used from the daemon's event loop; every call is a short local transaction.
+
+Tables:
+    vms       one row per VM: its spec (JSON of :class:`VMSpec`), state, identity (id, MAC) and last exit reason
+    runtime   one row per VM with a QEMU process: pid, its start time in clock ticks (identity across pid reuse),
+              when it started, the accelerator; written as soon as the pid is known, deleted when QEMU is gone
+    events    the event log: every state change and operation, in order
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corral.vm.spec import VMSpec
+from corral.vm.states import VMState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    name TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    state_reason TEXT NOT NULL DEFAULT '',
+    mac TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_exit_reason TEXT NOT NULL DEFAULT '',
+    restart_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS runtime (
+    name TEXT PRIMARY KEY REFERENCES vms(name) ON DELETE CASCADE,
+    pid INTEGER NOT NULL,
+    start_ticks INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    accel TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    vm TEXT,
+    type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_vm ON events(vm, id);
+"""
+
+
+@dataclass
+class VMRecord:
+    spec: VMSpec
+    id: str
+    state: VMState
+    state_reason: str
+    mac: str
+    created_at: float
+    last_exit_reason: str
+    restart_count: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class RuntimeRecord:
+    name: str
+    pid: int
+    start_ticks: int
+    started_at: float
+    accel: str
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    ts: float
+    vm: str | None
+    type: str
+    message: str
+    data: dict[str, Any]
+
+
+class Store:
+    """Open (and create) the database at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- VMs -------------------------------------------------------------------------------------------------
+    def insert_vm(self, rec: VMRecord) -> None:
+        self._db.execute(
+            "INSERT INTO vms (name, id, spec, state, state_reason, mac, created_at) VALUES (?,?,?,?,?,?,?)",
+            (rec.name, rec.id, rec.spec.model_dump_json(), rec.state.value, rec.state_reason, rec.mac,
+             rec.created_at),
+        )
+
+    def delete_vm(self, name: str) -> None:
+        self._db.execute("DELETE FROM vms WHERE name = ?", (name,))
+
+    def get_vm(self, name: str) -> VMRecord | None:
+        row = self._db.execute("SELECT * FROM vms WHERE name = ?", (name,)).fetchone()
+        return _vm(row) if row else None
+
+    def list_vms(self) -> list[VMRecord]:
+        return [_vm(r) for r in self._db.execute("SELECT * FROM vms ORDER BY name")]
+
+    def set_state(self, name: str, state: VMState, reason: str = "") -> None:
+        self._db.execute("UPDATE vms SET state = ?, state_reason = ? WHERE name = ?", (state.value, reason, name))
+
+    def set_exit_reason(self, name: str, reason: str) -> None:
+        self._db.execute("UPDATE vms SET last_exit_reason = ? WHERE name = ?", (reason, name))
+
+    def set_restart_count(self, name: str, count: int) -> None:
+        self._db.execute("UPDATE vms SET restart_count = ? WHERE name = ?", (count, name))
+
+    # --- runtime ---------------------------------------------------------------------------------------------
+    def put_runtime(self, rt: RuntimeRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO runtime (name, pid, start_ticks, started_at, accel) VALUES (?,?,?,?,?)",
+            (rt.name, rt.pid, rt.start_ticks, rt.started_at, rt.accel),
+        )
+
+    def get_runtime(self, name: str) -> RuntimeRecord | None:
+        row = self._db.execute("SELECT * FROM runtime WHERE name = ?", (name,)).fetchone()
+        return RuntimeRecord(**dict(row)) if row else None
+
+    def delete_runtime(self, name: str) -> None:
+        self._db.execute("DELETE FROM runtime WHERE name = ?", (name,))
+
+    # --- events ----------------------------------------------------------------------------------------------
+    def add_event(self, vm: str | None, type_: str, message: str, data: dict[str, Any] | None = None) -> int:
+        cur = self._db.execute(
+            "INSERT INTO events (ts, vm, type, message, data) VALUES (?,?,?,?,?)",
+            (time.time(), vm, type_, message, json.dumps(data or {})),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events(self, vm: str | None = None, after: int = 0, limit: int = 1000) -> list[EventRecord]:
+        q, args = "SELECT * FROM events WHERE id > ?", [after]
+        if vm is not None:
+            q += " AND vm = ?"
+            args.append(vm)  # type: ignore[arg-type]
+        q += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [
+            EventRecord(r["id"], r["ts"], r["vm"], r["type"], r["message"], json.loads(r["data"]))
+            for r in self._db.execute(q, args)
+        ]
+
+
+def _vm(row: sqlite3.Row) -> VMRecord:
+    return VMRecord(
+        spec=VMSpec.model_validate_json(row["spec"]),
+        id=row["id"],
+        state=VMState(row["state"]),
+        state_reason=row["state_reason"],
+        mac=row["mac"],
+        created_at=row["created_at"],
+        last_exit_reason=row["last_exit_reason"],
+        restart_count=row["restart_count"],
+    )

@@ -1,0 +1,36 @@
+"""The runtime handle of one VM whose QEMU process exists: its process, monitor, guest agent and supervisor.
+
+The service owns these; nothing outside ``corral.vm`` sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from corral.engine.guest_agent import GuestAgent
+from corral.engine.monitor import Monitor
+from corral.engine.process import ProcessIdentity
+
+
+@dataclass
+class Machine:
+    name: str
+    vm_id: str
+    ident: ProcessIdentity
+    accel: str
+    started_at: float
+    monitor: Monitor | None  # None while the monitor cannot be reached (state unknown)
+    agent: GuestAgent
+    child: asyncio.subprocess.Process | None = None  # set when this daemon started QEMU (gives the exit status)
+    supervisor: asyncio.Task[None] | None = None
+    #: Why QEMU is exiting, from the SHUTDOWN event (guest-shutdown, guest-panic, host-qmp-quit, ...).
+    shutdown_reason: str | None = None
+    panicked: bool = False
+    #: Set when a user asked for the stop or kill, so the exit is not a crash.
+    requested: str | None = None
+    agent_ready: bool = False
+    addresses: list[str] = field(default_factory=list)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by each RESET event (the guest rebooted); cleared by whoever waits for the next one.
+    reset: asyncio.Event = field(default_factory=asyncio.Event)

@@ -1,0 +1,630 @@
+"""The VM service: every lifecycle operation, the supervision of running VMs, and re-attach after a restart.
+
+Operations on one VM are serialized by a per-VM lock; different VMs proceed in parallel. Every state change goes
+through :meth:`VMService._set_state`, which checks the declared transition, stores it and logs it as an event.
+
+What holds after a failure:
+- ``create`` leaves no directory, disk or record behind.
+- ``start`` leaves no QEMU process behind and the VM ``stopped`` with the reason in ``state_reason``.
+- ``recover`` never deletes or recreates a VM it could not see: a live QEMU whose monitor does not answer is
+  shown as ``unknown`` and left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from corral.engine import process, qemu_img
+from corral.engine.accel import Accelerator, probe_accelerator
+from corral.engine.cmdline import BootSource, HostConfig, Identity, build_argv
+from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
+from corral.engine.monitor import Monitor, MonitorError
+from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound
+from corral.images.store import ImageStore
+from corral.paths import VMPaths
+from corral.settings import Settings
+from corral.store.db import RuntimeRecord, Store, VMRecord
+from corral.vm import host
+from corral.vm.machine import Machine
+from corral.vm.spec import RestartPolicy, VMSpec
+from corral.vm.states import LIVE, VMState, check_operation, check_transition
+
+log = logging.getLogger(__name__)
+
+SERIAL_LOG_MAX = 4 << 20  # rotate the serial log past 4 MiB (one old copy kept)
+RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+STABLE_AFTER = 600.0
+CLEAN_REBOOT_TIMEOUT = 30.0  # then a clean reboot becomes a hard reset  # a VM up this long has its restart count reset
+
+
+class VMService:
+    def __init__(self, settings: Settings, store: Store, images: ImageStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.images = images
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._machines: dict[str, Machine] = {}
+        self._accel: Accelerator | None = None
+        self._accel_lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------------------------------------ helpers --
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _get(self, name: str) -> VMRecord:
+        rec = self.store.get_vm(name)
+        if rec is None:
+            names = [r.name for r in self.store.list_vms()]
+            hint = f" (VMs: {', '.join(names)})" if names else " (there are no VMs: `corral launch NAME`)"
+            raise NotFound(f"no VM named '{name}'{hint}")
+        return rec
+
+    def paths(self, name: str) -> VMPaths:
+        return self.settings.vm_paths(name)
+
+    def event(self, vm: str | None, type_: str, message: str, **data: Any) -> None:
+        self.store.add_event(vm, type_, message, data)
+        log.info("%s: %s", vm or "host", message)
+
+    async def _set_state(self, name: str, new: VMState, reason: str = "") -> None:
+        rec = self.store.get_vm(name)
+        if rec is None:
+            return
+        check_transition(rec.state, new)
+        if rec.state == new and rec.state_reason == reason:
+            return
+        self.store.set_state(name, new, reason)
+        self.event(name, "state", f"{rec.state} -> {new}" + (f": {reason}" if reason else ""),
+                   old=rec.state.value, new=new.value, reason=reason)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _spawn_background(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def accelerator(self, kernel: Path | None = None) -> Accelerator | None:
+        """The probed accelerator (probed once, with the kernel of the first VM started)."""
+        async with self._accel_lock:
+            if self._accel is None and kernel is not None:
+                self._accel = await probe_accelerator(
+                    self.settings.qemu_binary, kernel, self.settings.cache, self.settings.accel
+                )
+                self.event(None, "accel", f"accelerator: {self._accel.name} ({self._accel.reason})",
+                           accel=self._accel.name, reason=self._accel.reason)
+            return self._accel
+
+    def machine(self, name: str) -> Machine | None:
+        return self._machines.get(name)
+
+    # ------------------------------------------------------------------------------------------------- create --
+    async def create(self, spec: VMSpec) -> VMRecord:
+        """Define a VM and make its disk. Fails with nothing left behind."""
+        async with self._lock(spec.name):
+            if self.store.get_vm(spec.name) is not None:
+                raise Conflict(
+                    f"a VM named '{spec.name}' already exists: choose another name or `corral rm {spec.name}`"
+                )
+            manifest = self.images.get(spec.image)
+            host.check_spec_fits(spec.name, spec.memory, self.settings.memory_overcommit)
+            if spec.disk is not None and spec.disk < manifest.disk_virtual_size:
+                raise InvalidInput(
+                    f"disk size {spec.disk} bytes is smaller than image '{spec.image}' "
+                    f"({manifest.disk_virtual_size} bytes): ask for at least that much"
+                )
+            paths = self.paths(spec.name)
+            if paths.root.exists():
+                raise Conflict(f"{paths.root} already exists but no VM '{spec.name}' is defined: move it away first")
+            mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))  # QEMU's locally assigned OUI
+            rec = VMRecord(spec=spec, id=str(uuid.uuid4()), state=VMState.STOPPED, state_reason="", mac=mac,
+                           created_at=time.time(), last_exit_reason="", restart_count=0)
+            paths.root.parent.mkdir(parents=True, exist_ok=True)
+            paths.root.mkdir(mode=0o700)
+            try:
+                await qemu_img.create_overlay(
+                    paths.disk, self.images.dir(spec.image) / "disk.qcow2", manifest.disk_format, spec.disk
+                )
+                self.store.insert_vm(rec)
+            except BaseException:
+                shutil.rmtree(paths.root, ignore_errors=True)
+                raise
+            self.event(spec.name, "create", f"created from image '{spec.image}'", spec=spec.model_dump(mode="json"))
+            return rec
+
+    # -------------------------------------------------------------------------------------------------- start --
+    async def start(self, name: str) -> VMRecord:
+        async with self._lock(name):
+            await self._start(name)
+            return self._get(name)
+
+    async def _start(self, name: str) -> None:
+        rec = self._get(name)
+        check_operation(name, "start", rec.state)
+        spec = rec.spec
+        in_use = sum(r.spec.memory for r in self.store.list_vms() if r.state in LIVE)
+        host.check_start_fits(name, spec.memory, in_use, self.settings.memory_overcommit)
+        manifest = self.images.get(spec.image)
+        image_dir = self.images.dir(spec.image)
+        boot = BootSource(kernel=image_dir / "vmlinuz", initrd=image_dir / "initrd.img",
+                          cmdline=manifest.kernel_cmdline, base_disk=image_dir / "disk.qcow2",
+                          base_format=manifest.disk_format)
+        accel = await self.accelerator(boot.kernel)
+        assert accel is not None
+        paths = self.paths(name)
+        for sock in (paths.qmp_socket, paths.qga_socket, paths.console_socket):
+            sock.unlink(missing_ok=True)
+        _rotate(paths.serial_log)
+        _rotate(paths.qemu_log)
+        argv = build_argv(spec, boot, paths,
+                          HostConfig(self.settings.qemu_binary, accel.name, self.settings.tcg_tb_size_mib),
+                          Identity(rec.id, rec.mac))
+        await self._set_state(name, VMState.STARTING)
+        self.event(name, "start", f"starting QEMU ({accel.name})", argv=argv)
+        child: asyncio.subprocess.Process | None = None
+        try:
+            child = await process.spawn(argv, paths.qemu_log, paths.root)
+            ident = process.identify(child.pid)
+            self.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, time.time(), accel.name))
+            monitor = Monitor(name, paths.qmp_socket)
+            await monitor.connect(timeout=15.0, alive=lambda: child is not None and child.returncode is None
+                                  and process.is_alive(ident.pid))
+        except BaseException as exc:
+            if child is not None and child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+                await child.wait()
+            self.store.delete_runtime(name)
+            detail = process.tail(paths.qemu_log) or str(exc)
+            await self._set_state(name, VMState.STOPPED, f"failed to start: {detail}")
+            if isinstance(exc, CorralError) and not isinstance(exc, MonitorError):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise EngineError(f"QEMU for '{name}' failed to start: {detail}") from exc
+        m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel.name, started_at=time.time(),
+                    monitor=monitor, agent=GuestAgent(paths.qga_socket), child=child)
+        self._attach(m)
+        await self._set_state(name, VMState.RUNNING)
+
+    def _attach(self, m: Machine) -> None:
+        """Supervise ``m``: its QMP events and its exit."""
+        self._machines[m.name] = m
+        if m.monitor is not None:
+            m.monitor.watch(lambda ev, data: self._on_qmp_event(m, ev, data))
+        m.supervisor = asyncio.create_task(self._supervise(m), name=f"supervise-{m.name}")
+
+    async def _on_qmp_event(self, m: Machine, event: str, data: dict[str, Any]) -> None:
+        name = m.name
+        if event == "SHUTDOWN":
+            m.shutdown_reason = str(data.get("reason", ""))
+            self.event(name, "qmp", f"SHUTDOWN ({m.shutdown_reason})", **data)
+        elif event == "RESET":
+            m.agent_ready = False
+            m.reset.set()
+            await m.agent.close()  # the agent of the old boot is gone; the next call re-syncs with the new one
+            self.event(name, "qmp", "RESET: the guest rebooted", **data)
+        elif event == "GUEST_PANICKED":
+            m.panicked = True
+            self.event(name, "qmp", "GUEST_PANICKED: the guest kernel panicked", **data)
+        elif event == "STOP":
+            rec = self.store.get_vm(name)
+            if rec is not None and rec.state == VMState.RUNNING:
+                await self._set_state(name, VMState.PAUSED, "paused by QEMU")
+        elif event == "RESUME":
+            rec = self.store.get_vm(name)
+            if rec is not None and rec.state == VMState.PAUSED:
+                await self._set_state(name, VMState.RUNNING)
+        elif event == "BLOCK_IO_ERROR":
+            reason = data.get("reason") or data.get("operation", "")
+            self.event(name, "qmp", f"BLOCK_IO_ERROR on {data.get('device') or data.get('node-name')}: {reason}",
+                       **data)
+            rec = self.store.get_vm(name)
+            if rec is not None and data.get("action") == "stop" and rec.state in (VMState.RUNNING, VMState.PAUSED):
+                await self._set_state(name, VMState.PAUSED, f"disk I/O error: {reason}")
+        else:
+            self.event(name, "qmp", event, **data)
+
+    async def _supervise(self, m: Machine) -> None:
+        """Wait for QEMU to exit, then settle the VM's state and apply its restart policy."""
+        returncode: int | None = None
+        try:
+            if m.child is not None:
+                returncode = await m.child.wait()
+            else:
+                await process.wait_exit(m.ident.pid)
+        except asyncio.CancelledError:
+            raise
+        await self._on_exit(m, returncode)
+
+    async def _on_exit(self, m: Machine, returncode: int | None) -> None:
+        name = m.name
+        self._machines.pop(name, None)
+        if m.monitor is not None:
+            await m.monitor.close()
+        with contextlib.suppress(Exception):
+            await m.agent.close()
+        self.store.delete_runtime(name)
+        if returncode is None:
+            how = ""
+        elif returncode < 0:
+            how = f" (killed by {signal.Signals(-returncode).name})"
+        else:
+            how = f" (exit code {returncode})"
+        if m.requested:
+            state, reason, failed = VMState.STOPPED, f"{m.requested} requested by user", False
+        elif m.panicked or m.shutdown_reason == "guest-panic":
+            state, reason, failed = VMState.CRASHED, "the guest kernel panicked", True
+        elif m.shutdown_reason == "guest-shutdown":
+            state, reason, failed = VMState.STOPPED, "the guest powered off", False
+        elif m.shutdown_reason:
+            state, reason, failed = VMState.STOPPED, f"QEMU shut down ({m.shutdown_reason})", False
+        else:
+            tail = process.tail(self.paths(name).qemu_log, 2)
+            state, failed = VMState.CRASHED, True
+            reason = f"QEMU exited unexpectedly{how}" + (f": {tail}" if tail else "")
+        self.store.set_exit_reason(name, reason)
+        if self.store.get_vm(name) is not None:
+            await self._set_state(name, state, reason)
+        m.exited.set()
+        rec = self.store.get_vm(name)
+        if rec is not None and not m.requested:
+            policy = rec.spec.restart
+            if policy == RestartPolicy.ALWAYS or (policy == RestartPolicy.ON_FAILURE and failed):
+                self._spawn_background(self._restart_later(name, m.started_at), f"restart-{name}")
+
+    async def _restart_later(self, name: str, started_at: float) -> None:
+        rec = self.store.get_vm(name)
+        if rec is None:
+            return
+        count = 0 if time.time() - started_at > STABLE_AFTER else rec.restart_count
+        delay = RESTART_BACKOFF[min(count, len(RESTART_BACKOFF) - 1)]
+        self.store.set_restart_count(name, count + 1)
+        self.event(name, "restart-policy", f"restarting in {delay:.0f}s (policy {rec.spec.restart}, "
+                   f"restart #{count + 1})", delay=delay, count=count + 1)
+        await asyncio.sleep(delay)
+        async with self._lock(name):
+            rec = self.store.get_vm(name)
+            if rec is None or rec.state not in (VMState.STOPPED, VMState.CRASHED):
+                return  # deleted or started by someone else meanwhile
+            try:
+                await self._start(name)
+            except CorralError as exc:
+                self.event(name, "restart-policy", f"restart failed: {exc.message}")
+
+    # ------------------------------------------------------------------------------------------- stop / kill --
+    async def stop(self, name: str, timeout: float = 30.0, force: bool = True) -> VMRecord:
+        """Ask the guest to power off (ACPI); after ``timeout`` seconds kill QEMU if ``force``."""
+        async with self._lock(name):
+            rec = self._get(name)
+            check_operation(name, "stop", rec.state)
+            m = self._machines.get(name)
+            if m is None:
+                raise EngineError(f"VM '{name}' has no supervised QEMU process: try `corral kill {name}`")
+            m.requested = "stop"
+            await self._set_state(name, VMState.STOPPING)
+            try:
+                if rec.state == VMState.PAUSED and m.monitor is not None:
+                    await m.monitor.execute("cont")
+                if m.monitor is not None:
+                    await m.monitor.execute("system_powerdown")
+                await asyncio.wait_for(m.exited.wait(), timeout)
+            except (TimeoutError, MonitorError) as exc:
+                if not force:
+                    m.requested = None
+                    await self._set_state(name, VMState.RUNNING, "")
+                    raise EngineError(f"VM '{name}' did not power off within {timeout:.0f}s: "
+                                      f"use `corral stop --force {name}` or `corral kill {name}`") from exc
+                self.event(name, "stop", f"guest did not power off ({exc or 'timeout'}); killing QEMU")
+                await self._kill_machine(m)
+            return self._get(name)
+
+    async def kill(self, name: str) -> VMRecord:
+        async with self._lock(name):
+            rec = self._get(name)
+            check_operation(name, "kill", rec.state)
+            m = self._machines.get(name)
+            if m is None:
+                raise EngineError(f"VM '{name}' has no supervised QEMU process to kill")
+            m.requested = "kill"
+            await self._kill_machine(m)
+            return self._get(name)
+
+    async def _kill_machine(self, m: Machine) -> None:
+        process.kill(m.ident, m.vm_id, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(m.exited.wait(), 30)
+        except TimeoutError as exc:
+            raise EngineError(f"QEMU of '{m.name}' (pid {m.ident.pid}) did not exit after SIGKILL") from exc
+
+    # ---------------------------------------------------------------------------------- pause / resume / restart --
+    async def _qmp(self, name: str, operation: str, cmd: str, args: dict[str, Any] | None = None) -> Machine:
+        rec = self._get(name)
+        check_operation(name, operation, rec.state)
+        m = self._machines.get(name)
+        if m is None or m.monitor is None:
+            raise EngineError(f"the monitor of VM '{name}' is not connected")
+        await m.monitor.execute(cmd, args)
+        return m
+
+    async def pause(self, name: str) -> VMRecord:
+        async with self._lock(name):
+            await self._qmp(name, "pause", "stop")
+            await self._set_state(name, VMState.PAUSED, "paused by user")
+            return self._get(name)
+
+    async def resume(self, name: str) -> VMRecord:
+        async with self._lock(name):
+            await self._qmp(name, "resume", "cont")
+            await self._set_state(name, VMState.RUNNING)
+            return self._get(name)
+
+    async def restart(self, name: str, hard: bool = False, timeout: float = 60.0) -> VMRecord:
+        """Reboot the guest in the same QEMU process: through the agent (clean) or a hard reset."""
+        async with self._lock(name):
+            rec = self._get(name)
+            check_operation(name, "restart", rec.state)
+            m = self._machines.get(name)
+            if m is None or m.monitor is None:
+                raise EngineError(f"the monitor of VM '{name}' is not connected")
+            m.reset.clear()
+            self.event(name, "restart", "hard reset" if hard else "reboot requested")
+            if not hard and m.agent_ready:
+                with contextlib.suppress(CorralError):
+                    # guest-shutdown never answers on success: the agent goes down with the guest.
+                    await m.agent.execute("guest-shutdown", {"mode": "reboot"}, timeout=2.0)
+                try:
+                    await asyncio.wait_for(m.reset.wait(), min(timeout, CLEAN_REBOOT_TIMEOUT))
+                except TimeoutError:
+                    self.event(name, "restart", f"the guest did not reboot within {CLEAN_REBOOT_TIMEOUT:.0f}s; "
+                               "resetting it")
+            if m.exited.is_set():
+                raise EngineError(f"VM '{name}' powered off instead of rebooting: {self._get(name).state_reason}")
+            if not m.reset.is_set():
+                await m.monitor.execute("system_reset")
+                try:
+                    await asyncio.wait_for(m.reset.wait(), 10.0)
+                except TimeoutError as exc:
+                    raise EngineError(f"VM '{name}' did not reset: see `corral logs {name}`") from exc
+        await self.wait_ready(name, timeout)
+        return self._get(name)
+
+    # ---------------------------------------------------------------------------------------------- delete --
+    async def delete(self, name: str, force: bool = False) -> None:
+        async with self._lock(name):
+            rec = self._get(name)
+            if force and rec.state in LIVE and (m := self._machines.get(name)) is not None:
+                m.requested = "delete"
+                await self._kill_machine(m)
+                rec = self._get(name)
+            if rec.state in LIVE:
+                if rec.state == VMState.UNKNOWN or self._machines.get(name) is None:
+                    raise Conflict(f"VM '{name}' is {rec.state} and its QEMU process may still run: "
+                                   "it is not deleted; check it with `corral show`")
+                check_operation(name, "delete", rec.state)
+            paths = self.paths(name)
+            self.store.delete_vm(name)
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            self.event(name, "delete", "deleted with its disks")
+        self._locks.pop(name, None)
+
+    # ------------------------------------------------------------------------------------------ guest agent --
+    async def wait_ready(self, name: str, timeout: float = 120.0) -> None:
+        """Wait until the guest agent answers."""
+        rec = self._get(name)
+        if rec.state not in (VMState.RUNNING, VMState.STARTING):
+            raise Conflict(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
+        m = self._machines.get(name)
+        if m is None:
+            raise EngineError(f"VM '{name}' has no supervised QEMU process")
+        if m.agent_ready:
+            return
+        waiter = asyncio.ensure_future(m.agent.wait_ready(timeout))
+        exited = asyncio.ensure_future(m.exited.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CorralError):
+                    await waiter
+        if waiter in done:
+            waiter.result()  # raises GuestAgentTimeout
+            m.agent_ready = True
+            self.event(name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
+            return
+        rec = self._get(name)
+        raise EngineError(f"VM '{name}' stopped while waiting for its guest agent: {rec.state_reason}")
+
+    async def exec(
+        self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+        stdin: bytes | None = None, timeout: float | None = None,
+    ) -> AsyncIterator[ExecOutput | ExecExit]:
+        """Run ``argv`` in the guest, yielding its output as it comes and then its exit."""
+        rec = self._get(name)
+        check_operation(name, "exec", rec.state)
+        if not argv:
+            raise InvalidInput("no command given: `corral exec VM -- COMMAND [ARGS...]`")
+        await self.wait_ready(name, timeout=60.0)
+        m = self._machines[name]
+        async for item in m.agent.exec_stream(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout):
+            yield item
+
+    async def refresh_addresses(self, name: str) -> None:
+        """Ask the guest agent for the guest's addresses (kept for `ls`)."""
+        m = self._machines.get(name)
+        if m is None or not m.agent_ready:
+            return
+        ifaces = await m.agent.execute("guest-network-get-interfaces", timeout=2.0)
+        m.addresses = [
+            ip["ip-address"]
+            for iface in ifaces if iface.get("name") != "lo"
+            for ip in iface.get("ip-addresses", [])
+            if not str(ip.get("ip-address", "")).startswith("fe80")
+        ]
+
+    # --------------------------------------------------------------------------------------------- queries --
+    def list(self) -> list[VMRecord]:
+        return self.store.list_vms()
+
+    def get(self, name: str) -> VMRecord:
+        return self._get(name)
+
+    def runtime(self, name: str) -> RuntimeRecord | None:
+        return self.store.get_runtime(name)
+
+    async def wait_state(self, name: str, states: set[VMState], timeout: float) -> VMRecord:
+        async def until() -> VMRecord:
+            async with self._changed:
+                while (rec := self._get(name)).state not in states:
+                    await self._changed.wait()
+                return rec
+
+        try:
+            return await asyncio.wait_for(until(), timeout)
+        except TimeoutError as exc:
+            rec = self._get(name)
+            raise EngineError(f"VM '{name}' is still {rec.state} after {timeout:.0f}s") from exc
+
+    # -------------------------------------------------------------------------------------------- recovery --
+    async def recover(self) -> None:
+        """Re-attach to every VM whose QEMU still runs; settle the ones that died while the daemon was away."""
+        await asyncio.gather(*(self._recover_one(rec) for rec in self.store.list_vms()))
+
+    async def _recover_one(self, rec: VMRecord) -> None:
+        name = rec.name
+        rt = self.store.get_runtime(name)
+        ident: process.ProcessIdentity | None = None
+        if rt is not None:
+            candidate = process.ProcessIdentity(rt.pid, rt.start_ticks)
+            if process.matches(candidate, rec.id):
+                ident = candidate
+        else:
+            ident = find_qemu(rec.id)  # spawned but not yet recorded when the daemon died
+        if ident is None:
+            if rec.state in LIVE or rt is not None:
+                self.store.delete_runtime(name)
+                reason = "QEMU exited while the daemon was away"
+                tail = process.tail(self.paths(name).qemu_log, 2)
+                if tail:
+                    reason += f": {tail}"
+                self.store.set_exit_reason(name, reason)
+                await self._set_state(name, VMState.CRASHED, reason)
+                if rec.spec.restart != RestartPolicy.NEVER:
+                    self._spawn_background(self._restart_later(name, 0.0), f"restart-{name}")
+            return
+        paths = self.paths(name)
+        accel = rt.accel if rt else "unknown"
+        started_at = rt.started_at if rt else time.time()
+        if rt is None:
+            self.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, started_at, accel))
+        m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel, started_at=started_at, monitor=None,
+                    agent=GuestAgent(paths.qga_socket))
+        monitor = Monitor(name, paths.qmp_socket)
+        try:
+            await monitor.connect(timeout=3.0, alive=lambda: process.is_alive(ident.pid))
+            status = await monitor.execute("query-status", timeout=3.0)
+        except MonitorError as exc:
+            await monitor.close()
+            self._attach(m)
+            await self._set_state(name, VMState.UNKNOWN, f"QEMU pid {ident.pid} runs but its monitor does not "
+                                  f"answer: {exc.message}")
+            self._spawn_background(self._reconnect(m), f"reconnect-{name}")
+            return
+        m.monitor = monitor
+        self._attach(m)
+        running = status.get("running", False)
+        await self._set_state(name, VMState.RUNNING if running else VMState.PAUSED,
+                              "" if running else f"paused ({status.get('status')})")
+        self.event(name, "reattach", f"re-attached to QEMU pid {ident.pid}")
+
+    async def _reconnect(self, m: Machine) -> None:
+        """Keep trying the monitor of an ``unknown`` VM; re-attach when it answers."""
+        while not m.exited.is_set() and m.monitor is None:
+            await asyncio.sleep(5.0)
+            monitor = Monitor(m.name, self.paths(m.name).qmp_socket)
+            try:
+                await monitor.connect(timeout=3.0, alive=lambda: process.is_alive(m.ident.pid))
+                status = await monitor.execute("query-status", timeout=3.0)
+            except MonitorError:
+                await monitor.close()
+                continue
+            m.monitor = monitor
+            monitor.watch(lambda ev, data: self._on_qmp_event(m, ev, data))
+            await self._set_state(m.name, VMState.RUNNING if status.get("running") else VMState.PAUSED)
+            self.event(m.name, "reattach", f"monitor of QEMU pid {m.ident.pid} answers again")
+
+    async def shutdown(self) -> None:
+        """Daemon exit: stop supervising, leave every QEMU running."""
+        for task in list(self._background):
+            task.cancel()
+        for m in list(self._machines.values()):
+            if m.supervisor is not None:
+                m.supervisor.cancel()
+            if m.monitor is not None:
+                await m.monitor.close()
+            with contextlib.suppress(Exception):
+                await m.agent.close()
+        self._machines.clear()
+
+    # ------------------------------------------------------------------------------------------- log files --
+    def maintain_logs(self) -> None:
+        """Rotate serial logs that grew too large while their VM runs (copy, then truncate: QEMU appends)."""
+        for name in list(self._machines):
+            log_path = self.paths(name).serial_log
+            try:
+                if log_path.stat().st_size > SERIAL_LOG_MAX:
+                    shutil.copyfile(log_path, log_path.with_suffix(".log.1"))
+                    os.truncate(log_path, 0)
+            except FileNotFoundError:
+                continue
+
+
+def _rotate(path: Path) -> None:
+    """Keep one old copy of a log that grew past the limit (done while QEMU is not running)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > SERIAL_LOG_MAX:
+            path.replace(path.with_suffix(path.suffix + ".1"))
+
+
+def find_qemu(vm_id: str) -> process.ProcessIdentity | None:
+    """Scan /proc for the QEMU of ``vm_id`` (the UUID is on its command line)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        args = process.cmdline(pid)
+        if "-uuid" in args and vm_id in args and process.is_alive(pid):
+            ticks = process.start_ticks(pid)
+            if ticks is not None:
+                return process.ProcessIdentity(pid, ticks)
+    return None
+
+
+def render_logs(paths: VMPaths, tail_lines: int | None) -> str:
+    """The serial log (with the rotated copy before it), or its last ``tail_lines`` lines."""
+    text = ""
+    for p in (paths.serial_log.with_suffix(".log.1"), paths.serial_log):
+        with contextlib.suppress(FileNotFoundError):
+            text += p.read_text(errors="replace")
+    if tail_lines is not None:
+        text = "\n".join(text.splitlines()[-tail_lines:]) + ("\n" if text else "")
+    return text
+
+
+LogReader = Callable[[VMPaths, int | None], str]

@@ -1,0 +1,92 @@
+"""VM states and the transitions between them, declared once.
+
+Every change of a VM's state goes through :func:`check_transition`, and the service logs each one as an event.
+Operations (what a user asks) are legal only from the states in :data:`ALLOWED_FROM`.
+
+::
+
+    stopped --start--> starting --agent or QMP up--> running <--pause/resume--> paused
+       ^                  |                           |  |
+       |                  +-------- crashed <---------+  +--stop--> stopping --> stopped
+       +---------------------------- (start) ---------+
+
+``unknown`` means the VM's QEMU process exists but its monitor cannot be reached: never treated as absent.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from corral.errors import StateError
+
+
+class VMState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    CRASHED = "crashed"
+    UNKNOWN = "unknown"
+
+
+S = VMState
+
+#: States in which a QEMU process is believed to exist.
+LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.UNKNOWN})
+
+TRANSITIONS: frozenset[tuple[VMState, VMState]] = frozenset(
+    {
+        (S.STOPPED, S.STARTING),
+        (S.CRASHED, S.STARTING),
+        (S.STARTING, S.RUNNING),
+        (S.STARTING, S.PAUSED),
+        (S.STARTING, S.STOPPED),  # failed to start: nothing left running
+        (S.STARTING, S.CRASHED),
+        (S.RUNNING, S.PAUSED),
+        (S.PAUSED, S.RUNNING),
+        (S.RUNNING, S.STOPPING),
+        (S.PAUSED, S.STOPPING),
+        (S.STARTING, S.STOPPING),
+        (S.STOPPING, S.STOPPED),
+        (S.STOPPING, S.CRASHED),
+        (S.RUNNING, S.STOPPED),  # the guest powered off, or killed on request
+        (S.PAUSED, S.STOPPED),
+        (S.RUNNING, S.CRASHED),
+        (S.PAUSED, S.CRASHED),
+        (S.UNKNOWN, S.RUNNING),
+        (S.UNKNOWN, S.PAUSED),
+        (S.UNKNOWN, S.STOPPED),
+        (S.UNKNOWN, S.CRASHED),
+        (S.RUNNING, S.UNKNOWN),
+        (S.PAUSED, S.UNKNOWN),
+        (S.STARTING, S.UNKNOWN),
+        (S.STOPPING, S.UNKNOWN),
+    }
+)
+
+#: Which states each user operation may start from.
+ALLOWED_FROM: dict[str, frozenset[VMState]] = {
+    "start": frozenset({S.STOPPED, S.CRASHED}),
+    "stop": frozenset({S.RUNNING, S.PAUSED, S.STARTING}),
+    "kill": frozenset({S.RUNNING, S.PAUSED, S.STARTING, S.STOPPING, S.UNKNOWN}),
+    "restart": frozenset({S.RUNNING}),
+    "pause": frozenset({S.RUNNING}),
+    "resume": frozenset({S.PAUSED}),
+    "exec": frozenset({S.RUNNING}),
+    "console": frozenset({S.RUNNING, S.PAUSED, S.STARTING}),
+    "delete": frozenset({S.STOPPED, S.CRASHED}),
+}
+
+
+def check_operation(vm: str, operation: str, state: VMState) -> None:
+    """Raise :class:`StateError` unless ``operation`` is allowed while the VM is in ``state``."""
+    allowed = ALLOWED_FROM[operation]
+    if state not in allowed:
+        raise StateError(vm, operation, state.value, sorted(s.value for s in allowed))
+
+
+def check_transition(old: VMState, new: VMState) -> None:
+    """Raise ValueError for a transition the table does not declare (a bug, not a user error)."""
+    if old != new and (old, new) not in TRANSITIONS:
+        raise ValueError(f"undeclared VM state transition {old} -> {new}")

@@ -1,0 +1,50 @@
+"""Each bad input gets a one-line error naming the problem, a non-zero exit, and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import CorralEnv
+
+pytestmark = pytest.mark.vm
+
+
+def snapshot(c: CorralEnv) -> tuple[str, list[str]]:
+    vms = json.loads(c.cli("ls", "--json").stdout)
+    return json.dumps([(v["name"], v["state"], v["spec"]) for v in vms]), sorted(os.listdir(c.settings.vms_dir))
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["launch", "Bad_Name"], 2, "not a valid VM name"),
+    (["launch", "x", "--image", "nope"], 3, "no image named 'nope'"),
+    (["launch", "x", "--memory", "900G"], 5, "this host allows at most"),
+    (["launch", "x", "--memory", "12 apples"], 2, "not a size"),
+    (["launch", "x", "--memory", "16M"], 2, "memory"),
+    (["launch", "x", "--cpus", "0"], 2, "vcpus"),
+    (["launch", "x", "--disk", "100M"], 2, "smaller than image"),
+    (["launch", "x", "--restart", "sometimes"], 2, "restart"),
+    (["launch", "keep"], 4, "already exists"),
+    (["start", "keep"], 4, "cannot start VM 'keep' while it is running"),
+    (["resume", "keep"], 4, "cannot resume"),
+    (["rm", "keep"], 4, "while it is running"),
+    (["exec", "ghost", "--", "true"], 3, "no VM named 'ghost'"),
+    (["exec", "keep", "--env", "NOEQUALS", "--", "true"], 2, "KEY=VALUE"),
+    (["stop", "ghost"], 3, "no VM named 'ghost'"),
+    (["images", "rm", "tiny"], 4, "keep"),
+    (["images", "build", "windows"], 1, "unknown image"),
+])
+def test_bad_input_changes_nothing(corral: CorralEnv, args: list[str], code: int, words: str) -> None:
+    if not hasattr(corral, "_keep"):
+        assert corral.cli("launch", "keep", "--no-wait").returncode == 0
+    before = snapshot(corral)
+    r = corral.cli(*args)
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert words in err, err
+    assert "Traceback" not in r.stderr
+    assert snapshot(corral) == before
+    assert corral.cli("images", "ls", "--json").returncode == 0

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+from corral.engine.cmdline import SANDBOX, BootSource, HostConfig, Identity, build_argv
+from corral.paths import VMPaths
+from corral.vm.spec import VMSpec
+
+BOOT = BootSource(kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"), cmdline="root=/dev/vda rw",
+                  base_disk=Path("/img/disk.qcow2"))
+PATHS = VMPaths(Path("/home/vms/web"))
+IDENT = Identity("0b4c7d2e-1111-2222-3333-444455556666", "52:54:00:12:34:56")
+
+
+def argv(accel: str = "tcg", **spec: object) -> list[str]:
+    return build_argv(VMSpec(name="web", **spec), BOOT, PATHS, HostConfig("qemu-system-x86_64", accel, 32), IDENT)
+
+
+def opt(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+def test_tcg_gets_a_small_translation_cache() -> None:
+    a = argv("tcg")
+    assert opt(a, "-accel") == ["tcg,tb-size=32"]
+    assert opt(a, "-cpu") == ["max"]
+
+
+def test_kvm_uses_host_cpu() -> None:
+    a = argv("kvm")
+    assert opt(a, "-accel") == ["kvm"]
+    assert opt(a, "-cpu") == ["host"]
+
+
+def test_resources_and_identity() -> None:
+    a = argv(vcpus=2, memory="1G")
+    assert opt(a, "-smp") == ["2"] and opt(a, "-m") == ["1024M"]
+    assert opt(a, "-uuid") == [IDENT.vm_id]
+    assert "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56" in opt(a, "-device")
+
+
+def test_every_block_layer_states_its_format() -> None:
+    blockdevs = opt(argv(), "-blockdev")
+    assert blockdevs == [
+        "driver=file,node-name=base-file,filename=/img/disk.qcow2,read-only=on",
+        "driver=qcow2,node-name=base,file=base-file,read-only=on",
+        "driver=file,node-name=root-file,filename=/home/vms/web/disk.qcow2",
+        "driver=qcow2,node-name=root,file=root-file,backing=base",
+    ]
+    assert "-drive" not in argv() and "-hda" not in argv()
+
+
+def test_safe_by_default() -> None:
+    a = argv()
+    assert opt(a, "-sandbox") == [SANDBOX]
+    assert SANDBOX == "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    assert "-nodefaults" in a and "-no-user-config" in a
+    # Every socket is a unix socket inside the VM's private directory; nothing listens on TCP.
+    chardevs = opt(a, "-chardev")
+    assert all("path=/home/vms/web/" in c for c in chardevs)
+    assert not any("tcp" in x or "telnet" in x for x in a)
+
+
+def test_hostname_and_serial_log() -> None:
+    a = argv()
+    assert opt(a, "-append") == ["root=/dev/vda rw corral.hostname=web systemd.hostname=web"]
+    assert any("logfile=/home/vms/web/serial.log,logappend=on" in c for c in opt(a, "-chardev"))
+    assert opt(a, "-serial") == ["chardev:serial0"]
+
+
+def test_guest_agent_port_name() -> None:
+    assert "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0" in opt(argv(), "-device")
+
+
+def test_pure() -> None:
+    assert argv() == argv()

@@ -1,0 +1,500 @@
+"""GuestAgent against a fake qemu-guest-agent peer that runs guest-exec commands for real on the host."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent, GuestAgentCommandError
+from corral.errors import GuestAgentError, GuestAgentTimeout
+
+SHELLS: list[tuple[str, ...]] = [("/bin/sh",)]
+if shutil.which("busybox"):
+    SHELLS.append((shutil.which("busybox") or "busybox", "sh"))
+
+
+class FakeAgent:
+    """Speaks QGA over a unix socket: 0xFF resets the parser, guest-sync-delimited answers 0xFF + JSON.
+
+    ``stale`` is sent before the first sync answer of each connection (old answers and garbage); ``ignore_syncs``
+    makes the agent deaf to that many sync requests (an agent that is not running yet); commands named in
+    ``silent`` get no answer at all.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stale = b'{"return": 4242}\n\xff{"return": 17}\ngarbage \xfe\x00 {"return": {"pid": 1}}\n'
+        self.ignore_syncs = 0
+        self.silent: set[str] = set()
+        self.requests: list[dict[str, Any]] = []
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.files: dict[int, IO[bytes]] = {}
+        self.next_handle = 1000
+        self.server: asyncio.AbstractServer | None = None
+        self.connections = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_unix_server(self._serve, str(self.path))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+        for f in self.files.values():
+            f.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        buf = b""
+        first_sync = True
+        decoder = json.JSONDecoder()
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                while True:
+                    if b"\xff" in buf:
+                        buf = buf[buf.rindex(b"\xff") + 1 :]
+                    text = buf.decode().lstrip()
+                    if not text:
+                        buf = b""
+                        break
+                    try:
+                        request, end = decoder.raw_decode(text)
+                    except ValueError:
+                        break
+                    buf = text[end:].encode()
+                    self.requests.append(request)
+                    answer = await self._dispatch(request)
+                    if answer is None:
+                        continue
+                    if request["execute"] == "guest-sync-delimited":
+                        if first_sync:
+                            writer.write(self.stale)
+                            first_sync = False
+                        writer.write(b"\xff" + json.dumps(answer).encode() + b"\n")
+                    else:
+                        writer.write(json.dumps(answer).encode() + b"\n")
+                    await writer.drain()
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        finally:
+            writer.close()
+
+    async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        command = request["execute"]
+        args = request.get("arguments", {})
+        if command in self.silent:
+            return None
+        if command == "guest-sync-delimited":
+            if self.ignore_syncs > 0:
+                self.ignore_syncs -= 1
+                return None
+            return {"return": args["id"]}
+        handler = getattr(self, "cmd_" + command.replace("-", "_"), None)
+        if handler is None:
+            return {
+                "error": {"class": "CommandNotFound", "desc": f"The command {command} has not been found"}
+            }
+        try:
+            return {"return": await handler(**{k.replace("-", "_"): v for k, v in args.items()})}
+        except (OSError, KeyError, ValueError) as exc:
+            return {"error": {"class": "GenericError", "desc": str(exc)}}
+
+    async def cmd_guest_ping(self) -> dict[str, Any]:
+        return {}
+
+    async def cmd_guest_exec(
+        self,
+        path: str,
+        arg: list[str] | None = None,
+        env: list[str] | None = None,
+        input_data: str | None = None,
+        capture_output: bool = False,
+    ) -> dict[str, Any]:
+        environment = dict(item.split("=", 1) for item in env) if env is not None else None
+        proc = await asyncio.create_subprocess_exec(
+            path,
+            *(arg or []),
+            env=environment,
+            stdin=asyncio.subprocess.PIPE if input_data is not None else None,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        if input_data is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(base64.b64decode(input_data))
+            await proc.stdin.drain()
+            proc.stdin.close()
+        self.procs[proc.pid] = proc
+        return {"pid": proc.pid}
+
+    async def cmd_guest_exec_status(self, pid: int) -> dict[str, Any]:
+        proc = self.procs[pid]
+        if proc.returncode is None:
+            return {"exited": False}
+        del self.procs[pid]
+        if proc.returncode < 0:
+            return {"exited": True, "signal": -proc.returncode}
+        return {"exited": True, "exitcode": proc.returncode}
+
+    async def cmd_guest_file_open(self, path: str, mode: str = "r") -> int:
+        self.next_handle += 1
+        self.files[self.next_handle] = open(path, mode.replace("b", "") + "b")  # noqa: ASYNC230, SIM115 (a fake agent, like QGA, does file I/O inline)
+        return self.next_handle
+
+    async def cmd_guest_file_read(self, handle: int, count: int = 4096) -> dict[str, Any]:
+        data = self.files[handle].read(count) or b""
+        result: dict[str, Any] = {"count": len(data), "eof": len(data) < count}
+        if data:
+            result["buf-b64"] = base64.b64encode(data).decode()
+        return result
+
+    async def cmd_guest_file_write(
+        self, handle: int, buf_b64: str, count: int | None = None
+    ) -> dict[str, Any]:
+        data = base64.b64decode(buf_b64)
+        written = self.files[handle].write(data)
+        return {"count": written, "eof": False}
+
+    async def cmd_guest_file_close(self, handle: int) -> dict[str, Any]:
+        self.files.pop(handle).close()
+        return {}
+
+
+def run_with_agent(
+    tmp_path: Path,
+    body: Callable[[FakeAgent, GuestAgent], Awaitable[None]],
+    *,
+    shell: tuple[str, ...] = ("/bin/sh",),
+    start_server: bool = True,
+) -> None:
+    async def main() -> None:
+        fake = FakeAgent(tmp_path / "qga.sock")
+        if start_server:
+            await fake.start()
+        guest_tmp = tmp_path / "guest-tmp"
+        guest_tmp.mkdir(exist_ok=True)
+        agent = GuestAgent(fake.path, tmp_dir=str(guest_tmp), shell=shell)
+        try:
+            await asyncio.wait_for(body(fake, agent), 60)
+        finally:
+            await agent.close()
+            await fake.stop()
+
+    asyncio.run(main())
+
+
+async def collect(agent: GuestAgent, argv: list[str], **kwargs: Any) -> tuple[bytes, bytes, ExecExit]:
+    out, err = bytearray(), bytearray()
+    exit_: ExecExit | None = None
+    async for item in agent.exec_stream(argv, **kwargs):
+        assert exit_ is None, "nothing may follow ExecExit"
+        if isinstance(item, ExecOutput):
+            (out if item.stream == "stdout" else err).extend(item.data)
+        else:
+            exit_ = item
+    assert exit_ is not None
+    return bytes(out), bytes(err), exit_
+
+
+def guest_tmp_files(tmp_path: Path) -> list[str]:
+    return sorted(os.listdir(tmp_path / "guest-tmp"))
+
+
+# -- handshake and execute ---------------------------------------------------------------------------------------
+
+
+def test_wait_ready_skips_stale_data_and_pings(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        await agent.wait_ready(5)
+        assert [r["execute"] for r in fake.requests] == ["guest-sync-delimited", "guest-ping"]
+        assert await agent.execute("guest-ping") == {}
+
+    run_with_agent(tmp_path, body)
+
+
+def test_wait_ready_retries_until_socket_appears_and_agent_answers(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        async def late_start() -> None:
+            await asyncio.sleep(0.5)
+            fake.ignore_syncs = 2  # the agent in the guest is not running yet
+            await fake.start()
+
+        starter = asyncio.create_task(late_start())
+        await agent.wait_ready(10)
+        await starter
+        syncs = [r for r in fake.requests if r["execute"] == "guest-sync-delimited"]
+        assert len(syncs) == 3
+        assert fake.requests[-1]["execute"] == "guest-ping"
+
+    run_with_agent(tmp_path, body, start_server=False)
+
+
+def test_wait_ready_times_out_without_socket(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        started = time.monotonic()
+        with pytest.raises(GuestAgentTimeout, match="not ready within"):
+            await agent.wait_ready(0.6)
+        assert time.monotonic() - started < 2
+
+    run_with_agent(tmp_path, body, start_server=False)
+
+
+def test_wait_ready_times_out_when_agent_is_deaf(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        fake.ignore_syncs = 1000
+        with pytest.raises(GuestAgentTimeout, match="guest-sync-delimited"):
+            await agent.wait_ready(1.0)
+
+    run_with_agent(tmp_path, body)
+
+
+def test_error_answer_raises_command_error_and_keeps_connection(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        await agent.wait_ready(5)
+        with pytest.raises(GuestAgentError) as info:
+            await agent.execute("guest-no-such-thing", {"x": 1})
+        error = info.value
+        assert isinstance(error, GuestAgentCommandError)
+        assert error.command == "guest-no-such-thing"
+        assert error.arguments == {"x": 1}
+        assert error.error_class == "CommandNotFound"
+        assert "has not been found" in error.desc
+        assert await agent.execute("guest-ping") == {}
+        assert fake.connections == 1
+
+    run_with_agent(tmp_path, body)
+
+
+def test_no_answer_times_out_then_next_call_resyncs(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        await agent.wait_ready(5)
+        fake.silent.add("guest-get-time")
+        with pytest.raises(GuestAgentTimeout, match="guest-get-time"):
+            await agent.execute("guest-get-time", timeout=0.3)
+        assert await agent.execute("guest-ping") == {}
+        assert fake.connections == 2
+        assert fake.requests[-2]["execute"] == "guest-sync-delimited"
+
+    run_with_agent(tmp_path, body)
+
+
+def test_execute_without_socket_is_an_error(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        with pytest.raises(GuestAgentError, match="cannot connect"):
+            await agent.execute("guest-ping", timeout=1)
+
+    run_with_agent(tmp_path, body, start_server=False)
+
+
+def test_concurrent_users_share_the_connection(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        await agent.wait_ready(5)
+        results = await asyncio.gather(*(agent.execute("guest-ping") for _ in range(20)))
+        assert results == [{}] * 20
+        outs = await asyncio.gather(*(collect(agent, ["echo", str(i)]) for i in range(4)))
+        assert [o[0] for o in outs] == [f"{i}\n".encode() for i in range(4)]
+        assert fake.connections == 1
+
+    run_with_agent(tmp_path, body)
+
+
+def test_cancelled_request_resets_the_connection(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        await agent.wait_ready(5)
+        fake.silent.add("guest-get-time")
+        task = asyncio.create_task(agent.execute("guest-get-time"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await agent.execute("guest-ping") == {}
+        assert fake.connections == 2
+
+    run_with_agent(tmp_path, body)
+
+
+# -- files -------------------------------------------------------------------------------------------------------
+
+
+def test_write_and_read_file(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 123)
+
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        target = str(tmp_path / "f.bin")
+        await agent.write_file(target, data)
+        assert Path(target).read_bytes() == data  # noqa: ASYNC240
+        assert await agent.read_file(target) == data
+        await agent.write_file(target, b"")
+        assert await agent.read_file(target) == b""
+        assert not fake.files
+        with pytest.raises(GuestAgentCommandError):
+            await agent.read_file(str(tmp_path / "missing"))
+
+    run_with_agent(tmp_path, body)
+
+
+# -- exec_stream -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: " ".join(s))
+def test_exec_basic_exit_codes_and_cleanup(tmp_path: Path, shell: tuple[str, ...]) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        out, err, exit_ = await collect(agent, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+        assert (out, err, exit_) == (b"out\n", b"err\n", ExecExit(3, None, False))
+
+        out, err, exit_ = await collect(agent, ["true"])
+        assert exit_ == ExecExit(0, None, False)
+
+        out, err, exit_ = await collect(agent, ["no-such-command-xyz", "arg"])
+        assert exit_ == ExecExit(127, None, False)
+        assert b"no-such-command-xyz" in err and b"not found" in err
+
+        out, err, exit_ = await collect(agent, ["sh", "-c", "kill -TERM $$; sleep 5"])
+        assert exit_ == ExecExit(None, 15, False)
+
+        assert guest_tmp_files(tmp_path) == []
+        assert not fake.files and not fake.procs
+
+    run_with_agent(tmp_path, body, shell=shell)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: " ".join(s))
+def test_exec_streams_output_before_exit(tmp_path: Path, shell: tuple[str, ...]) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        arrivals: list[tuple[float, Any]] = []
+        async for item in agent.exec_stream(["sh", "-c", "echo first; sleep 0.6; echo second"]):
+            arrivals.append((time.monotonic(), item))
+        first_at = next(t for t, i in arrivals if isinstance(i, ExecOutput) and b"first" in i.data)
+        exit_at, exit_ = arrivals[-1]
+        assert exit_ == ExecExit(0, None, False)
+        assert exit_at - first_at > 0.4, "the first line must arrive while the command still runs"
+        out = b"".join(i.data for _, i in arrivals if isinstance(i, ExecOutput) and i.stream == "stdout")
+        assert out == b"first\nsecond\n"
+
+    run_with_agent(tmp_path, body, shell=shell)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: " ".join(s))
+def test_exec_stdin_env_cwd(tmp_path: Path, shell: tuple[str, ...]) -> None:
+    workdir = tmp_path / "work dir"
+    workdir.mkdir()
+
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        out, _, exit_ = await collect(agent, ["cat"], stdin=b"hello\x00world")
+        assert (out, exit_.exit_code) == (b"hello\x00world", 0)
+
+        out, _, exit_ = await collect(agent, ["cat"])  # no stdin: EOF at once, no hang
+        assert (out, exit_.exit_code) == (b"", 0)
+
+        out, _, _ = await collect(agent, ["sh", "-c", 'printf "%s|%s" "$FOO" "$PATH"'], env={"FOO": "b a r"})
+        assert out == b"b a r|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+        out, _, _ = await collect(agent, ["sh", "-c", 'printf %s "$PATH"'], env={"PATH": "/bin:/usr/bin"})
+        assert out == b"/bin:/usr/bin"
+
+        out, _, _ = await collect(agent, ["pwd"], cwd=str(workdir))
+        assert out.decode().strip() == str(workdir)
+
+        out, err, exit_ = await collect(agent, ["pwd"], cwd=str(tmp_path / "missing"))
+        assert exit_.exit_code != 0 and err
+
+        out, _, _ = await collect(agent, ["printf", "%s\\n", "a b", "$HOME", "'q'"])
+        assert out == b"a b\n$HOME\n'q'\n"
+
+    run_with_agent(tmp_path, body, shell=shell)
+
+
+def test_exec_large_output(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        out, err, exit_ = await collect(
+            agent, ["sh", "-c", "head -c 300000 /dev/zero; head -c 70000 /dev/zero >&2"]
+        )
+        assert (len(out), len(err), exit_.exit_code) == (300000, 70000, 0)
+
+    run_with_agent(tmp_path, body)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # an orphan reparented to a non-reaping init stays a zombie
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: " ".join(s))
+def test_exec_timeout_kills_the_process_group(tmp_path: Path, shell: tuple[str, ...]) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        started = time.monotonic()
+        out, _, exit_ = await collect(agent, ["sh", "-c", "sleep 30 & echo $!; wait"], timeout=0.5)
+        assert exit_ == ExecExit(None, None, True)
+        assert time.monotonic() - started < 5
+        child = int(out.split()[0])
+        for _ in range(50):
+            if _gone(child):
+                break
+            await asyncio.sleep(0.05)
+        assert _gone(child), "the background child must be killed with its group"
+        assert guest_tmp_files(tmp_path) == []
+        assert not fake.procs
+
+    run_with_agent(tmp_path, body, shell=shell)
+
+
+def test_exec_abandoned_iteration_kills_and_cleans_up(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        stream = agent.exec_stream(["sh", "-c", "echo $$; exec sleep 30"])
+        async for item in stream:
+            assert isinstance(item, ExecOutput)
+            pid = int(item.data)
+            break
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert _gone(pid)
+        assert guest_tmp_files(tmp_path) == []
+        assert not fake.procs
+
+    run_with_agent(tmp_path, body)
+
+
+def test_exec_cancelled_consumer_cleans_up(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        task = asyncio.create_task(collect(agent, ["sleep", "30"]))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert guest_tmp_files(tmp_path) == []
+        assert not fake.procs
+        assert await agent.execute("guest-ping") == {}
+
+    run_with_agent(tmp_path, body)
+
+
+def test_exec_guest_error_propagates(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        bad = GuestAgent(fake.path, tmp_dir=str(tmp_path / "no-such-dir"))
+        try:
+            with pytest.raises(GuestAgentCommandError) as info:
+                await collect(bad, ["true"])
+            assert info.value.command == "guest-file-open"
+        finally:
+            await bad.close()
+
+    run_with_agent(tmp_path, body)
