@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -175,7 +176,7 @@ class Client:
             if ev.kind == "progress" and progress:
                 progress(ev)
             elif ev.kind == "error":
-                raise APIError(500, "ImageError", ev.message or "image build failed")
+                raise APIError(500, ev.error or "ImageError", ev.message or "image build failed")
             elif ev.kind == "done" and ev.manifest is not None:
                 return ev.manifest
         raise APIError(500, "ImageError", f"the build of '{name}' ended without a result")
@@ -196,8 +197,18 @@ class Client:
 
 
 def daemon_running(settings: Settings) -> bool:
+    """Is a daemon answering on the socket? A stale socket file (the daemon was killed) is not one."""
     if not settings.socket.exists():
         return False
+    # A plain connect first: httpx's unix transport does not close its socket when the connect is refused.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(settings.socket))
+    except OSError:
+        return False
+    finally:
+        probe.close()
     with Client(settings.socket) as c:
         return c.ping()
 

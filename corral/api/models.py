@@ -84,6 +84,7 @@ class BuildEvent(BaseModel):
     total: int | None = None
     manifest: Manifest | None = None
     message: str | None = None
+    error: str | None = Field(default=None, description="the error class, on kind=error")
 
 
 class EventInfo(BaseModel):

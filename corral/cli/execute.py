@@ -48,6 +48,7 @@ def exec_(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("exec", context_settings={"allow_interspersed_args": False})(exec_)
+    # Options may stand anywhere before `--`; everything after `--` is the guest command, dashes and all.
+    app.command("exec")(exec_)
 
 

@@ -19,7 +19,7 @@ def snapshot(c: CorralEnv) -> tuple[str, list[str]]:
 
 @pytest.mark.parametrize("args,code,words", [
     (["launch", "Bad_Name"], 2, "not a valid VM name"),
-    (["launch", "x", "--image", "nope"], 3, "no image named 'nope'"),
+    (["launch", "x", "--image", "nope"], 3, "no image builder 'nope'"),
     (["launch", "x", "--memory", "900G"], 5, "this host allows at most"),
     (["launch", "x", "--memory", "12 apples"], 2, "not a size"),
     (["launch", "x", "--memory", "16M"], 2, "memory"),
@@ -34,7 +34,7 @@ def snapshot(c: CorralEnv) -> tuple[str, list[str]]:
     (["exec", "keep", "--env", "NOEQUALS", "--", "true"], 2, "KEY=VALUE"),
     (["stop", "ghost"], 3, "no VM named 'ghost'"),
     (["images", "rm", "tiny"], 4, "keep"),
-    (["images", "build", "windows"], 1, "unknown image"),
+    (["images", "build", "windows"], 3, "no image builder 'windows': known images are debian-12, tiny"),
 ])
 def test_bad_input_changes_nothing(corral: CorralEnv, args: list[str], code: int, words: str) -> None:
     if not hasattr(corral, "_keep"):

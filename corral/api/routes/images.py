@@ -13,6 +13,7 @@ from corral.api.deps import Services, services
 from corral.api.models import BuildEvent
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest
+from corral.images.builders import get_builder
 
 router = APIRouter(prefix="/images", tags=["images"])
 Svc = Annotated[Services, Depends(services)]
@@ -31,6 +32,7 @@ async def get_image(name: str, svc: Svc) -> Manifest:
 @router.post("/{name}/build")
 async def build_image(name: str, svc: Svc, refresh: bool = False) -> StreamingResponse:
     """NDJSON stream of :class:`BuildEvent`: progress while the builder runs (in a thread), then ``done``."""
+    get_builder(name)  # an unknown image is a 404 now, not an error line in a 200 stream
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[BuildEvent] = asyncio.Queue()
 
@@ -43,7 +45,7 @@ async def build_image(name: str, svc: Svc, refresh: bool = False) -> StreamingRe
             svc.vms.event(None, "image", f"image '{name}' ready", image=name)
             await queue.put(BuildEvent(kind="done", manifest=manifest))
         except CorralError as exc:
-            await queue.put(BuildEvent(kind="error", message=exc.message))
+            await queue.put(BuildEvent(kind="error", message=exc.message, error=type(exc).__name__))
         except Exception as exc:  # a builder bug still ends the stream with a readable line
             await queue.put(BuildEvent(kind="error", message=f"image build failed: {exc}"))
 
