@@ -9,7 +9,7 @@ run: setup
 
 # Unit tests, lint and types, then integration tests that boot real VMs (images cached in ~/.cache/corral).
 test: setup
-	.venv/bin/ruff check corral tests bench
+	.venv/bin/ruff check corral tests bench scripts
 	.venv/bin/mypy
 	.venv/bin/python -m pytest tests/unit -q
 	.venv/bin/python scripts/prepare_images.py tiny debian-12

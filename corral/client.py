@@ -188,29 +188,23 @@ class Client:
     def status(self) -> DaemonStatus:
         return DaemonStatus.model_validate(self._req("GET", "/status").json())
 
-    def ping(self) -> bool:
-        try:
-            self._http.get("/status", timeout=2.0)
-            return True
-        except httpx.TransportError:
-            return False
 
-
-def daemon_running(settings: Settings) -> bool:
+def daemon_running(settings: Settings, timeout: float = 2.0) -> bool:
     """Is a daemon answering on the socket? A stale socket file (the daemon was killed) is not one."""
     if not settings.socket.exists():
         return False
-    # A plain connect first: httpx's unix transport does not close its socket when the connect is refused.
+    # A plain socket, not httpx: httpx's unix transport leaks its socket when a connect is refused or a read
+    # times out (a stale socket after a killed daemon; a daemon still re-attaching its VMs).
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2.0)
+    probe.settimeout(timeout)
     try:
         probe.connect(str(settings.socket))
+        probe.sendall(f"GET {API_PREFIX}/status HTTP/1.0\r\nHost: corral\r\n\r\n".encode())
+        return probe.recv(12).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
     finally:
         probe.close()
-    with Client(settings.socket) as c:
-        return c.ping()
 
 
 def _spawn_detached(argv: list[str], env: dict[str, str], log: Path) -> None:

@@ -38,9 +38,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_HOME = "/root"
 
 #: How long one sync attempt waits for its answer before sending a fresh one.
-SYNC_RETRY_INTERVAL = 0.75
+SYNC_RETRY_INTERVAL = 0.5
 #: How often wait_ready retries while the socket is missing or refused.
-CONNECT_RETRY_INTERVAL = 0.2
+CONNECT_RETRY_INTERVAL = 0.05
 #: How often exec_stream polls the process status and its output files.
 POLL_INTERVAL = 0.05
 #: The most exec_stream asks for in one guest-file-read (per stream, per tick).

@@ -48,3 +48,24 @@ def test_bad_input_changes_nothing(corral: CorralEnv, args: list[str], code: int
     assert "Traceback" not in r.stderr
     assert snapshot(corral) == before
     assert corral.cli("images", "ls", "--json").returncode == 0
+
+
+def test_launch_refused_at_start_leaves_nothing(corral_home: CorralEnv) -> None:
+    """Memory that fits the host but not beside the running VMs: launch fails at start, and is undone."""
+    import json as _json
+
+    corral_home.env["CORRAL_MEMORY_OVERCOMMIT"] = "0.5"
+    corral_home.settings = type(corral_home.settings)(**{**corral_home.settings.__dict__, "memory_overcommit": 0.5})
+    corral_home.start_daemon()
+    corral_home.client.build_image("tiny")
+    from corral.vm.host import host_memory_mib
+
+    half = host_memory_mib() // 2
+    big = f"{half * 3 // 5}M"  # one fits under the 50% limit, two do not
+    assert corral_home.cli("launch", "first", "--memory", big, "--no-wait").returncode == 0
+    r = corral_home.cli("launch", "second", "--memory", big, "--no-wait")
+    assert r.returncode == 5, r.stderr
+    assert "cannot start 'second'" in r.stderr and "MiB" in r.stderr
+    names = [v["name"] for v in _json.loads(corral_home.cli("ls", "--json").stdout)]
+    assert names == ["first"]
+    assert sorted(os.listdir(corral_home.settings.vms_dir)) == ["first"]

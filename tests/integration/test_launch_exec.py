@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +54,14 @@ def test_launch_then_exec(corral: CorralEnv) -> None:
     assert show["addresses"], "the guest got an address by DHCP"
     text = corral.cli("show", "demo").stdout
     assert "accelerator:" in text and "uptime:" in text
+
+    # QEMU inherits none of the daemon's descriptors (its database, socket, log).
+    fds = {os.readlink(f"/proc/{show['pid']}/fd/{fd}") for fd in os.listdir(f"/proc/{show['pid']}/fd")}
+    home = str(corral.home)
+    leaked = {f for f in fds if f.startswith(home) and "/vms/demo/" not in f and "/images/tiny/" not in f}
+    assert not leaked, leaked
+    cmdline = Path(f"/proc/{show['pid']}/cmdline").read_text().split("\0")
+    assert "-sandbox" in cmdline
 
     st = corral.cli("daemon", "status").stdout
     assert "accelerator: tcg" in st or "accelerator: kvm" in st

@@ -1,0 +1,78 @@
+"""Run the benchmark suite: ``python -m bench.run [--quick] [--only NAME] [--runs N]``.
+
+Writes ``bench/results.json`` and ``docs/benchmarks.md``. Uses a throw-away Corral home under /tmp with its own
+daemon; the image cache is ``$CORRAL_CACHE`` (default ``~/.cache/corral``). Everything it started is killed by pid
+at the end, even on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench.cases import BENCHMARKS, Context, delete_all_vms, warm_up
+from bench.harness import BenchHome, host_facts, load_average
+from bench.report import BenchResult, render_markdown, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("--quick", action="store_true", help="fewer runs and VMs (2 launch rounds, 4 VMs)")
+    p.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark")
+    p.add_argument("--runs", type=int, help="launch rounds (default 5, --quick 2)")
+    p.add_argument("--no-write", action="store_true", help="print the Markdown, do not write the files")
+    args = p.parse_args(argv)
+    runs = args.runs or (2 if args.quick else 5)
+    selected = args.only or list(BENCHMARKS)
+    command = "python -m bench.run" + (" --quick" if args.quick else "")
+
+    bh = BenchHome.create()
+    results: list[BenchResult] = []
+    try:
+        log(f"Corral home {bh.home}, cache {bh.settings.cache}")
+        bh.start_daemon()
+        log("installing the tiny image from the build cache")
+        bh.client.build_image("tiny")
+        log("warm-up: one untimed Corral launch (probes the accelerator, fills the page cache)")
+        warm_up(bh)
+        host = host_facts(bh, args.quick)
+        log(f"host: {host['cores']} cores, accel {host['accel']}, {host['qemu']}")
+        ctx = Context(bh=bh, quick=args.quick, runs=runs, accel=host["accel"] or "tcg", log=log)
+        for key in selected:
+            log(f"== {key}")
+            try:
+                results.append(BENCHMARKS[key](ctx))
+            except Exception as exc:  # one failing benchmark must not lose the others' results
+                traceback.print_exc()
+                results.append(BenchResult(key=key, title=key, how="", error=f"{type(exc).__name__}: {exc}"))
+                if bh.daemon_pid() is None:
+                    bh.start_daemon()
+                delete_all_vms(bh)
+        host["load_end"] = load_average()
+    finally:
+        bh.cleanup()
+
+    md = render_markdown(host, results, command)
+    if args.no_write:
+        print(md)
+    else:
+        write_json(RESULTS, host, results)
+        DOC.write_text(md)
+        log(f"wrote {RESULTS.relative_to(ROOT)} and {DOC.relative_to(ROOT)}")
+        print(md)
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
