@@ -68,3 +68,22 @@ class VMPaths:
     @property
     def pidfile(self) -> Path:
         return self.root / "qemu.pid"
+
+    @property
+    def ssh_key(self) -> Path:
+        """Corral's private key for this VM (``.pub`` beside it), installed in the guest at every boot."""
+        return self.root / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        """The guest's SSH host keys, read through the guest agent (so `corral shell` never trusts on first use)."""
+        return self.root / "known_hosts"
+
+    @property
+    def seed(self) -> Path:
+        """The cloud-init NoCloud seed (ISO 9660, volume label cidata), when the spec asks for cloud-init."""
+        return self.root / "seed.iso"
+
+    def nic_socket(self, network: str) -> Path:
+        """This VM's end of a private network: a unix datagram socket the switch sends frames to."""
+        return self.root / f"net-{network}.sock"

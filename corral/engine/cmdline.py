@@ -38,6 +38,25 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class NicAttachment:
+    """A NIC on a private network: frames go as unix datagrams between ``local`` (ours) and the switch."""
+
+    network: str
+    mac: str
+    local: Path
+    switch: Path
+
+
+@dataclass(frozen=True)
+class Attachments:
+    """What the host prepared for this start: the SSH forward, private NICs, the cloud-init seed."""
+
+    ssh_port: int | None = None
+    nics: tuple[NicAttachment, ...] = ()
+    seed: Path | None = None
+
+
+@dataclass(frozen=True)
 class Identity:
     """What makes this VM itself: the UUID (also the mark that re-attach checks in /proc) and the MAC."""
 
@@ -63,7 +82,8 @@ def _identity(spec: VMSpec, ident: Identity) -> list[str]:
 
 
 def _boot(spec: VMSpec, boot: BootSource) -> list[str]:
-    append = f"{boot.cmdline} corral.hostname={spec.name} systemd.hostname={spec.name}".strip()
+    host = spec.guest_hostname
+    append = f"{boot.cmdline} corral.hostname={host} systemd.hostname={host}".strip()
     return ["-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append]
 
 
@@ -79,8 +99,31 @@ def _root_disk(boot: BootSource, paths: VMPaths) -> list[str]:
     ]  # fmt: skip
 
 
-def _network(ident: Identity) -> list[str]:
-    return ["-netdev", "user,id=net0", "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"]
+def _network(spec: VMSpec, ident: Identity, att: Attachments) -> list[str]:
+    # NAT with outbound access, no root: QEMU's user networking. Forwards bind on the host side only.
+    fwds = [f"hostfwd={p.proto}:{p.host_addr}:{p.host_port}-:{p.guest_port}" for p in spec.ports]
+    if att.ssh_port is not None:
+        fwds.insert(0, f"hostfwd=tcp:127.0.0.1:{att.ssh_port}-:22")
+    user = ",".join(["user,id=net0", *fwds])
+    args = ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"]
+    for i, nic in enumerate(att.nics, start=1):
+        args += [
+            "-netdev", f"dgram,id=net{i},local.type=unix,local.path={nic.local},"
+                       f"remote.type=unix,remote.path={nic.switch}",
+            "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac}",
+        ]  # fmt: skip
+    return args
+
+
+def _seed(att: Attachments) -> list[str]:
+    if att.seed is None:
+        return []
+    # The NoCloud seed (volume label cidata), read-only, format stated.
+    return [
+        "-blockdev", f"driver=file,node-name=seed-file,filename={att.seed},read-only=on",
+        "-blockdev", "driver=raw,node-name=seed,file=seed-file,read-only=on",
+        "-device", "virtio-blk-pci,drive=seed,id=seed-disk",
+    ]  # fmt: skip
 
 
 def _guest_agent(paths: VMPaths) -> list[str]:
@@ -117,7 +160,10 @@ def _safety() -> list[str]:
     return ["-nodefaults", "-no-user-config", "-display", "none", "-sandbox", SANDBOX, "-msg", "timestamp=on"]
 
 
-def build_argv(spec: VMSpec, boot: BootSource, paths: VMPaths, host: HostConfig, ident: Identity) -> list[str]:
+def build_argv(
+    spec: VMSpec, boot: BootSource, paths: VMPaths, host: HostConfig, ident: Identity,
+    att: Attachments = Attachments(),
+) -> list[str]:
     """The whole QEMU command line for ``spec``. Pure: same inputs, same list."""
     return [
         host.qemu_binary,
@@ -127,7 +173,8 @@ def build_argv(spec: VMSpec, boot: BootSource, paths: VMPaths, host: HostConfig,
         *_safety(),
         *_boot(spec, boot),
         *_root_disk(boot, paths),
-        *_network(ident),
+        *_network(spec, ident, att),
+        *_seed(att),
         *_guest_agent(paths),
         *_serial(paths),
         *_monitor(paths),

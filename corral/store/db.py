@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runtime (
     pid INTEGER NOT NULL,
     start_ticks INTEGER NOT NULL,
     started_at REAL NOT NULL,
-    accel TEXT NOT NULL
+    accel TEXT NOT NULL,
+    ssh_port INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,6 +74,7 @@ class RuntimeRecord:
     start_ticks: int
     started_at: float
     accel: str
+    ssh_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ class Store:
     def list_vms(self) -> list[VMRecord]:
         return [_vm(r) for r in self._db.execute("SELECT * FROM vms ORDER BY name")]
 
+    def update_spec(self, spec: VMSpec) -> None:
+        self._db.execute("UPDATE vms SET spec = ? WHERE name = ?", (spec.model_dump_json(), spec.name))
+
     def set_state(self, name: str, state: VMState, reason: str = "") -> None:
         self._db.execute("UPDATE vms SET state = ?, state_reason = ? WHERE name = ?", (state.value, reason, name))
 
@@ -130,8 +135,8 @@ class Store:
     # --- runtime ---------------------------------------------------------------------------------------------
     def put_runtime(self, rt: RuntimeRecord) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO runtime (name, pid, start_ticks, started_at, accel) VALUES (?,?,?,?,?)",
-            (rt.name, rt.pid, rt.start_ticks, rt.started_at, rt.accel),
+            "INSERT OR REPLACE INTO runtime (name, pid, start_ticks, started_at, accel, ssh_port) VALUES (?,?,?,?,?,?)",
+            (rt.name, rt.pid, rt.start_ticks, rt.started_at, rt.accel, rt.ssh_port),
         )
 
     def get_runtime(self, name: str) -> RuntimeRecord | None:

@@ -30,6 +30,11 @@ class Machine:
     #: Set when a user asked for the stop or kill, so the exit is not a crash.
     requested: str | None = None
     agent_ready: bool = False
+    #: Set once the agent answered and the guest was provisioned (SSH key, private NICs) for this boot.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_task: asyncio.Task[None] | None = None
+    ready_error: str | None = None
+    ssh_port: int | None = None
     addresses: list[str] = field(default_factory=list)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set by each RESET event (the guest rebooted); cleared by whoever waits for the next one.

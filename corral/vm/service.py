@@ -27,10 +27,13 @@ from typing import Any
 
 from corral.engine import process, qemu_img
 from corral.engine.accel import Accelerator, probe_accelerator
-from corral.engine.cmdline import BootSource, HostConfig, Identity, build_argv
+from corral.engine.cmdline import Attachments, BootSource, HostConfig, Identity, build_argv
 from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
-from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound
+from corral.errors import Conflict, CorralError, EngineError, GuestAgentTimeout, InvalidInput, NotFound
+from corral.guest import cloudinit, ssh
+from corral.network import ports
+from corral.network.private import NetworkService
 from corral.images.store import ImageStore
 from corral.paths import VMPaths
 from corral.settings import Settings
@@ -45,14 +48,17 @@ log = logging.getLogger(__name__)
 SERIAL_LOG_MAX = 4 << 20  # rotate the serial log past 4 MiB (one old copy kept)
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 STABLE_AFTER = 600.0
+READY_TIMEOUT = 900.0  # how long a boot may take before the guest is reported not ready
 CLEAN_REBOOT_TIMEOUT = 30.0  # then a clean reboot becomes a hard reset  # a VM up this long has its restart count reset
 
 
 class VMService:
-    def __init__(self, settings: Settings, store: Store, images: ImageStore) -> None:
+    def __init__(self, settings: Settings, store: Store, images: ImageStore,
+                 networks: NetworkService | None = None) -> None:
         self.settings = settings
         self.store = store
         self.images = images
+        self.networks = networks or NetworkService(settings, store)
         self._locks: dict[str, asyncio.Lock] = {}
         self._machines: dict[str, Machine] = {}
         self._accel: Accelerator | None = None
@@ -170,16 +176,18 @@ class VMService:
             sock.unlink(missing_ok=True)
         _rotate(paths.serial_log)
         _rotate(paths.qemu_log)
+        att = await self._prepare(rec, paths)
         argv = build_argv(spec, boot, paths,
                           HostConfig(self.settings.qemu_binary, accel.name, self.settings.tcg_tb_size_mib),
-                          Identity(rec.id, rec.mac))
+                          Identity(rec.id, rec.mac), att)
         await self._set_state(name, VMState.STARTING)
         self.event(name, "start", f"starting QEMU ({accel.name})", argv=argv)
         child: asyncio.subprocess.Process | None = None
         try:
             child = await process.spawn(argv, paths.qemu_log, paths.root)
             ident = process.identify(child.pid)
-            self.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, time.time(), accel.name))
+            self.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, time.time(), accel.name,
+                                                 att.ssh_port))
             monitor = Monitor(name, paths.qmp_socket)
             await monitor.connect(timeout=15.0, alive=lambda: child is not None and child.returncode is None
                                   and process.is_alive(ident.pid))
@@ -197,16 +205,57 @@ class VMService:
                 raise
             raise EngineError(f"QEMU for '{name}' failed to start: {detail}") from exc
         m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel.name, started_at=time.time(),
-                    monitor=monitor, agent=GuestAgent(paths.qga_socket), child=child)
+                    monitor=monitor, agent=GuestAgent(paths.qga_socket), child=child, ssh_port=att.ssh_port)
         self._attach(m)
         await self._set_state(name, VMState.RUNNING)
 
+    async def _prepare(self, rec: VMRecord, paths: VMPaths) -> Attachments:
+        """Everything the host sets up before QEMU starts; refuses (and changes nothing) if a port is taken."""
+        ports.check_free(rec.spec.ports, rec.name)
+        public_key = await asyncio.to_thread(ssh.ensure_keypair, paths)
+        nics = await self.networks.attach(rec)
+        seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key)
+        return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed)
+
     def _attach(self, m: Machine) -> None:
-        """Supervise ``m``: its QMP events and its exit."""
+        """Supervise ``m``: its QMP events, its readiness and its exit."""
         self._machines[m.name] = m
         if m.monitor is not None:
             m.monitor.watch(lambda ev, data: self._on_qmp_event(m, ev, data))
         m.supervisor = asyncio.create_task(self._supervise(m), name=f"supervise-{m.name}")
+        self._watch_ready(m)
+
+    def _watch_ready(self, m: Machine) -> None:
+        """(Re)start waiting for this boot's guest agent, then provision the guest."""
+        if m.ready_task is not None:
+            m.ready_task.cancel()
+        m.ready.clear()
+        m.agent_ready = False
+        m.ready_error = None
+        m.ready_task = asyncio.create_task(self._become_ready(m), name=f"ready-{m.name}")
+
+    async def _become_ready(self, m: Machine) -> None:
+        try:
+            await m.agent.wait_ready(READY_TIMEOUT)
+            m.agent_ready = True
+            await self._provision(m)
+            self.event(m.name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
+            await self.refresh_addresses(m.name)
+        except asyncio.CancelledError:
+            raise
+        except CorralError as exc:
+            m.ready_error = exc.message
+            self.event(m.name, "ready", f"guest not ready: {exc.message}")
+        finally:
+            if m.agent_ready or m.ready_error:
+                m.ready.set()
+
+    async def _provision(self, m: Machine) -> None:
+        """What every boot of a guest gets: Corral's SSH key, its private network addresses and names."""
+        rec = self._get(m.name)
+        public_key = await asyncio.to_thread(ssh.ensure_keypair, self.paths(m.name))
+        await ssh.provision(m.agent, rec.spec, public_key)
+        await self.networks.configure_guest(rec, m.agent)
 
     async def _on_qmp_event(self, m: Machine, event: str, data: dict[str, Any]) -> None:
         name = m.name
@@ -214,9 +263,9 @@ class VMService:
             m.shutdown_reason = str(data.get("reason", ""))
             self.event(name, "qmp", f"SHUTDOWN ({m.shutdown_reason})", **data)
         elif event == "RESET":
-            m.agent_ready = False
             m.reset.set()
             await m.agent.close()  # the agent of the old boot is gone; the next call re-syncs with the new one
+            self._watch_ready(m)
             self.event(name, "qmp", "RESET: the guest rebooted", **data)
         elif event == "GUEST_PANICKED":
             m.panicked = True
@@ -254,6 +303,8 @@ class VMService:
     async def _on_exit(self, m: Machine, returncode: int | None) -> None:
         name = m.name
         self._machines.pop(name, None)
+        if m.ready_task is not None:
+            m.ready_task.cancel()
         if m.monitor is not None:
             await m.monitor.close()
         with contextlib.suppress(Exception):
@@ -424,32 +475,28 @@ class VMService:
 
     # ------------------------------------------------------------------------------------------ guest agent --
     async def wait_ready(self, name: str, timeout: float = 120.0) -> None:
-        """Wait until the guest agent answers."""
+        """Wait until the guest agent answered and the guest was provisioned for this boot."""
         rec = self._get(name)
         if rec.state not in (VMState.RUNNING, VMState.STARTING):
             raise Conflict(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
         m = self._machines.get(name)
         if m is None:
             raise EngineError(f"VM '{name}' has no supervised QEMU process")
-        if m.agent_ready:
-            return
-        waiter = asyncio.ensure_future(m.agent.wait_ready(timeout))
+        ready = asyncio.ensure_future(m.ready.wait())
         exited = asyncio.ensure_future(m.exited.wait())
         try:
-            done, _ = await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            ready.cancel()
             exited.cancel()
-            if not waiter.done():
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError, CorralError):
-                    await waiter
-        if waiter in done:
-            waiter.result()  # raises GuestAgentTimeout
-            m.agent_ready = True
-            self.event(name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
+        if m.agent_ready:
             return
-        rec = self._get(name)
-        raise EngineError(f"VM '{name}' stopped while waiting for its guest agent: {rec.state_reason}")
+        if m.ready_error:
+            raise EngineError(f"VM '{name}' is not ready: {m.ready_error}")
+        if exited in done:
+            raise EngineError(f"VM '{name}' stopped while waiting for its guest agent: {self._get(name).state_reason}")
+        raise GuestAgentTimeout(f"the guest agent of '{name}' did not answer within {timeout:.0f}s: "
+                                f"see `corral logs {name}`")
 
     async def exec(
         self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
@@ -534,7 +581,7 @@ class VMService:
         if rt is None:
             self.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, started_at, accel))
         m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel, started_at=started_at, monitor=None,
-                    agent=GuestAgent(paths.qga_socket))
+                    agent=GuestAgent(paths.qga_socket), ssh_port=rt.ssh_port if rt else None)
         monitor = Monitor(name, paths.qmp_socket)
         try:
             await monitor.connect(timeout=3.0, alive=lambda: process.is_alive(ident.pid))
@@ -574,8 +621,9 @@ class VMService:
         for task in list(self._background):
             task.cancel()
         for m in list(self._machines.values()):
-            if m.supervisor is not None:
-                m.supervisor.cancel()
+            for watcher in (m.supervisor, m.ready_task):
+                if watcher is not None:
+                    watcher.cancel()
             if m.monitor is not None:
                 await m.monitor.close()
             with contextlib.suppress(Exception):

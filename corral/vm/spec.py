@@ -52,6 +52,41 @@ MemoryMiB = Annotated[int, BeforeValidator(_memory_mib)]
 DiskBytes = Annotated[int, BeforeValidator(_disk_bytes)]
 
 
+PORT_RE = re.compile(r"^(?:(?P<addr>[0-9.]+):)?(?P<host>\d+):(?P<guest>\d+)(?:/(?P<proto>tcp|udp))?$")
+
+
+class PortForward(BaseModel):
+    """A host port forwarded to a guest port through the VM's NAT network. Written `[ADDR:]HOST:GUEST[/udp]`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host_addr: str = Field(default="127.0.0.1", description="host address to listen on (default: loopback only)")
+    host_port: int = Field(ge=1, le=65535)
+    guest_port: int = Field(ge=1, le=65535)
+    proto: str = Field(default="tcp", pattern="^(tcp|udp)$")
+
+    @classmethod
+    def parse(cls, text: str) -> PortForward:
+        m = PORT_RE.match(text.strip())
+        if not m:
+            raise ValueError(f"{text!r} is not a port forward: use HOST:GUEST, ADDR:HOST:GUEST or HOST:GUEST/udp")
+        return cls(host_addr=m["addr"] or "127.0.0.1", host_port=int(m["host"]), guest_port=int(m["guest"]),
+                   proto=m["proto"] or "tcp")
+
+    def __str__(self) -> str:
+        return f"{self.host_addr}:{self.host_port}:{self.guest_port}/{self.proto}"
+
+    def key(self) -> tuple[str, str, int]:
+        """What must be unique on the host: protocol, address, port."""
+        return (self.proto, self.host_addr, self.host_port)
+
+
+def _ports(v: Any) -> Any:
+    if isinstance(v, list):
+        return [PortForward.parse(p) if isinstance(p, str) else p for p in v]
+    return v
+
+
 class VMSpec(BaseModel):
     """What a VM is. Sizes accept numbers or human strings: memory "512M" or 512 (MiB), disk "10G" or bytes."""
 
@@ -65,6 +100,13 @@ class VMSpec(BaseModel):
         default=None, ge=1 << 20, le=MAX_DISK_BYTES, description="root disk bytes; default: the image's size"
     )
     restart: RestartPolicy = RestartPolicy.NEVER
+    ports: Annotated[list[PortForward], BeforeValidator(_ports)] = Field(
+        default_factory=list, description="host port forwards: '8080:80', '127.0.0.1:5353:53/udp'"
+    )
+    networks: list[str] = Field(default_factory=list, description="private networks to attach (`corral network ls`)")
+    cloud_init: str | None = Field(default=None, description="cloud-init user-data (a NoCloud seed is made)")
+    ssh_keys: list[str] = Field(default_factory=list, description="public keys authorized for the default user")
+    hostname: str | None = Field(default=None, description="guest hostname; default: the VM name")
 
     @field_validator("name")
     @classmethod
@@ -75,6 +117,37 @@ class VMSpec(BaseModel):
                 "starting with a letter and not ending with '-'"
             )
         return v
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_ports(cls, v: list[PortForward]) -> list[PortForward]:
+        keys = [p.key() for p in v]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            proto, addr, port = sorted(dup)[0]
+            raise ValueError(f"host port {addr}:{port}/{proto} is forwarded twice")
+        return v
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            if not NAME_RE.match(n):
+                raise ValueError(f"{n!r} is not a valid network name")
+        if len(set(v)) != len(v):
+            raise ValueError("a network is listed twice")
+        return v
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid hostname: use lower-case letters, digits and '-'")
+        return v
+
+    @property
+    def guest_hostname(self) -> str:
+        return self.hostname or self.name
 
     @field_validator("image")
     @classmethod

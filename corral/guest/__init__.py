@@ -1,0 +1,1 @@
+"""Reaching into guests: SSH keys and shells (``ssh``), file copy (``files``), cloud-init seeds (``cloudinit``)."""
