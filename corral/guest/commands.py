@@ -18,5 +18,6 @@ async def run(agent: GuestAgent, argv: list[str], *, stdin: bytes | None = None,
             if item.timed_out:
                 raise GuestAgentError(f"guest command {argv[0]!r} timed out after {timeout:.0f}s")
     if check and code != 0:
-        raise GuestAgentError(f"guest command {' '.join(argv)!r} failed ({code}): {err.decode(errors='replace').strip()}")
+        detail = err.decode(errors="replace").strip()
+        raise GuestAgentError(f"guest command {' '.join(argv)!r} failed ({code}): {detail}")
     return code, bytes(out), bytes(err)

@@ -32,9 +32,9 @@ from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentTimeout, InvalidInput, NotFound
 from corral.guest import cloudinit, ssh
+from corral.images.store import ImageStore
 from corral.network import ports
 from corral.network.private import NetworkService
-from corral.images.store import ImageStore
 from corral.paths import VMPaths
 from corral.settings import Settings
 from corral.store.db import RuntimeRecord, Store, VMRecord
