@@ -228,13 +228,17 @@ def _spawn_detached(argv: list[str], env: dict[str, str], log: Path) -> None:
     os.waitpid(pid, 0)
 
 
-def start_daemon(settings: Settings, timeout: float = 30.0) -> None:
-    """Start corrald detached (own session, output to corrald.log) and wait until it answers."""
+def start_daemon(settings: Settings, timeout: float = 30.0, environ: dict[str, str] | None = None) -> None:
+    """Start corrald detached (own session, output to corrald.log) and wait until it answers.
+
+    The daemon reads its settings from ``environ`` (default: this process's environment) with the home and cache
+    of ``settings``."""
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = settings.home / paths.DAEMON_LOG
     log.touch(mode=0o600)
     offset = log.stat().st_size
-    env = dict(os.environ, CORRAL_HOME=str(settings.home), CORRAL_CACHE=str(settings.cache))
+    env = dict(os.environ if environ is None else environ, CORRAL_HOME=str(settings.home),
+               CORRAL_CACHE=str(settings.cache))
     _spawn_detached([sys.executable, "-m", "corral.daemon.main"], env, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -48,7 +48,7 @@ class CorralEnv:
                                            r.stderr.decode(errors="replace"))
 
     def start_daemon(self) -> None:
-        start_daemon(self.settings)
+        start_daemon(self.settings, environ=self.env)
 
     def daemon_pid(self) -> int | None:
         try:

@@ -55,7 +55,6 @@ def test_launch_refused_at_start_leaves_nothing(corral_home: CorralEnv) -> None:
     import json as _json
 
     corral_home.env["CORRAL_MEMORY_OVERCOMMIT"] = "0.5"
-    corral_home.settings = type(corral_home.settings)(**{**corral_home.settings.__dict__, "memory_overcommit": 0.5})
     corral_home.start_daemon()
     corral_home.client.build_image("tiny")
     from corral.vm.host import host_memory_mib
