@@ -25,9 +25,9 @@ from typing import Any
 from corral import paths
 from corral.client import Client, start_daemon
 from corral.engine import process
+from corral.engine.process import find_qemu
 from corral.settings import Settings, load_settings
 from corral.store.db import Store
-from corral.vm.service import find_qemu
 
 
 @dataclass

@@ -12,7 +12,9 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,22 @@ from corral.api.models import (
     EventInfo,
     ExecChunk,
     ExecRequest,
+    FileInfo,
+    NetworkCreate,
+    NetworkInfo,
+    PortRequest,
     RestartRequest,
+    SSHInfo,
     StopRequest,
     VMInfo,
+    WaitForRequest,
     WaitRequest,
 )
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest
 from corral.settings import Settings, load_settings
-from corral.vm.spec import VMSpec
+from corral.vm.spec import PortForward, VMSpec
+from corral.vm.states import VMState
 
 
 class APIError(CorralError):
@@ -47,6 +56,18 @@ class APIError(CorralError):
 
 class DaemonUnavailable(CorralError):
     """The daemon is not running, or did not come up."""
+
+
+@dataclass
+class Download:
+    """An open download (:meth:`Client.download`): ``kind`` is "file" or "tar" (a directory), ``mode`` and
+    ``mtime`` those of the guest source, ``size`` the exact byte count of ``chunks``."""
+
+    kind: str
+    size: int
+    mode: int
+    mtime: int
+    chunks: Iterator[bytes]
 
 
 class Client:
@@ -132,9 +153,33 @@ class Client:
         body = WaitRequest(timeout=timeout).model_dump()
         return VMInfo.model_validate(self._req("POST", f"/vms/{name}/wait-ready", json=body).json())
 
+    def wait_for(self, name: str, *, state: VMState | str | None = None, ready: bool = False,
+                 timeout: float = 300.0) -> VMInfo:
+        """Block until the VM is in ``state`` and/or ready (ready alone when no state is given)."""
+        body = WaitForRequest(state=VMState(state) if state else None, ready=ready, timeout=timeout)
+        r = self._req("POST", f"/vms/{name}/wait", json=body.model_dump(mode="json"),
+                      timeout=httpx.Timeout(timeout + 60.0, connect=5.0))
+        return VMInfo.model_validate(r.json())
+
+    def ssh_info(self, name: str, timeout: float = 30.0) -> SSHInfo:
+        """Where and how to SSH into a ready VM (waits up to ``timeout`` s for it to be ready)."""
+        r = self._req("GET", f"/vms/{name}/ssh", params={"timeout": timeout},
+                      timeout=httpx.Timeout(timeout + 60.0, connect=5.0))
+        return SSHInfo.model_validate(r.json())
+
     def logs(self, name: str, tail: int | None = None) -> str:
         params = {"tail": tail} if tail is not None else {}
         return self._req("GET", f"/vms/{name}/logs", params=params).text
+
+    def logs_since(self, name: str, offset: int | None = None, tail: int | None = None) -> tuple[bytes, int]:
+        """(log bytes, offset to continue from): all (or ``tail`` lines) without ``offset``, else what is new."""
+        params: dict[str, Any] = {}
+        if offset is not None:
+            params["offset"] = offset
+        if tail is not None:
+            params["tail"] = tail
+        r = self._req("GET", f"/vms/{name}/logs", params=params)
+        return r.content, int(r.headers.get("X-Log-Offset", "0"))
 
     def events(self, vm: str | None = None, after: int = 0) -> list[EventInfo]:
         params: dict[str, Any] = {"after": after}
@@ -165,6 +210,60 @@ class Client:
                 raise APIError(502, "EngineError", chunk.message or "exec failed")
         return code, bytes(out), bytes(err)
 
+    # ------------------------------------------------------------------------------------------------- files --
+    def file_stat(self, name: str, path: str) -> FileInfo:
+        """What a guest path is (``kind`` "missing" when it does not exist)."""
+        return FileInfo.model_validate(self._req("GET", f"/vms/{name}/files/stat", params={"path": path}).json())
+
+    def upload(self, name: str, path: str, body: Iterable[bytes], *, kind: str = "file", mode: int = 0o644,
+               mtime: int | None = None) -> FileInfo:
+        """Stream ``body`` (read lazily, chunk by chunk) into guest file ``path``, or with ``kind="tar"`` unpack it
+        as the new guest directory ``path``."""
+        params: dict[str, Any] = {"path": path, "kind": kind, "mode": f"{mode & 0o7777:o}"}
+        if mtime is not None:
+            params["mtime"] = int(mtime)
+        return FileInfo.model_validate(self._req("PUT", f"/vms/{name}/files", params=params, content=body).json())
+
+    @contextmanager
+    def download(self, name: str, path: str, chunk_size: int = 1 << 20) -> Iterator[Download]:
+        """Open a guest file or directory (as a tar) for streaming; errors come before the first byte."""
+        try:
+            with self._http.stream("GET", f"/vms/{name}/files", params={"path": path}) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._check(r)
+                yield Download(kind=r.headers.get("x-corral-kind", "file"),
+                               size=int(r.headers.get("content-length", 0)),
+                               mode=int(r.headers.get("x-corral-mode", "644"), 8),
+                               mtime=int(r.headers.get("x-corral-mtime", 0)),
+                               chunks=r.iter_raw(chunk_size))
+        except httpx.TransportError as exc:
+            raise DaemonUnavailable(f"the copy from '{name}' was interrupted: {exc}") from exc
+
+    # ----------------------------------------------------------------------------------- ports and networks --
+    def list_ports(self, name: str) -> list[PortForward]:
+        return [PortForward.model_validate(p) for p in self._req("GET", f"/vms/{name}/ports").json()]
+
+    def add_port(self, name: str, forward: str) -> list[PortForward]:
+        body = PortRequest(forward=forward).model_dump()
+        return [PortForward.model_validate(p) for p in self._req("POST", f"/vms/{name}/ports", json=body).json()]
+
+    def remove_port(self, name: str, which: str) -> list[PortForward]:
+        return [PortForward.model_validate(p) for p in self._req("DELETE", f"/vms/{name}/ports/{which}").json()]
+
+    def list_networks(self) -> list[NetworkInfo]:
+        return [NetworkInfo.model_validate(n) for n in self._req("GET", "/networks").json()]
+
+    def get_network(self, name: str) -> NetworkInfo:
+        return NetworkInfo.model_validate(self._req("GET", f"/networks/{name}").json())
+
+    def create_network(self, name: str, subnet: str | None = None, bridge: bool = False) -> NetworkInfo:
+        body = NetworkCreate(name=name, subnet=subnet, bridge=bridge).model_dump()
+        return NetworkInfo.model_validate(self._req("POST", "/networks", json=body).json())
+
+    def delete_network(self, name: str) -> None:
+        self._req("DELETE", f"/networks/{name}")
+
     # ------------------------------------------------------------------------------------------------ images --
     def list_images(self) -> list[Manifest]:
         return [Manifest.model_validate(m) for m in self._req("GET", "/images").json()]
@@ -183,6 +282,21 @@ class Client:
 
     def remove_image(self, name: str) -> None:
         self._req("DELETE", f"/images/{name}")
+
+    def import_image(self, source: str, name: str | None = None, sha256: str | None = None,
+                     format: str | None = None, firmware: str = "bios",
+                     progress: Callable[[BuildEvent], None] | None = None) -> Manifest:
+        """Import a qcow2/raw image (absolute host path, URL or catalog name) into the store."""
+        body = {"source": source, "name": name, "sha256": sha256, "format": format, "firmware": firmware}
+        for item in self._stream("POST", "/images/import", json={k: v for k, v in body.items() if v is not None}):
+            ev = BuildEvent.model_validate(item)
+            if ev.kind == "progress" and progress:
+                progress(ev)
+            elif ev.kind == "error":
+                raise APIError(500, ev.error or "ImageError", ev.message or "image import failed")
+            elif ev.kind == "done" and ev.manifest is not None:
+                return ev.manifest
+        raise APIError(500, "ImageError", f"the import of '{source}' ended without a result")
 
     # ------------------------------------------------------------------------------------------------ daemon --
     def status(self) -> DaemonStatus:

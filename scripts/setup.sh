@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 declare -A NEED=(
   [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [gpgv]=gpgv [mmdebstrap]=mmdebstrap
   [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd
+  [ssh]=openssh-client [ssh-keygen]=openssh-client
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -21,7 +21,6 @@ from corral.client import Client, start_daemon
 from corral.engine import process
 from corral.settings import Settings, load_settings
 from corral.store.db import Store
-from corral.vm.service import find_qemu
 
 ROOT = Path(__file__).resolve().parent.parent
 CORRAL = str(Path(sys.executable).parent / "corral")
@@ -72,7 +71,7 @@ class CorralEnv:
         """The live QEMU of each VM of this home, found by its UUID in /proc (independent of the daemon)."""
         store = Store(self.settings.database)
         try:
-            found = {rec.name: find_qemu(rec.id) for rec in store.list_vms()}
+            found = {rec.name: process.find_qemu(rec.id) for rec in store.list_vms()}
         finally:
             store.close()
         return {name: ident.pid for name, ident in found.items() if ident is not None}

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from corral.images.artifacts import Manifest
 from corral.vm.spec import VMSpec
+from corral.vm.states import VMState
 
 API_PREFIX = "/v1"
 
@@ -56,6 +57,26 @@ class WaitRequest(BaseModel):
     timeout: float = Field(default=120.0, ge=0, le=3600)
 
 
+class WaitForRequest(BaseModel):
+    """`corral wait`: until the VM is in ``state``, or (``ready``, the default when no state is given) until its
+    guest agent answered and the guest was provisioned."""
+
+    state: VMState | None = None
+    ready: bool = False
+    timeout: float = Field(default=300.0, ge=0, le=86400)
+
+
+class SSHInfo(BaseModel):
+    """How to reach a ready VM's SSH server: what `corral shell` passes to ssh (the host key is pinned, never
+    trusted on first use)."""
+
+    host: str
+    port: int
+    user: str
+    identity_file: str
+    known_hosts: str
+
+
 class ExecRequest(BaseModel):
     argv: list[str] = Field(min_length=1)
     env: dict[str, str] | None = None
@@ -87,6 +108,16 @@ class BuildEvent(BaseModel):
     error: str | None = Field(default=None, description="the error class, on kind=error")
 
 
+class ImportRequest(BaseModel):
+    """Import a qcow2 or raw disk image from outside: an absolute file path on the host, a URL or a catalog name."""
+
+    source: str
+    name: str | None = Field(default=None, description="image name; default: the catalog entry's")
+    sha256: str | None = Field(default=None, description="the expected SHA256 of the file as given")
+    format: Literal["qcow2", "raw"] | None = Field(default=None, description="default: from the name and header")
+    firmware: Literal["bios", "uefi"] = "bios"
+
+
 class EventInfo(BaseModel):
     id: int
     ts: float
@@ -105,6 +136,45 @@ class DaemonStatus(BaseModel):
     accel_reason: str | None
     qemu: str
     vms: dict[str, int]
+
+
+class PortRequest(BaseModel):
+    """A forward to add, written `[ADDR:]HOST:GUEST[/udp]`."""
+
+    forward: str = Field(examples=["8080:80", "127.0.0.1:5353:53/udp"])
+
+
+class NetworkCreate(BaseModel):
+    name: str
+    subnet: str | None = Field(default=None, description="IPv4 subnet, e.g. 10.1.2.0/24; default: a free /24")
+    bridge: bool = Field(default=False, description="a Linux bridge with tap devices (needs root)")
+
+
+class NetworkMember(BaseModel):
+    vm: str
+    mac: str
+    address: str
+
+
+class NetworkInfo(BaseModel):
+    name: str
+    subnet: str
+    kind: Literal["private", "bridge"]
+    bridge: str | None = None
+    created_at: float
+    switch_pid: int | None = None
+    vms: list[str] = Field(default_factory=list, description="VMs whose spec lists the network")
+    members: list[NetworkMember] = Field(default_factory=list)
+
+
+class FileInfo(BaseModel):
+    """A guest path for `corral cp` (symlinks followed). ``mode`` is the permission bits, ``mtime`` in seconds."""
+
+    path: str
+    kind: Literal["file", "dir", "other", "missing"]
+    size: int = 0
+    mode: int = 0
+    mtime: int = 0
 
 
 class ErrorBody(BaseModel):

@@ -56,6 +56,43 @@ def build(name: str = typer.Argument(..., help="tiny or debian-12"),
               f"disk sha256 {m.disk_sha256[:12]}")
 
 
+@app.command("import")
+def import_(
+    source: str = typer.Argument(..., help="a qcow2 or raw image: FILE, http(s) URL, or a catalog name "
+                                           "(debian-12-cloud, debian-13-cloud, ubuntu-24.04-cloud)"),
+    name: str | None = typer.Option(None, "--name", "-n", help="image name (default: the catalog name)"),
+    sha256: str | None = typer.Option(None, "--sha256", help="expected SHA256 of the file or download"),
+    format: str | None = typer.Option(None, "--format", help="qcow2 or raw (default: from the name and header)"),
+    uefi: bool = typer.Option(False, "--uefi", help="boot with OVMF (UEFI) instead of SeaBIOS"),
+) -> None:
+    """Import a disk image from outside (checked, then converted to qcow2); it boots from its own disk.
+
+    Imported images need not have a guest agent: launch them with `--no-wait`, and give them cloud-init data
+    (`--cloud-init`, `--ssh-key`) if they have cloud-init.
+    """
+    from pathlib import Path
+
+    from corral.cli.common import EXIT_INVALID, EXIT_NOT_FOUND, fail
+
+    if source.startswith("json:") or Path(source).name.startswith("json:"):
+        fail(f"image file name {source!r} starts with 'json:', which QEMU reads as options: refused", EXIT_INVALID)
+    if not source.startswith(("http://", "https://")) and ("/" in source or Path(source).exists()):
+        path = Path(source).expanduser().absolute()
+        if not path.is_file():
+            fail(f"no image file {source}", EXIT_NOT_FOUND)
+        source = str(path)
+    with api() as client, Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                   DownloadColumn(), TimeElapsedColumn(), console=out, transient=True) as bar:
+        task = bar.add_task("import", total=None)
+
+        def progress(ev: BuildEvent) -> None:
+            bar.update(task, description=ev.stage, completed=ev.done, total=ev.total)
+
+        m = client.import_image(source, name, sha256, format, "uefi" if uefi else "bios", progress)
+    out.print(f"image [bold]{m.name}[/] imported: {format_size(m.disk_virtual_size)} disk, "
+              f"sha256 {m.source_sha256[:12]} (boots from its disk; no guest agent needed: launch --no-wait)")
+
+
 @app.command("rm")
 def rm(name: str) -> None:
     """Remove an image (refused while a VM uses it)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import console, daemon, execute, images, vm
+from corral.cli import console, cp, daemon, execute, images, network, port, shell, vm, wait
 
 app = typer.Typer(
     name="corral", help="Corral: real QEMU virtual machines from one command.", no_args_is_help=True,
@@ -13,8 +13,13 @@ app = typer.Typer(
 vm.register(app)
 execute.register(app)
 console.register(app)
+shell.register(app)
+cp.register(app)
+wait.register(app)
 app.add_typer(images.app, name="images")
 app.add_typer(daemon.app, name="daemon")
+app.add_typer(port.app, name="port")
+app.add_typer(network.app, name="network")
 
 
 def main() -> None:

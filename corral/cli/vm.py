@@ -21,15 +21,50 @@ STATE_STYLE = {"running": "green", "paused": "yellow", "stopped": "dim", "crashe
                "starting": "cyan", "stopping": "cyan"}
 
 
-def _spec(name: str, image: str, cpus: int, memory: str, disk: str | None, restart: str) -> VMSpec:
+def _spec(name: str, image: str, cpus: int, memory: str, disk: str | None, restart: str,
+          ports: list[str] | None = None, networks: list[str] | None = None,
+          extra: dict[str, object] | None = None) -> VMSpec:
     from pydantic import ValidationError
 
     try:
         return VMSpec.model_validate({"name": name, "image": image, "vcpus": cpus, "memory": memory,
-                                      "disk": disk, "restart": restart})
+                                      "disk": disk, "restart": restart, "ports": ports or [],
+                                      "networks": networks or []} | (extra or {}))
     except ValidationError as exc:
         e = exc.errors()[0]
         fail(f"{'.'.join(str(x) for x in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}", EXIT_INVALID)
+
+
+def _provisioning(cloud_init: str | None, ssh_keys: list[str], hostname: str | None) -> dict[str, object]:
+    """The spec's cloud-init fields, files read here (the daemon never reads the user's files)."""
+    from pathlib import Path
+
+    fields: dict[str, object] = {}
+    if cloud_init is not None:
+        try:
+            fields["cloud_init"] = Path(cloud_init).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read cloud-init user-data {cloud_init}: {getattr(exc, 'strerror', None) or exc}",
+                 EXIT_INVALID)
+    keys = []
+    for k in ssh_keys:
+        if k.startswith(("ssh-", "ecdsa-", "sk-")) and " " in k.strip():
+            keys.append(k.strip())
+            continue
+        try:
+            text = Path(k).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--ssh-key {k}: not a public key, and not a readable file "
+                 f"({getattr(exc, 'strerror', None) or exc})", EXIT_INVALID)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        if not lines or "PRIVATE KEY" in text:
+            fail(f"--ssh-key {k}: no public key in that file", EXIT_INVALID)
+        keys += lines
+    if keys:
+        fields["ssh_keys"] = keys
+    if hostname is not None:
+        fields["hostname"] = hostname
+    return fields
 
 
 def _wait_ready(client: Client, name: str, timeout: float) -> VMInfo:
@@ -46,9 +81,17 @@ def launch(
     restart: str = typer.Option("never", "--restart", help="restart policy: never, on-failure, always"),
     timeout: float = typer.Option(300.0, help="seconds to wait for the guest agent"),
     no_wait: bool = typer.Option(False, "--no-wait", help="return once QEMU runs, without waiting for the guest"),
+    publish: list[str] = typer.Option([], "--publish", "-p",
+                                      help="forward a host port: [ADDR:]HOST:GUEST[/udp] (repeatable)"),
+    network: list[str] = typer.Option([], "--network", help="attach to a private network (repeatable)"),
+    cloud_init: str | None = typer.Option(None, "--cloud-init", help="cloud-init user-data FILE (images with "
+                                          "cloud-init: debian-12, imported cloud images)"),
+    ssh_key: list[str] = typer.Option([], "--ssh-key", help="authorize a public key: FILE or the key (repeatable)"),
+    hostname: str | None = typer.Option(None, "--hostname", help="guest hostname (default: the VM name)"),
 ) -> None:
-    """Create and start a VM, then wait until its guest agent answers."""
-    spec = _spec(name or f"vm-{secrets.token_hex(3)}", image, cpus, memory, disk, restart)
+    """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait)."""
+    spec = _spec(name or f"vm-{secrets.token_hex(3)}", image, cpus, memory, disk, restart, publish, network,
+                 _provisioning(cloud_init, ssh_key, hostname))
     t0 = time.monotonic()
     with api() as client:
         if spec.image not in {m.name for m in client.list_images()}:
@@ -100,6 +143,8 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("pid", str(v.pid) if v.pid else "-"), ("accelerator", v.accel or "-"),
         ("uptime", human_duration(v.uptime)), ("guest agent", "ready" if v.agent_ready else "not ready"),
         ("addresses", ", ".join(v.addresses) or "-"),
+        ("ports", ", ".join(f"{f.host_addr}:{f.host_port}->{f.guest_port}/{f.proto}" for f in v.spec.ports) or "-"),
+        ("networks", ", ".join(v.spec.networks) or "-"),
         ("created", datetime.fromtimestamp(v.created_at).strftime("%Y-%m-%d %H:%M:%S")),
         ("last exit", v.last_exit_reason or "-"), ("restarts", str(v.restart_count)),
     ]
@@ -172,18 +217,14 @@ def logs(name: str, tail: int | None = typer.Option(None, "--tail", "-n", help="
          follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new output")) -> None:
     """Print the VM's serial console output (kept even while nobody is attached)."""
     with api() as client:
-        text = client.logs(name, tail)
-        sys.stdout.write(text)
+        data, offset = client.logs_since(name, tail=tail)
+        sys.stdout.buffer.write(data)
         sys.stdout.flush()
-        seen = len(client.logs(name)) if follow else 0
-        while follow:
+        while follow:  # Ctrl-C ends it
             time.sleep(0.5)
-            full = client.logs(name)
-            if len(full) < seen:  # rotated
-                seen = 0
-            sys.stdout.write(full[seen:])
+            data, offset = client.logs_since(name, offset)
+            sys.stdout.buffer.write(data)
             sys.stdout.flush()
-            seen = len(full)
 
 
 def register(app: typer.Typer) -> None:

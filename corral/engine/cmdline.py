@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from corral.paths import VMPaths
 from corral.vm.spec import VMSpec
@@ -19,13 +20,21 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 
 @dataclass(frozen=True)
 class BootSource:
-    """What the image gives: a kernel, its initrd, its command line, and the disk the VM's overlay sits on."""
+    """What the image gives: a kernel, its initrd, its command line, and the disk the VM's overlay sits on.
 
-    kernel: Path
-    initrd: Path
+    ``mode="disk"`` (imported images): no kernel, the disk boots itself through the firmware, SeaBIOS (QEMU's
+    default) or, with ``firmware="uefi"``, OVMF: its code read-only and this VM's own copy of its variables.
+    """
+
+    kernel: Path | None
+    initrd: Path | None
     cmdline: str
     base_disk: Path
     base_format: str = "qcow2"
+    mode: Literal["kernel", "disk"] = "kernel"
+    firmware: Literal["bios", "uefi"] = "bios"
+    ovmf_code: Path | None = None
+    ovmf_vars: Path | None = None  # the VM's copy, writable
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class NicAttachment:
     mac: str
     local: Path
     switch: Path
+    tap: str | None = None  # a bridged network (root only): this tap device instead of the switch
 
 
 @dataclass(frozen=True)
@@ -82,20 +92,39 @@ def _identity(spec: VMSpec, ident: Identity) -> list[str]:
 
 
 def _boot(spec: VMSpec, boot: BootSource) -> list[str]:
+    if boot.mode == "disk":
+        return _firmware(boot)
+    assert boot.kernel is not None and boot.initrd is not None
     host = spec.guest_hostname
     append = f"{boot.cmdline} corral.hostname={host} systemd.hostname={host}".strip()
     return ["-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append]
 
 
+def _firmware(boot: BootSource) -> list[str]:
+    if boot.firmware == "bios":
+        return []  # SeaBIOS, QEMU's default, boots the root disk (bootindex=0)
+    if boot.ovmf_code is None or boot.ovmf_vars is None:
+        raise ValueError("a UEFI boot needs the OVMF code and this VM's copy of the OVMF variables")
+    # Both flash images are raw, stated; the code is read-only, the variables are the VM's own copy.
+    return [
+        "-blockdev", f"driver=file,node-name=ovmf-code-file,filename={boot.ovmf_code},read-only=on",
+        "-blockdev", "driver=raw,node-name=ovmf-code,file=ovmf-code-file,read-only=on",
+        "-blockdev", f"driver=file,node-name=ovmf-vars-file,filename={boot.ovmf_vars}",
+        "-blockdev", "driver=raw,node-name=ovmf-vars,file=ovmf-vars-file",
+        "-machine", "pflash0=ovmf-code,pflash1=ovmf-vars",
+    ]  # fmt: skip
+
+
 def _root_disk(boot: BootSource, paths: VMPaths) -> list[str]:
     # Each layer is its own node with its format stated, so QEMU never probes a format: the read-only base image,
     # then the VM's qcow2 overlay on top of it. werror=enospc pauses the VM when the host's storage is full.
+    bootindex = ",bootindex=0" if boot.mode == "disk" else ""
     return [
         "-blockdev", f"driver=file,node-name=base-file,filename={boot.base_disk},read-only=on",
         "-blockdev", f"driver={boot.base_format},node-name=base,file=base-file,read-only=on",
         "-blockdev", f"driver=file,node-name=root-file,filename={paths.disk}",
         "-blockdev", "driver=qcow2,node-name=root,file=root-file,backing=base",
-        "-device", "virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report",
+        "-device", f"virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report{bootindex}",
     ]  # fmt: skip
 
 
@@ -107,6 +136,10 @@ def _network(spec: VMSpec, ident: Identity, att: Attachments) -> list[str]:
     user = ",".join(["user,id=net0", *fwds])
     args = ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"]
     for i, nic in enumerate(att.nics, start=1):
+        if nic.tap is not None:
+            args += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no",
+                     "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac}"]
+            continue
         args += [
             "-netdev", f"dgram,id=net{i},local.type=unix,local.path={nic.local},"
                        f"remote.type=unix,remote.path={nic.switch}",

@@ -122,3 +122,17 @@ def tail(path: Path, lines: int = 5) -> str:
     except FileNotFoundError:
         return ""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+
+
+def find_qemu(vm_id: str) -> ProcessIdentity | None:
+    """Scan /proc for the QEMU of ``vm_id`` (the UUID is on its command line)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        args = cmdline(pid)
+        if "-uuid" in args and vm_id in args and is_alive(pid):
+            ticks = start_ticks(pid)
+            if ticks is not None:
+                return ProcessIdentity(pid, ticks)
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,12 +26,18 @@ class Manifest(BaseModel):
     disk_sha256: str
     disk_virtual_size: int = Field(description="bytes; a VM's disk may be larger, never smaller")
     size: int = Field(description="bytes on the host: kernel + initrd + disk")
-    kernel_cmdline: str = Field(description="appended to -append; the root device is /dev/vda")
+    kernel_cmdline: str = Field(default="", description="appended to -append; the root device is /dev/vda")
     build_date: str = Field(description="ISO 8601, UTC")
-    builder: str = Field(description="tiny or debian12, and its version")
-    mirror: str
-    suite: str
-    packages: list[SourcePackage]
+    builder: str = Field(description="tiny or debian12, and its version; 'import' for images from outside")
+    mirror: str = ""
+    suite: str = ""
+    packages: list[SourcePackage] = Field(default_factory=list)
+    boot: Literal["kernel", "disk"] = Field(
+        default="kernel", description="kernel: vmlinuz + initrd.img beside the disk; disk: the disk boots itself"
+    )
+    firmware: Literal["bios", "uefi"] = Field(default="bios", description="for boot=disk: SeaBIOS or OVMF")
+    source: str = Field(default="", description="for imported images: the file, URL or catalog entry")
+    source_sha256: str = Field(default="", description="for imported images: SHA256 of what was imported")
 
 
 class BuiltImage(BaseModel):

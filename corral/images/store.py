@@ -178,7 +178,8 @@ class ImageStore:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.images_dir, prefix=f".install-{name}-"))
         try:
-            for fname in (*_FILES, paths.IMAGE_MANIFEST):
+            files = _FILES if manifest.boot == "kernel" else (paths.IMAGE_DISK,)  # imported: the disk boots itself
+            for fname in (*files, paths.IMAGE_MANIFEST):
                 if not (source / fname).is_file():
                     raise ImageError(f"built image {name} lacks {fname}: rebuild it with corral images build {name}")
                 _link_or_copy(source / fname, tmp / fname)

@@ -5,6 +5,8 @@ Tables:
     runtime   one row per VM with a QEMU process: pid, its start time in clock ticks (identity across pid reuse),
               when it started, the accelerator; written as soon as the pid is known, deleted when QEMU is gone
     events    the event log: every state change and operation, in order
+    networks  private networks: name, subnet, creation time (and the Linux bridge of a bridged network)
+    attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
 """
 
 from __future__ import annotations
@@ -48,6 +50,20 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_vm ON events(vm, id);
+CREATE TABLE IF NOT EXISTS networks (
+    name TEXT PRIMARY KEY,
+    subnet TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    bridge TEXT
+);
+CREATE TABLE IF NOT EXISTS attachments (
+    network TEXT NOT NULL REFERENCES networks(name),
+    vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+    mac TEXT NOT NULL UNIQUE,
+    address TEXT NOT NULL,
+    PRIMARY KEY (network, vm),
+    UNIQUE (network, address)
+);
 """
 
 
@@ -75,6 +91,22 @@ class RuntimeRecord:
     started_at: float
     accel: str
     ssh_port: int | None = None
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    name: str
+    subnet: str
+    created_at: float
+    bridge: str | None = None
+
+
+@dataclass(frozen=True)
+class AttachmentRecord:
+    network: str
+    vm: str
+    mac: str
+    address: str
 
 
 @dataclass(frozen=True)
@@ -165,6 +197,37 @@ class Store:
             EventRecord(r["id"], r["ts"], r["vm"], r["type"], r["message"], json.loads(r["data"]))
             for r in self._db.execute(q, args)
         ]
+
+
+    # --- networks -------------------------------------------------------------------------------------------
+    def insert_network(self, rec: NetworkRecord) -> None:
+        self._db.execute("INSERT INTO networks (name, subnet, created_at, bridge) VALUES (?,?,?,?)",
+                         (rec.name, rec.subnet, rec.created_at, rec.bridge))
+
+    def get_network(self, name: str) -> NetworkRecord | None:
+        row = self._db.execute("SELECT * FROM networks WHERE name = ?", (name,)).fetchone()
+        return NetworkRecord(**dict(row)) if row else None
+
+    def list_networks(self) -> list[NetworkRecord]:
+        return [NetworkRecord(**dict(r)) for r in self._db.execute("SELECT * FROM networks ORDER BY name")]
+
+    def delete_network(self, name: str) -> None:
+        self._db.execute("DELETE FROM attachments WHERE network = ?", (name,))
+        self._db.execute("DELETE FROM networks WHERE name = ?", (name,))
+
+    def insert_attachment(self, att: AttachmentRecord) -> None:
+        self._db.execute("INSERT INTO attachments (network, vm, mac, address) VALUES (?,?,?,?)",
+                         (att.network, att.vm, att.mac, att.address))
+
+    def attachments(self, network: str | None = None, vm: str | None = None) -> list[AttachmentRecord]:
+        q, args = "SELECT * FROM attachments WHERE 1=1", []
+        if network is not None:
+            q += " AND network = ?"
+            args.append(network)
+        if vm is not None:
+            q += " AND vm = ?"
+            args.append(vm)
+        return [AttachmentRecord(**dict(r)) for r in self._db.execute(q + " ORDER BY network, vm", args)]
 
 
 def _vm(row: sqlite3.Row) -> VMRecord:

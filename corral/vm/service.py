@@ -15,37 +15,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
 from corral.engine import process, qemu_img
 from corral.engine.accel import Accelerator, probe_accelerator
-from corral.engine.cmdline import Attachments, BootSource, HostConfig, Identity, build_argv
+from corral.engine.cmdline import Attachments, HostConfig, Identity, build_argv
 from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
-from corral.errors import Conflict, CorralError, EngineError, GuestAgentTimeout, InvalidInput, NotFound
+from corral.errors import Conflict, CorralError, EngineError, GuestAgentTimeout, InvalidInput, NotFound, StateError
 from corral.guest import cloudinit, ssh
+from corral.images.boot import boot_source, probe_kernel
 from corral.images.store import ImageStore
-from corral.network import ports
+from corral.network import forwards, ports
 from corral.network.private import NetworkService
 from corral.paths import VMPaths
 from corral.settings import Settings
 from corral.store.db import RuntimeRecord, Store, VMRecord
-from corral.vm import host
+from corral.vm import host, logs
 from corral.vm.machine import Machine
-from corral.vm.spec import RestartPolicy, VMSpec
+from corral.vm.spec import PortForward, RestartPolicy, VMSpec
 from corral.vm.states import LIVE, VMState, check_operation, check_transition
 
 log = logging.getLogger(__name__)
 
-SERIAL_LOG_MAX = 4 << 20  # rotate the serial log past 4 MiB (one old copy kept)
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 STABLE_AFTER = 600.0
 READY_TIMEOUT = 900.0  # how long a boot may take before the guest is reported not ready
@@ -59,6 +58,7 @@ class VMService:
         self.store = store
         self.images = images
         self.networks = networks or NetworkService(settings, store)
+        self.networks.agent_of = lambda n: m.agent if (m := self._machines.get(n)) and m.agent_ready else None
         self._locks: dict[str, asyncio.Lock] = {}
         self._machines: dict[str, Machine] = {}
         self._accel: Accelerator | None = None
@@ -127,6 +127,8 @@ class VMService:
                     f"a VM named '{spec.name}' already exists: choose another name or `corral rm {spec.name}`"
                 )
             manifest = self.images.get(spec.image)
+            self.networks.check_spec(spec.networks)
+            self._check_ports_unclaimed(spec.name, spec.ports)
             host.check_spec_fits(spec.name, spec.memory, self.settings.memory_overcommit)
             if spec.disk is not None and spec.disk < manifest.disk_virtual_size:
                 raise InvalidInput(
@@ -166,16 +168,15 @@ class VMService:
         host.check_start_fits(name, spec.memory, in_use, self.settings.memory_overcommit)
         manifest = self.images.get(spec.image)
         image_dir = self.images.dir(spec.image)
-        boot = BootSource(kernel=image_dir / "vmlinuz", initrd=image_dir / "initrd.img",
-                          cmdline=manifest.kernel_cmdline, base_disk=image_dir / "disk.qcow2",
-                          base_format=manifest.disk_format)
-        accel = await self.accelerator(boot.kernel)
-        assert accel is not None
+        boot = boot_source(image_dir, manifest, self.paths(name).root)
+        accel = await self.accelerator(boot.kernel or probe_kernel(self.images))
+        if accel is None:  # a disk-boot image, and no kernel-boot image installed to probe KVM with
+            accel = Accelerator("tcg", "no kernel installed to probe KVM with (build the tiny image)")
         paths = self.paths(name)
         for sock in (paths.qmp_socket, paths.qga_socket, paths.console_socket):
             sock.unlink(missing_ok=True)
-        _rotate(paths.serial_log)
-        _rotate(paths.qemu_log)
+        logs.rotate_stopped(paths.serial_log)
+        logs.rotate_stopped(paths.qemu_log)
         att = await self._prepare(rec, paths)
         argv = build_argv(spec, boot, paths,
                           HostConfig(self.settings.qemu_binary, accel.name, self.settings.tcg_tb_size_mib),
@@ -214,7 +215,7 @@ class VMService:
         ports.check_free(rec.spec.ports, rec.name)
         public_key = await asyncio.to_thread(ssh.ensure_keypair, paths)
         nics = await self.networks.attach(rec)
-        seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key)
+        seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)
         return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed)
 
     def _attach(self, m: Machine) -> None:
@@ -255,7 +256,11 @@ class VMService:
         rec = self._get(m.name)
         public_key = await asyncio.to_thread(ssh.ensure_keypair, self.paths(m.name))
         await ssh.provision(m.agent, rec.spec, public_key)
-        await self.networks.configure_guest(rec, m.agent)
+        await self.networks.configure_guest(rec, m.agent)  # first: fast, and other VMs wait for its address
+        if m.ssh_port is not None:  # pinned before "ready", so `corral shell` never trusts a host key on first use
+            problem = await ssh.pin_host_keys(m.agent, self.paths(m.name), m.ssh_port)
+            if problem:
+                self.event(m.name, "ssh", problem)
 
     async def _on_qmp_event(self, m: Machine, event: str, data: dict[str, Any]) -> None:
         name = m.name
@@ -454,6 +459,56 @@ class VMService:
         await self.wait_ready(name, timeout)
         return self._get(name)
 
+    # ----------------------------------------------------------------------------------------- port forwards --
+    def _check_ports_unclaimed(self, name: str, forwards: list[PortForward]) -> None:
+        """Conflict if another VM's spec already forwards one of these host ports."""
+        for other in self.store.list_vms():
+            if other.name == name:
+                continue
+            theirs = {p.key() for p in other.spec.ports}
+            for f in forwards:
+                if f.key() in theirs:
+                    raise Conflict(f"host port {f.host_addr}:{f.host_port}/{f.proto} is already forwarded to VM "
+                                   f"'{other.name}': choose another host port")
+
+    def _forwarding_monitor(self, rec: VMRecord) -> Monitor | None:
+        """The monitor to change a live VM's forwards through; None when it has no QEMU (spec change only)."""
+        if rec.state not in LIVE:
+            return None
+        m = self._machines.get(rec.name)
+        if rec.state not in (VMState.RUNNING, VMState.PAUSED) or m is None or m.monitor is None:
+            raise Conflict(f"VM '{rec.name}' is {rec.state}: its forwards can change when it is running or stopped")
+        return m.monitor
+
+    async def add_port(self, name: str, forward: PortForward) -> VMRecord:
+        """Forward a host port to the VM: at once if it runs (QMP/HMP hostfwd_add), and in its spec for later."""
+        async with self._lock(name):
+            rec = self._get(name)
+            if any(f.key() == forward.key() for f in rec.spec.ports):
+                raise Conflict(f"VM '{name}' already forwards host port {forward.host_addr}:{forward.host_port}/"
+                               f"{forward.proto}: remove it first (`corral port rm {name} {forward.host_port}`)")
+            self._check_ports_unclaimed(name, [forward])
+            new_spec = rec.spec.model_copy(update={"ports": [*rec.spec.ports, forward]})
+            monitor = self._forwarding_monitor(rec)
+            ports.check_free([forward], name)
+            if monitor is not None:
+                await forwards.add(monitor, forward)
+            self.store.update_spec(new_spec)
+            self.event(name, "port", f"forward {forward} added", forward=str(forward))
+            return self._get(name)
+
+    async def remove_port(self, name: str, which: str) -> VMRecord:
+        async with self._lock(name):
+            rec = self._get(name)
+            forward = forwards.find(rec.spec.ports, which)
+            monitor = self._forwarding_monitor(rec)
+            if monitor is not None:
+                await forwards.remove(monitor, forward)
+            self.store.update_spec(rec.spec.model_copy(update={"ports": [
+                f for f in rec.spec.ports if f.key() != forward.key()]}))
+            self.event(name, "port", f"forward {forward} removed", forward=str(forward))
+            return self._get(name)
+
     # ---------------------------------------------------------------------------------------------- delete --
     async def delete(self, name: str, force: bool = False) -> None:
         async with self._lock(name):
@@ -497,6 +552,14 @@ class VMService:
             raise EngineError(f"VM '{name}' stopped while waiting for its guest agent: {self._get(name).state_reason}")
         raise GuestAgentTimeout(f"the guest agent of '{name}' did not answer within {timeout:.0f}s: "
                                 f"see `corral logs {name}`")
+
+    async def agent(self, name: str, operation: str = "reach the guest of", timeout: float = 60.0) -> GuestAgent:
+        """The shared guest agent of a running, ready VM, for domain code that drives it itself (file copy)."""
+        rec = self._get(name)
+        if rec.state != VMState.RUNNING:
+            raise StateError(name, operation, rec.state, [VMState.RUNNING.value])
+        await self.wait_ready(name, timeout=timeout)
+        return self._machines[name].agent
 
     async def exec(
         self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
@@ -552,6 +615,7 @@ class VMService:
     async def recover(self) -> None:
         """Re-attach to every VM whose QEMU still runs; settle the ones that died while the daemon was away."""
         await asyncio.gather(*(self._recover_one(rec) for rec in self.store.list_vms()))
+        await self.networks.recover(r for r in self.store.list_vms() if r.state in LIVE)
 
     async def _recover_one(self, rec: VMRecord) -> None:
         name = rec.name
@@ -562,7 +626,7 @@ class VMService:
             if process.matches(candidate, rec.id):
                 ident = candidate
         else:
-            ident = find_qemu(rec.id)  # spawned but not yet recorded when the daemon died
+            ident = process.find_qemu(rec.id)  # spawned but not yet recorded when the daemon died
         if ident is None:
             if rec.state in LIVE or rt is not None:
                 self.store.delete_runtime(name)
@@ -632,47 +696,6 @@ class VMService:
 
     # ------------------------------------------------------------------------------------------- log files --
     def maintain_logs(self) -> None:
-        """Rotate serial logs that grew too large while their VM runs (copy, then truncate: QEMU appends)."""
+        """Rotate the serial logs of running VMs that grew too large."""
         for name in list(self._machines):
-            log_path = self.paths(name).serial_log
-            try:
-                if log_path.stat().st_size > SERIAL_LOG_MAX:
-                    shutil.copyfile(log_path, log_path.with_suffix(".log.1"))
-                    os.truncate(log_path, 0)
-            except FileNotFoundError:
-                continue
-
-
-def _rotate(path: Path) -> None:
-    """Keep one old copy of a log that grew past the limit (done while QEMU is not running)."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size > SERIAL_LOG_MAX:
-            path.replace(path.with_suffix(path.suffix + ".1"))
-
-
-def find_qemu(vm_id: str) -> process.ProcessIdentity | None:
-    """Scan /proc for the QEMU of ``vm_id`` (the UUID is on its command line)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        args = process.cmdline(pid)
-        if "-uuid" in args and vm_id in args and process.is_alive(pid):
-            ticks = process.start_ticks(pid)
-            if ticks is not None:
-                return process.ProcessIdentity(pid, ticks)
-    return None
-
-
-def render_logs(paths: VMPaths, tail_lines: int | None) -> str:
-    """The serial log (with the rotated copy before it), or its last ``tail_lines`` lines."""
-    text = ""
-    for p in (paths.serial_log.with_suffix(".log.1"), paths.serial_log):
-        with contextlib.suppress(FileNotFoundError):
-            text += p.read_text(errors="replace")
-    if tail_lines is not None:
-        text = "\n".join(text.splitlines()[-tail_lines:]) + ("\n" if text else "")
-    return text
-
-
-LogReader = Callable[[VMPaths, int | None], str]
+            logs.rotate_running(self.paths(name).serial_log)

@@ -85,12 +85,17 @@ def test_console_and_logs(corral: CorralEnv) -> None:
                   corral.env)
     buf = b""
     try:
-        time.sleep(1.0)
-        os.write(fd, b"\recho CONSOLE-$((6*7))\r")
-        deadline = time.monotonic() + 30
-        while b"CONSOLE-42" not in buf and time.monotonic() < deadline:
+        deadline = time.monotonic() + 90
+        while b"attached to con" not in buf and time.monotonic() < deadline:
             if select.select([fd], [], [], 0.5)[0]:
                 buf += os.read(fd, 4096)
+        # The agent answers before the serial getty runs: type until the shell answers.
+        while b"CONSOLE-42" not in buf and time.monotonic() < deadline:
+            os.write(fd, b"\recho CONSOLE-$((6*7))\r")
+            until = time.monotonic() + 5
+            while b"CONSOLE-42" not in buf and time.monotonic() < until:
+                if select.select([fd], [], [], 0.5)[0]:
+                    buf += os.read(fd, 4096)
         assert b"CONSOLE-42" in buf, buf[-500:]
         os.write(fd, b"\x1d")  # Ctrl-] detaches
         _, status = os.waitpid(pid, 0)
@@ -105,3 +110,26 @@ def test_console_and_logs(corral: CorralEnv) -> None:
     logs = corral.cli("logs", "con").stdout
     assert "CONSOLE-42" in logs and "BusyBox" in logs
     assert len(corral.cli("logs", "con", "--tail", "3").stdout.splitlines()) <= 3
+
+    # --follow prints what the guest writes afterwards.
+    import subprocess
+
+    follower = subprocess.Popen([os.path.join(os.path.dirname(os.sys.executable), "corral"), "logs", "con", "-f",
+                                 "-n", "0"], env=corral.env, stdout=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        corral.cli("exec", "con", "--", "sh", "-c", "echo FOLLOW-$((40+2)) > /dev/ttyS0")
+        seen = b""
+        deadline = time.monotonic() + 20
+        assert follower.stdout is not None
+        os.set_blocking(follower.stdout.fileno(), False)
+        while b"FOLLOW-42" not in seen and time.monotonic() < deadline:
+            seen += follower.stdout.read() or b""
+            time.sleep(0.2)
+        assert b"FOLLOW-42" in seen
+        assert b"CONSOLE-42" not in seen, "--tail 0 --follow starts at the end"
+    finally:
+        follower.kill()
+        follower.wait()
+        if follower.stdout is not None:
+            follower.stdout.close()

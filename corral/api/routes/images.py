@@ -1,4 +1,4 @@
-"""/v1/images: list, build (a streamed progress), remove."""
+"""/v1/images: list, build and import (streamed progress), remove."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from corral.api.deps import Services, services
-from corral.api.models import BuildEvent
+from corral.api.models import BuildEvent, ImportRequest
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest
 from corral.images.builders import get_builder
@@ -60,6 +60,43 @@ async def build_image(name: str, svc: Svc, refresh: bool = False) -> StreamingRe
         finally:
             if not task.done():
                 await task  # a disconnected client does not leave a half-built image: the build finishes
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+@router.post("/import")
+async def import_image(req: ImportRequest, svc: Svc) -> StreamingResponse:
+    """NDJSON stream of :class:`BuildEvent`: download/copy, check and convert progress, then ``done``."""
+    from corral.images.importer import import_image as run_import
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[BuildEvent] = asyncio.Queue()
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, BuildEvent(kind="progress", stage=stage, done=done, total=total))
+
+    async def run() -> None:
+        try:
+            m = await asyncio.to_thread(run_import, svc.images, req.source, req.name, req.sha256, req.format,
+                                        req.firmware, progress)
+            svc.vms.event(None, "image", f"image '{m.name}' imported from {req.source}", image=m.name)
+            await queue.put(BuildEvent(kind="done", manifest=m))
+        except CorralError as exc:
+            await queue.put(BuildEvent(kind="error", message=exc.message, error=type(exc).__name__))
+        except Exception as exc:
+            await queue.put(BuildEvent(kind="error", message=f"image import failed: {exc}"))
+
+    async def stream() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(run())
+        try:
+            while True:
+                ev = await queue.get()
+                yield ev.model_dump_json(exclude_none=True).encode() + b"\n"
+                if ev.kind != "progress":
+                    break
+        finally:
+            if not task.done():
+                await task  # the import finishes (or fails and cleans up) even if the client went away
 
     return StreamingResponse(stream(), media_type="application/x-ndjson")
 

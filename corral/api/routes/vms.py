@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from corral.api.deps import Services, services
 from corral.api.models import (
@@ -27,7 +27,7 @@ from corral.engine import qemu_img
 from corral.engine.guest_agent import ExecExit
 from corral.errors import CorralError, EngineError
 from corral.store.db import VMRecord
-from corral.vm.service import render_logs
+from corral.vm.logs import read_log_from, render_logs
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState, check_operation
 
@@ -163,9 +163,18 @@ async def exec_vm(name: str, req: ExecRequest, svc: Svc) -> StreamingResponse:
 
 
 @router.get("/{name}/logs", response_class=PlainTextResponse)
-async def logs(name: str, svc: Svc, tail: Annotated[int | None, Query(ge=0)] = None) -> str:
+async def logs(
+    name: str, svc: Svc, tail: Annotated[int | None, Query(ge=0)] = None,
+    offset: Annotated[int | None, Query(ge=0, description="only what follows this byte of the current log")] = None,
+) -> Response:
+    """The serial log; with ``offset``, only the new part (header X-Log-Offset: where to continue)."""
     svc.vms.get(name)
-    return await asyncio.to_thread(render_logs, svc.vms.paths(name), tail)
+    if offset is None:
+        text = await asyncio.to_thread(render_logs, svc.vms.paths(name), tail)
+        size = (await asyncio.to_thread(read_log_from, svc.vms.paths(name), 1 << 62))[1]
+        return PlainTextResponse(text, headers={"X-Log-Offset": str(size)})
+    data, size = await asyncio.to_thread(read_log_from, svc.vms.paths(name), offset)
+    return Response(data, media_type="text/plain; charset=utf-8", headers={"X-Log-Offset": str(size)})
 
 
 @router.get("/{name}/events", response_model=list[EventInfo])

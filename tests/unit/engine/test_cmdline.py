@@ -72,3 +72,34 @@ def test_guest_agent_port_name() -> None:
 
 def test_pure() -> None:
     assert argv() == argv()
+
+
+def _disk_argv(boot: BootSource) -> list[str]:
+    return build_argv(VMSpec(name="web"), boot, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT)
+
+
+def test_disk_boot_bios_has_no_kernel_and_boots_the_root_disk() -> None:
+    a = _disk_argv(BootSource(kernel=None, initrd=None, cmdline="", base_disk=Path("/img/disk.qcow2"), mode="disk"))
+    assert "-kernel" not in a and "-initrd" not in a and "-append" not in a
+    assert "virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report,bootindex=0" in opt(a, "-device")
+    assert "-drive" not in a and not any("pflash" in x for x in a)
+    assert opt(a, "-blockdev")[:2] == ["driver=file,node-name=base-file,filename=/img/disk.qcow2,read-only=on",
+                                       "driver=qcow2,node-name=base,file=base-file,read-only=on"]
+
+
+def test_disk_boot_uefi_uses_ovmf_flash_with_formats_stated() -> None:
+    a = _disk_argv(BootSource(kernel=None, initrd=None, cmdline="", base_disk=Path("/img/disk.qcow2"), mode="disk",
+                              firmware="uefi", ovmf_code=Path("/usr/share/OVMF/OVMF_CODE.fd"),
+                              ovmf_vars=Path("/home/vms/web/efivars.fd")))
+    assert "-kernel" not in a
+    bd = opt(a, "-blockdev")
+    assert "driver=file,node-name=ovmf-code-file,filename=/usr/share/OVMF/OVMF_CODE.fd,read-only=on" in bd
+    assert "driver=raw,node-name=ovmf-code,file=ovmf-code-file,read-only=on" in bd
+    assert "driver=file,node-name=ovmf-vars-file,filename=/home/vms/web/efivars.fd" in bd
+    assert "driver=raw,node-name=ovmf-vars,file=ovmf-vars-file" in bd
+    assert opt(a, "-machine") == ["q35", "pflash0=ovmf-code,pflash1=ovmf-vars"]
+
+
+def test_kernel_boot_root_disk_unchanged() -> None:
+    assert "virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report" in opt(argv(), "-device")
+    assert opt(argv(), "-kernel") == ["/img/vmlinuz"]

@@ -1,0 +1,268 @@
+"""`corral cp SRC DEST`: copy files and directories between the host and a guest, with a progress bar.
+
+Exactly one side is ``VM:PATH`` (relative guest paths start at /root). The rules are cp's: a destination that is
+an existing directory, or ends with ``/``, receives the source under its own name; otherwise the destination is
+the new name. Directories are always copied recursively (``-r`` is accepted for habit's sake, not required); a
+directory is never merged into an existing one. Permission bits and modification times are kept.
+
+Nothing half-written appears under the destination name, on either side: the host writes ``DEST.corral-tmp-XXXX``
+(a file, or a directory the tar is unpacked into) and renames it when complete; the guest does the same (see
+``corral.guest.files``). Interrupted, the copy removes its temporaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from corral.cli.common import EXIT_CONFLICT, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, api, err, fail, out
+from corral.client import Client
+from corral.errors import Conflict, CorralError, InvalidInput, NotFound
+from corral.guest.files import TMP_MARK, Location, guest_path, parse_copy, tar_size_estimate
+
+#: Bytes read from a host file per request chunk (the daemon regroups them for the guest agent).
+READ_CHUNK = 1 << 20
+_CODES: list[tuple[type[CorralError], int]] = [
+    (InvalidInput, EXIT_INVALID), (NotFound, EXIT_NOT_FOUND), (Conflict, EXIT_CONFLICT),
+]
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + TMP_MARK + os.urandom(4).hex())
+
+
+# -- host → guest ---------------------------------------------------------------------------------------------
+
+
+def _read_file(path: Path, progress: Progress, task: int) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            progress.advance(task, len(chunk))  # type: ignore[arg-type]
+            yield chunk
+
+
+def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Files copied into a guest belong to the guest's root, not to whatever uid they had here."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _tree_sizes(root: Path) -> list[int]:
+    sizes = [0]  # the root entry
+    for dirpath, dirnames, filenames in os.walk(root):
+        sizes += [0] * len(dirnames)
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            sizes.append(st.st_size if stat.S_ISREG(st.st_mode) else 0)
+    return sizes
+
+
+def _read_tree(root: Path, progress: Progress, task: int) -> Iterator[bytes]:
+    """A tar of ``root``'s content (members ``./...``), built by a thread into a pipe: bounded memory."""
+    rfd, wfd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(wfd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+                tar.add(str(root), arcname=".", filter=_owned_by_root)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the reading thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=produce, name="corral-cp-tar", daemon=True)
+    thread.start()
+    try:
+        with os.fdopen(rfd, "rb") as source:
+            while chunk := source.read(READ_CHUNK):
+                progress.advance(task, len(chunk))  # type: ignore[arg-type]
+                yield chunk
+    finally:
+        thread.join()
+    if failure and not isinstance(failure[0], BrokenPipeError):
+        raise CorralError(f"cannot read {root}: {failure[0]}")
+
+
+def _guest_target(client: Client, vm: str, dest: str, name: str) -> str:
+    """cp's rule: into an existing directory (or one written with a trailing /) under the source's name."""
+    path = guest_path(dest)
+    st = client.file_stat(vm, path)
+    if st.kind == "dir":
+        return posixpath.join(path, name)
+    if dest.endswith("/"):
+        raise NotFound(f"guest directory {path} does not exist")
+    parent = client.file_stat(vm, posixpath.dirname(path) or "/")
+    if parent.kind != "dir":
+        raise NotFound(f"guest directory {parent.path} does not exist")
+    return path
+
+
+def upload(client: Client, src: Path, vm: str, dest: str, progress: Progress) -> tuple[str, int]:
+    """Copy host ``src`` to the guest; returns the guest path written and the bytes sent."""
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        raise NotFound(f"no such file or directory: {src}") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {src}: {exc.strerror}") from None
+    target = _guest_target(client, vm, dest, src.resolve().name or "root")
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        task = progress.add_task(f"{src} → {vm}:{target}", total=tar_size_estimate(_tree_sizes(src)))
+        client.upload(vm, target, _read_tree(src, progress, task), kind="tar", mode=mode)
+    elif stat.S_ISREG(st.st_mode):
+        task = progress.add_task(f"{src} → {vm}:{target}", total=st.st_size)
+        client.upload(vm, target, _read_file(src, progress, task), kind="file", mode=mode, mtime=int(st.st_mtime))
+    else:
+        raise InvalidInput(f"{src} is neither a file nor a directory")
+    return target, int(progress.tasks[-1].completed)
+
+
+# -- guest → host ---------------------------------------------------------------------------------------------
+
+
+class _ChunkReader:
+    """A read-only file object over an iterator of chunks, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes], progress: Progress, task: int) -> None:
+        self._chunks, self._buf = chunks, b""
+        self._progress, self._task = progress, task
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buf) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._progress.advance(self._task, len(chunk))  # type: ignore[arg-type]
+            self._buf += chunk
+        if size < 0:
+            data, self._buf = self._buf, b""
+        else:
+            data, self._buf = self._buf[:size], self._buf[size:]
+        return data
+
+
+def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's data filter (no absolute paths, no escaping links or devices) but with the guest's modes kept:
+    the data filter would drop group/other write bits and directory modes. Ownership is not restored."""
+    checked = tarfile.data_filter(member, dest)
+    return checked.replace(mode=member.mode & 0o1777, deep=False)
+
+
+def _host_target(dest: Path, name: str, raw: str) -> Path:
+    if dest.is_dir():
+        return dest / name
+    if raw.endswith("/"):
+        raise NotFound(f"host directory {dest} does not exist")
+    if not dest.parent.is_dir():
+        raise NotFound(f"host directory {dest.parent} does not exist")
+    return dest
+
+
+def download(client: Client, vm: str, src: str, dest_arg: str, progress: Progress) -> tuple[Path, int]:
+    """Copy guest ``src`` to the host; returns the host path written and the bytes received."""
+    path = guest_path(src)
+    name = posixpath.basename(path) or "root"
+    target = _host_target(Path(dest_arg), name, dest_arg)
+    tmp = _tmp(target)
+    with client.download(vm, path) as dl:
+        if target.is_dir() or (dl.kind == "tar" and target.exists()):
+            raise Conflict(f"{target} already exists{' as a directory' if target.is_dir() else ''}: "
+                           "remove it or choose another name")
+        task = progress.add_task(f"{vm}:{path} → {target}", total=dl.size)
+        try:
+            if dl.kind == "tar":
+                tmp.mkdir(mode=0o700)
+                with tarfile.open(fileobj=_ChunkReader(dl.chunks, progress, task), mode="r|") as tar:  # type: ignore[call-overload]
+                    tar.extractall(tmp, filter=_safe_member)
+                tmp.chmod(dl.mode & 0o1777)
+            else:
+                with tmp.open("xb") as f:
+                    for chunk in dl.chunks:
+                        f.write(chunk)
+                        progress.advance(task, len(chunk))  # type: ignore[arg-type]
+                os.chmod(tmp, dl.mode & 0o7777)
+                os.utime(tmp, (dl.mtime, dl.mtime))
+            received = int(progress.tasks[-1].completed)
+            if received != dl.size:
+                raise CorralError(f"the copy from '{vm}' ended early: {received} of {dl.size} bytes")
+            os.replace(tmp, target) if dl.kind == "file" else tmp.rename(target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+            raise
+    return target, received
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+
+def _transfer(client: Client, src: Location, dst: Location, progress: Progress) -> tuple[str, int]:
+    if dst.vm:
+        target, size = upload(client, Path(src.path), dst.vm, dst.path, progress)
+        return f"{dst.vm}:{target}", size
+    assert src.vm
+    host, size = download(client, src.vm, src.path, dst.path, progress)
+    return str(host), size
+
+
+def cp(
+    source: str = typer.Argument(..., help="host path, or VM:PATH"),
+    destination: str = typer.Argument(..., help="host path, or VM:PATH (exactly one side is in a VM)"),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="accepted; directories are always recursive"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar and no summary"),
+) -> None:
+    """Copy a file or a directory between the host and a VM (help text: HELP)."""
+    del recursive
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+        disable=quiet or not err.is_terminal,
+    )
+    started = time.monotonic()
+    with api() as client:
+        try:
+            src, dst = parse_copy(source, destination)
+            with progress:
+                where, size = _transfer(client, src, dst, progress)
+        except (InvalidInput, NotFound, Conflict) as exc:
+            fail(exc.message, next(code for cls, code in _CODES if isinstance(exc, cls)))
+        except OSError as exc:
+            fail(f"{exc.filename or 'host'}: {exc.strerror or exc}", EXIT_ERROR)
+    if not quiet:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        out.print(f"copied {size / 2**20:.1f} MiB to {where} in {elapsed:.1f}s ({size / 2**20 / elapsed:.1f} MiB/s)",
+                  highlight=False, soft_wrap=True)
+
+
+HELP = (
+    "Copy a file or a directory between the host and a VM: `corral cp ./app.tar demo:/root/`, "
+    "`corral cp demo:/etc ./etc-copy`.\n\n"
+    "Exactly one side is VM:PATH; relative guest paths start at /root. A destination that is an existing directory, "
+    "or ends with /, receives the source under its own name. Directories are always copied recursively and never "
+    "merged into an existing directory. Permission bits and modification times are kept; files in the guest belong "
+    "to root. Nothing half-written is ever left under the destination name."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cp", help=HELP)(cp)
+

@@ -1,0 +1,214 @@
+"""`corral cp` against a real guest: a 64 MiB file and a directory tree round-trip with their contents and modes,
+errors are one line and change nothing, and an interrupted copy leaves no temporary on either side."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral.api.models import API_PREFIX
+from tests.conftest import CORRAL, CorralEnv
+
+pytestmark = pytest.mark.vm
+
+VM = "cpvm"
+BIG = 64 << 20
+
+
+def launch(c: CorralEnv) -> None:
+    r = c.cli("launch", VM, "--memory", "256M", "--disk", "2G")
+    assert r.returncode == 0, r.stderr
+
+
+def guest(c: CorralEnv, script: str) -> str:
+    r = c.cli("exec", VM, "--", "sh", "-c", script)
+    assert r.returncode == 0, (script, r.stderr)
+    return r.stdout
+
+
+def copy(c: CorralEnv, *args: str) -> float:
+    """Run `corral cp`; returns the MiB/s it reported."""
+    r = c.cli("cp", *args, timeout=900)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    match = re.search(r"\(([\d.]+) MiB/s\)", r.stdout)
+    assert match, r.stdout
+    return float(match.group(1))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_random(path: Path, size: int, mode: int) -> None:
+    with path.open("wb") as f:
+        for _ in range(size >> 20):
+            f.write(os.urandom(1 << 20))
+    path.chmod(mode)
+
+
+def no_temporaries(c: CorralEnv, *dirs: str) -> str:
+    return guest(c, f"find {' '.join(dirs)} -name '*corral-tmp*' 2>/dev/null; true")
+
+
+def test_big_file_round_trip(corral: CorralEnv, tmp_path: Path) -> None:
+    launch(corral)
+    src = tmp_path / "big.bin"
+    write_random(src, BIG, 0o640)
+
+    up = copy(corral, str(src), f"{VM}:/root/")  # into a directory: keeps its name
+    sum_, mode = guest(corral, "sha256sum /root/big.bin | cut -d' ' -f1; stat -c %a /root/big.bin").split()
+    assert (sum_, mode) == (sha256(src), "640")
+
+    back = tmp_path / "back.bin"
+    down = copy(corral, f"{VM}:big.bin", str(back))  # relative guest paths start at /root
+    assert sha256(back) == sha256(src)
+    assert back.stat().st_mode & 0o7777 == 0o640
+    assert back.stat().st_mtime == pytest.approx(src.stat().st_mtime, abs=1)
+    print(f"\ncp throughput, 64 MiB: host->guest {up:.1f} MiB/s, guest->host {down:.1f} MiB/s")
+
+    # Replacing an existing file is atomic (mv -f over it), and leaves no temporary.
+    small = tmp_path / "small.txt"
+    small.write_text("replaced\n")
+    copy(corral, str(small), f"{VM}:/root/big.bin")
+    assert guest(corral, "cat /root/big.bin") == "replaced\n"
+    assert no_temporaries(corral, "/root", "/var/tmp", "/tmp") == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.bin", "big.bin", "small.txt"]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every path under ``root``: its permission bits and, for files, its content."""
+    found: dict[str, tuple[int, bytes | None]] = {".": (root.stat().st_mode & 0o7777, None)}
+    for path in sorted(root.rglob("*")):
+        found[str(path.relative_to(root))] = (path.stat().st_mode & 0o7777,
+                                              path.read_bytes() if path.is_file() else None)
+    return found
+
+
+def test_tree_round_trip(corral: CorralEnv, tmp_path: Path) -> None:
+    launch(corral)
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "a.txt").write_text("alpha\n")
+    (tree / "sub" / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    (tree / "sub" / "run.sh").chmod(0o755)
+    (tree / "sub" / "deeper" / "secret").write_bytes(os.urandom(300_000))
+    (tree / "sub" / "deeper" / "secret").chmod(0o600)
+    (tree / "sub").chmod(0o750)
+    tree.chmod(0o705)
+
+    copy(corral, str(tree), f"{VM}:/root/")
+    assert guest(corral, "/root/tree/sub/run.sh") == "ran\n"
+    assert guest(corral, "stat -c '%a %n' /root/tree /root/tree/sub /root/tree/empty "
+                         "/root/tree/sub/deeper/secret").split("\n")[:4] == [
+        "705 /root/tree", "750 /root/tree/sub", "755 /root/tree/empty", "600 /root/tree/sub/deeper/secret"]
+
+    copy(corral, "-r", f"{VM}:/root/tree", str(tmp_path / "back"))
+    assert snapshot(tmp_path / "back") == snapshot(tree)
+
+    # A tree is never merged into an existing one.
+    r = corral.cli("cp", str(tree), f"{VM}:/root/")
+    assert r.returncode == 4 and "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert no_temporaries(corral, "/root", "/var/tmp", "/tmp") == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "tree"]
+
+
+ERRORS: list[tuple[list[str], int, str]] = [
+    (["{src}", f"{VM}:/nope/dir/x.bin"], 3, "guest directory /nope/dir does not exist"),
+    (["{src}", f"{VM}:/nope/"], 3, "guest directory /nope does not exist"),
+    (["{tmp}/missing.bin", f"{VM}:/root/"], 3, "no such file or directory"),
+    ([f"{VM}:/root/missing.bin", "{tmp}/"], 3, "no such file or directory in the guest: /root/missing.bin"),
+    ([f"{VM}:/etc/hostname", "{tmp}/no/such/dir/"], 3, "host directory"),
+    (["{src}", "{tmp}/x"], 2, "write one side as VM:PATH"),
+    ([f"{VM}:/a", f"{VM}:/b"], 2, "one side must be a host path"),
+    (["{src}", "ghost:/root/"], 3, "no VM named 'ghost'"),
+]
+
+
+def test_errors_are_one_line_and_change_nothing(corral: CorralEnv, tmp_path: Path) -> None:
+    launch(corral)
+    src = tmp_path / "f.txt"
+    src.write_text("data\n")
+    before_host = sorted(p.name for p in tmp_path.iterdir())
+    before_guest = guest(corral, "ls -a / /root /var/tmp")
+    for args, code, words in ERRORS:
+        r = corral.cli("cp", *[a.format(src=src, tmp=tmp_path) for a in args])
+        assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
+        err = r.stderr.strip()
+        assert err.startswith("error:") and len(err.splitlines()) == 1 and words in err, (args, err)
+        assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before_host
+    assert guest(corral, "ls -a / /root /var/tmp") == before_guest
+
+
+def test_server_refuses_before_reading_and_stopped_vm(corral: CorralEnv, tmp_path: Path) -> None:
+    launch(corral)
+    # The API checks the destination itself (a client that skips the stat).
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(corral.settings.socket)),
+                      base_url="http://corral" + API_PREFIX) as http:
+        r = http.put(f"/vms/{VM}/files", params={"path": "/nope/x"}, content=b"abc")
+        assert r.status_code == 404 and "guest directory /nope does not exist" in r.json()["message"]
+        r = http.put(f"/vms/{VM}/files", params={"path": "/root", "kind": "file"}, content=b"abc")
+        assert r.status_code == 409
+        r = http.get(f"/vms/{VM}/files/stat", params={"path": "/etc"})
+        assert r.json()["kind"] == "dir"
+    assert corral.cli("stop", VM).returncode == 0
+    src = tmp_path / "f.txt"
+    src.write_text("data\n")
+    r = corral.cli("cp", str(src), f"{VM}:/root/")
+    assert r.returncode == 4, r.stderr
+    assert "cannot copy files to or from VM 'cpvm' while it is stopped" in r.stderr
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_interrupted_copies_leave_no_temporaries(corral: CorralEnv, tmp_path: Path) -> None:
+    launch(corral)
+    src = tmp_path / "big.bin"
+    write_random(src, BIG, 0o644)
+
+    # Upload killed outright (SIGKILL: no client cleanup): the daemon sees the broken stream and cleans up.
+    proc = subprocess.Popen([CORRAL, "cp", "-q", str(src), f"{VM}:/root/abort.bin"], env=corral.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "corral-tmp" in no_temporaries(corral, "/root"), 120, "the guest temporary")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    wait_for(lambda: no_temporaries(corral, "/root") == "", 60, "the guest temporary to go")
+    assert guest(corral, "ls /root") == ""
+
+    # Download interrupted with Ctrl-C: the client removes its temporary.
+    guest(corral, "head -c 67108864 /dev/urandom > /root/big.bin")
+    dest = tmp_path / "down"
+    dest.mkdir()
+    proc = subprocess.Popen([CORRAL, "cp", "-q", f"{VM}:/root/big.bin", str(dest)], env=corral.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: any(dest.iterdir()), 120, "the host temporary")
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert b"Traceback" not in stderr, stderr
+    assert list(dest.iterdir()) == []
+    assert no_temporaries(corral, "/root", "/var/tmp", "/tmp") == ""
