@@ -6,7 +6,10 @@ MAC and an address from the subnet (the first free host address), both chosen on
 restarts. After every boot the guest gets its addresses (found by MAC under /sys/class/net) and an /etc/hosts
 block naming every VM on its networks; the running members' blocks are refreshed when a VM joins.
 
-With root, a network can instead be a Linux bridge (``--bridge``): each VM NIC is then a tap device on it.
+With root, a network can instead be a Linux bridge (``--bridge``, named ``crl-<name>``, holding the subnet's first
+address): each VM NIC is then a persistent tap device (``crt...``) created on the bridge just before QEMU starts and
+deleted when that QEMU exits (stop, kill, crash, failed start), when the VM is deleted and, for any left over, when
+the network is removed. The bridge is made again if it is missing when a VM starts (e.g. after a host reboot).
 """
 
 from __future__ import annotations
@@ -159,15 +162,11 @@ class NetworkService:
                 if os.geteuid() != 0:
                     raise InvalidInput("bridged networks need root (a Linux bridge and tap devices): "
                                        "run corrald as root, or create a private network without --bridge")
-                bridge_name = f"crl-{name}"[:15]
-                await _ip(["link", "add", "name", bridge_name, "type", "bridge"])
-                try:
-                    await _ip(["addr", "add", f"{next(net.hosts())}/{net.prefixlen}", "dev", bridge_name])
-                    await _ip(["link", "set", bridge_name, "up"])
-                except BaseException:
-                    with contextlib.suppress(CorralError):
-                        await _ip(["link", "del", bridge_name])
-                    raise
+                bridge_name = bridge_name_for(name)
+                if _link_exists(bridge_name):
+                    raise Conflict(f"a network device named {bridge_name} already exists on this host: "
+                                   "remove it or choose another network name")
+                await _make_bridge(bridge_name, net)
             rec = NetworkRecord(name=name, subnet=str(net), created_at=time.time(), bridge=bridge_name)
             self.dir(name).mkdir(parents=True, exist_ok=True, mode=0o700)
             self.store.insert_network(rec)
@@ -182,8 +181,9 @@ class NetworkService:
                                "delete those VMs first (`corral rm`)")
             await asyncio.to_thread(switch.stop, self.socket(name), self._pidfile(name))
             if rec.bridge:
-                with contextlib.suppress(CorralError):
-                    await _ip(["link", "del", rec.bridge])
+                for tap in await _ports_of(rec.bridge):  # taps left over (their VMs are gone)
+                    await _del_link(tap)
+                await _del_link(rec.bridge)
             self.store.delete_network(name)
             await asyncio.to_thread(_rmtree, self.dir(name))
 
@@ -207,19 +207,38 @@ class NetworkService:
         """Before QEMU starts: each network's attachment, its switch running, the VM's socket in its members."""
         nics = []
         async with self._lock:
-            for name in rec.spec.networks:
-                net = self.get(name)
-                att = self._attachment(net, rec.name)
-                local = self.settings.vm_paths(rec.name).nic_socket(name)
-                if net.bridge:
-                    tap = _tap_name(rec.id, name)
-                    await _ensure_tap(tap, net.bridge)
-                    nics.append(NicAttachment(network=name, mac=att.mac, local=local, switch=self.socket(name),
-                                              tap=tap))
-                    continue
-                await self._ensure_switch(name)
-                nics.append(NicAttachment(network=name, mac=att.mac, local=local, switch=self.socket(name)))
+            try:
+                for name in rec.spec.networks:
+                    net = self.get(name)
+                    att = self._attachment(net, rec.name)
+                    local = self.settings.vm_paths(rec.name).nic_socket(name)
+                    if net.bridge:
+                        if not _link_exists(net.bridge):  # gone (host rebooted, removed by hand): make it again
+                            await _make_bridge(net.bridge, parse_subnet(net.subnet))
+                        tap = tap_name(rec.id, name)
+                        await _ensure_tap(tap, net.bridge)
+                        nics.append(NicAttachment(network=name, mac=att.mac, local=local, switch=self.socket(name),
+                                                  tap=tap))
+                        continue
+                    await self._ensure_switch(name)
+                    nics.append(NicAttachment(network=name, mac=att.mac, local=local, switch=self.socket(name)))
+            except BaseException:
+                await self._release(rec)
+                raise
         return tuple(nics)
+
+    async def release(self, rec: VMRecord) -> None:
+        """After the VM's QEMU exited (or failed to start), and when it is deleted: its tap devices are deleted."""
+        async with self._lock:
+            await self._release(rec)
+
+    async def _release(self, rec: VMRecord) -> None:
+        for name in rec.spec.networks:
+            net = self.store.get_network(name)
+            if net is not None and net.bridge:
+                tap = tap_name(rec.id, name)
+                if _link_exists(tap):
+                    await _del_link(tap)
 
     async def _ensure_switch(self, name: str) -> None:
         self.dir(name).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -301,21 +320,77 @@ ip link set "$IF" up
 """
 
 
-def _tap_name(vm_id: str, network: str) -> str:
-    return f"crt{vm_id.replace('-', '')[:6]}{zlib.crc32(network.encode()) % 100000:05d}"[:15]
+def bridge_name_for(network: str) -> str:
+    """``crl-<network>``; a long name is cut and made unique with a checksum (device names have 15 bytes)."""
+    name = f"crl-{network}"
+    if len(name) <= 15:
+        return name
+    return f"crl-{network[:5]}-{zlib.crc32(network.encode()) & 0xFFFFF:05x}"
 
 
-async def _ip(args: list[str]) -> None:
-    proc = await asyncio.create_subprocess_exec("ip", *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, err = await proc.communicate()
+def tap_name(vm_id: str, network: str) -> str:
+    """The tap of VM ``vm_id`` on ``network``: ``crt`` + 6 hex digits of the VM's UUID + 5 of the network's."""
+    return f"crt{vm_id.replace('-', '')[:6]}{zlib.crc32(network.encode()) & 0xFFFFF:05x}"
+
+
+def _link_exists(dev: str) -> bool:
+    return Path("/sys/class/net", dev).exists()
+
+
+async def _ip(args: list[str]) -> str:
+    try:
+        proc = await asyncio.create_subprocess_exec("ip", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise EngineError(f"cannot run `ip` (iproute2) for a bridged network: {exc}") from exc
+    out, err = await proc.communicate()
     if proc.returncode != 0:
         raise EngineError(f"`ip {shlex.join(args)}` failed: {err.decode(errors='replace').strip()}")
+    return out.decode(errors="replace")
+
+
+async def _make_bridge(bridge: str, net: ipaddress.IPv4Network) -> None:
+    """The bridge, holding the subnet's first address, up; nothing left behind if a step fails."""
+    await _ip(["link", "add", "name", bridge, "type", "bridge"])
+    try:
+        await _ip(["addr", "add", f"{next(net.hosts())}/{net.prefixlen}", "dev", bridge])
+        await _ip(["link", "set", bridge, "up"])
+    except BaseException:
+        with contextlib.suppress(CorralError):
+            await _ip(["link", "del", bridge])
+        raise
 
 
 async def _ensure_tap(tap: str, bridge: str) -> None:
-    if not Path(f"/sys/class/net/{tap}").exists():
+    """A persistent tap on ``bridge``, up (QEMU opens it by name: ``-netdev tap,ifname=...,script=no``)."""
+    created = False
+    if not _link_exists(tap):
         await _ip(["tuntap", "add", "dev", tap, "mode", "tap"])
-    await _ip(["link", "set", tap, "master", bridge, "up"])
+        created = True
+    try:
+        await _ip(["link", "set", tap, "master", bridge, "up"])
+    except BaseException:
+        if created:
+            await _del_link(tap)
+        raise
+
+
+async def _ports_of(bridge: str) -> list[str]:
+    """The devices enslaved to ``bridge`` (none if it is gone)."""
+    if not _link_exists(bridge):
+        return []
+    try:
+        out = await _ip(["-o", "link", "show", "master", bridge])
+    except CorralError:
+        return []
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.count(":") >= 2]
+
+
+async def _del_link(dev: str) -> None:
+    """Delete a device we made; a failure is logged (the caller's operation goes on)."""
+    try:
+        await _ip(["link", "del", dev])
+    except CorralError as exc:
+        log.warning("cannot delete network device %s: %s", dev, exc.message)
 
 
 def _rmtree(path: Path) -> None:

@@ -198,6 +198,8 @@ class VMService:
                     child.kill()
                 await child.wait()
             self.store.delete_runtime(name)
+            with contextlib.suppress(Exception):
+                await self.networks.release(rec)
             detail = process.tail(paths.qemu_log) or str(exc)
             await self._set_state(name, VMState.STOPPED, f"failed to start: {detail}")
             if isinstance(exc, CorralError) and not isinstance(exc, MonitorError):
@@ -215,8 +217,12 @@ class VMService:
         ports.check_free(rec.spec.ports, rec.name)
         public_key = await asyncio.to_thread(ssh.ensure_keypair, paths)
         nics = await self.networks.attach(rec)
-        seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)
-        return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed)
+        try:
+            seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)
+            return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed)
+        except BaseException:
+            await self.networks.release(rec)
+            raise
 
     def _attach(self, m: Machine) -> None:
         """Supervise ``m``: its QMP events, its readiness and its exit."""
@@ -315,6 +321,7 @@ class VMService:
         with contextlib.suppress(Exception):
             await m.agent.close()
         self.store.delete_runtime(name)
+        await self._release_nics(name)
         if returncode is None:
             how = ""
         elif returncode < 0:
@@ -342,6 +349,16 @@ class VMService:
             policy = rec.spec.restart
             if policy == RestartPolicy.ALWAYS or (policy == RestartPolicy.ON_FAILURE and failed):
                 self._spawn_background(self._restart_later(name, m.started_at), f"restart-{name}")
+
+    async def _release_nics(self, name: str) -> None:
+        """The VM's host-side NICs (tap devices on bridges) are deleted; a failure is logged, never raised."""
+        rec = self.store.get_vm(name)
+        if rec is None:
+            return
+        try:
+            await self.networks.release(rec)
+        except Exception as exc:  # noqa: BLE001 - cleanup must not break exit handling
+            log.warning("%s: cannot release its network devices: %s", name, exc)
 
     async def _restart_later(self, name: str, started_at: float) -> None:
         rec = self.store.get_vm(name)
@@ -523,6 +540,7 @@ class VMService:
                                    "it is not deleted; check it with `corral show`")
                 check_operation(name, "delete", rec.state)
             paths = self.paths(name)
+            await self._release_nics(name)
             self.store.delete_vm(name)
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             self.event(name, "delete", "deleted with its disks")
@@ -628,6 +646,7 @@ class VMService:
         else:
             ident = process.find_qemu(rec.id)  # spawned but not yet recorded when the daemon died
         if ident is None:
+            await self._release_nics(name)  # taps left by a QEMU that exited while the daemon was away
             if rec.state in LIVE or rt is not None:
                 self.store.delete_runtime(name)
                 reason = "QEMU exited while the daemon was away"
