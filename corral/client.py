@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
+import shutil
 import socket
 import sys
 import time
@@ -342,6 +344,21 @@ def _spawn_detached(argv: list[str], env: dict[str, str], log: Path) -> None:
     os.waitpid(pid, 0)
 
 
+DAEMON_PREFIX_ENV = "CORRAL_DAEMON_PREFIX"
+
+
+def daemon_prefix(env: dict[str, str]) -> list[str]:
+    """The command corrald is started under, from ``$CORRAL_DAEMON_PREFIX`` (unset: none). For tests, e.g.
+    ``ip netns exec NS`` starts it inside a network namespace; the prefix must exec the daemon (same pid)."""
+    prefix = shlex.split(env.get(DAEMON_PREFIX_ENV, ""))
+    if not prefix:
+        return []
+    found = shutil.which(prefix[0], path=env.get("PATH"))
+    if found is None:
+        raise DaemonUnavailable(f"{DAEMON_PREFIX_ENV}: command {prefix[0]!r} not found")
+    return [found, *prefix[1:]]
+
+
 def start_daemon(settings: Settings, timeout: float = 30.0, environ: dict[str, str] | None = None) -> None:
     """Start corrald detached (own session, output to corrald.log) and wait until it answers.
 
@@ -353,7 +370,7 @@ def start_daemon(settings: Settings, timeout: float = 30.0, environ: dict[str, s
     offset = log.stat().st_size
     env = dict(os.environ if environ is None else environ, CORRAL_HOME=str(settings.home),
                CORRAL_CACHE=str(settings.cache))
-    _spawn_detached([sys.executable, "-m", "corral.daemon.main"], env, log)
+    _spawn_detached([*daemon_prefix(env), sys.executable, "-m", "corral.daemon.main"], env, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon_running(settings):
