@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install whatever Corral needs that is missing: OS packages (QEMU, qemu-img, gpgv, the Debian archive keyring,
-# mmdebstrap, e2fsprogs) and the project virtualenv. A second run changes nothing and takes well under a second.
+# mmdebstrap, e2fsprogs, extlinux for the disk-boot test) and the project virtualenv. A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 declare -A NEED=(
   [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [gpgv]=gpgv [mmdebstrap]=mmdebstrap
   [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd
-  [ssh]=openssh-client [ssh-keygen]=openssh-client
+  [ssh]=openssh-client [ssh-keygen]=openssh-client [extlinux]=extlinux
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
