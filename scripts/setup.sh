@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install whatever Corral needs that is missing: OS packages (QEMU, qemu-img, gpgv, the Debian archive keyring,
-# mmdebstrap, e2fsprogs) and the project virtualenv. A second run changes nothing and takes well under a second.
+# mmdebstrap, e2fsprogs, OVMF; extlinux, systemd-boot, dosfstools and mtools for the disk-boot tests) and the
+# project virtualenv. A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,13 +9,17 @@ cd "$(dirname "$0")/.."
 declare -A NEED=(
   [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [gpgv]=gpgv [mmdebstrap]=mmdebstrap
   [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd
-  [ssh]=openssh-client [ssh-keygen]=openssh-client
+  [ssh]=openssh-client [ssh-keygen]=openssh-client [extlinux]=extlinux
+  [mkfs.vfat]=dosfstools [mcopy]=mtools [sfdisk]=fdisk
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+# UEFI: OVMF for imported --uefi images; systemd-boot's EFI binary for the test that makes a UEFI-bootable disk
+[ -f /usr/share/OVMF/OVMF_CODE.fd ] || missing+=(ovmf)
+[ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || missing+=(systemd-boot-efi)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -24,6 +24,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from corral import paths
 from corral.errors import Conflict, ImageError, InvalidInput, NotFound, VerificationError
@@ -44,6 +45,13 @@ _CHUNK = 1 << 20
 
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
+
+
+def url_file_name(url: str) -> str:
+    """The file name a URL's path ends with (query and fragment dropped); ``image`` when it names none
+    (``http://host/``, ``.../..``): the name is used inside the work directory, so it is never empty or a dot."""
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    return "image" if name in ("", ".", "..") else name
 
 
 def limited(argv: list[str], cpu: int = QEMU_IMG_CPU_SECONDS, address_space: int = QEMU_IMG_ADDRESS_SPACE) -> list[str]:
@@ -173,7 +181,7 @@ def import_image(
             fmt, firmware, file_name = fmt or entry.format, entry.firmware, entry.file_name
         elif is_url(source):
             h, _ = download(source, src, progress, max_download)
-            file_name = source.rsplit("/", 1)[-1].split("?", 1)[0]
+            file_name = url_file_name(source)
         else:
             h = _copy_local(Path(source), src, progress)
             file_name = Path(source).name

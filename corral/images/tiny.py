@@ -20,7 +20,7 @@ from corral.errors import ImageError
 from corral.images.archive import DebianArchive, Package, Progress, parse_relation
 from corral.images.artifacts import BuiltImage, SourcePackage
 
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 SUITE = "bookworm"
 KERNEL_META = "linux-image-cloud-amd64"
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0 quiet loglevel=3 tsc=reliable no_timer_check i8042.noaux"
@@ -151,7 +151,7 @@ class Cpio:
 
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
-# corral tiny initrd: load the few modules the guest needs, mount /dev/vda, hand over to its /sbin/init.
+# corral tiny initrd: load the few modules the guest needs, mount the root (/dev/vda), hand over to its /sbin/init.
 # Under TCG every exec costs tens of milliseconds, so this script uses shell builtins wherever it can.
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -160,10 +160,17 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 read -r mods < /modules.list
 modprobe -a $mods || for m in $mods; do insmod /lib/modules/*/$m.ko; done
+# The root is /dev/vda (Corral's kernel boot), or the root=/dev/vd... of the command line: a disk that boots itself
+# may be partitioned (root=/dev/vda2 beside an EFI system partition).
+read -r cmdline < /proc/cmdline
+root=/dev/vda
+for w in $cmdline; do
+    case "$w" in root=/dev/vd*) root="${w#root=}" ;; esac
+done
 i=0
-while [ ! -b /dev/vda ] && [ $i -lt 500 ]; do usleep 10000; i=$((i+1)); done
-if ! mount -t ext4 -o rw,noinit_itable,no_prefetch_block_bitmaps /dev/vda /newroot; then
-    echo "initrd: cannot mount /dev/vda as the root filesystem; dropping to a shell"
+while [ ! -b "$root" ] && [ $i -lt 500 ]; do usleep 10000; i=$((i+1)); done
+if ! mount -t ext4 -o rw,noinit_itable,no_prefetch_block_bitmaps "$root" /newroot; then
+    echo "initrd: cannot mount $root as the root filesystem; dropping to a shell"
     exec sh
 fi
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
@@ -284,7 +291,12 @@ ip link set eth0 up 2>/dev/null && \
 acpid -c /etc/acpi -l /dev/null
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" > /etc/hosts
 [ -s /etc/machine-id ] || tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
-resize2fs /dev/vda >/dev/null 2>&1
+read -r cmdline < /proc/cmdline
+root=/dev/vda
+for w in $cmdline; do
+    case "$w" in root=/dev/vd*) root="${w#root=}" ;; esac
+done
+resize2fs "$root" >/dev/null 2>&1
 exit 0
 """,
     ),
