@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,14 @@ class Transfer:
 
     size: int
     seconds: float
+
+
+_LOG_PREFIX = re.compile(r"^(\S+Z )?qemu-system-\w+: ")
+
+
+def qemu_last_words(tail: str) -> str:
+    """QEMU's log lines (``process.tail``, joined by `` | ``) without their timestamps and program name."""
+    return " | ".join(_LOG_PREFIX.sub("", part) for part in tail.split(" | "))
 
 
 def incoming_argv(argv: list[str]) -> list[str]:

@@ -227,7 +227,7 @@ class VMService:
             if resuming:
                 # QEMU 7.2 exits on a bad stream and says why in its log; otherwise our own error says it.
                 own = exc.message if isinstance(exc, CorralError) else str(exc) or type(exc).__name__
-                detail = (process.tail(paths.qemu_log, 2) if exited_early else "") or own
+                detail = (migration.qemu_last_words(process.tail(paths.qemu_log, 2)) if exited_early else "") or own
                 await self._set_state(name, VMState.SUSPENDED, f"failed to resume: {detail}")
                 if isinstance(exc, asyncio.CancelledError):
                     raise

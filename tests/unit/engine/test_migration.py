@@ -88,3 +88,10 @@ def test_load_passes_the_file_and_waits(tmp_path: Path) -> None:
     m = FakeMonitor(["failed"])
     with pytest.raises(migration.MigrationError, match="loading the saved state of 'vm' failed: disk full"):
         asyncio.run(migration.load_state(m, tmp_path / "s"))  # type: ignore[arg-type]
+
+
+def test_qemu_last_words_drop_timestamps() -> None:
+    tail = ("2026-11-27T07:56:16.117241Z qemu-system-x86_64: error while loading state section id 2(ram) | "
+            "2026-11-27T07:56:16.117388Z qemu-system-x86_64: load of migration failed: Input/output error")
+    assert migration.qemu_last_words(tail) == ("error while loading state section id 2(ram) | "
+                                               "load of migration failed: Input/output error")
