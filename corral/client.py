@@ -146,7 +146,12 @@ class Client:
         return VMInfo.model_validate(self._req("POST", f"/vms/{name}/pause").json())
 
     def resume_vm(self, name: str) -> VMInfo:
+        """Continue a paused VM, or load a suspended VM's saved state (then ``wait_ready`` for its agent)."""
         return VMInfo.model_validate(self._req("POST", f"/vms/{name}/resume").json())
+
+    def suspend_vm(self, name: str) -> VMInfo:
+        """Save a running (or paused) VM's state to disk and end its QEMU; ``resume_vm`` brings it back."""
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/suspend").json())
 
     def delete_vm(self, name: str, force: bool = False) -> None:
         self._req("DELETE", f"/vms/{name}", params={"force": force})

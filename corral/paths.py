@@ -66,6 +66,11 @@ class VMPaths:
         return self.root / "qemu.log"
 
     @property
+    def state_file(self) -> Path:
+        """The saved machine state (memory and devices) of a suspended VM: QEMU's migration stream."""
+        return self.root / "state.bin"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "qemu.pid"
 

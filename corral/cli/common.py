@@ -30,7 +30,8 @@ EXIT_DAEMON = 7
 _BY_ERROR = {
     "InvalidInput": EXIT_INVALID, "NotFound": EXIT_NOT_FOUND, "Conflict": EXIT_CONFLICT,
     "StateError": EXIT_CONFLICT, "CapacityError": EXIT_CAPACITY, "EngineError": EXIT_ENGINE,
-    "MonitorError": EXIT_ENGINE, "GuestAgentError": EXIT_ENGINE, "GuestAgentTimeout": EXIT_ENGINE,
+    "MonitorError": EXIT_ENGINE, "MigrationError": EXIT_ENGINE, "GuestAgentError": EXIT_ENGINE,
+    "GuestAgentTimeout": EXIT_ENGINE,
 }
 
 

@@ -1,4 +1,4 @@
-"""Lifecycle verbs: launch, ls, show, start, stop, restart, kill, pause, resume, rm, logs."""
+"""Lifecycle verbs: launch, ls, show, start, stop, restart, kill, pause, resume, suspend, rm, logs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from corral.vm.sizes import format_size
 from corral.vm.spec import VMSpec
 
 STATE_STYLE = {"running": "green", "paused": "yellow", "stopped": "dim", "crashed": "red", "unknown": "magenta",
-               "starting": "cyan", "stopping": "cyan"}
+               "starting": "cyan", "stopping": "cyan", "suspending": "cyan", "suspended": "blue"}
 
 
 def _spec(name: str, image: str, cpus: int, memory: str, disk: str | None, restart: str,
@@ -158,7 +158,7 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
 
 def start(name: str, timeout: float = typer.Option(300.0, help="seconds to wait for the guest agent"),
           no_wait: bool = typer.Option(False, "--no-wait", help="do not wait for the guest agent")) -> None:
-    """Start a stopped VM."""
+    """Start a stopped VM (a suspended one resumes from its saved state)."""
     with api() as client:
         client.start_vm(name)
         if not no_wait:
@@ -197,11 +197,24 @@ def pause(name: str) -> None:
     out.print(f"{name} paused")
 
 
-def resume(name: str) -> None:
-    """Resume a paused VM."""
+def resume(name: str, timeout: float = typer.Option(300.0, help="seconds to wait for the guest agent"),
+           no_wait: bool = typer.Option(False, "--no-wait", help="do not wait for the guest agent")) -> None:
+    """Resume a paused VM, or a suspended one from its saved state (then wait for its guest agent)."""
     with api() as client:
+        was = client.get_vm(name).state
+        t0 = time.monotonic()
         client.resume_vm(name)
-    out.print(f"{name} resumed")
+        if was == "suspended" and not no_wait:
+            client.wait_ready(name, timeout)
+    out.print(f"{name} resumed" + (f" in {time.monotonic() - t0:.1f}s" if was == "suspended" else ""))
+
+
+def suspend(name: str) -> None:
+    """Save a VM's memory and devices to disk and end its QEMU; `corral resume` continues it where it was."""
+    t0 = time.monotonic()
+    with api() as client:
+        client.suspend_vm(name)
+    out.print(f"{name} suspended in {time.monotonic() - t0:.1f}s")
 
 
 def rm(names: list[str] = typer.Argument(..., help="VM names"),
@@ -228,5 +241,5 @@ def logs(name: str, tail: int | None = typer.Option(None, "--tail", "-n", help="
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (launch, ls, show, start, stop, restart, kill, pause, resume, rm, logs):
+    for fn in (launch, ls, show, start, stop, restart, kill, pause, resume, suspend, rm, logs):
         app.command()(fn)

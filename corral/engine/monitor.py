@@ -79,6 +79,22 @@ class Monitor:
         except (TimeoutError, QMPError, OSError, EOFError) as exc:
             raise MonitorError(f"QMP {cmd} on '{self.name}' got no answer: {exc or type(exc).__name__}") from exc
 
+    async def pass_fd(self, fd: int, fdname: str, timeout: float = 10.0) -> None:
+        """Hand ``fd`` to QEMU (SCM_RIGHTS on the QMP socket) under ``fdname``, for ``fd:NAME`` URIs.
+
+        QEMU gets its own copy; the caller still owns (and closes) ``fd``. A stale descriptor of the same name is
+        closed first, so the name always means this one.
+        """
+        try:
+            await self.execute("closefd", {"fdname": fdname}, timeout=timeout)
+        except MonitorError:
+            pass  # no such name yet: the usual case
+        try:
+            self._qmp.send_fd_scm(fd)
+        except (QMPError, OSError) as exc:
+            raise MonitorError(f"cannot pass a file descriptor to the QEMU of '{self.name}': {exc}") from exc
+        await self.execute("getfd", {"fdname": fdname}, timeout=timeout)
+
     async def close(self) -> None:
         if self._events_task is not None:
             self._events_task.cancel()

@@ -39,3 +39,5 @@ class Machine:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set by each RESET event (the guest rebooted); cleared by whoever waits for the next one.
     reset: asyncio.Event = field(default_factory=asyncio.Event)
+    #: This QEMU loaded a suspended VM's saved state (the guest continues its boot; its clock lags).
+    resumed: bool = False

@@ -6,6 +6,8 @@ through :meth:`VMService._set_state`, which checks the declared transition, stor
 What holds after a failure:
 - ``create`` leaves no directory, disk or record behind.
 - ``start`` leaves no QEMU process behind and the VM ``stopped`` with the reason in ``state_reason``.
+- ``suspend`` leaves the VM running (or paused, as it was) and no state file; ``resume`` (and ``start``) of a
+  suspended VM leaves it ``suspended`` with its state file intact and no QEMU process.
 - ``recover`` never deletes or recreates a VM it could not see: a live QEMU whose monitor does not answer is
   shown as ``unknown`` and left running.
 """
@@ -24,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
-from corral.engine import process, qemu_img
+from corral.engine import migration, process, qemu_img
 from corral.engine.accel import Accelerator, probe_accelerator
 from corral.engine.cmdline import Attachments, HostConfig, Identity, build_argv
 from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
@@ -161,8 +163,13 @@ class VMService:
             return self._get(name)
 
     async def _start(self, name: str) -> None:
+        """Boot the VM; a suspended VM instead gets a QEMU that loads its saved state (and continues)."""
         rec = self._get(name)
         check_operation(name, "start", rec.state)
+        resuming = rec.state == VMState.SUSPENDED
+        if resuming and not self.paths(name).state_file.is_file():
+            raise EngineError(f"VM '{name}' is suspended but its saved state {self.paths(name).state_file} is "
+                              f"missing: discard it with `corral stop {name}`")
         spec = rec.spec
         in_use = sum(r.spec.memory for r in self.store.list_vms() if r.state in LIVE)
         host.check_start_fits(name, spec.memory, in_use, self.settings.memory_overcommit)
@@ -175,15 +182,22 @@ class VMService:
         paths = self.paths(name)
         for sock in (paths.qmp_socket, paths.qga_socket, paths.console_socket):
             sock.unlink(missing_ok=True)
-        logs.rotate_stopped(paths.serial_log)
+        if not resuming:  # a resumed guest carries on with the same boot, and the same serial log
+            logs.rotate_stopped(paths.serial_log)
+            paths.state_file.unlink(missing_ok=True)  # stale (the daemon died while resuming): never loaded now
         logs.rotate_stopped(paths.qemu_log)
         att = await self._prepare(rec, paths)
         argv = build_argv(spec, boot, paths,
                           HostConfig(self.settings.qemu_binary, accel.name, self.settings.tcg_tb_size_mib),
                           Identity(rec.id, rec.mac), att)
-        await self._set_state(name, VMState.STARTING)
-        self.event(name, "start", f"starting QEMU ({accel.name})", argv=argv)
+        if resuming:
+            argv = migration.incoming_argv(argv)
+        await self._set_state(name, VMState.STARTING, "resuming" if resuming else "")
+        self.event(name, "start", f"{'resuming' if resuming else 'starting'} QEMU ({accel.name})", argv=argv)
         child: asyncio.subprocess.Process | None = None
+        monitor: Monitor | None = None
+        exited_early = False
+        loaded: migration.Transfer | None = None
         try:
             child = await process.spawn(argv, paths.qemu_log, paths.root)
             ident = process.identify(child.pid)
@@ -192,14 +206,35 @@ class VMService:
             monitor = Monitor(name, paths.qmp_socket)
             await monitor.connect(timeout=15.0, alive=lambda: child is not None and child.returncode is None
                                   and process.is_alive(ident.pid))
+            if resuming:
+                loaded = await migration.load_state(
+                    monitor, paths.state_file, alive=lambda: child is not None and child.returncode is None)
+                if not (await monitor.execute("query-status")).get("running"):
+                    await monitor.execute("cont")
         except BaseException as exc:
-            if child is not None and child.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.kill()
+            if child is not None:
+                if resuming:  # let the exit status arrive if QEMU is exiting on a bad stream
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(child.wait(), 0.5)
+                exited_early = child.returncode is not None
+                if child.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.kill()
                 await child.wait()
+            if monitor is not None and resuming:
+                await monitor.close()
             self.store.delete_runtime(name)
             with contextlib.suppress(Exception):
                 await self.networks.release(rec)
+            if resuming:
+                # QEMU 7.2 exits on a bad stream and says why in its log; otherwise our own error says it.
+                own = exc.message if isinstance(exc, CorralError) else str(exc) or type(exc).__name__
+                detail = (migration.qemu_last_words(process.tail(paths.qemu_log, 2)) if exited_early else "") or own
+                await self._set_state(name, VMState.SUSPENDED, f"failed to resume: {detail}")
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise migration.MigrationError(f"cannot resume VM '{name}' from {paths.state_file}: {detail} "
+                                               "(it stays suspended, its state file kept)") from exc
             detail = process.tail(paths.qemu_log) or str(exc)
             await self._set_state(name, VMState.STOPPED, f"failed to start: {detail}")
             if isinstance(exc, CorralError) and not isinstance(exc, MonitorError):
@@ -208,7 +243,12 @@ class VMService:
                 raise
             raise EngineError(f"QEMU for '{name}' failed to start: {detail}") from exc
         m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel.name, started_at=time.time(),
-                    monitor=monitor, agent=GuestAgent(paths.qga_socket), child=child, ssh_port=att.ssh_port)
+                    monitor=monitor, agent=GuestAgent(paths.qga_socket), child=child, ssh_port=att.ssh_port,
+                    resumed=resuming)
+        if loaded is not None:
+            paths.state_file.unlink(missing_ok=True)  # the guest moved on: the old state must never load again
+            self.event(name, "resume", f"saved state loaded ({loaded.size >> 20} MiB in {loaded.seconds:.2f}s)",
+                       bytes=loaded.size, seconds=loaded.seconds)
         self._attach(m)
         await self._set_state(name, VMState.RUNNING)
 
@@ -245,6 +285,11 @@ class VMService:
         try:
             await m.agent.wait_ready(READY_TIMEOUT)
             m.agent_ready = True
+            if m.resumed:  # the guest's clock stood still while it was suspended: set it (best effort)
+                try:
+                    await m.agent.execute("guest-set-time", {"time": time.time_ns()}, timeout=5.0)
+                except CorralError as exc:
+                    self.event(m.name, "resume", f"could not set the guest clock: {exc.message}")
             await self._provision(m)
             self.event(m.name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
             await self.refresh_addresses(m.name)
@@ -328,7 +373,9 @@ class VMService:
             how = f" (killed by {signal.Signals(-returncode).name})"
         else:
             how = f" (exit code {returncode})"
-        if m.requested:
+        if m.requested == "suspend":
+            state, reason, failed = VMState.SUSPENDED, "suspended by user", False
+        elif m.requested:
             state, reason, failed = VMState.STOPPED, f"{m.requested} requested by user", False
         elif m.panicked or m.shutdown_reason == "guest-panic":
             state, reason, failed = VMState.CRASHED, "the guest kernel panicked", True
@@ -385,6 +432,8 @@ class VMService:
         async with self._lock(name):
             rec = self._get(name)
             check_operation(name, "stop", rec.state)
+            if rec.state == VMState.SUSPENDED:
+                return await self._discard_suspended(name, force)
             m = self._machines.get(name)
             if m is None:
                 raise EngineError(f"VM '{name}' has no supervised QEMU process: try `corral kill {name}`")
@@ -405,6 +454,16 @@ class VMService:
                 self.event(name, "stop", f"guest did not power off ({exc or 'timeout'}); killing QEMU")
                 await self._kill_machine(m)
             return self._get(name)
+
+    async def _discard_suspended(self, name: str, force: bool) -> VMRecord:
+        """Stop a suspended VM: like pulling the plug, its saved memory is thrown away (only with ``force``)."""
+        if not force:
+            raise Conflict(f"VM '{name}' is suspended: stopping it discards its saved memory; "
+                           f"`corral resume {name}` or `corral stop --force {name}`")
+        self.paths(name).state_file.unlink(missing_ok=True)
+        self.store.set_exit_reason(name, "saved state discarded by stop")
+        await self._set_state(name, VMState.STOPPED, "saved state discarded by stop")
+        return self._get(name)
 
     async def kill(self, name: str) -> VMRecord:
         async with self._lock(name):
@@ -441,9 +500,46 @@ class VMService:
             return self._get(name)
 
     async def resume(self, name: str) -> VMRecord:
+        """Continue a paused VM's vCPUs, or bring a suspended VM back from its saved state."""
         async with self._lock(name):
+            if self._get(name).state == VMState.SUSPENDED:
+                await self._start(name)
+                return self._get(name)
             await self._qmp(name, "resume", "cont")
             await self._set_state(name, VMState.RUNNING)
+            return self._get(name)
+
+    async def suspend(self, name: str, timeout: float = 600.0) -> VMRecord:
+        """Save the VM's machine state to its state file, then quit QEMU: the VM is ``suspended``.
+
+        On failure nothing is saved and the VM runs (or stays paused) as before.
+        """
+        async with self._lock(name):
+            rec = self._get(name)
+            check_operation(name, "suspend", rec.state)
+            m = self._machines.get(name)
+            if m is None or m.monitor is None:
+                raise EngineError(f"the monitor of VM '{name}' is not connected")
+            paths = self.paths(name)
+            await self._set_state(name, VMState.SUSPENDING)
+            try:
+                saved = await migration.save_state(m.monitor, paths.state_file,
+                                                   was_running=rec.state == VMState.RUNNING, timeout=timeout)
+            except BaseException as exc:
+                if not m.exited.is_set() and self._get(name).state == VMState.SUSPENDING:
+                    await self._set_state(name, rec.state, rec.state_reason)
+                if isinstance(exc, CorralError):
+                    self.event(name, "suspend", f"suspend failed: {exc.message}")
+                raise
+            m.requested = "suspend"
+            with contextlib.suppress(MonitorError):  # QEMU may close the monitor before it answers
+                await m.monitor.execute("quit")
+            try:
+                await asyncio.wait_for(m.exited.wait(), 30)
+            except TimeoutError:
+                await self._kill_machine(m)  # the state is saved and whole: nothing is lost
+            self.event(name, "suspend", f"state saved ({saved.size >> 20} MiB in {saved.seconds:.2f}s), "
+                       "QEMU exited", bytes=saved.size, seconds=saved.seconds)
             return self._get(name)
 
     async def restart(self, name: str, hard: bool = False, timeout: float = 60.0) -> VMRecord:
@@ -646,6 +742,14 @@ class VMService:
         else:
             ident = process.find_qemu(rec.id)  # spawned but not yet recorded when the daemon died
         if ident is None:
+            if rec.state == VMState.SUSPENDED:  # a resting state: no QEMU is expected
+                if not self.paths(name).state_file.is_file():
+                    await self._set_state(name, VMState.STOPPED, "its saved state file is gone")
+                return
+            if rec.state == VMState.SUSPENDING and self.paths(name).state_file.is_file():
+                self.store.delete_runtime(name)  # saved whole (renamed), then QEMU quit while the daemon was away
+                await self._set_state(name, VMState.SUSPENDED, "suspended by user")
+                return
             await self._release_nics(name)  # taps left by a QEMU that exited while the daemon was away
             if rec.state in LIVE or rt is not None:
                 self.store.delete_runtime(name)
@@ -678,10 +782,27 @@ class VMService:
             return
         m.monitor = monitor
         self._attach(m)
+        if rec.state == VMState.SUSPENDING:  # the daemon died while suspending this VM: finish or undo it
+            await self._settle_suspending(m, monitor, str(status.get("status")))
+            return
         running = status.get("running", False)
         await self._set_state(name, VMState.RUNNING if running else VMState.PAUSED,
                               "" if running else f"paused ({status.get('status')})")
         self.event(name, "reattach", f"re-attached to QEMU pid {ident.pid}")
+
+    async def _settle_suspending(self, m: Machine, monitor: Monitor, status: str) -> None:
+        paths = self.paths(m.name)
+        if status == "postmigrate" and paths.state_file.is_file():  # saved whole: quit, as suspend would have
+            m.requested = "suspend"
+            with contextlib.suppress(MonitorError):
+                await monitor.execute("quit")
+            self.event(m.name, "reattach", f"finished suspending (QEMU pid {m.ident.pid} quit)")
+            return
+        paths.state_file.with_name(paths.state_file.name + ".partial").unlink(missing_ok=True)
+        with contextlib.suppress(MonitorError):
+            await monitor.execute("cont")
+        await self._set_state(m.name, VMState.RUNNING, "suspend interrupted by a daemon restart")
+        self.event(m.name, "reattach", f"re-attached to QEMU pid {m.ident.pid}; the interrupted suspend undone")
 
     async def _reconnect(self, m: Machine) -> None:
         """Keep trying the monitor of an ``unknown`` VM; re-attach when it answers."""

@@ -10,6 +10,13 @@ Operations (what a user asks) are legal only from the states in :data:`ALLOWED_F
        |                  +-------- crashed <---------+  +--stop--> stopping --> stopped
        +---------------------------- (start) ---------+
 
+    running/paused --suspend--> suspending --> suspended --resume/start--> starting --> running
+                                    |                                     |
+                                    +-- (failed) --> running/paused      +-- (failed load) --> suspended
+
+``suspended``: no QEMU process; the machine state (memory and devices) is in the VM's ``state.bin`` and its disk is
+left as it was. A resting state like ``stopped``: it survives daemon restarts.
+
 ``unknown`` means the VM's QEMU process exists but its monitor cannot be reached: never treated as absent.
 """
 
@@ -28,12 +35,14 @@ class VMState(StrEnum):
     STOPPING = "stopping"
     CRASHED = "crashed"
     UNKNOWN = "unknown"
+    SUSPENDING = "suspending"
+    SUSPENDED = "suspended"
 
 
 S = VMState
 
 #: States in which a QEMU process is believed to exist.
-LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.UNKNOWN})
+LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SUSPENDING, S.UNKNOWN})
 
 TRANSITIONS: frozenset[tuple[VMState, VMState]] = frozenset(
     {
@@ -62,20 +71,34 @@ TRANSITIONS: frozenset[tuple[VMState, VMState]] = frozenset(
         (S.PAUSED, S.UNKNOWN),
         (S.STARTING, S.UNKNOWN),
         (S.STOPPING, S.UNKNOWN),
+        # Suspend to disk: the state is saved, then QEMU quits.
+        (S.RUNNING, S.SUSPENDING),
+        (S.PAUSED, S.SUSPENDING),
+        (S.SUSPENDING, S.SUSPENDED),
+        (S.SUSPENDING, S.RUNNING),  # saving failed: the VM runs on
+        (S.SUSPENDING, S.PAUSED),
+        (S.SUSPENDING, S.CRASHED),  # QEMU died while saving
+        (S.SUSPENDING, S.STOPPED),  # killed on request while saving
+        (S.SUSPENDING, S.UNKNOWN),
+        (S.UNKNOWN, S.SUSPENDING),
+        (S.SUSPENDED, S.STARTING),  # resume: a QEMU that loads the saved state
+        (S.STARTING, S.SUSPENDED),  # loading failed: still suspended, the state file intact
+        (S.SUSPENDED, S.STOPPED),  # stop: the saved state is discarded
     }
 )
 
 #: Which states each user operation may start from.
 ALLOWED_FROM: dict[str, frozenset[VMState]] = {
-    "start": frozenset({S.STOPPED, S.CRASHED}),
-    "stop": frozenset({S.RUNNING, S.PAUSED, S.STARTING}),
-    "kill": frozenset({S.RUNNING, S.PAUSED, S.STARTING, S.STOPPING, S.UNKNOWN}),
+    "start": frozenset({S.STOPPED, S.CRASHED, S.SUSPENDED}),  # from suspended: resumes
+    "stop": frozenset({S.RUNNING, S.PAUSED, S.STARTING, S.SUSPENDED}),  # suspended: discards the state (force)
+    "kill": frozenset({S.RUNNING, S.PAUSED, S.STARTING, S.STOPPING, S.SUSPENDING, S.UNKNOWN}),
     "restart": frozenset({S.RUNNING}),
     "pause": frozenset({S.RUNNING}),
-    "resume": frozenset({S.PAUSED}),
+    "resume": frozenset({S.PAUSED, S.SUSPENDED}),
+    "suspend": frozenset({S.RUNNING, S.PAUSED}),
     "exec": frozenset({S.RUNNING}),
     "console": frozenset({S.RUNNING, S.PAUSED, S.STARTING}),
-    "delete": frozenset({S.STOPPED, S.CRASHED}),
+    "delete": frozenset({S.STOPPED, S.CRASHED, S.SUSPENDED}),  # suspended: the state file goes too
 }
 
 

@@ -129,7 +129,14 @@ async def pause_vm(name: str, svc: Svc) -> VMInfo:
 
 @router.post("/{name}/resume", response_model=VMInfo)
 async def resume_vm(name: str, svc: Svc) -> VMInfo:
+    """Continue a paused VM, or bring a suspended one back from its saved state (without waiting for its agent)."""
     return to_info(svc, await svc.vms.resume(name))
+
+
+@router.post("/{name}/suspend", response_model=VMInfo)
+async def suspend_vm(name: str, svc: Svc) -> VMInfo:
+    """Save the VM's memory and device state to its state file and end its QEMU: the VM becomes suspended."""
+    return to_info(svc, await svc.vms.suspend(name))
 
 
 @router.post("/{name}/wait-ready", response_model=VMInfo)

@@ -37,3 +37,29 @@ def test_every_operation_target_is_reachable() -> None:
     states = {s for pair in TRANSITIONS for s in pair}
     for allowed in ALLOWED_FROM.values():
         assert allowed <= states
+
+
+def test_suspend_and_resume_paths() -> None:
+    check_operation("a", "suspend", VMState.RUNNING)
+    check_operation("a", "suspend", VMState.PAUSED)
+    for op in ("resume", "start", "delete", "stop"):  # start/resume load the state; stop discards it (--force)
+        check_operation("a", op, VMState.SUSPENDED)
+    for op in ("exec", "kill", "pause", "restart", "suspend", "console"):
+        with pytest.raises(StateError, match=f"cannot {op} VM 'a' while it is suspended"):
+            check_operation("a", op, VMState.SUSPENDED)
+    for old, new in [(VMState.RUNNING, VMState.SUSPENDING), (VMState.PAUSED, VMState.SUSPENDING),
+                     (VMState.SUSPENDING, VMState.SUSPENDED), (VMState.SUSPENDING, VMState.RUNNING),
+                     (VMState.SUSPENDED, VMState.STARTING), (VMState.STARTING, VMState.SUSPENDED),
+                     (VMState.SUSPENDED, VMState.STOPPED)]:
+        check_transition(old, new)
+    with pytest.raises(ValueError, match="undeclared"):
+        check_transition(VMState.SUSPENDED, VMState.RUNNING)  # only through a QEMU that loads the state
+    with pytest.raises(ValueError, match="undeclared"):
+        check_transition(VMState.RUNNING, VMState.SUSPENDED)  # only once the state is saved
+
+
+def test_suspended_is_a_resting_state() -> None:
+    # No QEMU process while suspended: not live (no memory counted, no re-attach); suspending is live.
+    assert VMState.SUSPENDED not in LIVE
+    assert VMState.SUSPENDING in LIVE
+    assert VMState.SUSPENDING not in ALLOWED_FROM["delete"]
