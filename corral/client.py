@@ -25,15 +25,18 @@ import httpx
 from corral import paths
 from corral.api.models import (
     API_PREFIX,
+    USER_HEADER,
     BuildEvent,
     DaemonStatus,
     EventInfo,
     ExecChunk,
     ExecRequest,
     FileInfo,
+    LabelsRequest,
     NetworkCreate,
     NetworkInfo,
     PortRequest,
+    Report,
     RestartRequest,
     SSHInfo,
     StopRequest,
@@ -44,6 +47,7 @@ from corral.api.models import (
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest
 from corral.settings import Settings, load_settings
+from corral.vm.labels import default_owner
 from corral.vm.spec import PortForward, VMSpec
 from corral.vm.states import VMState
 
@@ -73,11 +77,14 @@ class Download:
 
 
 class Client:
-    def __init__(self, socket: Path, timeout: float = 600.0) -> None:
+    def __init__(self, socket: Path, timeout: float = 600.0, user: str | None = None) -> None:
+        """``user``: who the daemon records as the actor of each request (and the owner of new VMs); default
+        $CORRAL_OWNER, else the login name."""
         self.socket = socket
+        self.user = user or default_owner()
         self._http = httpx.Client(
             transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://corral" + API_PREFIX,
-            timeout=httpx.Timeout(timeout, connect=5.0),
+            timeout=httpx.Timeout(timeout, connect=5.0), headers={USER_HEADER: self.user},
         )
 
     def close(self) -> None:
@@ -118,8 +125,25 @@ class Client:
             raise DaemonUnavailable(f"lost the connection to corrald at {self.socket}: {exc}") from exc
 
     # -------------------------------------------------------------------------------------------------- VMs --
-    def list_vms(self) -> list[VMInfo]:
-        return [VMInfo.model_validate(v) for v in self._req("GET", "/vms").json()]
+    def list_vms(self, labels: list[str] | None = None, owner: str | None = None,
+                 project: str | None = None) -> list[VMInfo]:
+        """VMs matching every filter: label selectors (``env=dev``, ``env!=prod``, ``gpu``), owner, project."""
+        params: dict[str, Any] = {"label": labels or []}
+        if owner is not None:
+            params["owner"] = owner
+        if project is not None:
+            params["project"] = project
+        return [VMInfo.model_validate(v) for v in self._req("GET", "/vms", params=params).json()]
+
+    def set_labels(self, name: str, set: dict[str, str] | None = None, remove: list[str] | None = None) -> VMInfo:
+        body = LabelsRequest(set=set or {}, remove=remove or []).model_dump()
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/labels", json=body).json())
+
+    def report(self, by: str = "owner", labels: list[str] | None = None, owner: str | None = None,
+               project: str | None = None) -> Report:
+        params: dict[str, Any] = {"by": by, "label": labels or []}
+        params |= {k: v for k, v in (("owner", owner), ("project", project)) if v is not None}
+        return Report.model_validate(self._req("GET", "/report", params=params).json())
 
     def get_vm(self, name: str) -> VMInfo:
         return VMInfo.model_validate(self._req("GET", f"/vms/{name}").json())
@@ -188,11 +212,23 @@ class Client:
         r = self._req("GET", f"/vms/{name}/logs", params=params)
         return r.content, int(r.headers.get("X-Log-Offset", "0"))
 
-    def events(self, vm: str | None = None, after: int = 0) -> list[EventInfo]:
-        params: dict[str, Any] = {"after": after}
-        if vm:
-            params["vm"] = vm
+    def events(self, vm: str | None = None, after: int = 0, *, owner: str | None = None, actor: str | None = None,
+               type: str | None = None, result: str | None = None, since: str | float | None = None,
+               limit: int = 1000, newest: bool = False) -> list[EventInfo]:
+        """Stored events matching every filter; ``since``: "10m", an ISO time or a Unix time."""
+        params = _event_params(vm, after, owner, actor, type, result, since) | {"limit": limit, "newest": newest}
         return [EventInfo.model_validate(e) for e in self._req("GET", "/events", params=params).json()]
+
+    def follow_events(self, vm: str | None = None, after: int = 0, *, owner: str | None = None,
+                      actor: str | None = None, type: str | None = None, result: str | None = None,
+                      since: str | float | None = None) -> Iterator[EventInfo]:
+        """Events as they are recorded (the stored ones first with ``since`` or ``after``), until the daemon stops."""
+        params = _event_params(vm, after, owner, actor, type, result, since)
+        for item in self._stream("GET", "/events/stream", params=params,
+                                 timeout=httpx.Timeout(None, connect=5.0)):
+            if "error" in item:
+                raise APIError(500, "Error", str(item["error"]))
+            yield EventInfo.model_validate(item)
 
     def exec_stream(
         self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
@@ -308,6 +344,16 @@ class Client:
     # ------------------------------------------------------------------------------------------------ daemon --
     def status(self) -> DaemonStatus:
         return DaemonStatus.model_validate(self._req("GET", "/status").json())
+
+
+def _event_params(vm: str | None, after: int, owner: str | None, actor: str | None, type: str | None,
+                  result: str | None, since: str | float | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"after": after}
+    for k, v in (("vm", vm), ("owner", owner), ("actor", actor), ("type", type), ("result", result),
+                 ("since", since)):
+        if v is not None:
+            params[k] = str(v)
+    return params
 
 
 def daemon_running(settings: Settings, timeout: float = 2.0) -> bool:

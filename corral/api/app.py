@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from corral import __version__
 from corral.api import errors
+from corral.api.audit import AuditMiddleware
 from corral.api.deps import Services
 from corral.api.models import API_PREFIX
 from corral.api.routes import access, daemon, files, images, networks, ports, vms
@@ -15,6 +16,7 @@ def create_app(svc: Services | None = None) -> FastAPI:
     app = FastAPI(title="Corral", version=__version__, description="Corral's REST API (served on a unix socket).")
     app.state.services = svc
     errors.install(app)
+    app.add_middleware(AuditMiddleware)
     for r in (vms.router, access.router, ports.router, networks.router, files.router, images.router,
               daemon.router):
         app.include_router(r, prefix=API_PREFIX)

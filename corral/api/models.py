@@ -7,10 +7,16 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from corral.images.artifacts import Manifest
+from corral.vm.report import Report as Report  # re-exported: the report's wire models live with its logic
+from corral.vm.report import ReportGroup as ReportGroup
+from corral.vm.report import ReportRow as ReportRow
+from corral.vm.report import ReportTotals as ReportTotals
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
 
 API_PREFIX = "/v1"
+#: The header the client sends with the local user name: the actor recorded on events, and a new VM's owner.
+USER_HEADER = "X-Corral-User"
 
 
 class DiskInfo(BaseModel):
@@ -119,12 +125,25 @@ class ImportRequest(BaseModel):
 
 
 class EventInfo(BaseModel):
+    """Who did what, when, with what result: ``actor`` is the API user (or "corrald" for what the daemon did by
+    itself), ``owner`` the VM's owner at the time, ``result`` "ok" or "error" (then ``data.error`` says why)."""
+
     id: int
     ts: float
     vm: str | None
     type: str
     message: str
     data: dict[str, object] = Field(default_factory=dict)
+    actor: str = ""
+    owner: str = ""
+    result: str = "ok"
+
+
+class LabelsRequest(BaseModel):
+    """Labels to set and keys to remove (removing an absent key is not an error)."""
+
+    set: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
 
 
 class DaemonStatus(BaseModel):

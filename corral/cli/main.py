@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import console, cp, daemon, execute, images, network, port, shell, vm, wait
+from corral.cli import console, cp, daemon, execute, fleet, images, network, port, shell, vm, wait
 
 app = typer.Typer(
     name="corral", help="Corral: real QEMU virtual machines from one command.", no_args_is_help=True,
@@ -16,6 +16,7 @@ console.register(app)
 shell.register(app)
 cp.register(app)
 wait.register(app)
+fleet.register(app)
 app.add_typer(images.app, name="images")
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(port.app, name="port")

@@ -1,4 +1,4 @@
-"""Lifecycle verbs: launch, ls, show, start, stop, restart, kill, pause, resume, suspend, rm, logs."""
+"""Lifecycle verbs: launch, ls, show, label, start, stop, restart, kill, pause, resume, suspend, rm, logs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from corral.api.models import VMInfo
 from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
 from corral.cli.images import build_with_progress
 from corral.client import APIError, Client
+from corral.vm import labels as lbl
 from corral.vm.sizes import format_size
 from corral.vm.spec import VMSpec
 
@@ -88,10 +89,21 @@ def launch(
                                           "cloud-init: debian-12, imported cloud images)"),
     ssh_key: list[str] = typer.Option([], "--ssh-key", help="authorize a public key: FILE or the key (repeatable)"),
     hostname: str | None = typer.Option(None, "--hostname", help="guest hostname (default: the VM name)"),
+    owner: str | None = typer.Option(None, "--owner", help="who it belongs to (default: $CORRAL_OWNER, else your "
+                                     "login name)"),
+    project: str = typer.Option("default", "--project", help="the project it belongs to"),
+    label: list[str] = typer.Option([], "--label", "-l", help="a label KEY=VALUE (repeatable)"),
+    description: str = typer.Option("", "--description", help="free text"),
 ) -> None:
     """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait)."""
+    try:
+        labels = lbl.parse_set(label)
+    except ValueError as exc:
+        fail(str(exc), EXIT_INVALID)
     spec = _spec(name or f"vm-{secrets.token_hex(3)}", image, cpus, memory, disk, restart, publish, network,
-                 _provisioning(cloud_init, ssh_key, hostname))
+                 _provisioning(cloud_init, ssh_key, hostname) | {
+                     "owner": owner if owner is not None else lbl.default_owner(), "project": project,
+                     "labels": labels, "description": description})
     t0 = time.monotonic()
     with api() as client:
         if spec.image not in {m.name for m in client.list_images()}:
@@ -110,22 +122,54 @@ def launch(
     out.print(f"[bold]{spec.name}[/] ready in {time.monotonic() - t0:.1f}s ({info.accel}{addr})")
 
 
-def ls(json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """List VMs."""
+def format_labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
+def ls(
+    json_: bool = typer.Option(False, "--json", help="print JSON"),
+    label: list[str] = typer.Option([], "--label", "-l", help="only VMs matching KEY=VALUE, KEY!=VALUE or KEY "
+                                    "(has the key); repeatable, all must match"),
+    owner: str | None = typer.Option(None, "--owner", help="only this owner's VMs"),
+    project: str | None = typer.Option(None, "--project", help="only this project's VMs"),
+    show_labels: bool = typer.Option(False, "--show-labels", help="add a LABELS column"),
+) -> None:
+    """List VMs (all of them, or those matching every filter)."""
+    try:
+        lbl.parse_selector(label)  # refuse a bad selector here, with the flag's name
+    except ValueError as exc:
+        fail(f"--label: {exc}", EXIT_INVALID)
     with api() as client:
-        vms = client.list_vms()
+        vms = client.list_vms(labels=label, owner=owner, project=project)
     if json_:
         print_json(vms)
         return
+    cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"]
     t = Table(box=None)
-    for col in ("NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"):
+    for col in cols + (["LABELS"] if show_labels else []):
         t.add_column(col)
     for v in vms:
         style = STATE_STYLE.get(v.state, "")
-        t.add_row(v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.image, str(v.spec.vcpus),
-                  format_size(v.spec.memory << 20), format_size(v.spec.disk) if v.spec.disk else "image",
-                  ", ".join(v.addresses) or "-", human_duration(v.uptime))
-    out.print(t)
+        row = [v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.project, v.spec.owner or "-",
+               v.spec.image, str(v.spec.vcpus), format_size(v.spec.memory << 20),
+               format_size(v.spec.disk) if v.spec.disk else "image", ", ".join(v.addresses) or "-",
+               human_duration(v.uptime)]
+        t.add_row(*row, *([format_labels(v.spec.labels)] if show_labels else []))
+    out.print(t, highlight=False)
+
+
+def label(
+    name: str = typer.Argument(..., help="VM name"),
+    changes: list[str] = typer.Argument(..., help="KEY=VALUE to set, KEY- to remove"),
+) -> None:
+    """Set (KEY=VALUE) and remove (KEY-) labels of a VM, running or stopped."""
+    try:
+        to_set, to_remove = lbl.parse_assignments(changes)
+    except ValueError as exc:
+        fail(str(exc), EXIT_INVALID)
+    with api() as client:
+        v = client.set_labels(name, to_set, to_remove)
+    out.print(f"{name}: {format_labels(v.spec.labels)}", highlight=False)
 
 
 def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
@@ -138,6 +182,8 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
     rows = [
         ("name", v.name), ("id", v.id),
         ("state", v.state + (f" ({v.state_reason})" if v.state_reason else "")),
+        ("owner", v.spec.owner or "-"), ("project", v.spec.project), ("labels", format_labels(v.spec.labels)),
+        ("description", v.spec.description or "-"),
         ("image", v.spec.image), ("vcpus", str(v.spec.vcpus)), ("memory", format_size(v.spec.memory << 20)),
         ("restart policy", v.spec.restart.value), ("mac", v.mac),
         ("pid", str(v.pid) if v.pid else "-"), ("accelerator", v.accel or "-"),
@@ -241,5 +287,5 @@ def logs(name: str, tail: int | None = typer.Option(None, "--tail", "-n", help="
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (launch, ls, show, start, stop, restart, kill, pause, resume, suspend, rm, logs):
+    for fn in (launch, ls, show, label, start, stop, restart, kill, pause, resume, suspend, rm, logs):
         app.command()(fn)

@@ -91,12 +91,24 @@ async def serve(settings: Settings) -> None:
     app.router.lifespan_context = lifespan
     sock = bind_socket(settings)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = _Server(config, vms)
     try:
         await server.serve(sockets=[sock])
     finally:
         settings.socket.unlink(missing_ok=True)
         lock.close()
+
+
+class _Server(uvicorn.Server):
+    """Ends the event streams first on shut-down: uvicorn waits for open connections before the lifespan ends."""
+
+    def __init__(self, config: uvicorn.Config, vms: VMService) -> None:
+        super().__init__(config)
+        self.vms = vms
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.vms.end_event_streams()
+        await super().shutdown(sockets)
 
 
 async def _housekeeping(vms: VMService) -> None:

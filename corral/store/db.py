@@ -4,7 +4,9 @@ Tables:
     vms       one row per VM: its spec (JSON of :class:`VMSpec`), state, identity (id, MAC) and last exit reason
     runtime   one row per VM with a QEMU process: pid, its start time in clock ticks (identity across pid reuse),
               when it started, the accelerator; written as soon as the pid is known, deleted when QEMU is gone
-    events    the event log: every state change and operation, in order
+    events    the event log: every state change and operation, in order: who (``actor``: the user of the API
+              request, "corrald" for what the daemon did by itself), the VM's ``owner`` then, what, when, and the
+              ``result`` ("ok" or "error")
     networks  private networks: name, subnet, creation time (and the Linux bridge of a bridged network)
     attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
 """
@@ -49,7 +51,6 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     data TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS events_vm ON events(vm, id);
 CREATE TABLE IF NOT EXISTS networks (
     name TEXT PRIMARY KEY,
     subnet TEXT NOT NULL,
@@ -109,6 +110,15 @@ class AttachmentRecord:
     address: str
 
 
+#: Columns added to the events table after its first release (ALTER TABLE on open).
+EVENT_COLUMNS = {"actor": "TEXT NOT NULL DEFAULT ''", "owner": "TEXT NOT NULL DEFAULT ''",
+                 "result": "TEXT NOT NULL DEFAULT 'ok'"}
+EVENT_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_vm ON events(vm, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+"""
+
+
 @dataclass(frozen=True)
 class EventRecord:
     id: int
@@ -117,6 +127,29 @@ class EventRecord:
     type: str
     message: str
     data: dict[str, Any]
+    actor: str = ""
+    owner: str = ""
+    result: str = "ok"
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events: every given field must match (AND). ``since`` is a Unix time."""
+
+    vm: str | None = None
+    owner: str | None = None
+    actor: str | None = None
+    type: str | None = None
+    result: str | None = None
+    since: float | None = None
+    after: int = 0
+
+    def matches(self, e: EventRecord) -> bool:
+        """The same test as :meth:`Store.events` makes in SQL, for events as they happen."""
+        return (e.id > self.after and (self.vm is None or e.vm == self.vm)
+                and (self.owner is None or e.owner == self.owner) and (self.actor is None or e.actor == self.actor)
+                and (self.type is None or e.type == self.type) and (self.result is None or e.result == self.result)
+                and (self.since is None or e.ts >= self.since))
 
 
 class Store:
@@ -130,6 +163,11 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(events)")}
+        for col, decl in EVENT_COLUMNS.items():
+            if col not in have:
+                self._db.execute(f"ALTER TABLE events ADD COLUMN {col} {decl}")
+        self._db.executescript(EVENT_INDEXES)
 
     def close(self) -> None:
         self._db.close()
@@ -179,25 +217,39 @@ class Store:
         self._db.execute("DELETE FROM runtime WHERE name = ?", (name,))
 
     # --- events ----------------------------------------------------------------------------------------------
-    def add_event(self, vm: str | None, type_: str, message: str, data: dict[str, Any] | None = None) -> int:
+    def add_event(self, vm: str | None, type_: str, message: str, data: dict[str, Any] | None = None, *,
+                  actor: str = "", owner: str = "", result: str = "ok") -> EventRecord:
+        ts = time.time()
+        data = data or {}
         cur = self._db.execute(
-            "INSERT INTO events (ts, vm, type, message, data) VALUES (?,?,?,?,?)",
-            (time.time(), vm, type_, message, json.dumps(data or {})),
+            "INSERT INTO events (ts, vm, type, message, data, actor, owner, result) VALUES (?,?,?,?,?,?,?,?)",
+            (ts, vm, type_, message, json.dumps(data, default=str), actor, owner, result),
         )
-        return int(cur.lastrowid or 0)
+        return EventRecord(int(cur.lastrowid or 0), ts, vm, type_, message, data, actor, owner, result)
 
-    def events(self, vm: str | None = None, after: int = 0, limit: int = 1000) -> list[EventRecord]:
-        q, args = "SELECT * FROM events WHERE id > ?", [after]
-        if vm is not None:
-            q += " AND vm = ?"
-            args.append(vm)  # type: ignore[arg-type]
-        q += " ORDER BY id LIMIT ?"
+    def events(self, vm: str | None = None, after: int = 0, limit: int = 1000, *,
+               query: EventQuery | None = None, newest: bool = False) -> list[EventRecord]:
+        """Events in order, filtered by ``query`` (or just ``vm`` and ``after``); with ``newest``, the last
+        ``limit`` of them instead of the first."""
+        qy = query or EventQuery(vm=vm, after=after)
+        q = "SELECT * FROM events WHERE id > ?"
+        args: list[Any] = [qy.after]
+        for col in ("vm", "owner", "actor", "type", "result"):
+            if (value := getattr(qy, col)) is not None:
+                q += f" AND {col} = ?"
+                args.append(value)
+        if qy.since is not None:
+            q += " AND ts >= ?"
+            args.append(qy.since)
+        q += f" ORDER BY id {'DESC' if newest else ''} LIMIT ?"
         args.append(limit)
-        return [
-            EventRecord(r["id"], r["ts"], r["vm"], r["type"], r["message"], json.loads(r["data"]))
-            for r in self._db.execute(q, args)
-        ]
+        rows = [_event(r) for r in self._db.execute(q, args)]
+        return rows[::-1] if newest else rows
 
+    def last_activity(self) -> dict[str, float]:
+        """The time of each VM's newest event."""
+        return {r[0]: r[1] for r in self._db.execute(
+            "SELECT vm, MAX(ts) FROM events WHERE vm IS NOT NULL GROUP BY vm")}
 
     # --- networks -------------------------------------------------------------------------------------------
     def insert_network(self, rec: NetworkRecord) -> None:
@@ -228,6 +280,11 @@ class Store:
             q += " AND vm = ?"
             args.append(vm)
         return [AttachmentRecord(**dict(r)) for r in self._db.execute(q + " ORDER BY network, vm", args)]
+
+
+def _event(r: sqlite3.Row) -> EventRecord:
+    return EventRecord(r["id"], r["ts"], r["vm"], r["type"], r["message"], json.loads(r["data"]), r["actor"],
+                       r["owner"], r["result"])
 
 
 def _vm(row: sqlite3.Row) -> VMRecord:

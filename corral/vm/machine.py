@@ -29,6 +29,8 @@ class Machine:
     panicked: bool = False
     #: Set when a user asked for the stop or kill, so the exit is not a crash.
     requested: str | None = None
+    #: Who asked for it (the actor of that request), recorded on the exit that follows.
+    requested_by: str | None = None
     agent_ready: bool = False
     #: Set once the agent answered and the guest was provisioned (SSH key, private NICs) for this boot.
     ready: asyncio.Event = field(default_factory=asyncio.Event)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import secrets
 import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ from corral.network import forwards, ports
 from corral.network.private import NetworkService
 from corral.paths import VMPaths
 from corral.settings import Settings
-from corral.store.db import RuntimeRecord, Store, VMRecord
-from corral.vm import host, logs
+from corral.store.db import EventQuery, EventRecord, RuntimeRecord, Store, VMRecord
+from corral.vm import host, labels, logs
 from corral.vm.machine import Machine
 from corral.vm.spec import PortForward, RestartPolicy, VMSpec
 from corral.vm.states import LIVE, VMState, check_operation, check_transition
@@ -51,6 +52,46 @@ RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 STABLE_AFTER = 600.0
 READY_TIMEOUT = 900.0  # how long a boot may take before the guest is reported not ready
 CLEAN_REBOOT_TIMEOUT = 30.0  # then a clean reboot becomes a hard reset  # a VM up this long has its restart count reset
+SUBSCRIBER_BACKLOG = 10_000  # events a slow event-stream reader may fall behind before it is cut off
+
+#: Who the current operation is for: the API sets it per request (the X-Corral-User header); what the daemon does by
+#: itself (supervision, restart policies, readiness) runs as "corrald".
+SYSTEM_ACTOR = "corrald"
+ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("corral_actor", default=SYSTEM_ACTOR)
+
+
+def system_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    """A task that acts as the daemon itself, whoever's request created it."""
+    ctx = contextvars.copy_context()
+    ctx.run(ACTOR.set, SYSTEM_ACTOR)
+    return asyncio.get_running_loop().create_task(coro, name=name, context=ctx)
+
+
+class Subscription:
+    """One reader of the live event stream: the events matching ``query``, in order, as they are recorded."""
+
+    def __init__(self, query: EventQuery) -> None:
+        self.query = query
+        self.queue: asyncio.Queue[EventRecord | None] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        self.overflowed = False
+
+    def offer(self, ev: EventRecord) -> None:
+        if self.overflowed or not self.query.matches(ev):
+            return
+        try:
+            self.queue.put_nowait(ev)
+        except asyncio.QueueFull:
+            self.overflowed = True  # the reader is told and stops, rather than silently missing events
+
+    def close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+    async def next(self) -> EventRecord | None:
+        """The next event; None when the stream ended (daemon shutting down, or the reader fell behind)."""
+        if self.overflowed and self.queue.empty():
+            return None
+        return await self.queue.get()
 
 
 class VMService:
@@ -67,6 +108,7 @@ class VMService:
         self._accel_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._background: set[asyncio.Task[Any]] = set()
+        self._subscribers: set[Subscription] = set()
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
@@ -83,9 +125,27 @@ class VMService:
     def paths(self, name: str) -> VMPaths:
         return self.settings.vm_paths(name)
 
-    def event(self, vm: str | None, type_: str, message: str, **data: Any) -> None:
-        self.store.add_event(vm, type_, message, data)
-        log.info("%s: %s", vm or "host", message)
+    def event(self, vm: str | None, type_: str, message: str, *, result: str = "ok", owner: str | None = None,
+              **data: Any) -> EventRecord:
+        """Record who (the current actor) did what to which VM (and its owner), when, with what result; and hand
+        it to every live reader of the event stream."""
+        if owner is None:
+            rec = self.store.get_vm(vm) if vm else None
+            owner = rec.spec.owner if rec else ""
+        ev = self.store.add_event(vm, type_, message, data, actor=ACTOR.get(), owner=owner, result=result)
+        log.info("%s: %s%s", vm or "host", message, "" if result == "ok" else f" ({result})")
+        for sub in list(self._subscribers):
+            sub.offer(ev)
+        return ev
+
+    def subscribe(self, query: EventQuery) -> Subscription:
+        """A :class:`Subscription` to the events recorded from now on; :meth:`unsubscribe` it when done."""
+        sub = Subscription(query)
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
 
     async def _set_state(self, name: str, new: VMState, reason: str = "") -> None:
         rec = self.store.get_vm(name)
@@ -100,9 +160,8 @@ class VMService:
         async with self._changed:
             self._changed.notify_all()
 
-    def _spawn_background(self, coro: Awaitable[Any], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
+    def _spawn_background(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = system_task(coro, name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -269,7 +328,7 @@ class VMService:
         self._machines[m.name] = m
         if m.monitor is not None:
             m.monitor.watch(lambda ev, data: self._on_qmp_event(m, ev, data))
-        m.supervisor = asyncio.create_task(self._supervise(m), name=f"supervise-{m.name}")
+        m.supervisor = system_task(self._supervise(m), name=f"supervise-{m.name}")
         self._watch_ready(m)
 
     def _watch_ready(self, m: Machine) -> None:
@@ -279,7 +338,7 @@ class VMService:
         m.ready.clear()
         m.agent_ready = False
         m.ready_error = None
-        m.ready_task = asyncio.create_task(self._become_ready(m), name=f"ready-{m.name}")
+        m.ready_task = system_task(self._become_ready(m), name=f"ready-{m.name}")
 
     async def _become_ready(self, m: Machine) -> None:
         try:
@@ -314,6 +373,7 @@ class VMService:
                 self.event(m.name, "ssh", problem)
 
     async def _on_qmp_event(self, m: Machine, event: str, data: dict[str, Any]) -> None:
+        ACTOR.set(SYSTEM_ACTOR)  # QEMU's doing, even in a monitor task a request started
         name = m.name
         if event == "SHUTDOWN":
             m.shutdown_reason = str(data.get("reason", ""))
@@ -358,6 +418,8 @@ class VMService:
 
     async def _on_exit(self, m: Machine, returncode: int | None) -> None:
         name = m.name
+        if m.requested and m.requested_by:
+            ACTOR.set(m.requested_by)  # the stop (or kill, or delete) that ended it was theirs
         self._machines.pop(name, None)
         if m.ready_task is not None:
             m.ready_task.cancel()
@@ -437,7 +499,7 @@ class VMService:
             m = self._machines.get(name)
             if m is None:
                 raise EngineError(f"VM '{name}' has no supervised QEMU process: try `corral kill {name}`")
-            m.requested = "stop"
+            m.requested, m.requested_by = "stop", ACTOR.get()
             await self._set_state(name, VMState.STOPPING)
             try:
                 if rec.state == VMState.PAUSED and m.monitor is not None:
@@ -472,7 +534,7 @@ class VMService:
             m = self._machines.get(name)
             if m is None:
                 raise EngineError(f"VM '{name}' has no supervised QEMU process to kill")
-            m.requested = "kill"
+            m.requested, m.requested_by = "kill", ACTOR.get()
             await self._kill_machine(m)
             return self._get(name)
 
@@ -622,12 +684,31 @@ class VMService:
             self.event(name, "port", f"forward {forward} removed", forward=str(forward))
             return self._get(name)
 
+    # ---------------------------------------------------------------------------------------------- labels --
+    async def set_labels(self, name: str, to_set: Mapping[str, str], to_remove: list[str]) -> VMRecord:
+        """Set and remove labels, on a VM in any state (a spec change only). Removing an absent key is fine."""
+        async with self._lock(name):
+            rec = self._get(name)
+            new = {k: v for k, v in rec.spec.labels.items() if k not in to_remove} | dict(to_set)
+            try:
+                labels.check_labels(new)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            if new == rec.spec.labels:
+                return rec
+            self.store.update_spec(rec.spec.model_copy(update={"labels": new}))
+            changes = [f"{k}={v}" for k, v in to_set.items() if rec.spec.labels.get(k) != v]
+            changes += [f"{k}-" for k in to_remove if k in rec.spec.labels]
+            self.event(name, "label", f"labels: {' '.join(changes)}", set=dict(to_set),
+                       removed=[k for k in to_remove if k in rec.spec.labels])
+            return self._get(name)
+
     # ---------------------------------------------------------------------------------------------- delete --
     async def delete(self, name: str, force: bool = False) -> None:
         async with self._lock(name):
             rec = self._get(name)
             if force and rec.state in LIVE and (m := self._machines.get(name)) is not None:
-                m.requested = "delete"
+                m.requested, m.requested_by = "delete", ACTOR.get()
                 await self._kill_machine(m)
                 rec = self._get(name)
             if rec.state in LIVE:
@@ -639,7 +720,7 @@ class VMService:
             await self._release_nics(name)
             self.store.delete_vm(name)
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
-            self.event(name, "delete", "deleted with its disks")
+            self.event(name, "delete", "deleted with its disks", owner=rec.spec.owner)
         self._locks.pop(name, None)
 
     # ------------------------------------------------------------------------------------------ guest agent --
@@ -820,8 +901,14 @@ class VMService:
             await self._set_state(m.name, VMState.RUNNING if status.get("running") else VMState.PAUSED)
             self.event(m.name, "reattach", f"monitor of QEMU pid {m.ident.pid} answers again")
 
+    def end_event_streams(self) -> None:
+        """Daemon exit begins: every live event stream ends (its readers' connections close)."""
+        for sub in list(self._subscribers):
+            sub.close()
+
     async def shutdown(self) -> None:
-        """Daemon exit: stop supervising, leave every QEMU running."""
+        """Daemon exit: stop supervising, leave every QEMU running, end the event streams."""
+        self.end_event_streams()
         for task in list(self._background):
             task.cancel()
         for m in list(self._machines.values()):

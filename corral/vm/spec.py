@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from corral.vm import labels as lbl
 from corral.vm.sizes import parse_size
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$")
@@ -107,6 +108,12 @@ class VMSpec(BaseModel):
     cloud_init: str | None = Field(default=None, description="cloud-init user-data (a NoCloud seed is made)")
     ssh_keys: list[str] = Field(default_factory=list, description="public keys authorized for the default user")
     hostname: str | None = Field(default=None, description="guest hostname; default: the VM name")
+    owner: str = Field(default="", description="who the VM belongs to; default: the user who created it (the "
+                       "X-Corral-User header the client sends)")
+    project: str = Field(default="default", description="the project it belongs to")
+    labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes-style labels: "
+                                   "[prefix/]name = value, e.g. env=dev, team=web")
+    description: str = Field(default="", max_length=lbl.MAX_DESCRIPTION, description="free text")
 
     @field_validator("name")
     @classmethod
@@ -143,6 +150,28 @@ class VMSpec(BaseModel):
     def _hostname(cls, v: str | None) -> str | None:
         if v is not None and not NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a valid hostname: use lower-case letters, digits and '-'")
+        return v
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, v: str) -> str:
+        return lbl.check_owner(v) if v else v
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        return lbl.check_project(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return lbl.check_labels(v)
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str) -> str:
+        if any(ord(c) < 32 and c not in "\t" for c in v):
+            raise ValueError("the description must be one line of text (no control characters)")
         return v
 
     @property

@@ -18,6 +18,7 @@ from corral.api.models import (
     EventInfo,
     ExecChunk,
     ExecRequest,
+    LabelsRequest,
     RestartRequest,
     StopRequest,
     VMInfo,
@@ -25,9 +26,11 @@ from corral.api.models import (
 )
 from corral.engine import qemu_img
 from corral.engine.guest_agent import ExecExit
-from corral.errors import CorralError, EngineError
+from corral.errors import CorralError, EngineError, InvalidInput
 from corral.store.db import VMRecord
+from corral.vm import labels
 from corral.vm.logs import read_log_from, render_logs
+from corral.vm.service import ACTOR, SYSTEM_ACTOR
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState, check_operation
 
@@ -77,14 +80,49 @@ async def _disk_via_qmp(svc: Services, name: str) -> dict[str, Any]:
     return {}
 
 
+def select(recs: list[VMRecord], label: list[str], owner: str | None, project: str | None) -> list[VMRecord]:
+    """The VMs that match every filter: each label selector (``k=v``, ``k!=v``, ``k``), the owner, the project."""
+    try:
+        selector = labels.parse_selector(label)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return [r for r in recs if (owner is None or r.spec.owner == owner)
+            and (project is None or r.spec.project == project) and labels.selects(r.spec.labels, selector)]
+
+
 @router.get("", response_model=list[VMInfo])
-async def list_vms(svc: Svc) -> list[VMInfo]:
-    return [to_info(svc, rec) for rec in svc.vms.list()]
+async def list_vms(
+    svc: Svc,
+    label: Annotated[list[str], Query(description="label selector, ANDed: `env=dev`, `env!=prod`, `gpu` (has "
+                                      "the key); repeatable, or comma-separated")] = [],  # noqa: B006
+    owner: Annotated[str | None, Query(description="only this owner's VMs")] = None,
+    project: Annotated[str | None, Query(description="only this project's VMs")] = None,
+) -> list[VMInfo]:
+    return [to_info(svc, rec) for rec in select(svc.vms.list(), label, owner, project)]
 
 
 @router.post("", response_model=VMInfo, status_code=201)
 async def create_vm(spec: VMSpec, svc: Svc) -> VMInfo:
+    """Create a VM. Without an ``owner`` in the spec, it belongs to the requesting user (X-Corral-User)."""
+    if not spec.owner:
+        actor = ACTOR.get()
+        try:
+            owner = labels.check_owner(actor if actor != SYSTEM_ACTOR else "")
+        except ValueError:
+            owner = "anonymous"
+        spec = spec.model_copy(update={"owner": owner})
     return to_info(svc, await svc.vms.create(spec))
+
+
+@router.post("/{name}/labels", response_model=VMInfo)
+async def set_labels(name: str, req: LabelsRequest, svc: Svc) -> VMInfo:
+    """Set labels and remove keys, on a running or stopped VM (recorded as a ``label`` event)."""
+    try:
+        to_set = labels.check_labels(req.set)
+        to_remove = [labels.check_key(k) for k in req.remove]
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return to_info(svc, await svc.vms.set_labels(name, to_set, to_remove))
 
 
 @router.get("/{name}", response_model=VMInfo)
