@@ -14,15 +14,14 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from corral.errors import ImageError, NotFound, VerificationError
-
-Progress = Callable[[str, int, int | None], None]
+from corral.images.artifacts import Progress  # noqa: E402 - re-exported for the builders
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 _CHUNK = 1 << 16

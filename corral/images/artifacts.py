@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+#: How a builder or importer reports progress: (stage, done, total or None). Called from a worker thread.
+Progress = Callable[[str, int, int | None], None]
 
 
 class SourcePackage(BaseModel):

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import ImageError, NotFound
-from corral.images.archive import DebianArchive, Progress
-from corral.images.artifacts import BuiltImage
+from corral.images.artifacts import BuiltImage, Progress
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,8 @@ class BuilderInfo:
         """Build the image in ``workdir`` (blocking; the daemon runs it in a thread)."""
         mod = self._load()
         if self.name == "tiny":
+            from corral.images.archive import DebianArchive  # httpx and the index parser: only when building
+
             archive = DebianArchive(mirror, mod.SUITE, cache_dir)
             return mod.build_tiny(workdir, archive, progress)  # type: ignore[no-any-return]
         return mod.build_debian12(workdir, mirror, cache_dir, progress)  # type: ignore[no-any-return]

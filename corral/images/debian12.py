@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -59,7 +58,8 @@ PACKAGES = [
 DISK_VIRTUAL_SIZE = 2 * 1024**3
 _MIN_HEADROOM = 512 * 1024**2
 
-Progress = Callable[[str, int, int | None], None]
+from corral.images.artifacts import Progress  # noqa: E402
+
 _STAGES = 5  # bootstrap, kernel, filesystem, convert, packages
 
 # Files written into the tree after bootstrap. Each entry says why it is there.

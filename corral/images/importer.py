@@ -29,8 +29,7 @@ from urllib.parse import urlsplit
 from corral import paths
 from corral.errors import Conflict, ImageError, InvalidInput, NotFound, VerificationError
 from corral.images import catalog
-from corral.images.archive import Progress
-from corral.images.artifacts import Manifest
+from corral.images.artifacts import Manifest, Progress
 from corral.images.builders import BUILDERS
 from corral.images.inspect import Format, check_name, guess_format, inspect
 from corral.images.store import ImageStore

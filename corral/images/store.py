@@ -20,8 +20,7 @@ from pathlib import Path
 
 from corral import paths
 from corral.errors import Conflict, ImageError, InvalidInput, NotFound
-from corral.images.archive import Progress
-from corral.images.artifacts import BuiltImage, Manifest
+from corral.images.artifacts import BuiltImage, Manifest, Progress
 from corral.images.builders import BUILDERS, get_builder
 
 _FILES = (paths.IMAGE_KERNEL, paths.IMAGE_INITRD, paths.IMAGE_DISK)

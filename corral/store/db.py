@@ -92,6 +92,7 @@ class RuntimeRecord:
     started_at: float
     accel: str
     ssh_port: int | None = None
+    provisioned_boot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,13 @@ class AttachmentRecord:
     address: str
 
 
-#: Columns added to the events table after its first release (ALTER TABLE on open).
-EVENT_COLUMNS = {"actor": "TEXT NOT NULL DEFAULT ''", "owner": "TEXT NOT NULL DEFAULT ''",
-                 "result": "TEXT NOT NULL DEFAULT 'ok'"}
+#: Columns added to tables after their first release (ALTER TABLE on open), table -> column -> declaration.
+ADDED_COLUMNS = {
+    "events": {"actor": "TEXT NOT NULL DEFAULT ''", "owner": "TEXT NOT NULL DEFAULT ''",
+               "result": "TEXT NOT NULL DEFAULT 'ok'"},
+    # The guest's boot_id once Corral provisioned that boot: a re-attach to the same boot need not do it again.
+    "runtime": {"provisioned_boot": "TEXT"},
+}
 EVENT_INDEXES = """
 CREATE INDEX IF NOT EXISTS events_vm ON events(vm, id);
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
@@ -163,10 +168,11 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        have = {r["name"] for r in self._db.execute("PRAGMA table_info(events)")}
-        for col, decl in EVENT_COLUMNS.items():
-            if col not in have:
-                self._db.execute(f"ALTER TABLE events ADD COLUMN {col} {decl}")
+        for table, columns in ADDED_COLUMNS.items():
+            have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for col, decl in columns.items():
+                if col not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
         self._db.executescript(EVENT_INDEXES)
 
     def close(self) -> None:
@@ -208,6 +214,9 @@ class Store:
             "INSERT OR REPLACE INTO runtime (name, pid, start_ticks, started_at, accel, ssh_port) VALUES (?,?,?,?,?,?)",
             (rt.name, rt.pid, rt.start_ticks, rt.started_at, rt.accel, rt.ssh_port),
         )
+
+    def set_provisioned_boot(self, name: str, boot_id: str) -> None:
+        self._db.execute("UPDATE runtime SET provisioned_boot = ? WHERE name = ?", (boot_id, name))
 
     def get_runtime(self, name: str) -> RuntimeRecord | None:
         row = self._db.execute("SELECT * FROM runtime WHERE name = ?", (name,)).fetchone()

@@ -349,8 +349,15 @@ class VMService:
                     await m.agent.execute("guest-set-time", {"time": time.time_ns()}, timeout=5.0)
                 except CorralError as exc:
                     self.event(m.name, "resume", f"could not set the guest clock: {exc.message}")
-            await self._provision(m)
-            self.event(m.name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
+            boot_id = await self._boot_id(m)
+            rt = self.store.get_runtime(m.name)
+            if boot_id and rt is not None and rt.provisioned_boot == boot_id:
+                self.event(m.name, "ready", "guest agent answers; this boot was already provisioned")
+            else:
+                await self._provision(m)
+                if boot_id:
+                    self.store.set_provisioned_boot(m.name, boot_id)
+                self.event(m.name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
             await self.refresh_addresses(m.name)
         except asyncio.CancelledError:
             raise
@@ -360,6 +367,13 @@ class VMService:
         finally:
             if m.agent_ready or m.ready_error:
                 m.ready.set()
+
+    async def _boot_id(self, m: Machine) -> str:
+        """The guest kernel's boot_id ('' if it cannot be read): tells a re-attach whether the guest rebooted."""
+        try:
+            return (await m.agent.read_file("/proc/sys/kernel/random/boot_id")).decode().strip()
+        except CorralError:
+            return ""
 
     async def _provision(self, m: Machine) -> None:
         """What every boot of a guest gets: Corral's SSH key, its private network addresses and names."""

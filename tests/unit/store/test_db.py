@@ -1,0 +1,36 @@
+import sqlite3
+from pathlib import Path
+
+from corral.store.db import RuntimeRecord, Store
+
+
+def test_older_database_gains_new_columns(tmp_path: Path) -> None:
+    db = tmp_path / "corral.db"
+    old = sqlite3.connect(db)
+    old.executescript(
+        "CREATE TABLE vms (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, spec TEXT NOT NULL, state TEXT NOT NULL,"
+        " state_reason TEXT NOT NULL DEFAULT '', mac TEXT NOT NULL, created_at REAL NOT NULL,"
+        " last_exit_reason TEXT NOT NULL DEFAULT '', restart_count INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE runtime (name TEXT PRIMARY KEY, pid INTEGER NOT NULL, start_ticks INTEGER NOT NULL,"
+        " started_at REAL NOT NULL, accel TEXT NOT NULL, ssh_port INTEGER);"
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, vm TEXT, type TEXT NOT NULL,"
+        " message TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');"
+    )
+    old.close()
+    store = Store(db)
+    try:
+        store._db.execute("INSERT INTO vms (name, id, spec, state, mac, created_at) VALUES "
+                          "('a', 'id-a', '{\"name\": \"a\"}', 'running', '52:54:00:00:00:01', 0)")
+        store.put_runtime(RuntimeRecord("a", 123, 456, 0.0, "tcg", 2222))
+        assert store.get_runtime("a") == RuntimeRecord("a", 123, 456, 0.0, "tcg", 2222, None)
+        store.set_provisioned_boot("a", "boot-1")
+        rt = store.get_runtime("a")
+        assert rt is not None and rt.provisioned_boot == "boot-1"
+        # A new QEMU process (a start) is a new runtime record: nothing provisioned yet.
+        store.put_runtime(RuntimeRecord("a", 124, 457, 1.0, "tcg", 2223))
+        rt = store.get_runtime("a")
+        assert rt is not None and rt.provisioned_boot is None
+        store.add_event("a", "test", "hello")
+        assert store.events(vm="a")[-1].message == "hello"
+    finally:
+        store.close()
