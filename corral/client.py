@@ -38,6 +38,7 @@ from corral.api.models import (
     PortRequest,
     Report,
     RestartRequest,
+    SpecUpdate,
     SSHInfo,
     StopRequest,
     VMInfo,
@@ -138,6 +139,12 @@ class Client:
     def set_labels(self, name: str, set: dict[str, str] | None = None, remove: list[str] | None = None) -> VMInfo:
         body = LabelsRequest(set=set or {}, remove=remove or []).model_dump()
         return VMInfo.model_validate(self._req("POST", f"/vms/{name}/labels", json=body).json())
+
+    def update_vm(self, name: str, **changes: Any) -> VMInfo:
+        """Change spec fields: ``labels`` (the whole set), ``description``, ``restart`` at once; ``vcpus`` and
+        ``memory`` from the VM's next start."""
+        body = SpecUpdate.model_validate(changes).model_dump(mode="json", exclude_unset=True)
+        return VMInfo.model_validate(self._req("PATCH", f"/vms/{name}", json=body).json())
 
     def report(self, by: str = "owner", labels: list[str] | None = None, owner: str | None = None,
                project: str | None = None) -> Report:

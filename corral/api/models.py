@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from corral.images.artifacts import Manifest
 from corral.vm.report import Report as Report  # re-exported: the report's wire models live with its logic
 from corral.vm.report import ReportGroup as ReportGroup
 from corral.vm.report import ReportRow as ReportRow
 from corral.vm.report import ReportTotals as ReportTotals
-from corral.vm.spec import VMSpec
+from corral.vm.spec import MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MemoryMiB, RestartPolicy, VMSpec
 from corral.vm.states import VMState
 
 API_PREFIX = "/v1"
@@ -144,6 +144,21 @@ class LabelsRequest(BaseModel):
 
     set: dict[str, str] = Field(default_factory=dict)
     remove: list[str] = Field(default_factory=list)
+
+
+class SpecUpdate(BaseModel):
+    """Spec fields to change on an existing VM (``PATCH /v1/vms/{name}``); absent fields stay as they are.
+
+    Labels, description and restart policy apply at once; vcpus and memory are used from the next start (a
+    running VM keeps its QEMU until it is stopped and started again)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, str] | None = Field(default=None, description="the whole new label set")
+    description: str | None = None
+    restart: RestartPolicy | None = None
+    vcpus: int | None = Field(default=None, ge=1, le=MAX_VCPUS)
+    memory: MemoryMiB | None = Field(default=None, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB, description="MiB")
 
 
 class DaemonStatus(BaseModel):

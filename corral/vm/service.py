@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from corral.engine import migration, process, qemu_img
 from corral.engine.accel import Accelerator, probe_accelerator
 from corral.engine.cmdline import Attachments, HostConfig, Identity, build_argv
@@ -717,6 +719,34 @@ class VMService:
                        removed=[k for k in to_remove if k in rec.spec.labels])
             return self._get(name)
 
+    async def update_spec(self, name: str, changes: Mapping[str, Any]) -> VMRecord:
+        """Change spec fields of an existing VM: labels, description and restart policy at once; vcpus and memory
+        from its next start (not while it is suspended: its saved state holds the old machine)."""
+        allowed = {"labels", "description", "restart", "vcpus", "memory"}
+        if bad := sorted(set(changes) - allowed):
+            raise InvalidInput(f"cannot change {', '.join(bad)} of an existing VM")
+        async with self._lock(name):
+            rec = self._get(name)
+            try:
+                new = VMSpec.model_validate(rec.spec.model_dump() | dict(changes))
+            except ValidationError as exc:
+                e = exc.errors()[0]
+                raise InvalidInput(f"{'.'.join(str(x) for x in e['loc'])}: "
+                                   f"{str(e['msg']).removeprefix('Value error, ')}") from None
+            changed = [k for k in changes if getattr(new, k) != getattr(rec.spec, k)]
+            if not changed:
+                return rec
+            if {"vcpus", "memory"} & set(changed) and rec.state in (VMState.SUSPENDED, VMState.SUSPENDING):
+                raise Conflict(f"VM '{name}' is {rec.state}: its vcpus and memory can change once it is stopped "
+                               "or running")
+            if "memory" in changed:
+                host.check_spec_fits(name, new.memory, self.settings.memory_overcommit)
+            self.store.update_spec(new)
+            self.event(name, "update", "changed " + ", ".join(
+                f"{k}: {_show(getattr(rec.spec, k))} -> {_show(getattr(new, k))}" for k in changed),
+                fields=changed)
+            return self._get(name)
+
     # ---------------------------------------------------------------------------------------------- delete --
     async def delete(self, name: str, force: bool = False) -> None:
         async with self._lock(name):
@@ -940,3 +970,9 @@ class VMService:
         """Rotate the serial logs of running VMs that grew too large."""
         for name in list(self._machines):
             logs.rotate_running(self.paths(name).serial_log)
+
+
+def _show(v: object) -> str:
+    if isinstance(v, dict):
+        return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "(none)"
+    return str(v.value if hasattr(v, "value") else v) if v != "" else "''"

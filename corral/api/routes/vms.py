@@ -20,6 +20,7 @@ from corral.api.models import (
     ExecRequest,
     LabelsRequest,
     RestartRequest,
+    SpecUpdate,
     StopRequest,
     VMInfo,
     WaitRequest,
@@ -123,6 +124,13 @@ async def set_labels(name: str, req: LabelsRequest, svc: Svc) -> VMInfo:
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     return to_info(svc, await svc.vms.set_labels(name, to_set, to_remove))
+
+
+@router.patch("/{name}", response_model=VMInfo)
+async def update_vm(name: str, req: SpecUpdate, svc: Svc) -> VMInfo:
+    """Change spec fields (labels, description, restart policy at once; vcpus and memory from the next start).
+    Recorded as an ``update`` event."""
+    return to_info(svc, await svc.vms.update_spec(name, req.model_dump(exclude_unset=True, mode="json")))
 
 
 @router.get("/{name}", response_model=VMInfo)
