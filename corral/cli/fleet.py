@@ -1,4 +1,5 @@
-"""Seeing the fleet: `corral report` (VMs grouped, with allocation and use) and `corral events` (who did what)."""
+"""Seeing the fleet: `corral report` (VMs grouped, with allocation and use) and `corral events` (who did what).
+Declaring it: `corral diff -f` and `corral apply -f` (fleet files: :mod:`corral.fleet`)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import csv
 import sys
 import time
 from datetime import datetime
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from corral.api.models import EventInfo, Report
-from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
+from corral.cli.common import EXIT_CONFLICT, EXIT_ERROR, EXIT_INVALID, api, fail, human_duration, out, print_json
+from corral.client import Client
+from corral.fleet import FLEET_LABEL
+from corral.fleet.file import Fleet, FleetFileError
+from corral.fleet.file import load as load_fleet
+from corral.fleet.plan import Current, Plan
+from corral.fleet.plan import plan as make_plan
 from corral.vm import labels as lbl
 from corral.vm.events import parse_since
 from corral.vm.sizes import format_size
@@ -148,6 +156,154 @@ def events(
             return
 
 
+# ------------------------------------------------------------------------------------------------ fleet files --
+EXIT_CHANGES = 8  # `corral diff --exit-code`: the plan has changes (1-7 are errors)
+
+_FILE_OPTION = typer.Option(..., "--file", "-f", help="the fleet file (YAML): see docs/reference/fleet-file.md")
+
+
+def _load(path: str) -> Fleet:
+    try:
+        return load_fleet(path)
+    except FleetFileError as exc:
+        fail(exc.message, EXIT_INVALID)
+
+
+def _plan(client: Client, fleet: Fleet, prune: bool) -> Plan:
+    current = [Current(v.spec, v.state) for v in client.list_vms()]
+    return make_plan(fleet.name, fleet.vms, current, prune=prune)
+
+
+def _show(field: str, value: Any) -> str:
+    if field == "labels" and isinstance(value, dict):
+        return ",".join(f"{k}={v}" if v else k for k, v in sorted(value.items()) if k != FLEET_LABEL) or "(none)"
+    if field == "memory":
+        return f"{value}M"
+    if value in ("", None, [], {}):
+        return "(none)"
+    if field == "cloud_init":
+        return f"({len(str(value).splitlines())} lines)"
+    return str(value)
+
+
+def _summary(p: Plan) -> str:
+    changes = p.of("change")
+    restarts = sum(a.restart for a in changes)
+    parts = [f"{len(p.of('create'))} to create",
+             f"{len(changes)} to change" + (f" ({restarts} restarted)" if restarts else ""),
+             f"{len(p.of('delete'))} to delete", f"{len(p.of('unchanged'))} unchanged"]
+    if p.conflicts:
+        parts.append(f"{len(p.conflicts)} in conflict")
+    return f"fleet {p.fleet}: " + ", ".join(parts)
+
+
+def print_plan(p: Plan, undeclared: list[str]) -> None:
+    for a in p.actions:
+        if a.kind == "create" and a.spec is not None:
+            s = a.spec
+            out.print(f"[green]+ create[/] {a.name} ({s.image}, {s.vcpus} vCPU, {s.memory}M)", highlight=False)
+        elif a.kind == "change":
+            out.print(f"[yellow]~ change[/] {a.name}" + (" [bold](restart)[/]" if a.restart else ""),
+                      highlight=False)
+            for c in a.changes:
+                note = (" (restart needed)" if a.restart else " (from the next start)") if c.needs_restart else ""
+                out.print(f"    {c.field}: {_show(c.field, c.old)} -> {_show(c.field, c.new)}{note}",
+                          highlight=False, markup=False)
+        elif a.kind == "delete":
+            out.print(f"[red]- delete[/] {a.name}", highlight=False)
+        elif a.kind == "conflict":
+            out.print(f"[bold red]! conflict[/] {a.name}: {a.reason}", highlight=False)
+            for c in a.changes:
+                out.print(f"    {c.field}: {_show(c.field, c.old)} -> {_show(c.field, c.new)}", highlight=False,
+                          markup=False)
+    for name in undeclared:
+        out.print(f"[dim]  not declared: {name} (kept; --prune deletes it)[/]", highlight=False)
+    out.print(_summary(p), highlight=False)
+
+
+def _undeclared(client: Client, fleet: Fleet, prune: bool) -> list[str]:
+    if prune:
+        return []
+    declared = {s.name for s in fleet.vms}
+    return sorted(v.name for v in client.list_vms(labels=[f"{FLEET_LABEL}={fleet.name}"]) if v.name not in declared)
+
+
+def _plan_json(p: Plan) -> dict[str, Any]:
+    return {"fleet": p.fleet, "changes": p.has_changes, "actions": [
+        {"action": a.kind, "name": a.name, "restart": a.restart, "reason": a.reason,
+         "fields": [{"field": c.field, "old": c.old, "new": c.new, "restart_needed": c.needs_restart}
+                    for c in a.changes]} for a in p.actions]}
+
+
+def diff(
+    file: str = _FILE_OPTION,
+    prune: bool = typer.Option(False, "--prune", help="plan to delete this fleet's VMs no longer declared"),
+    exit_code: bool = typer.Option(False, "--exit-code",
+                                   help=f"exit {EXIT_CHANGES} when there are changes to make, 0 when none"),
+    json_out: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+) -> None:
+    """Show what `corral apply -f FILE` would do: create, change (restart or not), delete (with --prune)."""
+    fleet = _load(file)
+    with api() as client:
+        p = _plan(client, fleet, prune)
+        undeclared = _undeclared(client, fleet, prune)
+    if json_out:
+        print_json(_plan_json(p) | {"not_declared": undeclared})
+    else:
+        print_plan(p, undeclared)
+    if exit_code and p.has_changes:
+        raise typer.Exit(EXIT_CHANGES)
+
+
+def apply(
+    file: str = _FILE_OPTION,
+    prune: bool = typer.Option(False, "--prune", help="delete this fleet's VMs no longer declared (never others)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    wait: bool = typer.Option(False, "--wait", help="wait for the guest agent of each VM created or restarted"),
+    timeout: float = typer.Option(300.0, "--timeout", help="seconds to wait for each VM with --wait"),
+) -> None:
+    """Make the host match a fleet file: create (and start) missing VMs, change what changed (restarting running
+    VMs whose vcpus or memory changed), with --prune delete the fleet's VMs no longer declared."""
+    fleet = _load(file)
+    with api() as client:
+        p = _plan(client, fleet, prune)
+        print_plan(p, _undeclared(client, fleet, prune))
+        if p.conflicts:
+            fail("the plan has conflicts: nothing was done", EXIT_CONFLICT)
+        if not p.has_changes:
+            out.print("nothing to do")
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                fail("not a terminal: pass --yes to apply the plan", EXIT_INVALID)
+            if not typer.confirm("apply this plan?", default=False):
+                fail("cancelled: nothing was done", EXIT_ERROR)
+        booted: list[str] = []
+        for a in p.actions:
+            if a.kind == "delete":
+                client.delete_vm(a.name, force=True)
+                out.print(f"deleted {a.name}", highlight=False)
+            elif a.kind == "change":
+                client.update_vm(a.name, **a.update())
+                if a.restart:
+                    client.stop_vm(a.name)
+                    client.start_vm(a.name)
+                    booted.append(a.name)
+                out.print(f"changed {a.name}" + (" (restarted)" if a.restart else ""), highlight=False)
+            elif a.kind == "create" and a.spec is not None:
+                client.create_vm(a.spec)
+                client.start_vm(a.name)
+                booted.append(a.name)
+                out.print(f"created {a.name}", highlight=False)
+        if wait:
+            for name in booted:
+                client.wait_ready(name, timeout)
+                out.print(f"{name}: ready", highlight=False)
+        out.print(f"applied fleet {fleet.name}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
+    app.command()(diff)
+    app.command()(apply)
     for fn in (report, events):
         app.command()(fn)
