@@ -41,7 +41,7 @@ from corral.network.private import NetworkService
 from corral.paths import VMPaths
 from corral.settings import Settings
 from corral.store.db import EventQuery, EventRecord, RuntimeRecord, Store, VMRecord
-from corral.vm import host, labels, logs
+from corral.vm import host, labels, logs, quota
 from corral.vm.machine import Machine
 from corral.vm.spec import PortForward, RestartPolicy, VMSpec
 from corral.vm.states import LIVE, VMState, check_operation, check_transition
@@ -191,6 +191,7 @@ class VMService:
             self.networks.check_spec(spec.networks)
             self._check_ports_unclaimed(spec.name, spec.ports)
             host.check_spec_fits(spec.name, spec.memory, self.settings.memory_overcommit)
+            self.check_quotas(spec, spec.disk or manifest.disk_virtual_size)
             if spec.disk is not None and spec.disk < manifest.disk_virtual_size:
                 raise InvalidInput(
                     f"disk size {spec.disk} bytes is smaller than image '{spec.image}' "
@@ -215,6 +216,20 @@ class VMService:
             self.event(spec.name, "create", f"created from image '{spec.image}'", spec=spec.model_dump(mode="json"))
             return rec
 
+    def disk_size(self, spec: VMSpec) -> int:
+        """The root disk's virtual size a VM holds against its quotas: its spec's, else its image's."""
+        if spec.disk is not None:
+            return spec.disk
+        try:
+            return self.images.get(spec.image).disk_virtual_size
+        except CorralError:
+            return 0
+
+    def check_quotas(self, spec: VMSpec, disk: int) -> None:
+        """The one place quotas are enforced: ``spec`` added to every other defined VM (see corral.vm.quota)."""
+        others = [(r.spec, self.disk_size(r.spec)) for r in self.store.list_vms() if r.name != spec.name]
+        quota.check(spec, disk, others, self.store.list_quotas())
+
     # -------------------------------------------------------------------------------------------------- start --
     async def start(self, name: str) -> VMRecord:
         async with self._lock(name):
@@ -230,8 +245,10 @@ class VMService:
             raise EngineError(f"VM '{name}' is suspended but its saved state {self.paths(name).state_file} is "
                               f"missing: discard it with `corral stop {name}`")
         spec = rec.spec
-        in_use = sum(r.spec.memory for r in self.store.list_vms() if r.state in LIVE)
-        host.check_start_fits(name, spec.memory, in_use, self.settings.memory_overcommit)
+        live = [r for r in self.store.list_vms() if r.state in LIVE and r.name != name]
+        host.check_start_fits(name, spec.memory, sum(r.spec.memory for r in live), self.settings.memory_overcommit)
+        host.check_start_cpus(name, spec.vcpus, sum(r.spec.vcpus for r in live), self.settings.cpu_overcommit)
+        self.check_quotas(spec, self.disk_size(spec))
         manifest = self.images.get(spec.image)
         image_dir = self.images.dir(spec.image)
         boot = boot_source(image_dir, manifest, self.paths(name).root)
