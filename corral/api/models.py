@@ -199,3 +199,55 @@ class FileInfo(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     message: str
+
+
+class QuotaSet(BaseModel):
+    """Limits to set for a project or owner; a field left out keeps its current value (null: no limit)."""
+
+    vms: int | None = Field(default=None, ge=0)
+    vcpus: int | None = Field(default=None, ge=0)
+    memory: int | None = Field(default=None, ge=0, description="MiB")
+    disk: int | None = Field(default=None, ge=0, description="bytes")
+
+
+class QuotaUsage(BaseModel):
+    vms: int
+    vcpus: int
+    memory: int = Field(description="MiB")
+    disk: int = Field(description="bytes")
+
+
+class QuotaInfo(BaseModel):
+    """A quota and what its project or owner holds now (every defined VM counts, whatever its state)."""
+
+    scope: Literal["project", "owner"]
+    name: str
+    vms: int | None = None
+    vcpus: int | None = None
+    memory: int | None = Field(default=None, description="MiB")
+    disk: int | None = Field(default=None, description="bytes")
+    used: QuotaUsage
+
+
+class CapacityAmounts(BaseModel):
+    vcpus: int
+    memory: int = Field(description="MiB")
+    disk: int = Field(description="bytes")
+
+
+class CapacityInfo(BaseModel):
+    """`corral capacity`: what the host has, what VMs were given, what is left under the overcommit settings,
+    and what is actually used (QEMU processes' RSS, bytes the VM disks occupy)."""
+
+    host: CapacityAmounts = Field(description="host threads, RAM, and the size of the Corral home's file system")
+    cpu_overcommit: float
+    memory_overcommit: float
+    limit: CapacityAmounts = Field(description="vCPUs and memory running VMs may have under the overcommit "
+                                   "settings; disk: the home file system's size")
+    allocated_running: CapacityAmounts = Field(description="sum over running (live) VMs")
+    allocated_defined: CapacityAmounts = Field(description="sum over every defined VM")
+    available: CapacityAmounts = Field(description="limit minus allocated_running; disk: free on the file system")
+    used_memory: int = Field(description="MiB: resident memory of the QEMU processes (/proc)")
+    used_disk: int = Field(description="bytes the VMs' root disks (qcow2 overlays) occupy on disk")
+    running: list[str]
+    vms: int
