@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from corral.client import APIError, Client
 from tests.conftest import CorralEnv
 
 pytestmark = pytest.mark.vm
@@ -95,6 +97,25 @@ def test_each_quota_blocks_the_launch_that_exceeds_it(corral: CorralEnv) -> None
     text = ok(corral, "capacity")
     assert "vcpus" in text and "1 of 6 VMs running" in text
     ok(corral, "kill", "c2")
+
+
+def test_concurrent_creates_cannot_pass_a_quota_together(corral: CorralEnv) -> None:
+    ok(corral, "quota", "set", "--project", "race", "--vms", "2")
+
+    def create(i: int) -> str:
+        with Client(corral.settings.socket) as c:
+            try:
+                c.create_vm({"name": f"r{i}", "project": "race"})
+                return "ok"
+            except APIError as exc:
+                assert exc.error == "CapacityError", exc.message
+                return "refused"
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(create, range(6)))
+    assert sorted(results) == ["ok"] * 2 + ["refused"] * 4
+    assert len([n for n in vm_names(corral) if n.startswith("r")]) == 2
+    assert len(list(corral.settings.vms_dir.iterdir())) == 2
 
 
 def test_cpu_overcommit_refuses_a_start_beyond_the_limit(corral_home: CorralEnv) -> None:
