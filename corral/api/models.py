@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from corral.images.artifacts import Manifest
+from corral.vm.capacity import CapacityAmounts as CapacityAmounts  # re-exported: wire models live with the logic
+from corral.vm.capacity import CapacityInfo as CapacityInfo
 from corral.vm.report import Report as Report  # re-exported: the report's wire models live with its logic
 from corral.vm.report import ReportGroup as ReportGroup
 from corral.vm.report import ReportRow as ReportRow
@@ -228,26 +230,3 @@ class QuotaInfo(BaseModel):
     disk: int | None = Field(default=None, description="bytes")
     used: QuotaUsage
 
-
-class CapacityAmounts(BaseModel):
-    vcpus: int
-    memory: int = Field(description="MiB")
-    disk: int = Field(description="bytes")
-
-
-class CapacityInfo(BaseModel):
-    """`corral capacity`: what the host has, what VMs were given, what is left under the overcommit settings,
-    and what is actually used (QEMU processes' RSS, bytes the VM disks occupy)."""
-
-    host: CapacityAmounts = Field(description="host threads, RAM, and the size of the Corral home's file system")
-    cpu_overcommit: float
-    memory_overcommit: float
-    limit: CapacityAmounts = Field(description="vCPUs and memory running VMs may have under the overcommit "
-                                   "settings; disk: the home file system's size")
-    allocated_running: CapacityAmounts = Field(description="sum over running (live) VMs")
-    allocated_defined: CapacityAmounts = Field(description="sum over every defined VM")
-    available: CapacityAmounts = Field(description="limit minus allocated_running; disk: free on the file system")
-    used_memory: int = Field(description="MiB: resident memory of the QEMU processes (/proc)")
-    used_disk: int = Field(description="bytes the VMs' root disks (qcow2 overlays) occupy on disk")
-    running: list[str]
-    vms: int

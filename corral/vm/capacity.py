@@ -5,12 +5,40 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from corral.api.models import CapacityAmounts, CapacityInfo
-from corral.settings import Settings
-from corral.store.db import Store
+from pydantic import BaseModel, Field
+
 from corral.vm import host
 from corral.vm.states import LIVE
+
+if TYPE_CHECKING:  # the client imports the wire models below: it need not load the store
+    from corral.settings import Settings
+    from corral.store.db import Store
+
+
+class CapacityAmounts(BaseModel):
+    vcpus: int
+    memory: int = Field(description="MiB")
+    disk: int = Field(description="bytes")
+
+
+class CapacityInfo(BaseModel):
+    """`corral capacity`: what the host has, what VMs were given, what is left under the overcommit settings,
+    and what is actually used (QEMU processes' RSS, bytes the VM disks occupy)."""
+
+    host: CapacityAmounts = Field(description="host threads, RAM, and the size of the Corral home's file system")
+    cpu_overcommit: float
+    memory_overcommit: float
+    limit: CapacityAmounts = Field(description="vCPUs and memory running VMs may have under the overcommit "
+                                   "settings; disk: the home file system's size")
+    allocated_running: CapacityAmounts = Field(description="sum over running (live) VMs")
+    allocated_defined: CapacityAmounts = Field(description="sum over every defined VM")
+    available: CapacityAmounts = Field(description="limit minus allocated_running; disk: free on the file system")
+    used_memory: int = Field(description="MiB: resident memory of the QEMU processes (/proc)")
+    used_disk: int = Field(description="bytes the VMs' root disks (qcow2 overlays) occupy on disk")
+    running: list[str]
+    vms: int
 
 
 def rss_mib(pid: int) -> int:
