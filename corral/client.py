@@ -27,6 +27,7 @@ from corral.api.models import (
     API_PREFIX,
     USER_HEADER,
     BuildEvent,
+    CapacityInfo,
     DaemonStatus,
     EventInfo,
     ExecChunk,
@@ -36,6 +37,8 @@ from corral.api.models import (
     NetworkCreate,
     NetworkInfo,
     PortRequest,
+    QuotaInfo,
+    QuotaSet,
     Report,
     RestartRequest,
     SpecUpdate,
@@ -313,6 +316,20 @@ class Client:
 
     def delete_network(self, name: str) -> None:
         self._req("DELETE", f"/networks/{name}")
+
+    # ------------------------------------------------------------------------------------ quotas and capacity --
+    def list_quotas(self) -> list[QuotaInfo]:
+        return [QuotaInfo.model_validate(q) for q in self._req("GET", "/quotas").json()]
+
+    def set_quota(self, scope: str, name: str, limits: dict[str, int | None]) -> QuotaInfo:
+        body = QuotaSet(**limits).model_dump(exclude_unset=True)
+        return QuotaInfo.model_validate(self._req("PUT", f"/quotas/{scope}/{name}", json=body).json())
+
+    def delete_quota(self, scope: str, name: str) -> None:
+        self._req("DELETE", f"/quotas/{scope}/{name}")
+
+    def capacity(self) -> CapacityInfo:
+        return CapacityInfo.model_validate(self._req("GET", "/capacity").json())
 
     # ------------------------------------------------------------------------------------------------ images --
     def list_images(self) -> list[Manifest]:

@@ -10,6 +10,7 @@ CORRAL_CACHE                ~/.cache/corral                        downloaded pa
 CORRAL_MIRROR               http://deb.debian.org/debian           Debian archive the image builder fetches from
 CORRAL_ACCEL                auto                                   auto (probe KVM, else TCG), kvm or tcg
 CORRAL_MEMORY_OVERCOMMIT    1.0                                    guest memory allowed, as a multiple of host RAM
+CORRAL_CPU_OVERCOMMIT       4.0                                    vCPUs of running VMs allowed, x host threads
 CORRAL_TCG_TB_SIZE          32                                     TCG translation cache per VM, MiB
 CORRAL_QEMU                 qemu-system-x86_64                     the QEMU binary
 ==========================  =====================================  ==============================================
@@ -32,6 +33,7 @@ class Settings:
     mirror: str
     accel: str
     memory_overcommit: float
+    cpu_overcommit: float
     tcg_tb_size_mib: int
     qemu_binary: str
 
@@ -68,6 +70,7 @@ def _defaults(raw: dict[str, str]) -> dict[str, str]:
         "CORRAL_MIRROR": "http://deb.debian.org/debian",
         "CORRAL_ACCEL": "auto",
         "CORRAL_MEMORY_OVERCOMMIT": "1.0",
+        "CORRAL_CPU_OVERCOMMIT": "4.0",
         "CORRAL_TCG_TB_SIZE": "32",
         "CORRAL_QEMU": "qemu-system-x86_64",
     } | raw
@@ -79,11 +82,14 @@ def _validate(v: dict[str, str]) -> Settings:
         raise InvalidInput(f"CORRAL_ACCEL={accel!r} is not valid: use auto, kvm or tcg")
     try:
         overcommit = float(v["CORRAL_MEMORY_OVERCOMMIT"])
+        cpu_overcommit = float(v["CORRAL_CPU_OVERCOMMIT"])
         tb = int(v["CORRAL_TCG_TB_SIZE"])
     except ValueError as exc:
         raise InvalidInput(f"bad number in Corral settings: {exc}") from exc
     if not 0.1 <= overcommit <= 100:
         raise InvalidInput(f"CORRAL_MEMORY_OVERCOMMIT={overcommit} is out of range: use 0.1 to 100")
+    if not 0.1 <= cpu_overcommit <= 100:
+        raise InvalidInput(f"CORRAL_CPU_OVERCOMMIT={cpu_overcommit} is out of range: use 0.1 to 100")
     if not 4 <= tb <= 4096:
         raise InvalidInput(f"CORRAL_TCG_TB_SIZE={tb} is out of range: use 4 to 4096 (MiB)")
     return Settings(
@@ -92,6 +98,7 @@ def _validate(v: dict[str, str]) -> Settings:
         mirror=v["CORRAL_MIRROR"].rstrip("/"),
         accel=accel,
         memory_overcommit=overcommit,
+        cpu_overcommit=cpu_overcommit,
         tcg_tb_size_mib=tb,
         qemu_binary=v["CORRAL_QEMU"],
     )

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.images.artifacts import Manifest
+from corral.vm.capacity import CapacityAmounts as CapacityAmounts  # re-exported: wire models live with the logic
+from corral.vm.capacity import CapacityInfo as CapacityInfo
 from corral.vm.report import Report as Report  # re-exported: the report's wire models live with its logic
 from corral.vm.report import ReportGroup as ReportGroup
 from corral.vm.report import ReportRow as ReportRow
@@ -214,3 +216,32 @@ class FileInfo(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     message: str
+
+
+class QuotaSet(BaseModel):
+    """Limits to set for a project or owner; a field left out keeps its current value (null: no limit)."""
+
+    vms: int | None = Field(default=None, ge=0)
+    vcpus: int | None = Field(default=None, ge=0)
+    memory: int | None = Field(default=None, ge=0, description="MiB")
+    disk: int | None = Field(default=None, ge=0, description="bytes")
+
+
+class QuotaUsage(BaseModel):
+    vms: int
+    vcpus: int
+    memory: int = Field(description="MiB")
+    disk: int = Field(description="bytes")
+
+
+class QuotaInfo(BaseModel):
+    """A quota and what its project or owner holds now (every defined VM counts, whatever its state)."""
+
+    scope: Literal["project", "owner"]
+    name: str
+    vms: int | None = None
+    vcpus: int | None = None
+    memory: int | None = Field(default=None, description="MiB")
+    disk: int | None = Field(default=None, description="bytes")
+    used: QuotaUsage
+

@@ -9,6 +9,7 @@ Tables:
               ``result`` ("ok" or "error")
     networks  private networks: name, subnet, creation time (and the Linux bridge of a bridged network)
     attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
+    quotas    limits per project or owner (``scope``, ``name``): VMs, vCPUs, memory MiB, disk bytes; NULL = none
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corral.vm.quota import Quota
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
 
@@ -64,6 +66,15 @@ CREATE TABLE IF NOT EXISTS attachments (
     address TEXT NOT NULL,
     PRIMARY KEY (network, vm),
     UNIQUE (network, address)
+);
+CREATE TABLE IF NOT EXISTS quotas (
+    scope TEXT NOT NULL CHECK (scope IN ('project', 'owner')),
+    name TEXT NOT NULL,
+    vms INTEGER,
+    vcpus INTEGER,
+    memory INTEGER,
+    disk INTEGER,
+    PRIMARY KEY (scope, name)
 );
 """
 
@@ -289,6 +300,21 @@ class Store:
             q += " AND vm = ?"
             args.append(vm)
         return [AttachmentRecord(**dict(r)) for r in self._db.execute(q + " ORDER BY network, vm", args)]
+
+    # --- quotas ----------------------------------------------------------------------------------------------
+    def put_quota(self, q: Quota) -> None:
+        self._db.execute("INSERT OR REPLACE INTO quotas (scope, name, vms, vcpus, memory, disk) VALUES (?,?,?,?,?,?)",
+                         (q.scope, q.name, q.vms, q.vcpus, q.memory, q.disk))
+
+    def get_quota(self, scope: str, name: str) -> Quota | None:
+        row = self._db.execute("SELECT * FROM quotas WHERE scope = ? AND name = ?", (scope, name)).fetchone()
+        return Quota(**dict(row)) if row else None
+
+    def list_quotas(self) -> list[Quota]:
+        return [Quota(**dict(r)) for r in self._db.execute("SELECT * FROM quotas ORDER BY scope DESC, name")]
+
+    def delete_quota(self, scope: str, name: str) -> bool:
+        return self._db.execute("DELETE FROM quotas WHERE scope = ? AND name = ?", (scope, name)).rowcount > 0
 
 
 def _event(r: sqlite3.Row) -> EventRecord:

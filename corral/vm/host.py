@@ -1,4 +1,4 @@
-"""What the host can give: memory under its overcommit setting. Read from /proc, not assumed."""
+"""What the host can give: memory and CPU under their overcommit settings. Read from /proc, not assumed."""
 
 from __future__ import annotations
 
@@ -46,3 +46,19 @@ def check_vcpus(name: str, vcpus: int, accel: str) -> None:
     # Under KVM more vCPUs than host threads is legal but slow; QEMU's own limit for q35 is 288 (we cap at 255).
     if vcpus > 255:
         raise InvalidInput(f"VM '{name}' asks for {vcpus} vCPUs: at most 255")
+
+
+def cpu_limit(overcommit: float) -> int:
+    """vCPUs the running VMs may have together: host threads x CORRAL_CPU_OVERCOMMIT (at least 1)."""
+    return max(1, int(host_cpus() * overcommit))
+
+
+def check_start_cpus(name: str, vcpus: int, in_use: int, overcommit: float) -> None:
+    """Refuse a start that would take the running VMs' vCPUs beyond the host's threads x overcommit."""
+    limit = cpu_limit(overcommit)
+    if in_use + vcpus > limit:
+        raise CapacityError(
+            f"cannot start '{name}': it needs {vcpus} vCPUs but only {max(0, limit - in_use)} of the {limit} this "
+            f"host allows ({host_cpus()} threads x CORRAL_CPU_OVERCOMMIT={overcommit:g}) are free: "
+            "stop another VM or raise CORRAL_CPU_OVERCOMMIT"
+        )

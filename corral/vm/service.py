@@ -43,7 +43,7 @@ from corral.network.private import NetworkService
 from corral.paths import VMPaths
 from corral.settings import Settings
 from corral.store.db import EventQuery, EventRecord, RuntimeRecord, Store, VMRecord
-from corral.vm import host, labels, logs
+from corral.vm import host, labels, logs, quota
 from corral.vm.machine import Machine
 from corral.vm.spec import PortForward, RestartPolicy, VMSpec
 from corral.vm.states import LIVE, VMState, check_operation, check_transition
@@ -111,6 +111,11 @@ class VMService:
         self._changed = asyncio.Condition()
         self._background: set[asyncio.Task[Any]] = set()
         self._subscribers: set[Subscription] = set()
+        # Admitted but not yet in the store (creates) or not yet live (starts): counted by the quota and capacity
+        # checks, so concurrent requests cannot pass them together. Check and reservation happen with no await
+        # between them, hence atomically on the event loop.
+        self._creating: dict[str, VMSpec] = {}
+        self._starting: dict[str, VMSpec] = {}
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
@@ -201,11 +206,13 @@ class VMService:
             paths = self.paths(spec.name)
             if paths.root.exists():
                 raise Conflict(f"{paths.root} already exists but no VM '{spec.name}' is defined: move it away first")
+            self.check_quotas(spec, spec.disk or manifest.disk_virtual_size)
             mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))  # QEMU's locally assigned OUI
             rec = VMRecord(spec=spec, id=str(uuid.uuid4()), state=VMState.STOPPED, state_reason="", mac=mac,
                            created_at=time.time(), last_exit_reason="", restart_count=0)
             paths.root.parent.mkdir(parents=True, exist_ok=True)
             paths.root.mkdir(mode=0o700)
+            self._creating[spec.name] = spec  # counted by other creates' quota checks until it is in the store
             try:
                 await qemu_img.create_overlay(
                     paths.disk, self.images.dir(spec.image) / "disk.qcow2", manifest.disk_format, spec.disk
@@ -214,8 +221,25 @@ class VMService:
             except BaseException:
                 shutil.rmtree(paths.root, ignore_errors=True)
                 raise
+            finally:
+                self._creating.pop(spec.name, None)
             self.event(spec.name, "create", f"created from image '{spec.image}'", spec=spec.model_dump(mode="json"))
             return rec
+
+    def disk_size(self, spec: VMSpec) -> int:
+        """The root disk's virtual size a VM holds against its quotas: its spec's, else its image's."""
+        if spec.disk is not None:
+            return spec.disk
+        try:
+            return self.images.get(spec.image).disk_virtual_size
+        except CorralError:
+            return 0
+
+    def check_quotas(self, spec: VMSpec, disk: int) -> None:
+        """The one place quotas are enforced: ``spec`` added to every other defined VM (see corral.vm.quota)."""
+        specs = {r.name: r.spec for r in self.store.list_vms()} | self._creating
+        others = [(s, self.disk_size(s)) for n, s in specs.items() if n != spec.name]
+        quota.check(spec, disk, others, self.store.list_quotas())
 
     # -------------------------------------------------------------------------------------------------- start --
     async def start(self, name: str) -> VMRecord:
@@ -225,6 +249,12 @@ class VMService:
 
     async def _start(self, name: str) -> None:
         """Boot the VM; a suspended VM instead gets a QEMU that loads its saved state (and continues)."""
+        try:
+            await self._boot(name)
+        finally:
+            self._starting.pop(name, None)
+
+    async def _boot(self, name: str) -> None:
         rec = self._get(name)
         check_operation(name, "start", rec.state)
         resuming = rec.state == VMState.SUSPENDED
@@ -232,8 +262,12 @@ class VMService:
             raise EngineError(f"VM '{name}' is suspended but its saved state {self.paths(name).state_file} is "
                               f"missing: discard it with `corral stop {name}`")
         spec = rec.spec
-        in_use = sum(r.spec.memory for r in self.store.list_vms() if r.state in LIVE)
-        host.check_start_fits(name, spec.memory, in_use, self.settings.memory_overcommit)
+        live = {r.name: r.spec for r in self.store.list_vms() if r.state in LIVE} | self._starting
+        live.pop(name, None)
+        host.check_start_fits(name, spec.memory, sum(s.memory for s in live.values()), self.settings.memory_overcommit)
+        host.check_start_cpus(name, spec.vcpus, sum(s.vcpus for s in live.values()), self.settings.cpu_overcommit)
+        self.check_quotas(spec, self.disk_size(spec))
+        self._starting[name] = spec  # released by _start, when the VM is live or the start failed
         manifest = self.images.get(spec.image)
         image_dir = self.images.dir(spec.image)
         boot = boot_source(image_dir, manifest, self.paths(name).root)

@@ -1,6 +1,8 @@
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from corral.store.db import RuntimeRecord, Store
 
 
@@ -34,3 +36,20 @@ def test_older_database_gains_new_columns(tmp_path: Path) -> None:
         assert store.events(vm="a")[-1].message == "hello"
     finally:
         store.close()
+
+
+def test_quotas_set_list_remove(tmp_path: Path) -> None:
+    from corral.vm.quota import Quota
+
+    store = Store(tmp_path / "corral.db")
+    store.put_quota(Quota("project", "web", vms=10, vcpus=16, memory=32768, disk=500 << 30))
+    store.put_quota(Quota("owner", "ann", vms=3))
+    assert store.get_quota("project", "web") == Quota("project", "web", 10, 16, 32768, 500 << 30)
+    assert [(q.scope, q.name) for q in store.list_quotas()] == [("project", "web"), ("owner", "ann")]
+    store.put_quota(Quota("owner", "ann", vcpus=4))  # replaced as a whole
+    assert store.get_quota("owner", "ann") == Quota("owner", "ann", vcpus=4)
+    assert store.delete_quota("owner", "ann") and not store.delete_quota("owner", "ann")
+    assert store.get_quota("owner", "ann") is None
+    with pytest.raises(sqlite3.IntegrityError):
+        store.put_quota(Quota("team", "x"))  # type: ignore[arg-type]
+    store.close()
