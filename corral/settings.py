@@ -12,6 +12,9 @@ CORRAL_ACCEL                auto                                   auto (probe K
 CORRAL_MEMORY_OVERCOMMIT    1.0                                    guest memory allowed, as a multiple of host RAM
 CORRAL_TCG_TB_SIZE          32                                     TCG translation cache per VM, MiB
 CORRAL_QEMU                 qemu-system-x86_64                     the QEMU binary
+CORRAL_EXPIRY_INTERVAL      5                                      seconds between the daemon's expiry checks
+CORRAL_EXPIRY_WARNING       3600                                   longest warning before expiry, seconds
+CORRAL_EXPIRY_WARNING_FRACTION  0.1                                warning before expiry, fraction of the lifetime
 ==========================  =====================================  ==============================================
 """
 
@@ -34,6 +37,9 @@ class Settings:
     memory_overcommit: float
     tcg_tb_size_mib: int
     qemu_binary: str
+    expiry_interval: float = 5.0
+    expiry_warning: float = 3600.0
+    expiry_warning_fraction: float = 0.1
 
     @property
     def socket(self) -> Path:
@@ -70,6 +76,9 @@ def _defaults(raw: dict[str, str]) -> dict[str, str]:
         "CORRAL_MEMORY_OVERCOMMIT": "1.0",
         "CORRAL_TCG_TB_SIZE": "32",
         "CORRAL_QEMU": "qemu-system-x86_64",
+        "CORRAL_EXPIRY_INTERVAL": "5",
+        "CORRAL_EXPIRY_WARNING": "3600",
+        "CORRAL_EXPIRY_WARNING_FRACTION": "0.1",
     } | raw
 
 
@@ -80,12 +89,21 @@ def _validate(v: dict[str, str]) -> Settings:
     try:
         overcommit = float(v["CORRAL_MEMORY_OVERCOMMIT"])
         tb = int(v["CORRAL_TCG_TB_SIZE"])
+        interval = float(v["CORRAL_EXPIRY_INTERVAL"])
+        warning = float(v["CORRAL_EXPIRY_WARNING"])
+        fraction = float(v["CORRAL_EXPIRY_WARNING_FRACTION"])
     except ValueError as exc:
         raise InvalidInput(f"bad number in Corral settings: {exc}") from exc
     if not 0.1 <= overcommit <= 100:
         raise InvalidInput(f"CORRAL_MEMORY_OVERCOMMIT={overcommit} is out of range: use 0.1 to 100")
     if not 4 <= tb <= 4096:
         raise InvalidInput(f"CORRAL_TCG_TB_SIZE={tb} is out of range: use 4 to 4096 (MiB)")
+    if not 0.1 <= interval <= 3600:
+        raise InvalidInput(f"CORRAL_EXPIRY_INTERVAL={interval} is out of range: use 0.1 to 3600 (seconds)")
+    if not 0 <= warning <= 30 * 86400:
+        raise InvalidInput(f"CORRAL_EXPIRY_WARNING={warning} is out of range: use 0 to 2592000 (seconds)")
+    if not 0 <= fraction <= 1:
+        raise InvalidInput(f"CORRAL_EXPIRY_WARNING_FRACTION={fraction} is out of range: use 0 to 1")
     return Settings(
         home=Path(v["CORRAL_HOME"]).expanduser().absolute(),
         cache=Path(v["CORRAL_CACHE"]).expanduser().absolute(),
@@ -94,6 +112,9 @@ def _validate(v: dict[str, str]) -> Settings:
         memory_overcommit=overcommit,
         tcg_tb_size_mib=tb,
         qemu_binary=v["CORRAL_QEMU"],
+        expiry_interval=interval,
+        expiry_warning=warning,
+        expiry_warning_fraction=fraction,
     )
 
 

@@ -9,6 +9,7 @@ Tables:
               ``result`` ("ok" or "error")
     networks  private networks: name, subnet, creation time (and the Linux bridge of a bridged network)
     attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
+    projects  per-project settings: the default TTL (seconds) and expiry action given to a VM created without its own
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ CREATE TABLE IF NOT EXISTS attachments (
     PRIMARY KEY (network, vm),
     UNIQUE (network, address)
 );
+CREATE TABLE IF NOT EXISTS projects (
+    name TEXT PRIMARY KEY,
+    default_ttl REAL,
+    on_expiry TEXT NOT NULL DEFAULT 'stop'
+);
 """
 
 
@@ -109,6 +115,13 @@ class AttachmentRecord:
     vm: str
     mac: str
     address: str
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    name: str
+    default_ttl: float | None = None
+    on_expiry: str = "stop"
 
 
 #: Columns added to tables after their first release (ALTER TABLE on open), table -> column -> declaration.
@@ -289,6 +302,19 @@ class Store:
             q += " AND vm = ?"
             args.append(vm)
         return [AttachmentRecord(**dict(r)) for r in self._db.execute(q + " ORDER BY network, vm", args)]
+
+
+    # --- projects -------------------------------------------------------------------------------------------
+    def put_project(self, rec: ProjectRecord) -> None:
+        self._db.execute("INSERT OR REPLACE INTO projects (name, default_ttl, on_expiry) VALUES (?,?,?)",
+                         (rec.name, rec.default_ttl, rec.on_expiry))
+
+    def get_project(self, name: str) -> ProjectRecord | None:
+        row = self._db.execute("SELECT * FROM projects WHERE name = ?", (name,)).fetchone()
+        return ProjectRecord(**dict(row)) if row else None
+
+    def list_projects(self) -> list[ProjectRecord]:
+        return [ProjectRecord(**dict(r)) for r in self._db.execute("SELECT * FROM projects ORDER BY name")]
 
 
 def _event(r: sqlite3.Row) -> EventRecord:

@@ -18,6 +18,7 @@ from corral.api.models import (
     EventInfo,
     ExecChunk,
     ExecRequest,
+    ExtendRequest,
     LabelsRequest,
     RestartRequest,
     StopRequest,
@@ -46,6 +47,9 @@ def to_info(svc: Services, rec: VMRecord, detail: bool = False) -> VMInfo:
         mac=rec.mac, created_at=rec.created_at, last_exit_reason=rec.last_exit_reason,
         restart_count=rec.restart_count,
     )
+    if rec.spec.expires_at is not None:
+        info.expires_in = rec.spec.expires_at.timestamp() - time.time()
+        info.expiring = 0 < info.expires_in <= svc.vms.expiry_window(rec)
     if rt is not None:
         info.pid, info.accel, info.started_at = rt.pid, rt.accel, rt.started_at
         info.uptime = time.time() - rt.started_at
@@ -123,6 +127,12 @@ async def set_labels(name: str, req: LabelsRequest, svc: Svc) -> VMInfo:
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     return to_info(svc, await svc.vms.set_labels(name, to_set, to_remove))
+
+
+@router.post("/{name}/extend", response_model=VMInfo)
+async def extend_vm(name: str, req: ExtendRequest, svc: Svc) -> VMInfo:
+    """Push the VM's expiry out (recorded as an ``extend`` event)."""
+    return to_info(svc, await svc.vms.extend(name, by=req.by, to=req.to))
 
 
 @router.get("/{name}", response_model=VMInfo)

@@ -34,3 +34,16 @@ def test_older_database_gains_new_columns(tmp_path: Path) -> None:
         assert store.events(vm="a")[-1].message == "hello"
     finally:
         store.close()
+
+
+def test_projects_round_trip(tmp_path: Path) -> None:
+    from corral.store.db import ProjectRecord
+
+    s = Store(tmp_path / "p.db")
+    assert s.get_project("web") is None and s.list_projects() == []
+    s.put_project(ProjectRecord("web", 7 * 86400, "suspend"))
+    s.put_project(ProjectRecord("web", 3600, "delete"))  # replaced
+    s.put_project(ProjectRecord("api"))
+    assert s.get_project("web") == ProjectRecord("web", 3600, "delete")
+    assert [p.name for p in s.list_projects()] == ["api", "web"]
+    assert s.get_project("api") == ProjectRecord("api", None, "stop")
