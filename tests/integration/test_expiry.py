@@ -20,6 +20,7 @@ def fast(corral_home: CorralEnv) -> CorralEnv:
     """A daemon checking expiry every 0.5 s, warning 40% of the lifetime before (at most an hour)."""
     corral_home.env["CORRAL_EXPIRY_INTERVAL"] = "0.5"
     corral_home.env["CORRAL_EXPIRY_WARNING_FRACTION"] = "0.4"
+    corral_home.env["COLUMNS"] = "200"  # `corral ls` in full
     corral_home.start_daemon()
     corral_home.client.build_image("tiny")
     return corral_home
@@ -58,14 +59,14 @@ def check_events(c: CorralEnv, name: str, action: str) -> None:
 
 def test_stop_at_expiry(fast: CorralEnv) -> None:
     t0 = time.monotonic()
-    launch(fast, "exp-stop", "--ttl", "5s")
+    launch(fast, "exp-stop", "--ttl", "8s")
     v = show(fast, "exp-stop")
     assert v["spec"]["on_expiry"] == "stop" and v["spec"]["expires_at"]
     ls = fast.cli("ls")
     assert "EXPIRES" in ls.stdout
     until(lambda: show(fast, "exp-stop")["state"] == "stopped", 60, "the VM stopped at expiry")
-    print(f"\nstop: stopped {time.monotonic() - t0:.1f}s after launch (ttl 5 s)")
-    assert time.monotonic() - t0 >= 4
+    print(f"\nstop: stopped {time.monotonic() - t0:.1f}s after launch (ttl 8 s)")
+    assert time.monotonic() - t0 >= 7
     check_events(fast, "exp-stop", "stop")
     assert "exp-stop" not in fast.qemu_pids()
     assert "expired" in fast.cli("ls").stdout
