@@ -59,6 +59,8 @@ SUBSCRIBER_BACKLOG = 10_000  # events a slow event-stream reader may fall behind
 #: Who the current operation is for: the API sets it per request (the X-Corral-User header); what the daemon does by
 #: itself (supervision, restart policies, readiness) runs as "corrald".
 SYSTEM_ACTOR = "corrald"
+#: After a failed expiry action, the next attempt waits this long.
+EXPIRY_RETRY_SECONDS = 60.0
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("corral_actor", default=SYSTEM_ACTOR)
 
 
@@ -111,6 +113,7 @@ class VMService:
         self._changed = asyncio.Condition()
         self._background: set[asyncio.Task[Any]] = set()
         self._subscribers: set[Subscription] = set()
+        self._expiry_retry: dict[str, float] = {}  # VM -> monotonic time before which a failed expiry is not retried
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
@@ -836,6 +839,8 @@ class VMService:
         if rec is None or rec.spec.expires_at is None or (
                 rec.spec.expires_at - now > timedelta(seconds=self.expiry_window(rec))):
             return  # the common case, without a lock or a query
+        if time.monotonic() < self._expiry_retry.get(name, 0.0):
+            return  # its expiry action failed a moment ago
         lock = self._lock(name)
         if lock.locked():
             return  # an operation is under way: look again on the next pass
@@ -872,9 +877,12 @@ class VMService:
             else:
                 await self._delete(name, force=True)
         except CorralError as exc:
-            self.event(name, "expired", f"expired; {action.value} failed: {exc.message}", result="error",
-                       owner=rec.spec.owner, expires_at=at.isoformat(), action=action.value)
+            self._expiry_retry[name] = time.monotonic() + EXPIRY_RETRY_SECONDS
+            self.event(name, "expired", f"expired; {action.value} failed: {exc.message} (tried again in "
+                       f"{EXPIRY_RETRY_SECONDS:.0f}s)", result="error", owner=rec.spec.owner,
+                       expires_at=at.isoformat(), action=action.value)
             return
+        self._expiry_retry.pop(name, None)
         done = {ExpiryAction.STOP: "stopped", ExpiryAction.SUSPEND: "suspended",
                 ExpiryAction.DELETE: "deleted with its disks (no final backup: Corral has no backups yet)"}
         self.event(name, "expired", f"expired; {done[action]}", owner=rec.spec.owner, expires_at=at.isoformat(),
