@@ -226,7 +226,9 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("created", datetime.fromtimestamp(v.created_at).strftime("%Y-%m-%d %H:%M:%S")),
         ("last exit", v.last_exit_reason or "-"), ("restarts", str(v.restart_count)),
         ("expires", "never" if v.spec.expires_at is None else
-         f"{v.spec.expires_at:%Y-%m-%d %H:%M:%S}Z, then {v.spec.on_expiry or 'stop'} ({format_expires(v)})"),
+         f"{v.spec.expires_at:%Y-%m-%d %H:%M:%S}Z, then {v.spec.on_expiry or 'stop'} ("
+         + ("expired" if (v.expires_in or 0) <= 0 else f"in {format_duration(v.expires_in or 0)}")
+         + (", warned" if v.expiring else "") + ")"),
     ]
     for d in v.disks:
         backing = f", backing {d.backing} ({d.backing_format})" if d.backing else ""

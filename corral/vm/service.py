@@ -816,7 +816,9 @@ class VMService:
         if rec.spec.expires_at is None:
             return 0.0
         lifetime = rec.spec.expires_at.timestamp() - rec.created_at
-        return expiry.warning_window(lifetime, self.settings.expiry_warning_fraction, self.settings.expiry_warning)
+        window = expiry.warning_window(lifetime, self.settings.expiry_warning_fraction, self.settings.expiry_warning)
+        # At least two passes of the check, so that the warning is not skipped (a short TTL: warned at once).
+        return min(max(window, 2 * self.settings.expiry_interval), max(lifetime, 0.0))
 
     def _expiry_recorded(self, name: str, type_: str, expires_at: datetime) -> bool:
         """Was the ``type_`` event (expiring/expired) already recorded for this expiry of the VM?"""
