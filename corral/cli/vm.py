@@ -165,17 +165,17 @@ def ls(
     if json_:
         print_json(vms)
         return
-    cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME",
-            "EXPIRES"]
+    cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"]
+    expiring = any(v.expires_in is not None for v in vms)  # the column only when some VM expires
     t = Table(box=None)
-    for col in cols + (["LABELS"] if show_labels else []):
+    for col in cols + (["EXPIRES"] if expiring else []) + (["LABELS"] if show_labels else []):
         t.add_column(col)
     for v in vms:
         style = STATE_STYLE.get(v.state, "")
         row = [v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.project, v.spec.owner or "-",
                v.spec.image, str(v.spec.vcpus), format_size(v.spec.memory << 20),
                format_size(v.spec.disk) if v.spec.disk else "image", ", ".join(v.addresses) or "-",
-               human_duration(v.uptime), format_expires(v)]
+               human_duration(v.uptime), *([format_expires(v)] if expiring else [])]
         t.add_row(*row, *([format_labels(v.spec.labels)] if show_labels else []))
     out.print(t, highlight=False)
 
