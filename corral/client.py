@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,14 @@ from corral.api.models import (
     EventInfo,
     ExecChunk,
     ExecRequest,
+    ExtendRequest,
     FileInfo,
     LabelsRequest,
     NetworkCreate,
     NetworkInfo,
     PortRequest,
+    ProjectInfo,
+    ProjectSet,
     QuotaInfo,
     QuotaSet,
     Report,
@@ -51,6 +55,7 @@ from corral.api.models import (
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest
 from corral.settings import Settings, load_settings
+from corral.vm.expiry import ExpiryAction
 from corral.vm.labels import default_owner
 from corral.vm.spec import PortForward, VMSpec
 from corral.vm.states import VMState
@@ -182,6 +187,19 @@ class Client:
     def resume_vm(self, name: str) -> VMInfo:
         """Continue a paused VM, or load a suspended VM's saved state (then ``wait_ready`` for its agent)."""
         return VMInfo.model_validate(self._req("POST", f"/vms/{name}/resume").json())
+
+    def extend_vm(self, name: str, by: float | None = None, to: datetime | None = None) -> VMInfo:
+        """Push a VM's expiry out by ``by`` seconds, or to ``to``."""
+        body = ExtendRequest(by=by, to=to).model_dump(mode="json")
+        return VMInfo.model_validate(self._req("POST", f"/vms/{name}/extend", json=body).json())
+
+    def list_projects(self) -> list[ProjectInfo]:
+        return [ProjectInfo.model_validate(p) for p in self._req("GET", "/projects").json()]
+
+    def set_project(self, name: str, default_ttl: float | None, on_expiry: ExpiryAction = ExpiryAction.STOP
+                    ) -> ProjectInfo:
+        body = ProjectSet(default_ttl=default_ttl, on_expiry=on_expiry).model_dump(mode="json")
+        return ProjectInfo.model_validate(self._req("PUT", f"/projects/{name}", json=body).json())
 
     def suspend_vm(self, name: str) -> VMInfo:
         """Save a running (or paused) VM's state to disk and end its QEMU; ``resume_vm`` brings it back."""

@@ -13,6 +13,9 @@ CORRAL_MEMORY_OVERCOMMIT    1.0                                    guest memory 
 CORRAL_CPU_OVERCOMMIT       4.0                                    vCPUs of running VMs allowed, x host threads
 CORRAL_TCG_TB_SIZE          32                                     TCG translation cache per VM, MiB
 CORRAL_QEMU                 qemu-system-x86_64                     the QEMU binary
+CORRAL_EXPIRY_INTERVAL      5                                      seconds between the daemon's expiry checks
+CORRAL_EXPIRY_WARNING       3600                                   longest warning before expiry, seconds
+CORRAL_EXPIRY_WARNING_FRACTION  0.1                                warning before expiry, fraction of the lifetime
 ==========================  =====================================  ==============================================
 """
 
@@ -36,6 +39,9 @@ class Settings:
     cpu_overcommit: float
     tcg_tb_size_mib: int
     qemu_binary: str
+    expiry_interval: float = 5.0
+    expiry_warning: float = 3600.0
+    expiry_warning_fraction: float = 0.1
 
     @property
     def socket(self) -> Path:
@@ -73,6 +79,9 @@ def _defaults(raw: dict[str, str]) -> dict[str, str]:
         "CORRAL_CPU_OVERCOMMIT": "4.0",
         "CORRAL_TCG_TB_SIZE": "32",
         "CORRAL_QEMU": "qemu-system-x86_64",
+        "CORRAL_EXPIRY_INTERVAL": "5",
+        "CORRAL_EXPIRY_WARNING": "3600",
+        "CORRAL_EXPIRY_WARNING_FRACTION": "0.1",
     } | raw
 
 
@@ -84,6 +93,9 @@ def _validate(v: dict[str, str]) -> Settings:
         overcommit = float(v["CORRAL_MEMORY_OVERCOMMIT"])
         cpu_overcommit = float(v["CORRAL_CPU_OVERCOMMIT"])
         tb = int(v["CORRAL_TCG_TB_SIZE"])
+        interval = float(v["CORRAL_EXPIRY_INTERVAL"])
+        warning = float(v["CORRAL_EXPIRY_WARNING"])
+        fraction = float(v["CORRAL_EXPIRY_WARNING_FRACTION"])
     except ValueError as exc:
         raise InvalidInput(f"bad number in Corral settings: {exc}") from exc
     if not 0.1 <= overcommit <= 100:
@@ -92,6 +104,12 @@ def _validate(v: dict[str, str]) -> Settings:
         raise InvalidInput(f"CORRAL_CPU_OVERCOMMIT={cpu_overcommit} is out of range: use 0.1 to 100")
     if not 4 <= tb <= 4096:
         raise InvalidInput(f"CORRAL_TCG_TB_SIZE={tb} is out of range: use 4 to 4096 (MiB)")
+    if not 0.1 <= interval <= 3600:
+        raise InvalidInput(f"CORRAL_EXPIRY_INTERVAL={interval} is out of range: use 0.1 to 3600 (seconds)")
+    if not 0 <= warning <= 30 * 86400:
+        raise InvalidInput(f"CORRAL_EXPIRY_WARNING={warning} is out of range: use 0 to 2592000 (seconds)")
+    if not 0 <= fraction <= 1:
+        raise InvalidInput(f"CORRAL_EXPIRY_WARNING_FRACTION={fraction} is out of range: use 0 to 1")
     return Settings(
         home=Path(v["CORRAL_HOME"]).expanduser().absolute(),
         cache=Path(v["CORRAL_CACHE"]).expanduser().absolute(),
@@ -101,6 +119,9 @@ def _validate(v: dict[str, str]) -> Settings:
         cpu_overcommit=cpu_overcommit,
         tcg_tb_size_mib=tb,
         qemu_binary=v["CORRAL_QEMU"],
+        expiry_interval=interval,
+        expiry_warning=warning,
+        expiry_warning_fraction=fraction,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from corral.images.artifacts import Manifest
 from corral.vm.capacity import CapacityAmounts as CapacityAmounts  # re-exported: wire models live with the logic
 from corral.vm.capacity import CapacityInfo as CapacityInfo
+from corral.vm.expiry import ExpiryAction
 from corral.vm.report import Report as Report  # re-exported: the report's wire models live with its logic
 from corral.vm.report import ReportGroup as ReportGroup
 from corral.vm.report import ReportRow as ReportRow
@@ -49,6 +51,29 @@ class VMInfo(BaseModel):
     agent_ready: bool = False
     addresses: list[str] = Field(default_factory=list)
     disks: list[DiskInfo] = Field(default_factory=list)
+    expires_in: float | None = Field(default=None, description="seconds until spec.expires_at (negative: expired)")
+    expiring: bool = Field(default=False, description="inside the warning window before its expiry")
+
+
+class ExtendRequest(BaseModel):
+    """Push a VM's expiry out: ``by`` seconds (from its expiry, or from now once passed), or ``to`` a time."""
+
+    by: float | None = Field(default=None, gt=0, le=10 * 365 * 86400)
+    to: datetime | None = None
+
+
+class ProjectInfo(BaseModel):
+    name: str
+    default_ttl: float | None = Field(default=None, description="seconds; a VM created without an expiry of its "
+                                      "own gets this TTL")
+    on_expiry: ExpiryAction = ExpiryAction.STOP
+    vms: int = 0
+
+
+class ProjectSet(BaseModel):
+    default_ttl: float | None = Field(default=None, gt=0, le=10 * 365 * 86400,
+                                      description="seconds; null: no default TTL")
+    on_expiry: ExpiryAction = ExpiryAction.STOP
 
 
 class StopRequest(BaseModel):

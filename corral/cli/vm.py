@@ -1,4 +1,4 @@
-"""Lifecycle verbs: launch, ls, show, label, start, stop, restart, kill, pause, resume, suspend, rm, logs."""
+"""Lifecycle verbs: launch, ls, show, label, start, stop, restart, kill, pause, resume, suspend, extend, rm, logs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, prin
 from corral.cli.images import build_with_progress
 from corral.client import APIError, Client
 from corral.vm import labels as lbl
+from corral.vm.expiry import ExpiryAction, format_duration, parse_duration, parse_time
 from corral.vm.sizes import format_size
 from corral.vm.spec import VMSpec
 
@@ -94,16 +95,36 @@ def launch(
     project: str = typer.Option("default", "--project", help="the project it belongs to"),
     label: list[str] = typer.Option([], "--label", "-l", help="a label KEY=VALUE (repeatable)"),
     description: str = typer.Option("", "--description", help="free text"),
+    ttl: str | None = typer.Option(None, "--ttl", help="time to live, e.g. 30m, 2h, 7d (default: the project's "
+                                   "default TTL, if it has one: `corral project ls`)"),
+    expires_at: str | None = typer.Option(None, "--expires-at", help="expire at this ISO 8601 time (UTC unless it "
+                                          "has a zone), instead of --ttl"),
+    on_expiry: ExpiryAction | None = typer.Option(None, "--on-expiry", help="at expiry: stop (clean power-off, "
+                                                  "then kill), suspend (to disk; resumable after `corral extend`) "
+                                                  "or delete (with its disks; no final backup: Corral has no "
+                                                  "backups yet); default: the project's, else stop"),
 ) -> None:
     """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait)."""
     try:
         labels = lbl.parse_set(label)
     except ValueError as exc:
         fail(str(exc), EXIT_INVALID)
+    expiry_fields: dict[str, object] = {}
+    if ttl is not None and expires_at is not None:
+        fail("give --ttl or --expires-at, not both", EXIT_INVALID)
+    try:
+        if ttl is not None:
+            expiry_fields["ttl"] = parse_duration(ttl)
+        if expires_at is not None:
+            expiry_fields["expires_at"] = parse_time(expires_at)
+    except ValueError as exc:
+        fail(f"--{'ttl' if ttl is not None else 'expires-at'}: {exc}", EXIT_INVALID)
+    if on_expiry is not None:
+        expiry_fields["on_expiry"] = on_expiry
     spec = _spec(name or f"vm-{secrets.token_hex(3)}", image, cpus, memory, disk, restart, publish, network,
                  _provisioning(cloud_init, ssh_key, hostname) | {
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
-                     "labels": labels, "description": description})
+                     "labels": labels, "description": description} | expiry_fields)
     t0 = time.monotonic()
     with api() as client:
         if spec.image not in {m.name for m in client.list_images()}:
@@ -145,17 +166,28 @@ def ls(
         print_json(vms)
         return
     cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"]
+    expiring = any(v.expires_in is not None for v in vms)  # the column only when some VM expires
     t = Table(box=None)
-    for col in cols + (["LABELS"] if show_labels else []):
+    for col in cols + (["EXPIRES"] if expiring else []) + (["LABELS"] if show_labels else []):
         t.add_column(col)
     for v in vms:
         style = STATE_STYLE.get(v.state, "")
         row = [v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.project, v.spec.owner or "-",
                v.spec.image, str(v.spec.vcpus), format_size(v.spec.memory << 20),
                format_size(v.spec.disk) if v.spec.disk else "image", ", ".join(v.addresses) or "-",
-               human_duration(v.uptime)]
+               human_duration(v.uptime), *([format_expires(v)] if expiring else [])]
         t.add_row(*row, *([format_labels(v.spec.labels)] if show_labels else []))
     out.print(t, highlight=False)
+
+
+def format_expires(v: VMInfo) -> str:
+    """``2h10m`` until expiry; ``!`` marks a VM inside its warning window; ``expired`` once it passed."""
+    if v.expires_in is None:
+        return "-"
+    if v.expires_in <= 0:
+        return "[red]expired[/]"
+    text = f"{format_duration(v.expires_in)} ({v.spec.on_expiry or 'stop'})"
+    return f"[yellow]! {text}[/]" if v.expiring else text
 
 
 def label(
@@ -193,6 +225,10 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("networks", ", ".join(v.spec.networks) or "-"),
         ("created", datetime.fromtimestamp(v.created_at).strftime("%Y-%m-%d %H:%M:%S")),
         ("last exit", v.last_exit_reason or "-"), ("restarts", str(v.restart_count)),
+        ("expires", "never" if v.spec.expires_at is None else
+         f"{v.spec.expires_at:%Y-%m-%d %H:%M:%S}Z, then {v.spec.on_expiry or 'stop'} ("
+         + ("expired" if (v.expires_in or 0) <= 0 else f"in {format_duration(v.expires_in or 0)}")
+         + (", warned" if v.expiring else "") + ")"),
     ]
     for d in v.disks:
         backing = f", backing {d.backing} ({d.backing_format})" if d.backing else ""
@@ -263,6 +299,28 @@ def suspend(name: str) -> None:
     out.print(f"{name} suspended in {time.monotonic() - t0:.1f}s")
 
 
+def extend(
+    name: str = typer.Argument(..., help="VM name"),
+    duration: str | None = typer.Argument(None, help="how much longer, e.g. 1h or 2d (from its expiry; from now "
+                                          "if that has passed)"),
+    to: str | None = typer.Option(None, "--to", help="expire at this ISO 8601 time instead (UTC unless it has a "
+                                  "zone)"),
+) -> None:
+    """Push a VM's expiry out (an expired VM can then be started or resumed again)."""
+    if (duration is None) == (to is None):
+        fail("give a duration (`corral extend NAME 1h`) or --to ISO-TIME", EXIT_INVALID)
+    try:
+        by = parse_duration(duration) if duration is not None else None
+        at = parse_time(to) if to is not None else None
+    except ValueError as exc:
+        fail(str(exc), EXIT_INVALID)
+    with api() as client:
+        v = client.extend_vm(name, by=by, to=at)
+    assert v.spec.expires_at is not None
+    out.print(f"{name} expires {v.spec.expires_at:%Y-%m-%d %H:%M:%S}Z (in {format_duration(v.expires_in or 0)}), "
+              f"then {v.spec.on_expiry or 'stop'}", highlight=False)
+
+
 def rm(names: list[str] = typer.Argument(..., help="VM names"),
        force: bool = typer.Option(False, "--force", "-f", help="kill running VMs first")) -> None:
     """Delete VMs and their disks (a running VM only with --force)."""
@@ -287,5 +345,5 @@ def logs(name: str, tail: int | None = typer.Option(None, "--tail", "-n", help="
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (launch, ls, show, label, start, stop, restart, kill, pause, resume, suspend, rm, logs):
+    for fn in (launch, ls, show, label, start, stop, restart, kill, pause, resume, suspend, extend, rm, logs):
         app.command()(fn)

@@ -79,10 +79,12 @@ async def serve(settings: Settings) -> None:
         vms.event(None, "daemon", f"corrald started (pid {os.getpid()})")
         await vms.recover()
         housekeeping = asyncio.create_task(_housekeeping(vms))
+        expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
         try:
             yield
         finally:
             housekeeping.cancel()
+            expiry.cancel()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")
             store.close()
@@ -115,6 +117,16 @@ async def _housekeeping(vms: VMService) -> None:
     while True:
         await asyncio.sleep(30)
         await asyncio.to_thread(vms.maintain_logs)
+
+
+async def _expiry(vms: VMService, interval: float) -> None:
+    """Check every VM's expiry every ``interval`` seconds (CORRAL_EXPIRY_INTERVAL): warn, then act."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await vms.check_expiry()
+        except Exception:
+            log.exception("expiry check failed")
 
 
 def main() -> None:

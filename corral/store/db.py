@@ -10,6 +10,7 @@ Tables:
     networks  private networks: name, subnet, creation time (and the Linux bridge of a bridged network)
     attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
     quotas    limits per project or owner (``scope``, ``name``): VMs, vCPUs, memory MiB, disk bytes; NULL = none
+    projects  per-project settings: the default TTL (seconds) and expiry action given to a VM created without its own
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ CREATE TABLE IF NOT EXISTS quotas (
     disk INTEGER,
     PRIMARY KEY (scope, name)
 );
+CREATE TABLE IF NOT EXISTS projects (
+    name TEXT PRIMARY KEY,
+    default_ttl REAL,
+    on_expiry TEXT NOT NULL DEFAULT 'stop'
+);
 """
 
 
@@ -120,6 +126,13 @@ class AttachmentRecord:
     vm: str
     mac: str
     address: str
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    name: str
+    default_ttl: float | None = None
+    on_expiry: str = "stop"
 
 
 #: Columns added to tables after their first release (ALTER TABLE on open), table -> column -> declaration.
@@ -315,6 +328,19 @@ class Store:
 
     def delete_quota(self, scope: str, name: str) -> bool:
         return self._db.execute("DELETE FROM quotas WHERE scope = ? AND name = ?", (scope, name)).rowcount > 0
+
+
+    # --- projects -------------------------------------------------------------------------------------------
+    def put_project(self, rec: ProjectRecord) -> None:
+        self._db.execute("INSERT OR REPLACE INTO projects (name, default_ttl, on_expiry) VALUES (?,?,?)",
+                         (rec.name, rec.default_ttl, rec.on_expiry))
+
+    def get_project(self, name: str) -> ProjectRecord | None:
+        row = self._db.execute("SELECT * FROM projects WHERE name = ?", (name,)).fetchone()
+        return ProjectRecord(**dict(row)) if row else None
+
+    def list_projects(self) -> list[ProjectRecord]:
+        return [ProjectRecord(**dict(r)) for r in self._db.execute("SELECT * FROM projects ORDER BY name")]
 
 
 def _event(r: sqlite3.Row) -> EventRecord:

@@ -24,6 +24,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,9 @@ from corral.network import forwards, ports
 from corral.network.private import NetworkService
 from corral.paths import VMPaths
 from corral.settings import Settings
-from corral.store.db import EventQuery, EventRecord, RuntimeRecord, Store, VMRecord
-from corral.vm import host, labels, logs, quota
+from corral.store.db import EventQuery, EventRecord, ProjectRecord, RuntimeRecord, Store, VMRecord
+from corral.vm import expiry, host, labels, logs, quota
+from corral.vm.expiry import Decision, ExpiryAction, ExpiryCheck
 from corral.vm.machine import Machine
 from corral.vm.spec import PortForward, RestartPolicy, VMSpec
 from corral.vm.states import LIVE, VMState, check_operation, check_transition
@@ -59,6 +61,8 @@ SUBSCRIBER_BACKLOG = 10_000  # events a slow event-stream reader may fall behind
 #: Who the current operation is for: the API sets it per request (the X-Corral-User header); what the daemon does by
 #: itself (supervision, restart policies, readiness) runs as "corrald".
 SYSTEM_ACTOR = "corrald"
+#: After a failed expiry action, the next attempt waits this long.
+EXPIRY_RETRY_SECONDS = 60.0
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("corral_actor", default=SYSTEM_ACTOR)
 
 
@@ -116,6 +120,7 @@ class VMService:
         # between them, hence atomically on the event loop.
         self._creating: dict[str, VMSpec] = {}
         self._starting: dict[str, VMSpec] = {}
+        self._expiry_retry: dict[str, float] = {}  # VM -> monotonic time before which a failed expiry is not retried
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
@@ -203,6 +208,7 @@ class VMService:
                     f"disk size {spec.disk} bytes is smaller than image '{spec.image}' "
                     f"({manifest.disk_virtual_size} bytes): ask for at least that much"
                 )
+            spec = self._with_expiry(spec)
             paths = self.paths(spec.name)
             if paths.root.exists():
                 raise Conflict(f"{paths.root} already exists but no VM '{spec.name}' is defined: move it away first")
@@ -257,6 +263,9 @@ class VMService:
     async def _boot(self, name: str) -> None:
         rec = self._get(name)
         check_operation(name, "start", rec.state)
+        if rec.spec.expires_at is not None and rec.spec.expires_at <= datetime.now(UTC):
+            raise Conflict(f"VM '{name}' expired at {rec.spec.expires_at:%Y-%m-%d %H:%M:%S}Z: push its expiry out "
+                           f"first (`corral extend {name} 1h`)")
         resuming = rec.state == VMState.SUSPENDED
         if resuming and not self.paths(name).state_file.is_file():
             raise EngineError(f"VM '{name}' is suspended but its saved state {self.paths(name).state_file} is "
@@ -542,30 +551,33 @@ class VMService:
     async def stop(self, name: str, timeout: float = 30.0, force: bool = True) -> VMRecord:
         """Ask the guest to power off (ACPI); after ``timeout`` seconds kill QEMU if ``force``."""
         async with self._lock(name):
-            rec = self._get(name)
-            check_operation(name, "stop", rec.state)
-            if rec.state == VMState.SUSPENDED:
-                return await self._discard_suspended(name, force)
-            m = self._machines.get(name)
-            if m is None:
-                raise EngineError(f"VM '{name}' has no supervised QEMU process: try `corral kill {name}`")
-            m.requested, m.requested_by = "stop", ACTOR.get()
-            await self._set_state(name, VMState.STOPPING)
-            try:
-                if rec.state == VMState.PAUSED and m.monitor is not None:
-                    await m.monitor.execute("cont")
-                if m.monitor is not None:
-                    await m.monitor.execute("system_powerdown")
-                await asyncio.wait_for(m.exited.wait(), timeout)
-            except (TimeoutError, MonitorError) as exc:
-                if not force:
-                    m.requested = None
-                    await self._set_state(name, VMState.RUNNING, "")
-                    raise EngineError(f"VM '{name}' did not power off within {timeout:.0f}s: "
-                                      f"use `corral stop --force {name}` or `corral kill {name}`") from exc
-                self.event(name, "stop", f"guest did not power off ({exc or 'timeout'}); killing QEMU")
-                await self._kill_machine(m)
-            return self._get(name)
+            return await self._stop(name, timeout, force)
+
+    async def _stop(self, name: str, timeout: float, force: bool) -> VMRecord:
+        rec = self._get(name)
+        check_operation(name, "stop", rec.state)
+        if rec.state == VMState.SUSPENDED:
+            return await self._discard_suspended(name, force)
+        m = self._machines.get(name)
+        if m is None:
+            raise EngineError(f"VM '{name}' has no supervised QEMU process: try `corral kill {name}`")
+        m.requested, m.requested_by = "stop", ACTOR.get()
+        await self._set_state(name, VMState.STOPPING)
+        try:
+            if rec.state == VMState.PAUSED and m.monitor is not None:
+                await m.monitor.execute("cont")
+            if m.monitor is not None:
+                await m.monitor.execute("system_powerdown")
+            await asyncio.wait_for(m.exited.wait(), timeout)
+        except (TimeoutError, MonitorError) as exc:
+            if not force:
+                m.requested = None
+                await self._set_state(name, VMState.RUNNING, "")
+                raise EngineError(f"VM '{name}' did not power off within {timeout:.0f}s: "
+                                  f"use `corral stop --force {name}` or `corral kill {name}`") from exc
+            self.event(name, "stop", f"guest did not power off ({exc or 'timeout'}); killing QEMU")
+            await self._kill_machine(m)
+        return self._get(name)
 
     async def _discard_suspended(self, name: str, force: bool) -> VMRecord:
         """Stop a suspended VM: like pulling the plug, its saved memory is thrown away (only with ``force``)."""
@@ -627,32 +639,35 @@ class VMService:
         On failure nothing is saved and the VM runs (or stays paused) as before.
         """
         async with self._lock(name):
-            rec = self._get(name)
-            check_operation(name, "suspend", rec.state)
-            m = self._machines.get(name)
-            if m is None or m.monitor is None:
-                raise EngineError(f"the monitor of VM '{name}' is not connected")
-            paths = self.paths(name)
-            await self._set_state(name, VMState.SUSPENDING)
-            try:
-                saved = await migration.save_state(m.monitor, paths.state_file,
-                                                   was_running=rec.state == VMState.RUNNING, timeout=timeout)
-            except BaseException as exc:
-                if not m.exited.is_set() and self._get(name).state == VMState.SUSPENDING:
-                    await self._set_state(name, rec.state, rec.state_reason)
-                if isinstance(exc, CorralError):
-                    self.event(name, "suspend", f"suspend failed: {exc.message}")
-                raise
-            m.requested = "suspend"
-            with contextlib.suppress(MonitorError):  # QEMU may close the monitor before it answers
-                await m.monitor.execute("quit")
-            try:
-                await asyncio.wait_for(m.exited.wait(), 30)
-            except TimeoutError:
-                await self._kill_machine(m)  # the state is saved and whole: nothing is lost
-            self.event(name, "suspend", f"state saved ({saved.size >> 20} MiB in {saved.seconds:.2f}s), "
-                       "QEMU exited", bytes=saved.size, seconds=saved.seconds)
-            return self._get(name)
+            return await self._suspend(name, timeout)
+
+    async def _suspend(self, name: str, timeout: float) -> VMRecord:
+        rec = self._get(name)
+        check_operation(name, "suspend", rec.state)
+        m = self._machines.get(name)
+        if m is None or m.monitor is None:
+            raise EngineError(f"the monitor of VM '{name}' is not connected")
+        paths = self.paths(name)
+        await self._set_state(name, VMState.SUSPENDING)
+        try:
+            saved = await migration.save_state(m.monitor, paths.state_file,
+                                               was_running=rec.state == VMState.RUNNING, timeout=timeout)
+        except BaseException as exc:
+            if not m.exited.is_set() and self._get(name).state == VMState.SUSPENDING:
+                await self._set_state(name, rec.state, rec.state_reason)
+            if isinstance(exc, CorralError):
+                self.event(name, "suspend", f"suspend failed: {exc.message}")
+            raise
+        m.requested = "suspend"
+        with contextlib.suppress(MonitorError):  # QEMU may close the monitor before it answers
+            await m.monitor.execute("quit")
+        try:
+            await asyncio.wait_for(m.exited.wait(), 30)
+        except TimeoutError:
+            await self._kill_machine(m)  # the state is saved and whole: nothing is lost
+        self.event(name, "suspend", f"state saved ({saved.size >> 20} MiB in {saved.seconds:.2f}s), "
+                   "QEMU exited", bytes=saved.size, seconds=saved.seconds)
+        return self._get(name)
 
     async def restart(self, name: str, hard: bool = False, timeout: float = 60.0) -> VMRecord:
         """Reboot the guest in the same QEMU process: through the agent (clean) or a hard reset."""
@@ -784,22 +799,160 @@ class VMService:
     # ---------------------------------------------------------------------------------------------- delete --
     async def delete(self, name: str, force: bool = False) -> None:
         async with self._lock(name):
-            rec = self._get(name)
-            if force and rec.state in LIVE and (m := self._machines.get(name)) is not None:
-                m.requested, m.requested_by = "delete", ACTOR.get()
-                await self._kill_machine(m)
-                rec = self._get(name)
-            if rec.state in LIVE:
-                if rec.state == VMState.UNKNOWN or self._machines.get(name) is None:
-                    raise Conflict(f"VM '{name}' is {rec.state} and its QEMU process may still run: "
-                                   "it is not deleted; check it with `corral show`")
-                check_operation(name, "delete", rec.state)
-            paths = self.paths(name)
-            await self._release_nics(name)
-            self.store.delete_vm(name)
-            await asyncio.to_thread(shutil.rmtree, paths.root, True)
-            self.event(name, "delete", "deleted with its disks", owner=rec.spec.owner)
+            await self._delete(name, force)
         self._locks.pop(name, None)
+
+    async def _delete(self, name: str, force: bool) -> None:
+        rec = self._get(name)
+        if force and rec.state in LIVE and (m := self._machines.get(name)) is not None:
+            m.requested, m.requested_by = "delete", ACTOR.get()
+            await self._kill_machine(m)
+            rec = self._get(name)
+        if rec.state in LIVE:
+            if rec.state == VMState.UNKNOWN or self._machines.get(name) is None:
+                raise Conflict(f"VM '{name}' is {rec.state} and its QEMU process may still run: "
+                               "it is not deleted; check it with `corral show`")
+            check_operation(name, "delete", rec.state)
+        paths = self.paths(name)
+        await self._release_nics(name)
+        self.store.delete_vm(name)
+        await asyncio.to_thread(shutil.rmtree, paths.root, True)
+        self.event(name, "delete", "deleted with its disks", owner=rec.spec.owner)
+
+    # ------------------------------------------------------------------------------------------------ expiry --
+    def _with_expiry(self, spec: VMSpec) -> VMSpec:
+        """The spec with its expiry made absolute: from its own ttl or expires_at, else its project's default."""
+        now = datetime.now(UTC)
+        update: dict[str, Any] = {}
+        project = self.store.get_project(spec.project)
+        if spec.expires_at is None and spec.ttl is not None:
+            update["expires_at"] = now + timedelta(seconds=spec.ttl)
+        elif spec.expires_at is None and project is not None and project.default_ttl is not None:
+            update["expires_at"] = now + timedelta(seconds=project.default_ttl)
+            update["ttl"] = project.default_ttl
+            if spec.on_expiry is None:
+                update["on_expiry"] = ExpiryAction(project.on_expiry)
+        elif spec.expires_at is not None and spec.expires_at <= now:
+            raise InvalidInput(f"expires_at {spec.expires_at:%Y-%m-%d %H:%M:%S}Z is in the past")
+        if (spec.expires_at is not None or "expires_at" in update) and spec.on_expiry is None and \
+                "on_expiry" not in update:
+            update["on_expiry"] = ExpiryAction.STOP
+        return spec.model_copy(update=update) if update else spec
+
+    async def extend(self, name: str, by: float | None = None, to: datetime | None = None) -> VMRecord:
+        """Push a VM's expiry out: ``by`` seconds from its current expiry (or from now, if that has passed), or
+        ``to`` a time. A VM without an expiry gets one (``by`` from now)."""
+        if (by is None) == (to is None):
+            raise InvalidInput("give either a duration to extend by or a time to extend to")
+        async with self._lock(name):
+            rec = self._get(name)
+            now = datetime.now(UTC)
+            old = rec.spec.expires_at
+            if to is not None:
+                new = expiry.to_utc(to)
+            else:
+                assert by is not None
+                new = max(old or now, now) + timedelta(seconds=by)
+            if new <= now:
+                raise InvalidInput(f"{new:%Y-%m-%d %H:%M:%S}Z is in the past: extend to a later time")
+            update: dict[str, Any] = {"expires_at": new}
+            if rec.spec.on_expiry is None:
+                update["on_expiry"] = ExpiryAction.STOP
+            self.store.update_spec(rec.spec.model_copy(update=update))
+            self.event(name, "extend", f"expiry {'none' if old is None else f'{old:%Y-%m-%d %H:%M:%S}Z'} -> "
+                       f"{new:%Y-%m-%d %H:%M:%S}Z", old=old.isoformat() if old else None, new=new.isoformat())
+            return self._get(name)
+
+    def set_project(self, name: str, default_ttl: float | None, on_expiry: ExpiryAction) -> ProjectRecord:
+        try:
+            labels.check_project(name)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        rec = ProjectRecord(name=name, default_ttl=default_ttl, on_expiry=on_expiry.value)
+        self.store.put_project(rec)
+        ttl = "none" if default_ttl is None else expiry.format_duration(default_ttl)
+        self.event(None, "project", f"project '{name}': default TTL {ttl}, on expiry {on_expiry.value}",
+                   project=name, default_ttl=default_ttl, on_expiry=on_expiry.value)
+        return rec
+
+    def expiry_window(self, rec: VMRecord) -> float:
+        """How long before its expiry a VM is warned (and marked in `corral ls`)."""
+        if rec.spec.expires_at is None:
+            return 0.0
+        lifetime = rec.spec.expires_at.timestamp() - rec.created_at
+        window = expiry.warning_window(lifetime, self.settings.expiry_warning_fraction, self.settings.expiry_warning)
+        # At least two passes of the check, so that the warning is not skipped (a short TTL: warned at once).
+        return min(max(window, 2 * self.settings.expiry_interval), max(lifetime, 0.0))
+
+    def _expiry_recorded(self, name: str, type_: str, expires_at: datetime) -> bool:
+        """Was the ``type_`` event (expiring/expired) already recorded for this expiry of the VM?"""
+        last = self.store.events(query=EventQuery(vm=name, type=type_), limit=1, newest=True)
+        return bool(last) and last[0].data.get("expires_at") == expires_at.isoformat()
+
+    async def check_expiry(self) -> None:
+        """One pass of the daemon's expiry check over every VM (run by its housekeeping every few seconds)."""
+        for rec in self.store.list_vms():
+            if rec.spec.expires_at is None:
+                continue
+            try:
+                await self._check_expiry_one(rec.name)
+            except Exception:
+                log.exception("expiry check of %s failed", rec.name)
+
+    async def _check_expiry_one(self, name: str) -> None:
+        now = datetime.now(UTC)
+        rec = self.store.get_vm(name)
+        if rec is None or rec.spec.expires_at is None or (
+                rec.spec.expires_at - now > timedelta(seconds=self.expiry_window(rec))):
+            return  # the common case, without a lock or a query
+        if time.monotonic() < self._expiry_retry.get(name, 0.0):
+            return  # its expiry action failed a moment ago
+        lock = self._lock(name)
+        if lock.locked():
+            return  # an operation is under way: look again on the next pass
+        async with lock:
+            rec = self.store.get_vm(name)
+            if rec is None or (at := rec.spec.expires_at) is None:
+                return
+            action = rec.spec.on_expiry or ExpiryAction.STOP
+            check = ExpiryCheck(now=datetime.now(UTC), expires_at=at, state=rec.state, action=action,
+                                window=self.expiry_window(rec),
+                                warned=self._expiry_recorded(name, "expiring", at),
+                                expired=self._expiry_recorded(name, "expired", at))
+            decision = expiry.decide(check)
+            if decision == Decision.WARN:
+                left = (at - check.now).total_seconds()
+                self.event(name, "expiring", f"expires in {expiry.format_duration(left)} "
+                           f"({at:%Y-%m-%d %H:%M:%S}Z), then: {action.value}; `corral extend {name}` to keep it",
+                           expires_at=at.isoformat(), action=action.value)
+            elif decision == Decision.DONE:
+                self.event(name, "expired", f"expired; {action.value}: nothing to do, it is {rec.state}",
+                           expires_at=at.isoformat(), action=action.value)
+            elif decision == Decision.ACT:
+                await self._expire(rec, action, at)
+        if decision == Decision.ACT and action == ExpiryAction.DELETE and self.store.get_vm(name) is None:
+            self._locks.pop(name, None)
+
+    async def _expire(self, rec: VMRecord, action: ExpiryAction, at: datetime) -> None:
+        name = rec.name
+        try:
+            if action == ExpiryAction.STOP:
+                await self._stop(name, timeout=30.0, force=True)
+            elif action == ExpiryAction.SUSPEND:
+                await self._suspend(name, timeout=600.0)
+            else:
+                await self._delete(name, force=True)
+        except CorralError as exc:
+            self._expiry_retry[name] = time.monotonic() + EXPIRY_RETRY_SECONDS
+            self.event(name, "expired", f"expired; {action.value} failed: {exc.message} (tried again in "
+                       f"{EXPIRY_RETRY_SECONDS:.0f}s)", result="error", owner=rec.spec.owner,
+                       expires_at=at.isoformat(), action=action.value)
+            return
+        self._expiry_retry.pop(name, None)
+        done = {ExpiryAction.STOP: "stopped", ExpiryAction.SUSPEND: "suspended",
+                ExpiryAction.DELETE: "deleted with its disks (no final backup: Corral has no backups yet)"}
+        self.event(name, "expired", f"expired; {done[action]}", owner=rec.spec.owner, expires_at=at.isoformat(),
+                   action=action.value)
 
     # ------------------------------------------------------------------------------------------ guest agent --
     async def wait_ready(self, name: str, timeout: float = 120.0) -> None:

@@ -7,12 +7,15 @@ memory fits, the name is free) is checked by :class:`corral.vm.service.VMService
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from corral.vm import expiry
 from corral.vm import labels as lbl
+from corral.vm.expiry import ExpiryAction
 from corral.vm.sizes import parse_size
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$")
@@ -114,6 +117,14 @@ class VMSpec(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes-style labels: "
                                    "[prefix/]name = value, e.g. env=dev, team=web")
     description: str = Field(default="", max_length=lbl.MAX_DESCRIPTION, description="free text")
+    ttl: float | None = Field(default=None, gt=0, le=expiry.MAX_TTL, description="time to live, seconds from "
+                              "creation (the daemon sets expires_at from it); also accepts '2h', '7d'")
+    expires_at: datetime | None = Field(default=None, description="when the VM expires (UTC); default: from ttl, "
+                                        "else from its project's default TTL, else never")
+    on_expiry: ExpiryAction | None = Field(default=None, description="what happens at expiry: stop (clean "
+                                           "power-off, then kill), suspend (to disk) or delete (with its disks; "
+                                           "no final backup: backups do not exist yet); default: the project's, "
+                                           "else stop")
 
     @field_validator("name")
     @classmethod
@@ -173,6 +184,16 @@ class VMSpec(BaseModel):
         if any(ord(c) < 32 and c not in "\t" for c in v):
             raise ValueError("the description must be one line of text (no control characters)")
         return v
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: Any) -> Any:
+        return expiry.parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("expires_at")
+    @classmethod
+    def _expires_at(cls, v: datetime | None) -> datetime | None:
+        return expiry.to_utc(v) if v is not None else v
 
     @property
     def guest_hostname(self) -> str:

@@ -18,6 +18,7 @@ from corral.api.models import (
     EventInfo,
     ExecChunk,
     ExecRequest,
+    ExtendRequest,
     LabelsRequest,
     RestartRequest,
     SpecUpdate,
@@ -47,6 +48,9 @@ def to_info(svc: Services, rec: VMRecord, detail: bool = False) -> VMInfo:
         mac=rec.mac, created_at=rec.created_at, last_exit_reason=rec.last_exit_reason,
         restart_count=rec.restart_count,
     )
+    if rec.spec.expires_at is not None:
+        info.expires_in = rec.spec.expires_at.timestamp() - time.time()
+        info.expiring = 0 < info.expires_in <= svc.vms.expiry_window(rec)
     if rt is not None:
         info.pid, info.accel, info.started_at = rt.pid, rt.accel, rt.started_at
         info.uptime = time.time() - rt.started_at
@@ -131,6 +135,12 @@ async def update_vm(name: str, req: SpecUpdate, svc: Svc) -> VMInfo:
     """Change spec fields (labels, description, restart policy at once; vcpus and memory from the next start).
     Recorded as an ``update`` event."""
     return to_info(svc, await svc.vms.update_spec(name, req.model_dump(exclude_unset=True, mode="json")))
+
+
+@router.post("/{name}/extend", response_model=VMInfo)
+async def extend_vm(name: str, req: ExtendRequest, svc: Svc) -> VMInfo:
+    """Push the VM's expiry out (recorded as an ``extend`` event)."""
+    return to_info(svc, await svc.vms.extend(name, by=req.by, to=req.to))
 
 
 @router.get("/{name}", response_model=VMInfo)

@@ -53,3 +53,16 @@ def test_quotas_set_list_remove(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         store.put_quota(Quota("team", "x"))  # type: ignore[arg-type]
     store.close()
+
+
+def test_projects_round_trip(tmp_path: Path) -> None:
+    from corral.store.db import ProjectRecord
+
+    s = Store(tmp_path / "p.db")
+    assert s.get_project("web") is None and s.list_projects() == []
+    s.put_project(ProjectRecord("web", 7 * 86400, "suspend"))
+    s.put_project(ProjectRecord("web", 3600, "delete"))  # replaced
+    s.put_project(ProjectRecord("api"))
+    assert s.get_project("web") == ProjectRecord("web", 3600, "delete")
+    assert [p.name for p in s.list_projects()] == ["api", "web"]
+    assert s.get_project("api") == ProjectRecord("api", None, "stop")

@@ -1,0 +1,122 @@
+"""Expiry on real VMs, with a tiny TTL and the daemon checking every 0.5 s (CORRAL_EXPIRY_INTERVAL): stop,
+suspend (and resume after extend) and delete, each warned (`expiring`) then acted on (`expired`); extend prevents
+expiry; a project's default TTL applies to a VM launched without one."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import CorralEnv
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def fast(corral_home: CorralEnv) -> CorralEnv:
+    """A daemon checking expiry every 0.5 s, warning 40% of the lifetime before (at most an hour)."""
+    corral_home.env["CORRAL_EXPIRY_INTERVAL"] = "0.5"
+    corral_home.env["CORRAL_EXPIRY_WARNING_FRACTION"] = "0.4"
+    corral_home.env["COLUMNS"] = "200"  # `corral ls` in full
+    corral_home.start_daemon()
+    corral_home.client.build_image("tiny")
+    return corral_home
+
+
+def show(c: CorralEnv, name: str) -> dict:  # type: ignore[type-arg]
+    r = c.cli("show", name, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def until(what: Callable[[], object], timeout: float, desc: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if v := what():
+            return v
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {desc}")
+
+
+def expiry_events(c: CorralEnv, name: str) -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
+    return [(e.type, e.result, e.data) for e in c.client.events(vm=name) if e.type in ("expiring", "expired")]
+
+
+def launch(c: CorralEnv, name: str, *args: str) -> None:
+    r = c.cli("launch", name, "--no-wait", *args)
+    assert r.returncode == 0, r.stderr
+
+
+def check_events(c: CorralEnv, name: str, action: str) -> None:
+    evs = expiry_events(c, name)
+    assert [t for t, _, _ in evs] == ["expiring", "expired"], evs
+    assert evs[1][1] == "ok" and evs[1][2]["action"] == action, evs
+    assert evs[0][2]["expires_at"] == evs[1][2]["expires_at"]
+
+
+def test_stop_at_expiry(fast: CorralEnv) -> None:
+    t0 = time.monotonic()
+    launch(fast, "exp-stop", "--ttl", "8s")
+    v = show(fast, "exp-stop")
+    assert v["spec"]["on_expiry"] == "stop" and v["spec"]["expires_at"]
+    ls = fast.cli("ls")
+    assert "EXPIRES" in ls.stdout
+    until(lambda: show(fast, "exp-stop")["state"] == "stopped", 60, "the VM stopped at expiry")
+    print(f"\nstop: stopped {time.monotonic() - t0:.1f}s after launch (ttl 8 s)")
+    assert time.monotonic() - t0 >= 7
+    check_events(fast, "exp-stop", "stop")
+    assert "exp-stop" not in fast.qemu_pids()
+    assert "expired" in fast.cli("ls").stdout
+    r = fast.cli("start", "exp-stop", "--no-wait")
+    assert r.returncode != 0 and "extend" in r.stderr, "an expired VM does not start again"
+
+
+def test_suspend_at_expiry_then_extend_and_resume(fast: CorralEnv) -> None:
+    launch(fast, "exp-sus", "--ttl", "5s", "--on-expiry", "suspend")
+    until(lambda: show(fast, "exp-sus")["state"] == "suspended", 120, "the VM suspended at expiry")
+    check_events(fast, "exp-sus", "suspend")
+    assert (fast.settings.vms_dir / "exp-sus" / "state.bin").is_file()
+    assert fast.cli("resume", "exp-sus").returncode != 0, "expired: resume refused until extended"
+    r = fast.cli("extend", "exp-sus", "1h")
+    assert r.returncode == 0, r.stderr
+    assert [e.type for e in fast.client.events(vm="exp-sus")][-1] == "extend"
+    r = fast.cli("resume", "exp-sus")
+    assert r.returncode == 0, r.stderr
+    assert show(fast, "exp-sus")["state"] == "running"
+    assert fast.cli("exec", "exp-sus", "--", "true").returncode == 0
+
+
+def test_delete_at_expiry(fast: CorralEnv) -> None:
+    launch(fast, "exp-del", "--ttl", "4s", "--on-expiry", "delete")
+    until(lambda: fast.cli("show", "exp-del").returncode != 0, 60, "the VM deleted at expiry")
+    check_events(fast, "exp-del", "delete")
+    assert not (fast.settings.vms_dir / "exp-del").exists()
+    assert "exp-del" not in fast.qemu_pids()
+
+
+def test_extend_prevents_expiry(fast: CorralEnv) -> None:
+    launch(fast, "exp-ext", "--ttl", "4s")
+    r = fast.cli("extend", "exp-ext", "1h")
+    assert r.returncode == 0, r.stderr
+    time.sleep(7)
+    v = show(fast, "exp-ext")
+    assert v["state"] in ("starting", "running") and v["expires_in"] > 3000, v
+    assert not any(t == "expired" for t, _, _ in expiry_events(fast, "exp-ext"))
+    r = fast.cli("extend", "exp-ext", "--to", "2099-01-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr
+    assert show(fast, "exp-ext")["spec"]["expires_at"].startswith("2099-01-01T00:00:00")
+
+
+def test_project_default_ttl(fast: CorralEnv) -> None:
+    r = fast.cli("project", "set", "short", "--default-ttl", "4s", "--on-expiry", "stop")
+    assert r.returncode == 0, r.stderr
+    assert "short" in fast.cli("project", "ls").stdout
+    launch(fast, "exp-proj", "--project", "short")
+    launch(fast, "exp-own", "--project", "short", "--ttl", "1h")  # its own TTL wins
+    assert show(fast, "exp-own")["expires_in"] > 3000
+    until(lambda: show(fast, "exp-proj")["state"] == "stopped", 60, "the project's default TTL to stop the VM")
+    check_events(fast, "exp-proj", "stop")
+    assert show(fast, "exp-own")["state"] in ("starting", "running")
