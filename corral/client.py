@@ -52,6 +52,7 @@ from corral.api.models import (
     WaitForRequest,
     WaitRequest,
 )
+from corral.detach import spawn_detached
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest
 from corral.settings import Settings, load_settings
@@ -416,27 +417,6 @@ def daemon_running(settings: Settings, timeout: float = 2.0) -> bool:
         probe.close()
 
 
-def _spawn_detached(argv: list[str], env: dict[str, str], log: Path) -> None:
-    """Double-fork ``argv`` into its own session: it is never our child, so it leaves no zombie behind and
-    survives the CLI. Its output goes to ``log``; it inherits no descriptor but 0, 1 and 2."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            null = os.open(os.devnull, os.O_RDONLY)
-            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(null, 0)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            os.execve(argv[0], argv, env)
-        finally:
-            os._exit(127)
-    os.waitpid(pid, 0)
-
-
 DAEMON_PREFIX_ENV = "CORRAL_DAEMON_PREFIX"
 
 
@@ -463,7 +443,7 @@ def start_daemon(settings: Settings, timeout: float = 30.0, environ: dict[str, s
     offset = log.stat().st_size
     env = dict(os.environ if environ is None else environ, CORRAL_HOME=str(settings.home),
                CORRAL_CACHE=str(settings.cache))
-    _spawn_detached([*daemon_prefix(env), sys.executable, "-m", "corral.daemon.main"], env, log)
+    spawn_detached([*daemon_prefix(env), sys.executable, "-m", "corral.daemon.main"], log, env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon_running(settings):

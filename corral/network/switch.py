@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.detach import spawn_detached
 from corral.engine import process
 
 MAX_FRAME = 65536
@@ -192,22 +193,7 @@ def start(sock_path: Path, members_file: Path, pidfile: Path, log: Path, timeout
     argv = [sys.executable, "-m", "corral.network.switch", "--members", str(members_file), "--pidfile",
             str(pidfile), str(sock_path)]
     pidfile.unlink(missing_ok=True)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            null = os.open(os.devnull, os.O_RDONLY)
-            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(null, 0)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            os.execv(argv[0], argv)
-        finally:
-            os._exit(127)
-    os.waitpid(pid, 0)
+    spawn_detached(argv, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ident = running(sock_path, pidfile)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from corral.api.deps import Services, services
 from corral.api.models import BuildEvent, ImportRequest
 from corral.errors import CorralError
-from corral.images.artifacts import Manifest
+from corral.images.artifacts import Manifest, Progress
 from corral.images.builders import get_builder
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -29,25 +29,25 @@ async def get_image(name: str, svc: Svc) -> Manifest:
     return await asyncio.to_thread(svc.images.get, name)
 
 
-@router.post("/{name}/build")
-async def build_image(name: str, svc: Svc, refresh: bool = False) -> StreamingResponse:
-    """NDJSON stream of :class:`BuildEvent`: progress while the builder runs (in a thread), then ``done``."""
-    get_builder(name)  # an unknown image is a 404 now, not an error line in a 200 stream
+def stream_job(job: Callable[[Progress], Manifest], done: Callable[[Manifest], object], what: str) -> StreamingResponse:
+    """Run ``job`` (building or importing an image) in a thread, streaming its progress as NDJSON
+    :class:`BuildEvent` lines, then ``done`` or ``error``. The job finishes (or fails and cleans up) even if the
+    client goes away, so no half-made image is left."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[BuildEvent] = asyncio.Queue()
 
-    def progress(stage: str, done: int, total: int | None) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, BuildEvent(kind="progress", stage=stage, done=done, total=total))
+    def progress(stage: str, n: int, total: int | None) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, BuildEvent(kind="progress", stage=stage, done=n, total=total))
 
     async def run() -> None:
         try:
-            manifest = await asyncio.to_thread(svc.images.ensure, name, svc.settings.mirror, progress, refresh)
-            svc.vms.event(None, "image", f"image '{name}' ready", image=name)
+            manifest = await asyncio.to_thread(job, progress)
+            done(manifest)
             await queue.put(BuildEvent(kind="done", manifest=manifest))
         except CorralError as exc:
             await queue.put(BuildEvent(kind="error", message=exc.message, error=type(exc).__name__))
-        except Exception as exc:  # a builder bug still ends the stream with a readable line
-            await queue.put(BuildEvent(kind="error", message=f"image build failed: {exc}"))
+        except Exception as exc:  # a bug still ends the stream with a readable line
+            await queue.put(BuildEvent(kind="error", message=f"{what} failed: {exc}"))
 
     async def stream() -> AsyncIterator[bytes]:
         task = asyncio.create_task(run())
@@ -59,9 +59,20 @@ async def build_image(name: str, svc: Svc, refresh: bool = False) -> StreamingRe
                     break
         finally:
             if not task.done():
-                await task  # a disconnected client does not leave a half-built image: the build finishes
+                await task
 
     return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+@router.post("/{name}/build")
+async def build_image(name: str, svc: Svc, refresh: bool = False) -> StreamingResponse:
+    """NDJSON stream of :class:`BuildEvent`: progress while the builder runs (in a thread), then ``done``."""
+    get_builder(name)  # an unknown image is a 404 now, not an error line in a 200 stream
+    return stream_job(
+        lambda progress: svc.images.ensure(name, svc.settings.mirror, progress, refresh),
+        lambda m: svc.vms.event(None, "image", f"image '{name}' ready", image=name),
+        "image build",
+    )
 
 
 @router.post("/import")
@@ -69,36 +80,11 @@ async def import_image(req: ImportRequest, svc: Svc) -> StreamingResponse:
     """NDJSON stream of :class:`BuildEvent`: download/copy, check and convert progress, then ``done``."""
     from corral.images.importer import import_image as run_import
 
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[BuildEvent] = asyncio.Queue()
-
-    def progress(stage: str, done: int, total: int | None) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, BuildEvent(kind="progress", stage=stage, done=done, total=total))
-
-    async def run() -> None:
-        try:
-            m = await asyncio.to_thread(run_import, svc.images, req.source, req.name, req.sha256, req.format,
-                                        req.firmware, progress)
-            svc.vms.event(None, "image", f"image '{m.name}' imported from {req.source}", image=m.name)
-            await queue.put(BuildEvent(kind="done", manifest=m))
-        except CorralError as exc:
-            await queue.put(BuildEvent(kind="error", message=exc.message, error=type(exc).__name__))
-        except Exception as exc:
-            await queue.put(BuildEvent(kind="error", message=f"image import failed: {exc}"))
-
-    async def stream() -> AsyncIterator[bytes]:
-        task = asyncio.create_task(run())
-        try:
-            while True:
-                ev = await queue.get()
-                yield ev.model_dump_json(exclude_none=True).encode() + b"\n"
-                if ev.kind != "progress":
-                    break
-        finally:
-            if not task.done():
-                await task  # the import finishes (or fails and cleans up) even if the client went away
-
-    return StreamingResponse(stream(), media_type="application/x-ndjson")
+    return stream_job(
+        lambda progress: run_import(svc.images, req.source, req.name, req.sha256, req.format, req.firmware, progress),
+        lambda m: svc.vms.event(None, "image", f"image '{m.name}' imported from {req.source}", image=m.name),
+        "image import",
+    )
 
 
 @router.delete("/{name}", status_code=204)
