@@ -356,15 +356,21 @@ class Client:
 
     def build_image(self, name: str, refresh: bool = False,
                     progress: Callable[[BuildEvent], None] | None = None) -> Manifest:
-        for item in self._stream("POST", f"/images/{name}/build", params={"refresh": refresh}):
+        return self._image_job(f"the build of '{name}'", progress, "POST", f"/images/{name}/build",
+                               params={"refresh": refresh})
+
+    def _image_job(self, what: str, progress: Callable[[BuildEvent], None] | None, method: str, url: str,
+                   **kw: Any) -> Manifest:
+        """Follow a build or import stream: progress to ``progress``, then its manifest or its error."""
+        for item in self._stream(method, url, **kw):
             ev = BuildEvent.model_validate(item)
             if ev.kind == "progress" and progress:
                 progress(ev)
             elif ev.kind == "error":
-                raise APIError(500, ev.error or "ImageError", ev.message or "image build failed")
+                raise APIError(500, ev.error or "ImageError", ev.message or f"{what} failed")
             elif ev.kind == "done" and ev.manifest is not None:
                 return ev.manifest
-        raise APIError(500, "ImageError", f"the build of '{name}' ended without a result")
+        raise APIError(500, "ImageError", f"{what} ended without a result")
 
     def remove_image(self, name: str) -> None:
         self._req("DELETE", f"/images/{name}")
@@ -374,15 +380,8 @@ class Client:
                      progress: Callable[[BuildEvent], None] | None = None) -> Manifest:
         """Import a qcow2/raw image (absolute host path, URL or catalog name) into the store."""
         body = {"source": source, "name": name, "sha256": sha256, "format": format, "firmware": firmware}
-        for item in self._stream("POST", "/images/import", json={k: v for k, v in body.items() if v is not None}):
-            ev = BuildEvent.model_validate(item)
-            if ev.kind == "progress" and progress:
-                progress(ev)
-            elif ev.kind == "error":
-                raise APIError(500, ev.error or "ImageError", ev.message or "image import failed")
-            elif ev.kind == "done" and ev.manifest is not None:
-                return ev.manifest
-        raise APIError(500, "ImageError", f"the import of '{source}' ended without a result")
+        return self._image_job(f"the import of '{source}'", progress, "POST", "/images/import",
+                               json={k: v for k, v in body.items() if v is not None})
 
     # ------------------------------------------------------------------------------------------------ daemon --
     def status(self) -> DaemonStatus:

@@ -8,7 +8,6 @@ every byte that ends up in a guest must be traceable to Debian's signed ``InRele
 
 from __future__ import annotations
 
-import hashlib
 import lzma
 import os
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from corral.errors import ImageError, NotFound, VerificationError
-from corral.images.artifacts import Progress  # noqa: E402 - re-exported for the builders
+from corral.images.artifacts import Progress, sha256_file  # noqa: E402 - re-exported for the builders
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 _CHUNK = 1 << 16
@@ -82,14 +81,6 @@ def parse_relation(field_value: str) -> list[list[str]]:
         if alts:
             groups.append(alts)
     return groups
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def packages_from_index(text: str) -> dict[str, Package]:

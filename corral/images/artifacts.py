@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA256 of a file, read in 1 MiB chunks: image disks, packages and downloads are all checked this way."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 #: How a builder or importer reports progress: (stage, done, total or None). Called from a worker thread.
 Progress = Callable[[str, int, int | None], None]

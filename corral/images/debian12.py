@@ -12,7 +12,6 @@ a rebuild only fetches what changed in the archive; they also give each package'
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from urllib.parse import quote
 
 from corral import paths
 from corral.errors import ImageError
-from corral.images.artifacts import BuiltImage, SourcePackage
+from corral.images.artifacts import BuiltImage, SourcePackage, sha256_file
 
 BUILDER_VERSION = "2"
 
@@ -324,11 +323,7 @@ def _deb_sha256(archives: Path, name: str, version: str, arch: str) -> str:
     deb = archives / f"{name}_{quote(version, safe='+~.-')}_{arch}.deb"
     if not deb.exists():
         return ""
-    h = hashlib.sha256()
-    with deb.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(deb)
 
 
 def _packages(tree: Path, archives: Path, log: Path) -> list[SourcePackage]:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from corral import paths
 from corral.errors import Conflict, ImageError, InvalidInput, NotFound, VerificationError
 from corral.images import catalog
-from corral.images.artifacts import Manifest, Progress
+from corral.images.artifacts import Manifest, Progress, sha256_file
 from corral.images.builders import BUILDERS
 from corral.images.inspect import Format, check_name, guess_format, inspect
 from corral.images.store import ImageStore
@@ -205,7 +205,7 @@ def import_image(
         inspect(disk, "qcow2")  # what we made is self-contained too
         info = json.loads(_run_qemu_img(["info", "--output=json", "-f", "qcow2", str(disk)], "info"))
         manifest = Manifest(
-            name=name, disk_format="qcow2", disk_sha256=_sha256(disk), disk_virtual_size=int(info["virtual-size"]),
+            name=name, disk_format="qcow2", disk_sha256=sha256_file(disk), disk_virtual_size=int(info["virtual-size"]),
             size=disk.stat().st_size, build_date=datetime.now(UTC).replace(microsecond=0).isoformat(),
             builder="import", boot="disk", firmware=firmware, source=source, source_sha256=h.digest("sha256"),
         )
@@ -218,11 +218,3 @@ def import_image(
         return store.install_from(out, name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()

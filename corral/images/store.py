@@ -9,7 +9,6 @@ step that makes a directory visible is a rename, so a failed build or install le
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import os
 import shutil
@@ -20,18 +19,10 @@ from pathlib import Path
 
 from corral import paths
 from corral.errors import Conflict, ImageError, InvalidInput, NotFound
-from corral.images.artifacts import BuiltImage, Manifest, Progress
+from corral.images.artifacts import BuiltImage, Manifest, Progress, sha256_file
 from corral.images.builders import BUILDERS, get_builder
 
 _FILES = (paths.IMAGE_KERNEL, paths.IMAGE_INITRD, paths.IMAGE_DISK)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _virtual_size(disk: Path) -> int:
@@ -46,7 +37,7 @@ def manifest_for(built: BuiltImage) -> Manifest:
     """Describe a freshly built image: checksums and sizes are measured, not trusted from the builder."""
     return Manifest(
         name=built.name,
-        disk_sha256=_sha256(built.disk),
+        disk_sha256=sha256_file(built.disk),
         disk_virtual_size=_virtual_size(built.disk),
         size=sum(p.stat().st_size for p in (built.kernel, built.initrd, built.disk)),
         kernel_cmdline=built.kernel_cmdline,
