@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from corral.errors import CapacityError, InvalidInput
+from corral.errors import CapacityError
 
 
 def host_memory_mib() -> int:
@@ -40,12 +40,6 @@ def check_start_fits(name: str, memory_mib: int, in_use_mib: int, overcommit: fl
             f"cannot start '{name}': it needs {memory_mib} MiB but only {max(0, limit - in_use_mib)} MiB of the "
             f"{limit} MiB this host allows are free: stop another VM or raise CORRAL_MEMORY_OVERCOMMIT"
         )
-
-
-def check_vcpus(name: str, vcpus: int, accel: str) -> None:
-    # Under KVM more vCPUs than host threads is legal but slow; QEMU's own limit for q35 is 288 (we cap at 255).
-    if vcpus > 255:
-        raise InvalidInput(f"VM '{name}' asks for {vcpus} vCPUs: at most 255")
 
 
 def cpu_limit(overcommit: float) -> int:

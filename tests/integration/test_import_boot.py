@@ -14,7 +14,6 @@ partition 2 (root=/dev/vda2, which the tiny initramfs honours). Imported with --
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.images.artifacts import sha256_file
 from tests.conftest import CorralEnv
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -42,14 +42,6 @@ def run(*argv: str, ok: tuple[int, ...] = (0,)) -> str:
     r = subprocess.run(list(argv), capture_output=True, text=True, check=False)
     assert r.returncode in ok, f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.strip()[-500:]}"
     return r.stdout
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def ext4_features(raw: Path) -> set[str]:
