@@ -51,6 +51,18 @@ async def format_nodes(monitor: Monitor) -> dict[tuple[int, int], str]:
     return found
 
 
+async def make_writable(monitor: Monitor, node: str, path: Path, backing: str | None) -> None:
+    """Reopen a read-only layer (an intermediate node QEMU was started with) read-write, its file and backing kept,
+    so a block job can write into it. Nodes are named as corral.engine.cmdline names them (``NODE-file``)."""
+    infos = {n["node-name"]: n for n in await monitor.execute("query-named-block-nodes", {"flat": True})}
+    if not infos.get(node, {}).get("ro", False):
+        return
+    await monitor.execute("blockdev-reopen", {"options": [
+        {"driver": "file", "node-name": f"{node}-file", "filename": str(path), "read-only": False},
+        {"driver": "qcow2", "node-name": node, "file": f"{node}-file", "backing": backing, "read-only": False},
+    ]})
+
+
 async def node_of(monitor: Monitor, path: Path) -> str | None:
     key = _inode(path)
     return (await format_nodes(monitor)).get(key) if key else None

@@ -132,7 +132,9 @@ class StorageService:
     def _new_path(self) -> tuple[str, Path]:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         id_ = secrets.token_hex(6)
-        return id_, self.dir / f"{id_}.qcow2"
+        path = self.dir / f"{id_}.qcow2"
+        path.touch(mode=0o600)  # qemu-img keeps the mode of a file it writes into: private, as the VM's directory
+        return id_, path
 
     def _adopt(self, rec: VMRecord) -> LayerRecord:
         """The VM's top layer row, made for a VM that has none yet (its disk.qcow2, hard-linked into layers/)."""
@@ -140,6 +142,7 @@ class StorageService:
         if top is not None:
             return top
         id_, path = self._new_path()
+        path.unlink()
         os.link(self.vms.paths(rec.name).disk, path)  # same inode: a running QEMU keeps writing to the same file
         top = LayerRecord(id_, str(path), None, rec.spec.image, rec.name, "top", time.time())
         self.store.insert_layer(top)
@@ -356,13 +359,15 @@ class StorageService:
             if rec.state in LIVE and rec.state not in LIVE_DISK:
                 raise StateError(vm, "delete a snapshot of", rec.state.value,
                                  sorted(s.value for s in (*LIVE_DISK, *OFFLINE_DISK)))
+            # Merged first: if that fails, the snapshot is still there (and whatever was merged stays correct).
+            how = await self._merge_away(rec, self._layer(snap.layer))
             self.store.reparent_snapshots(vm, snap.id, snap.parent)
             if self.store.current_snapshot(vm) == snap.id:
                 self.store.set_current_snapshot(vm, snap.parent)
             self.store.delete_snapshot(snap.id)
             if snap.state_file:
                 Path(snap.state_file).unlink(missing_ok=True)
-            how = await self._merge_away(rec, self._layer(snap.layer))
+            self._collect()
             self.vms.event(vm, "snapshot", f"snapshot '{name}' deleted ({how})", snapshot=name)
 
     async def _merge_away(self, rec: VMRecord, layer: LayerRecord) -> str:
@@ -380,6 +385,9 @@ class StorageService:
             if m is not None and m.monitor is not None and node is not None:  # in the running chain: QEMU copies
                 base_key = _inode(under) if under is not None else None
                 base_node = nodes.get(base_key) if base_key else None
+                layer_key = _inode(layer.path)
+                await blockjobs.make_writable(m.monitor, node, Path(child.path),
+                                              nodes.get(layer_key) if layer_key else None)
                 await blockjobs.stream(m.monitor, f"merge-{child.id}", node, base_node,
                                        str(under) if under is not None else None)
                 streamed += 1
@@ -388,9 +396,7 @@ class StorageService:
             self.store.update_layer(child.id, backing=layer.backing, image=layer.image)
         if m is not None and m.monitor is not None and (key := _inode(layer.path)) and (node := nodes.get(key)):
             await blockjobs.remove_node(m.monitor, node)
-        self.store.delete_layer(layer.id)
-        self._remove_file(layer, rec.name)
-        self._collect()
+        self.store.update_layer(layer.id, purpose="frozen")  # now unused: _collect removes it with its snapshot row
         return f"merged into {len(children)} layer(s)" + (f", {streamed} while running" if streamed else "")
 
     # ------------------------------------------------------------------------------------------------ clones --

@@ -472,7 +472,7 @@ class VMService:
             rec = self.store.get_vm(name)
             if rec is not None and data.get("action") == "stop" and rec.state in (VMState.RUNNING, VMState.PAUSED):
                 await self._set_state(name, VMState.PAUSED, f"disk I/O error: {reason}")
-        else:
+        elif event not in ("JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING"):  # a block job's every step: too chatty
             self.event(name, "qmp", event, **data)
 
     async def _supervise(self, m: Machine) -> None:
