@@ -40,14 +40,21 @@ async def top_node(monitor: Monitor) -> str:
 
 
 async def format_nodes(monitor: Monitor) -> dict[tuple[int, int], str]:
-    """(device, inode) of each image file -> the name of the format node (qcow2, raw) that opened it. A node opened
-    by a name that is now a symbolic link (a VM's disk.qcow2, once its layers are managed) is left out."""
+    """(device, inode) of each image file -> the name of the format node (qcow2, raw) that opened it.
+
+    Found through the protocol node under it, named ``NODE-file`` (as corral.engine.cmdline and :func:`add_overlay`
+    name them): a format node's own filename may be a ``json:`` description. A file opened by a name that is now a
+    symbolic link (a VM's disk.qcow2, once its layers are managed) is left out."""
+    nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
+    names = {str(n["node-name"]) for n in nodes}
     found: dict[tuple[int, int], str] = {}
-    for node in await monitor.execute("query-named-block-nodes", {"flat": True}):
-        filename = str(node.get("file", ""))
-        if node.get("drv") in ("qcow2", "raw") and not os.path.islink(filename) and \
-                (key := _inode(filename)) is not None:
-            found.setdefault(key, str(node["node-name"]))
+    for node in nodes:
+        name, filename = str(node["node-name"]), str(node.get("file", ""))
+        owner = name.removesuffix("-file")
+        if node.get("drv") != "file" or owner == name or owner not in names or os.path.islink(filename):
+            continue
+        if (key := _inode(filename)) is not None:
+            found.setdefault(key, owner)
     return found
 
 
@@ -133,6 +140,15 @@ async def stream(monitor: Monitor, job_id: str, node: str, base_node: str | None
             args["backing-file"] = backing_file
     await monitor.execute("block-stream", args)
     await _run_job(monitor, job_id, None, timeout)
+    await flush(monitor, node)
+
+
+async def flush(monitor: Monitor, node: str) -> None:
+    """Write a node's cached metadata to its file: a block job's copies are otherwise only in QEMU's qcow2 cache
+    (nothing the guest flushes, for a layer under its top), and lost if QEMU is killed."""
+    said = await monitor.execute("human-monitor-command", {"command-line": f'qemu-io {node} "flush"'})
+    if str(said).strip():
+        raise BlockJobError(f"flushing node {node} of '{monitor.name}' failed: {str(said).strip()}")
 
 
 async def start_backup(monitor: Monitor, job_id: str, node: str, target: str) -> None:

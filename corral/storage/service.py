@@ -21,6 +21,7 @@ keeps writing to it) and gets a row.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 FREEZE_TIMEOUT = 10.0  # a guest whose file systems do not freeze in this time is snapshotted unfrozen
 THAW_TIMEOUT = 10.0
+THAW_RETRY_INTERVAL = 5.0
+THAW_RETRIES = 360  # half an hour of asking
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 #: States in which a VM's disk can be frozen: live through QMP, or offline with qemu-img.
@@ -110,6 +113,7 @@ class StorageService:
         top = self.store.top_layer(rec.name)
         if top is None:
             return None
+        self._point_disk(rec.name)  # the VM is not running yet: a hard-linked disk.qcow2 becomes a link now
         layers = self._walk(top)[::-1]
         items = [ChainLayer(boot.base_disk, boot.base_format)] if layers[0].image is not None else []
         return Chain((*items, *(ChainLayer(Path(layer.path)) for layer in layers)))
@@ -150,13 +154,23 @@ class StorageService:
         return top
 
     def _remove_file(self, layer: LayerRecord, vm: str | None = None) -> None:
+        """Remove a layer's file, and the VM's disk.qcow2 if that is still the same file (a hard link)."""
+        if vm is not None:
+            legacy = self.vms.paths(vm).disk
+            if not legacy.is_symlink() and (key := _inode(layer.path)) is not None and key == _inode(legacy):
+                legacy.unlink(missing_ok=True)
         Path(layer.path).unlink(missing_ok=True)
 
     def _point_disk(self, vm: str) -> None:
-        """The VM's disk.qcow2 becomes a symbolic link to its top layer: what `show` and capacity read."""
+        """The VM's disk.qcow2 becomes a symbolic link to its top layer: what `show` and capacity read. Not while a
+        QEMU has it open by that name (adopted while running): that node is found by its inode until the next
+        start (see :meth:`chain_for`)."""
         top = self.store.top_layer(vm)
         link = self.vms.paths(vm).disk
+        rec = self.store.get_vm(vm)
         if top is None or not link.parent.is_dir():
+            return
+        if rec is not None and rec.state in LIVE and link.exists() and not link.is_symlink():
             return
         tmp = link.with_name(".disk.qcow2.new")
         tmp.unlink(missing_ok=True)
@@ -189,7 +203,12 @@ class StorageService:
         """Freeze the guest's file systems (if ``wanted`` and the agent answers), always thawing them after."""
         note = ["file systems not frozen (--no-freeze)"]
         asked = False
-        if wanted and not m.agent_ready:
+        rec = self.store.get_vm(m.name)
+        if wanted and rec is not None and rec.state == VMState.PAUSED:
+            # Its vCPUs are stopped: no write is in flight, and the agent could not answer (a freeze it read later,
+            # on resume, would have no thaw after it).
+            note = ["file systems not frozen: the VM is paused"]
+        elif wanted and not m.agent_ready:
             note = ["file systems not frozen: the guest agent is not ready"]
         elif wanted:
             asked = True
@@ -201,11 +220,28 @@ class StorageService:
         try:
             yield note
         finally:
-            if asked:  # thaw even after a failed freeze: it may have frozen some before failing
+            if asked:  # thaw even after a failed freeze: it may have frozen some, or may yet act on it
                 try:
                     await m.agent.execute("guest-fsfreeze-thaw", timeout=THAW_TIMEOUT)
                 except CorralError as exc:
                     log.warning("%s: thawing the guest's file systems failed: %s", m.name, exc.message)
+                    self.vms._spawn_background(self._thaw_later(m), f"thaw-{m.name}")
+
+    async def _thaw_later(self, m: Machine) -> None:
+        """Keep asking a guest agent that did not answer to thaw, until it does (the agent handles requests in
+        order, so an answer means any freeze it read before has been undone) or the VM is gone."""
+        for _ in range(THAW_RETRIES):
+            if m.exited.is_set():
+                return
+            await asyncio.sleep(THAW_RETRY_INTERVAL)
+            try:
+                await m.agent.execute("guest-fsfreeze-thaw", timeout=THAW_TIMEOUT)
+            except CorralError:
+                continue
+            self.vms.event(m.name, "snapshot", "the guest agent answers again: file systems thawed")
+            return
+        self.vms.event(m.name, "snapshot", "the guest agent never answered the thaw: its file systems may be "
+                       "frozen (`corral restart --hard` if it hangs)", result="error")
 
     async def _freeze_top(self, rec: VMRecord, *, fsfreeze: bool = True,
                           state_file: Path | None = None) -> tuple[LayerRecord, str]:
@@ -327,9 +363,7 @@ class StorageService:
                 raise Conflict(f"VM '{vm}' is {rec.state}: reverting to '{name}' discards its current state; stop "
                                f"it first (`corral stop {vm}`) or pass --force")
             if rec.state in LIVE_DISK:
-                m = self._machine(vm)
-                m.requested, m.requested_by = "revert", ACTOR.get()
-                await self.vms._kill_machine(m)
+                await self._quit(self._machine(vm))
             elif rec.state == VMState.SUSPENDED:
                 self.vms.paths(vm).state_file.unlink(missing_ok=True)
                 await self.vms._set_state(vm, VMState.STOPPED, f"saved state discarded: reverting to '{name}'")
@@ -350,6 +384,17 @@ class StorageService:
                 await self.vms._set_state(vm, VMState.SUSPENDED, f"reverted to whole-machine snapshot '{name}'")
                 await self.vms._start(vm)
             return self.vms.get(vm)
+
+    async def _quit(self, m: Machine) -> None:
+        """End the VM's QEMU at once, its state discarded, but its images closed cleanly (flushed), unlike a kill."""
+        assert m.monitor is not None
+        m.requested, m.requested_by = "revert", ACTOR.get()
+        with contextlib.suppress(CorralError):  # QEMU may close the monitor before it answers
+            await m.monitor.execute("quit")
+        try:
+            await asyncio.wait_for(m.exited.wait(), 30)
+        except TimeoutError:
+            await self.vms._kill_machine(m)
 
     async def delete_snapshot(self, vm: str, name: str) -> None:
         """Remove snapshot ``name``; its layer is merged into each layer above it, so nothing else changes."""
@@ -385,6 +430,9 @@ class StorageService:
             if m is not None and m.monitor is not None and node is not None:  # in the running chain: QEMU copies
                 base_key = _inode(under) if under is not None else None
                 base_node = nodes.get(base_key) if base_key else None
+                if under is not None and base_node is None:
+                    raise EngineError(f"cannot find {under} in the block graph of the running '{rec.name}': stop "
+                                      "it and delete the snapshot again")
                 layer_key = _inode(layer.path)
                 await blockjobs.make_writable(m.monitor, node, Path(child.path),
                                               nodes.get(layer_key) if layer_key else None)
