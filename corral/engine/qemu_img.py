@@ -76,3 +76,9 @@ async def convert(src: Path, dst: Path, progress: Callable[[float], None] | None
     err = await proc.stderr.read()
     if await proc.wait() != 0:
         raise EngineError(f"qemu-img convert failed: {err.decode(errors='replace').strip()}")
+
+
+async def create_layer(path: Path, backing: Path, size: int) -> None:
+    """A qcow2 overlay on the qcow2 ``backing`` of ``size`` bytes; the backing chain is not opened (-u: Corral knows
+    it, and opening it would cost more the deeper it is)."""
+    await _run("create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(backing), str(path), str(size))

@@ -42,6 +42,7 @@ from corral.engine.cmdline import BootSource
 from corral.engine.guest_agent import GuestAgent
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
 from corral.guest.identity import reset_identity
+from corral.storage import qcow2
 from corral.storage.chain import Chain, ChainLayer
 from corral.store.db import LayerRecord, SnapshotRecord, VMRecord
 from corral.vm.machine import Machine
@@ -253,7 +254,7 @@ class StorageService:
         m = self._machine(rec.name) if rec.state in LIVE_DISK else None
         old = self._adopt(rec)
         new_id, new_path = self._new_path()
-        await qemu_img.create_overlay(new_path, Path(old.path), "qcow2", None)
+        await qemu_img.create_layer(new_path, Path(old.path), qcow2.virtual_size(Path(old.path)))
 
         def commit() -> None:
             self.store.update_layer(old.id, purpose="frozen")
@@ -369,7 +370,8 @@ class StorageService:
                 await self.vms._set_state(vm, VMState.STOPPED, f"saved state discarded: reverting to '{name}'")
             old = self._adopt(rec)
             new_id, new_path = self._new_path()
-            await qemu_img.create_overlay(new_path, Path(self._layer(snap.layer).path), "qcow2", None)
+            under = Path(self._layer(snap.layer).path)
+            await qemu_img.create_layer(new_path, under, qcow2.virtual_size(under))
             self.store.delete_layer(old.id)
             self.store.insert_layer(LayerRecord(new_id, str(new_path), snap.layer, None, vm, "top", time.time()))
             self._remove_file(old, vm)
@@ -509,10 +511,26 @@ class StorageService:
             return self.vms.get(new)
 
     async def _linked(self, src: VMRecord, snap: SnapshotRecord | None, new: str) -> LayerRecord:
-        base = self._layer(snap.layer) if snap is not None else (await self._freeze_top(src))[0]
+        if snap is not None:
+            base = self._layer(snap.layer)
+        elif (reuse := self._unchanged_since_freeze(src)) is not None:
+            base = reuse
+        else:
+            base = (await self._freeze_top(src))[0]
         id_, path = self._new_path()
-        await qemu_img.create_overlay(path, Path(base.path), "qcow2", None)
+        await qemu_img.create_layer(path, Path(base.path), qcow2.virtual_size(Path(base.path)))
         return LayerRecord(id_, str(path), base.id, None, new, "top", time.time())
+
+    def _unchanged_since_freeze(self, src: VMRecord) -> LayerRecord | None:
+        """The frozen layer under a stopped VM's top when nothing was written into that top since: another linked
+        clone can share it (instead of a new, empty layer in the source's chain for each clone)."""
+        top = self.store.top_layer(src.name)
+        if src.state not in OFFLINE_DISK or top is None or top.backing is None:
+            return None
+        try:
+            return self._layer(top.backing) if qcow2.is_empty(Path(top.path)) else None
+        except (OSError, qcow2.NotQcow2):
+            return None
 
     async def _full(self, src: VMRecord, snap: SnapshotRecord | None, new: str,
                     progress: Progress | None) -> LayerRecord:
