@@ -256,7 +256,62 @@ def reattach_after_sigkill(ctx: Context) -> BenchResult:
     return res
 
 
+# ------------------------------------------------------------------ 3. linked clone time vs virtual size --
+CLONE_TARGET_RATIO = 1.5
+CLONE_TARGET_SECONDS = 0.1
+
+
+def linked_clone(ctx: Context) -> BenchResult:
+    c = ctx.bh.client
+    n = 5 if ctx.quick else 15
+    small = Row("linked clone of a 1 GiB disk (daemon-side)", baseline=True)
+    big = Row("linked clone of a 100 GiB disk (daemon-side)")
+    small_api = Row("linked clone of a 1 GiB disk (client API, round trip)")
+    big_api = Row("linked clone of a 100 GiB disk (client API, round trip)")
+    res = BenchResult(
+        key="linked_clone",
+        title="3. Linked clone time vs virtual disk size, `tiny` image",
+        rows=[small, big, small_api, big_api],
+        how=(
+            f"Two stopped `tiny` VMs are defined, one with a 1 GiB and one with a 100 GiB virtual disk (qcow2 "
+            f"overlays on the image: nothing is allocated either way). Then {n} rounds, each cloning the 1 GiB one "
+            f"and then the 100 GiB one (`Client.clone_vm`, a linked clone: the source's top layer is frozen, the "
+            f"source gets a new empty top, and the clone a new empty top on the frozen layer; two `qemu-img "
+            f"create` and a few SQLite rows). The daemon-side rows are the time the daemon reports for the clone "
+            f"(from its request's start to the new VM record); the round-trip rows add the HTTP request and the "
+            f"NDJSON stream as the Python client sees them. The 1 GiB row is the baseline. Targets: the ratio of "
+            f"medians 100 GiB / 1 GiB <= {CLONE_TARGET_RATIO:g}, and each median under "
+            f"{CLONE_TARGET_SECONDS * 1000:.0f} ms. Every clone and source is deleted at the end."
+        ),
+    )
+    try:
+        c.create_vm(VMSpec(name="clone-1g", image="tiny", disk="1G"))
+        c.create_vm(VMSpec(name="clone-100g", image="tiny", disk="100G"))
+        c.clone_vm("clone-1g", "warm-clone")  # untimed: first use of the layers directory and qemu-img's cache
+        for i in range(n):
+            for src, row, api in (("clone-1g", small, small_api), ("clone-100g", big, big_api)):
+                t0 = time.monotonic()
+                ev = c.clone_vm(src, f"{src}-c{i}")
+                api.samples.append(time.monotonic() - t0)
+                row.samples.append(ev.seconds if ev.seconds is not None else api.samples[-1])
+            ctx.log(f"linked clone round {i + 1}/{n}: 1 GiB {small.samples[-1] * 1000:.0f} ms, "
+                    f"100 GiB {big.samples[-1] * 1000:.0f} ms")
+        r = ratio(big.median, small.median)
+        worst = max(small.median or 0.0, big.median or 0.0)
+        res.summary["ratio of medians, 100 GiB / 1 GiB"] = (
+            f"{r:.2f} (target <= {CLONE_TARGET_RATIO:g}: {'met' if r <= CLONE_TARGET_RATIO else 'NOT met'})"
+            if r is not None else "–")
+        res.summary[f"each median under {CLONE_TARGET_SECONDS * 1000:.0f} ms (daemon-side)"] = (
+            f"{'yes' if worst < CLONE_TARGET_SECONDS else 'no'} (worst {worst * 1000:.0f} ms)")
+        res.details = {"ratio": r, "target_ratio": CLONE_TARGET_RATIO, "target_seconds": CLONE_TARGET_SECONDS,
+                       "rounds": n}
+    finally:
+        delete_all_vms(ctx.bh)
+    return res
+
+
 BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "launch_to_ready": launch_to_ready,
     "reattach_after_sigkill": reattach_after_sigkill,
+    "linked_clone": linked_clone,
 }

@@ -29,6 +29,8 @@ from corral.api.models import (
     USER_HEADER,
     BuildEvent,
     CapacityInfo,
+    CloneEvent,
+    CloneRequest,
     DaemonStatus,
     EventInfo,
     ExecChunk,
@@ -45,6 +47,9 @@ from corral.api.models import (
     QuotaSet,
     Report,
     RestartRequest,
+    RevertRequest,
+    SnapshotCreate,
+    SnapshotInfo,
     SpecUpdate,
     SSHInfo,
     StopRequest,
@@ -382,6 +387,35 @@ class Client:
         body = {"source": source, "name": name, "sha256": sha256, "format": format, "firmware": firmware}
         return self._image_job(f"the import of '{source}'", progress, "POST", "/images/import",
                                json={k: v for k, v in body.items() if v is not None})
+
+    # ------------------------------------------------------------------------------------- snapshots, clones --
+    def list_snapshots(self, vm: str) -> list[SnapshotInfo]:
+        return [SnapshotInfo.model_validate(s) for s in self._req("GET", f"/vms/{vm}/snapshots").json()]
+
+    def create_snapshot(self, vm: str, name: str, memory: bool = False, freeze: bool = True) -> SnapshotInfo:
+        body = SnapshotCreate(name=name, memory=memory, freeze=freeze).model_dump()
+        return SnapshotInfo.model_validate(self._req("POST", f"/vms/{vm}/snapshots", json=body).json())
+
+    def revert_snapshot(self, vm: str, name: str, force: bool = False) -> VMInfo:
+        body = RevertRequest(force=force).model_dump()
+        return VMInfo.model_validate(self._req("POST", f"/vms/{vm}/snapshots/{name}/revert", json=body).json())
+
+    def delete_snapshot(self, vm: str, name: str) -> None:
+        self._req("DELETE", f"/vms/{vm}/snapshots/{name}")
+
+    def clone_vm(self, source: str, name: str, full: bool = False, snapshot: str | None = None,
+                 progress: Callable[[float], None] | None = None) -> CloneEvent:
+        """Clone ``source`` into a new VM ``name``; the final event carries the new VM and the seconds it took."""
+        body = CloneRequest(name=name, full=full, snapshot=snapshot).model_dump(exclude_none=True)
+        for item in self._stream("POST", f"/vms/{source}/clone", json=body):
+            ev = CloneEvent.model_validate(item)
+            if ev.kind == "progress" and progress:
+                progress(ev.percent)
+            elif ev.kind == "error":
+                raise APIError(500, ev.error or "EngineError", ev.message or f"cloning '{source}' failed")
+            elif ev.kind == "done":
+                return ev
+        raise APIError(500, "EngineError", f"cloning '{source}' ended without a result")
 
     # ------------------------------------------------------------------------------------------------ daemon --
     def status(self) -> DaemonStatus:

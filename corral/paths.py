@@ -24,6 +24,8 @@ DAEMON_LOG = "corrald.log"
 DATABASE = "corral.db"
 IMAGES_DIR = "images"
 VMS_DIR = "vms"
+#: Disk layers (corral.storage): ``<id>.qcow2`` and, for whole-machine snapshots, ``<id>.state``; shared by VMs.
+LAYERS_DIR = "layers"
 
 # Inside an image directory.
 IMAGE_MANIFEST = "manifest.json"
@@ -88,6 +90,11 @@ class VMPaths:
     def seed(self) -> Path:
         """The cloud-init NoCloud seed (ISO 9660, volume label cidata), when the spec asks for cloud-init."""
         return self.root / "seed.iso"
+
+    @property
+    def identity_reset(self) -> Path:
+        """Present until a clone's first boot gave the guest its own identity (machine-id, hostname, host keys)."""
+        return self.root / "identity-reset"
 
     def nic_socket(self, network: str) -> Path:
         """This VM's end of a private network: a unix datagram socket the switch sends frames to."""

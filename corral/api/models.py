@@ -270,3 +270,45 @@ class QuotaInfo(BaseModel):
     disk: int | None = Field(default=None, description="bytes")
     used: QuotaUsage
 
+
+
+# -- snapshots and clones (corral.storage) -----------------------------------------------------------------------
+class SnapshotCreate(BaseModel):
+    name: str
+    memory: bool = Field(default=False, description="whole machine: memory and devices too (running or paused VM)")
+    freeze: bool = Field(default=True, description="freeze the guest's file systems around a disk snapshot")
+
+
+class SnapshotInfo(BaseModel):
+    """One snapshot in a VM's tree: ``parent`` the snapshot it descends from, ``current`` whether the VM's present
+    state descends from it (it is the VM's latest snapshot or the one last reverted to)."""
+
+    name: str
+    vm: str
+    parent: str | None
+    created_at: float
+    memory: bool
+    current: bool
+    size: int = Field(description="bytes on the host: its layer and saved machine state")
+    note: str = Field(description="how it was taken: frozen file systems, or why not")
+
+
+class RevertRequest(BaseModel):
+    force: bool = Field(default=False, description="revert a running, paused or suspended VM (its state is lost)")
+
+
+class CloneRequest(BaseModel):
+    name: str = Field(description="the new VM's name")
+    full: bool = Field(default=False, description="an independent copy, not a linked clone")
+    snapshot: str | None = Field(default=None, description="clone the source as it was at this snapshot")
+
+
+class CloneEvent(BaseModel):
+    """One line of the clone stream (NDJSON): progress (percent, a full clone), then done with the new VM."""
+
+    kind: Literal["progress", "done", "error"]
+    percent: float = 0.0
+    vm: VMInfo | None = None
+    seconds: float | None = None
+    message: str | None = None
+    error: str | None = Field(default=None, description="the error class, on kind=error")

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from corral.client import APIError, Client, DaemonUnavailable, connect
 from corral.errors import CorralError
@@ -36,7 +37,7 @@ _BY_ERROR = {
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -28,6 +28,7 @@ from corral.api.deps import Services
 from corral.errors import CorralError
 from corral.images.store import ImageStore
 from corral.settings import Settings, load_settings
+from corral.storage.service import StorageService
 from corral.store.db import Store
 from corral.vm.service import VMService
 
@@ -73,7 +74,7 @@ async def serve(settings: Settings) -> None:
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
     vms = VMService(settings, store, images)
-    svc = Services(settings=settings, store=store, images=images, vms=vms)
+    svc = Services(settings=settings, store=store, images=images, vms=vms, storage=StorageService(vms))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

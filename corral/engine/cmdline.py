@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from corral.paths import VMPaths
+from corral.storage.chain import Chain, ChainLayer
 from corral.vm.spec import VMSpec
 
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -64,6 +65,8 @@ class Attachments:
     ssh_port: int | None = None
     nics: tuple[NicAttachment, ...] = ()
     seed: Path | None = None
+    #: The root disk's layers, bottom to top (corral.storage); None: the image's disk under the VM's disk.qcow2.
+    chain: Chain | None = None
 
 
 @dataclass(frozen=True)
@@ -115,17 +118,29 @@ def _firmware(boot: BootSource) -> list[str]:
     ]  # fmt: skip
 
 
-def _root_disk(boot: BootSource, paths: VMPaths) -> list[str]:
-    # Each layer is its own node with its format stated, so QEMU never probes a format: the read-only base image,
-    # then the VM's qcow2 overlay on top of it. werror=enospc pauses the VM when the host's storage is full.
+def root_chain(boot: BootSource, paths: VMPaths, chain: Chain | None) -> Chain:
+    """The chain to boot from: the one storage gave, else the image's disk under the VM's own overlay."""
+    if chain is not None:
+        return chain
+    return Chain((ChainLayer(boot.base_disk, boot.base_format), ChainLayer(paths.disk)))
+
+
+def _root_disk(boot: BootSource, paths: VMPaths, chain: Chain | None) -> list[str]:
+    # Each layer is its own node with its format stated and its backing node named, so QEMU never probes a format
+    # nor opens a backing file by the name in a header: bottom (the image's disk) to top (the VM's writable
+    # overlay), every node but the top read-only. werror=enospc pauses the VM when the host's storage is full.
     bootindex = ",bootindex=0" if boot.mode == "disk" else ""
-    return [
-        "-blockdev", f"driver=file,node-name=base-file,filename={boot.base_disk},read-only=on",
-        "-blockdev", f"driver={boot.base_format},node-name=base,file=base-file,read-only=on",
-        "-blockdev", f"driver=file,node-name=root-file,filename={paths.disk}",
-        "-blockdev", "driver=qcow2,node-name=root,file=root-file,backing=base",
-        "-device", f"virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report{bootindex}",
-    ]  # fmt: skip
+    full = root_chain(boot, paths, chain)
+    names = full.node_names()
+    args: list[str] = []
+    for i, (layer, node) in enumerate(zip(full.layers, names, strict=True)):
+        top = i == len(names) - 1
+        ro = "" if top else ",read-only=on"
+        backing = f",backing={names[i - 1]}" if i > 0 else ""
+        args += ["-blockdev", f"driver=file,node-name={node}-file,filename={layer.path}{ro}",
+                 "-blockdev", f"driver={layer.format},node-name={node},file={node}-file{backing}{ro}"]
+    return [*args,
+            "-device", f"virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report{bootindex}"]
 
 
 def _network(spec: VMSpec, ident: Identity, att: Attachments) -> list[str]:
@@ -205,7 +220,7 @@ def build_argv(
         *_resources(spec),
         *_safety(),
         *_boot(spec, boot),
-        *_root_disk(boot, paths),
+        *_root_disk(boot, paths, att.chain),
         *_network(spec, ident, att),
         *_seed(att),
         *_guest_agent(paths),

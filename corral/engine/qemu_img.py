@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,48 @@ async def create_overlay(path: Path, backing: Path, backing_format: str, size: i
 async def info(path: Path, fmt: str = "qcow2") -> dict[str, Any]:
     result: dict[str, Any] = json.loads(await _run("info", "-f", fmt, "--output=json", str(path)))
     return result
+
+
+# -- layers (corral.storage) -------------------------------------------------------------------------------------
+async def create_standalone(path: Path, size: int) -> None:
+    """An empty qcow2 of ``size`` bytes with no backing file."""
+    await _run("create", "-q", "-f", "qcow2", str(path), str(size))
+
+
+async def rebase(path: Path, backing: Path | None, backing_format: str = "qcow2") -> None:
+    """Safe-mode rebase of the qcow2 ``path`` onto ``backing`` (None: no backing at all): every cluster where the old
+    and the new backing chains differ is copied into ``path`` first, so what ``path`` shows is unchanged."""
+    if backing is None:
+        await _run("rebase", "-f", "qcow2", "-b", "", str(path))
+    else:
+        await _run("rebase", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(path))
+
+
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+async def convert(src: Path, dst: Path, progress: Callable[[float], None] | None = None) -> None:
+    """Copy the whole chain under the qcow2 ``src`` into one standalone qcow2 ``dst``, reporting percent done."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-img", "convert", "-p", "-f", "qcow2", "-O", "qcow2", str(src), str(dst),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        raise EngineError("qemu-img not found: install it with `apt-get install qemu-utils`") from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    buf = b""
+    while chunk := await proc.stdout.read(256):
+        buf = (buf + chunk)[-512:]
+        found = _PROGRESS.findall(buf)
+        if found and progress is not None:
+            progress(float(found[-1]))
+    err = await proc.stderr.read()
+    if await proc.wait() != 0:
+        raise EngineError(f"qemu-img convert failed: {err.decode(errors='replace').strip()}")
+
+
+async def create_layer(path: Path, backing: Path, size: int) -> None:
+    """A qcow2 overlay on the qcow2 ``backing`` of ``size`` bytes; the backing chain is not opened (-u: Corral knows
+    it, and opening it would cost more the deeper it is)."""
+    await _run("create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(backing), str(path), str(size))

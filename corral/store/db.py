@@ -11,6 +11,11 @@ Tables:
     attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
     quotas    limits per project or owner (``scope``, ``name``): VMs, vCPUs, memory MiB, disk bytes; NULL = none
     projects  per-project settings: the default TTL (seconds) and expiry action given to a VM created without its own
+    layers    the qcow2 layers of VM disks (corral.storage): file, backing layer (NULL: on the image's disk, or a
+              standalone disk), owning VM (NULL: shared, its VM deleted), purpose (``top``: a VM's writable layer;
+              ``frozen``: read-only, under a snapshot, a clone or a newer layer); a file stays while anything uses it
+    snapshots named snapshots of a VM: its parent in the tree, the frozen layer holding its disk, its machine state
+              file (whole-machine snapshots); ``snapshot_current`` marks the snapshot each VM's state descends from
 """
 
 from __future__ import annotations
@@ -82,6 +87,30 @@ CREATE TABLE IF NOT EXISTS projects (
     default_ttl REAL,
     on_expiry TEXT NOT NULL DEFAULT 'stop'
 );
+CREATE TABLE IF NOT EXISTS layers (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    backing TEXT REFERENCES layers(id),
+    image TEXT,
+    vm TEXT,
+    purpose TEXT NOT NULL CHECK (purpose IN ('top', 'frozen')),
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    vm TEXT NOT NULL,
+    name TEXT NOT NULL,
+    parent TEXT,
+    layer TEXT NOT NULL REFERENCES layers(id),
+    state_file TEXT,
+    note TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    UNIQUE (vm, name)
+);
+CREATE TABLE IF NOT EXISTS snapshot_current (
+    vm TEXT PRIMARY KEY,
+    snapshot TEXT
+);
 """
 
 
@@ -133,6 +162,31 @@ class ProjectRecord:
     name: str
     default_ttl: float | None = None
     on_expiry: str = "stop"
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One qcow2 layer file. ``backing`` None: its backing is the disk of ``image``, or none (``image`` None)."""
+
+    id: str
+    path: str
+    backing: str | None
+    image: str | None
+    vm: str | None
+    purpose: str  # "top" or "frozen"
+    created_at: float
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    id: str
+    vm: str
+    name: str
+    parent: str | None
+    layer: str
+    state_file: str | None
+    note: str
+    created_at: float
 
 
 #: Columns added to tables after their first release (ALTER TABLE on open), table -> column -> declaration.
@@ -341,6 +395,72 @@ class Store:
 
     def list_projects(self) -> list[ProjectRecord]:
         return [ProjectRecord(**dict(r)) for r in self._db.execute("SELECT * FROM projects ORDER BY name")]
+
+
+    # --- layers and snapshots (corral.storage) ----------------------------------------------------------------
+    def insert_layer(self, rec: LayerRecord) -> None:
+        self._db.execute("INSERT INTO layers (id, path, backing, image, vm, purpose, created_at) "
+                         "VALUES (?,?,?,?,?,?,?)",
+                         (rec.id, rec.path, rec.backing, rec.image, rec.vm, rec.purpose, rec.created_at))
+
+    def get_layer(self, id_: str) -> LayerRecord | None:
+        row = self._db.execute("SELECT * FROM layers WHERE id = ?", (id_,)).fetchone()
+        return LayerRecord(**dict(row)) if row else None
+
+    def list_layers(self, vm: str | None = None) -> list[LayerRecord]:
+        q, args = "SELECT * FROM layers", tuple[str, ...]()
+        if vm is not None:
+            q, args = q + " WHERE vm = ?", (vm,)
+        return [LayerRecord(**dict(r)) for r in self._db.execute(q + " ORDER BY created_at", args)]
+
+    def layer_children(self, id_: str) -> list[LayerRecord]:
+        return [LayerRecord(**dict(r)) for r in self._db.execute(
+            "SELECT * FROM layers WHERE backing = ? ORDER BY created_at", (id_,))]
+
+    def top_layer(self, vm: str) -> LayerRecord | None:
+        row = self._db.execute("SELECT * FROM layers WHERE vm = ? AND purpose = 'top'", (vm,)).fetchone()
+        return LayerRecord(**dict(row)) if row else None
+
+    def update_layer(self, id_: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self._db.execute(f"UPDATE layers SET {cols} WHERE id = ?", (*fields.values(), id_))
+
+    def delete_layer(self, id_: str) -> None:
+        self._db.execute("DELETE FROM layers WHERE id = ?", (id_,))
+
+    def insert_snapshot(self, rec: SnapshotRecord) -> None:
+        self._db.execute(
+            "INSERT INTO snapshots (id, vm, name, parent, layer, state_file, note, created_at) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (rec.id, rec.vm, rec.name, rec.parent, rec.layer, rec.state_file, rec.note, rec.created_at))
+
+    def list_snapshots(self, vm: str | None = None) -> list[SnapshotRecord]:
+        q, args = "SELECT * FROM snapshots", tuple[str, ...]()
+        if vm is not None:
+            q, args = q + " WHERE vm = ?", (vm,)
+        return [SnapshotRecord(**dict(r)) for r in self._db.execute(q + " ORDER BY created_at", args)]
+
+    def snapshots_of_layer(self, layer: str) -> list[SnapshotRecord]:
+        return [SnapshotRecord(**dict(r)) for r in self._db.execute("SELECT * FROM snapshots WHERE layer = ?",
+                                                                    (layer,))]
+
+    def reparent_snapshots(self, vm: str, old: str, new: str | None) -> None:
+        self._db.execute("UPDATE snapshots SET parent = ? WHERE vm = ? AND parent = ?", (new, vm, old))
+
+    def delete_snapshot(self, id_: str) -> None:
+        self._db.execute("DELETE FROM snapshots WHERE id = ?", (id_,))
+
+    def current_snapshot(self, vm: str) -> str | None:
+        row = self._db.execute("SELECT snapshot FROM snapshot_current WHERE vm = ?", (vm,)).fetchone()
+        return row[0] if row else None
+
+    def set_current_snapshot(self, vm: str, snapshot: str | None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO snapshot_current (vm, snapshot) VALUES (?,?)", (vm, snapshot))
+
+    def forget_vm_storage(self, vm: str) -> None:
+        """The VM's snapshot rows and current marker (its layers are released by corral.storage first)."""
+        self._db.execute("DELETE FROM snapshots WHERE vm = ?", (vm,))
+        self._db.execute("DELETE FROM snapshot_current WHERE vm = ?", (vm,))
 
 
 def _event(r: sqlite3.Row) -> EventRecord:

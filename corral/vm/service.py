@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import secrets
 import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from pydantic import ValidationError
 
 from corral.engine import migration, process, qemu_img
 from corral.engine.accel import Accelerator, probe_accelerator
-from corral.engine.cmdline import Attachments, HostConfig, Identity, build_argv
+from corral.engine.cmdline import Attachments, BootSource, HostConfig, Identity, build_argv
 from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentTimeout, InvalidInput, NotFound, StateError
@@ -43,6 +44,7 @@ from corral.network import forwards, ports
 from corral.network.private import NetworkService
 from corral.paths import VMPaths
 from corral.settings import Settings
+from corral.storage.chain import Chain
 from corral.store.db import EventQuery, EventRecord, ProjectRecord, RuntimeRecord, Store, VMRecord
 from corral.vm import expiry, host, labels, logs, quota
 from corral.vm.expiry import Decision, ExpiryAction, ExpiryCheck
@@ -121,6 +123,12 @@ class VMService:
         self._creating: dict[str, VMSpec] = {}
         self._starting: dict[str, VMSpec] = {}
         self._expiry_retry: dict[str, float] = {}  # VM -> monotonic time before which a failed expiry is not retried
+        # Hooks of corral.storage (the disk's layer chain): the chain to boot from (None: the image's disk under the
+        # VM's disk.qcow2), what a boot needs before the host key is pinned (a clone's new identity), and what a
+        # delete releases (layers nothing else uses).
+        self.root_chain: Callable[[VMRecord, BootSource], Chain | None] | None = None
+        self.provision_hooks: list[Callable[[str, GuestAgent], Awaitable[None]]] = []
+        self.delete_hooks: list[Callable[[VMRecord], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
@@ -291,6 +299,8 @@ class VMService:
             paths.state_file.unlink(missing_ok=True)  # stale (the daemon died while resuming): never loaded now
         logs.rotate_stopped(paths.qemu_log)
         att = await self._prepare(rec, paths)
+        if self.root_chain is not None:
+            att = dataclasses.replace(att, chain=self.root_chain(rec, boot))
         argv = build_argv(spec, boot, paths,
                           HostConfig(self.settings.qemu_binary, accel.name, self.settings.tcg_tb_size_mib),
                           Identity(rec.id, rec.mac), att)
@@ -423,6 +433,8 @@ class VMService:
     async def _provision(self, m: Machine) -> None:
         """What every boot of a guest gets: Corral's SSH key, its private network addresses and names."""
         rec = self._get(m.name)
+        for hook in self.provision_hooks:
+            await hook(m.name, m.agent)
         public_key = await asyncio.to_thread(ssh.ensure_keypair, self.paths(m.name))
         await ssh.provision(m.agent, rec.spec, public_key)
         await self.networks.configure_guest(rec, m.agent)  # first: fast, and other VMs wait for its address
@@ -460,7 +472,7 @@ class VMService:
             rec = self.store.get_vm(name)
             if rec is not None and data.get("action") == "stop" and rec.state in (VMState.RUNNING, VMState.PAUSED):
                 await self._set_state(name, VMState.PAUSED, f"disk I/O error: {reason}")
-        else:
+        elif event not in ("JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING"):  # a block job's every step: too chatty
             self.event(name, "qmp", event, **data)
 
     async def _supervise(self, m: Machine) -> None:
@@ -815,6 +827,8 @@ class VMService:
             check_operation(name, "delete", rec.state)
         paths = self.paths(name)
         await self._release_nics(name)
+        for hook in self.delete_hooks:
+            await hook(rec)
         self.store.delete_vm(name)
         await asyncio.to_thread(shutil.rmtree, paths.root, True)
         self.event(name, "delete", "deleted with its disks", owner=rec.spec.owner)

@@ -84,6 +84,8 @@ TRANSITIONS: frozenset[tuple[VMState, VMState]] = frozenset(
         (S.SUSPENDED, S.STARTING),  # resume: a QEMU that loads the saved state
         (S.STARTING, S.SUSPENDED),  # loading failed: still suspended, the state file intact
         (S.SUSPENDED, S.STOPPED),  # stop: the saved state is discarded
+        (S.STOPPED, S.SUSPENDED),  # reverted to a whole-machine snapshot: its state loads at the next start
+        (S.CRASHED, S.SUSPENDED),
     }
 )
 

@@ -1,7 +1,10 @@
 from pathlib import Path
 
-from corral.engine.cmdline import SANDBOX, BootSource, HostConfig, Identity, build_argv
+import pytest
+
+from corral.engine.cmdline import SANDBOX, Attachments, BootSource, HostConfig, Identity, build_argv
 from corral.paths import VMPaths
+from corral.storage.chain import Chain, ChainLayer
 from corral.vm.spec import VMSpec
 
 BOOT = BootSource(kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"), cmdline="root=/dev/vda rw",
@@ -103,3 +106,43 @@ def test_disk_boot_uefi_uses_ovmf_flash_with_formats_stated() -> None:
 def test_kernel_boot_root_disk_unchanged() -> None:
     assert "virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report" in opt(argv(), "-device")
     assert opt(argv(), "-kernel") == ["/img/vmlinuz"]
+
+
+def _chain_argv(chain: Chain) -> list[str]:
+    return build_argv(VMSpec(name="web"), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT,
+                      Attachments(chain=chain))
+
+
+def test_a_chain_of_layers_is_one_blockdev_pair_each_backing_named_read_only_below_the_top() -> None:
+    chain = Chain((ChainLayer(Path("/img/disk.qcow2")), ChainLayer(Path("/home/layers/a.qcow2")),
+                   ChainLayer(Path("/home/layers/b.qcow2")), ChainLayer(Path("/home/layers/c.qcow2"))))
+    a = _chain_argv(chain)
+    assert opt(a, "-blockdev") == [
+        "driver=file,node-name=base-file,filename=/img/disk.qcow2,read-only=on",
+        "driver=qcow2,node-name=base,file=base-file,read-only=on",
+        "driver=file,node-name=layer1-file,filename=/home/layers/a.qcow2,read-only=on",
+        "driver=qcow2,node-name=layer1,file=layer1-file,backing=base,read-only=on",
+        "driver=file,node-name=layer2-file,filename=/home/layers/b.qcow2,read-only=on",
+        "driver=qcow2,node-name=layer2,file=layer2-file,backing=layer1,read-only=on",
+        "driver=file,node-name=root-file,filename=/home/layers/c.qcow2",
+        "driver=qcow2,node-name=root,file=root-file,backing=layer2",
+    ]
+    assert "virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report" in opt(a, "-device")
+
+
+def test_a_legacy_vm_is_a_chain_of_one_overlay_and_the_same_text() -> None:
+    legacy = Chain((ChainLayer(Path("/img/disk.qcow2")), ChainLayer(PATHS.disk)))
+    assert _chain_argv(legacy) == argv()
+
+
+def test_a_standalone_disk_is_one_writable_node() -> None:
+    a = _chain_argv(Chain((ChainLayer(Path("/home/layers/full.qcow2")),)))
+    assert opt(a, "-blockdev") == ["driver=file,node-name=root-file,filename=/home/layers/full.qcow2",
+                                   "driver=qcow2,node-name=root,file=root-file"]
+
+
+def test_a_raw_base_under_qcow2_layers() -> None:
+    a = _chain_argv(Chain((ChainLayer(Path("/img/disk.raw"), "raw"), ChainLayer(Path("/l/t.qcow2")))))
+    assert "driver=raw,node-name=base,file=base-file,read-only=on" in opt(a, "-blockdev")
+    with pytest.raises(ValueError):
+        Chain((ChainLayer(Path("/img/disk.qcow2")), ChainLayer(Path("/l/t.raw"), "raw")))
