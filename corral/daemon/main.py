@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import IO
 
@@ -102,16 +103,41 @@ async def serve(settings: Settings) -> None:
         lock.close()
 
 
-class _Server(uvicorn.Server):
-    """Ends the event streams first on shut-down: uvicorn waits for open connections before the lifespan ends."""
+#: Seconds a shut-down may take before the daemon exits regardless (QEMU runs detached, so no VM is lost).
+SHUTDOWN_GRACE = 20.0
 
-    def __init__(self, config: uvicorn.Config, vms: VMService) -> None:
+
+class _Server(uvicorn.Server):
+    """Ends the event streams first on shut-down: uvicorn waits for open connections before the lifespan ends.
+
+    A shut-down that hangs (a QMP peer that never closes, a thread stuck in I/O) must not leave a daemon that ignores
+    SIGTERM: a watchdog thread, armed by the first exit signal, ends the process after :data:`SHUTDOWN_GRACE`
+    seconds. That is safe because the VMs outlive the daemon and the store is SQLite in WAL mode (a commit is whole
+    or absent); the kernel drops the pidfile lock with the process.
+    """
+
+    def __init__(self, config: uvicorn.Config, vms: VMService, grace: float = SHUTDOWN_GRACE) -> None:
         super().__init__(config)
         self.vms = vms
+        self.grace = grace
+        self._watchdog: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self.grace, _force_exit, args=(self.grace,))
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.vms.end_event_streams()
         await super().shutdown(sockets)
+
+
+def _force_exit(grace: float) -> None:
+    log.error("shut-down did not finish within %.0fs: exiting now (VMs keep running)", grace)
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _housekeeping(vms: VMService) -> None:
