@@ -35,11 +35,13 @@ from corral.api.models import (
     EventInfo,
     ExecChunk,
     ExecRequest,
+    ExportRequest,
     ExtendRequest,
     FileInfo,
     LabelsRequest,
     NetworkCreate,
     NetworkInfo,
+    PortableEvent,
     PortRequest,
     ProjectInfo,
     ProjectSet,
@@ -53,6 +55,7 @@ from corral.api.models import (
     SpecUpdate,
     SSHInfo,
     StopRequest,
+    VMImportRequest,
     VMInfo,
     WaitForRequest,
     WaitRequest,
@@ -416,6 +419,31 @@ class Client:
             elif ev.kind == "done":
                 return ev
         raise APIError(500, "EngineError", f"cloning '{source}' ended without a result")
+
+    # ---------------------------------------------------------------------------------------- export / import --
+    def _portable(self, url: str, body: dict[str, Any], what: str,
+                  progress: Callable[[int, int], None] | None) -> PortableEvent:
+        for item in self._stream("POST", url, json=body):
+            ev = PortableEvent.model_validate(item)
+            if ev.kind == "progress" and progress:
+                progress(ev.done, ev.total)
+            elif ev.kind == "error":
+                raise APIError(500, ev.error or "EngineError", ev.message or f"{what} failed")
+            elif ev.kind == "done":
+                return ev
+        raise APIError(500, "EngineError", f"{what} ended without a result")
+
+    def export_vm(self, name: str, path: str, state: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> PortableEvent:
+        """Write VM ``name`` to the archive ``path`` (absolute, on the daemon's host)."""
+        body = ExportRequest(path=path, state=state).model_dump()
+        return self._portable(f"/vms/{name}/export", body, f"exporting '{name}'", progress)
+
+    def import_vm(self, path: str, name: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> PortableEvent:
+        """Recreate the VM in the archive ``path``; the final event carries the new VM."""
+        body = VMImportRequest(path=path, name=name).model_dump(exclude_none=True)
+        return self._portable("/import", body, f"importing {path}", progress)
 
     # ------------------------------------------------------------------------------------------------ daemon --
     def status(self) -> DaemonStatus:

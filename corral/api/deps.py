@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from corral.images.store import ImageStore
+from corral.portable.service import PortableService
 from corral.settings import Settings
 from corral.storage.service import StorageService
 from corral.store.db import Store
@@ -20,6 +21,7 @@ class Services:
     images: ImageStore
     vms: VMService
     storage: StorageService
+    portable: PortableService
 
 
 def services(request: Request) -> Services:

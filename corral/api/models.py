@@ -312,3 +312,30 @@ class CloneEvent(BaseModel):
     seconds: float | None = None
     message: str | None = None
     error: str | None = Field(default=None, description="the error class, on kind=error")
+
+
+class ExportRequest(BaseModel):
+    """Export a VM to an archive on the daemon's host (the CLI sends an absolute path)."""
+
+    path: str = Field(description="absolute path of the archive to write; it must not exist")
+    state: bool = Field(default=False, description="include the machine state (running, paused or suspended VM)")
+
+
+class VMImportRequest(BaseModel):
+    """Recreate a VM from an export archive on the daemon's host."""
+
+    path: str = Field(description="absolute path of the archive")
+    name: str | None = Field(default=None, description="the new VM's name (default: the exported VM's)")
+
+
+class PortableEvent(BaseModel):
+    """One line of an export or import stream (NDJSON): progress in bytes, then done (or error)."""
+
+    kind: Literal["progress", "done", "error"]
+    done: int = 0
+    total: int = 0
+    vm: VMInfo | None = None
+    size: int | None = Field(default=None, description="bytes of the archive, on an export's done")
+    seconds: float | None = None
+    message: str | None = None
+    error: str | None = Field(default=None, description="the error class, on kind=error")

@@ -13,6 +13,7 @@ from corral.cli import (
     images,
     network,
     port,
+    portable,
     project,
     quota,
     shell,
@@ -34,6 +35,7 @@ wait.register(app)
 fleet.register(app)
 quota.register(app)
 snapshot.register(app)
+portable.register(app)
 app.add_typer(images.app, name="images")
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(port.app, name="port")

@@ -27,6 +27,7 @@ from corral.api.app import create_app
 from corral.api.deps import Services
 from corral.errors import CorralError
 from corral.images.store import ImageStore
+from corral.portable.service import PortableService
 from corral.settings import Settings, load_settings
 from corral.storage.service import StorageService
 from corral.store.db import Store
@@ -74,7 +75,9 @@ async def serve(settings: Settings) -> None:
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
     vms = VMService(settings, store, images)
-    svc = Services(settings=settings, store=store, images=images, vms=vms, storage=StorageService(vms))
+    storage = StorageService(vms)
+    svc = Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
+                   portable=PortableService(storage))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

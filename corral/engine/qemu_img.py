@@ -54,6 +54,15 @@ async def rebase(path: Path, backing: Path | None, backing_format: str = "qcow2"
         await _run("rebase", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(path))
 
 
+async def set_backing(path: Path, backing: Path | None, backing_format: str = "qcow2") -> None:
+    """Rewrite only the backing file name (and format) in the qcow2 header of ``path`` (``rebase -u``): for a layer
+    whose backing file moved, with the same content, to another path (an imported VM's layers)."""
+    if backing is None:
+        await _run("rebase", "-u", "-f", "qcow2", "-b", "", str(path))
+    else:
+        await _run("rebase", "-u", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(path))
+
+
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 

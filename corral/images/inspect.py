@@ -117,7 +117,7 @@ def _read_at(f: object, off: int, n: int) -> bytes:
     return f.read(n)  # type: ignore[attr-defined,no-any-return]
 
 
-def _qcow2(path: Path, f: object, size: int) -> int:
+def _qcow2(path: Path, f: object, size: int, allow_backing: bool = False) -> int:
     hdr = _read_at(f, 0, 112)
     if len(hdr) < 72:
         raise refuse(path, "qcow2 header is truncated")
@@ -129,7 +129,7 @@ def _qcow2(path: Path, f: object, size: int) -> int:
         raise refuse(path, f"qcow2 version {version} is not supported (only 2 and 3)")
     if not 9 <= cluster_bits <= 21:
         raise refuse(path, f"qcow2 cluster_bits {cluster_bits} is out of range")
-    if backing_off or backing_size:
+    if (backing_off or backing_size) and not allow_backing:
         name = ""
         if backing_off and 0 < backing_size <= 1023:
             name = _read_at(f, backing_off, backing_size).decode(errors="replace")
@@ -169,8 +169,12 @@ def _qcow2(path: Path, f: object, size: int) -> int:
     return int(vsize)
 
 
-def inspect(path: Path, fmt: Format) -> Inspection:
-    """Check the image at ``path`` stated to be ``fmt``; raise :class:`ImageError` with the reason if refused."""
+def inspect(path: Path, fmt: Format, *, allow_backing: bool = False) -> Inspection:
+    """Check the image at ``path`` stated to be ``fmt``; raise :class:`ImageError` with the reason if refused.
+
+    ``allow_backing``: a qcow2 may name a backing file, because the caller replaces it before QEMU opens the image
+    (the layers of an exported VM, rebased onto this host's files); every other check still applies.
+    """
     check_name(str(path))
     if fmt not in ("qcow2", "raw"):
         raise InvalidInput(f"image format {fmt!r} is not supported: only qcow2 and raw images can be imported")
@@ -196,4 +200,4 @@ def inspect(path: Path, fmt: Format) -> Inspection:
             raise refuse(path, f"stated qcow2, but it is {what}")
         if others:
             raise refuse(path, f"it is qcow2 and also a {others[0]} image (two formats at once)")
-        return Inspection("qcow2", _qcow2(path, f, size), size)
+        return Inspection("qcow2", _qcow2(path, f, size, allow_backing), size)
