@@ -8,6 +8,7 @@ from fastapi import Request
 
 from corral.images.store import ImageStore
 from corral.settings import Settings
+from corral.storage.disks import DiskService
 from corral.store.db import Store
 from corral.vm.service import VMService
 
@@ -18,6 +19,7 @@ class Services:
     store: Store
     images: ImageStore
     vms: VMService
+    disks: DiskService
 
 
 def services(request: Request) -> Services:

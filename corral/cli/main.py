@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import console, cp, daemon, execute, fleet, images, network, port, project, quota, shell, vm, wait
+from corral.cli import console, cp, daemon, disk, execute, fleet, images, network, port, project, quota, shell, vm, wait
 
 app = typer.Typer(
     name="corral", help="Corral: real QEMU virtual machines from one command.", no_args_is_help=True,
@@ -21,6 +21,7 @@ quota.register(app)
 app.add_typer(images.app, name="images")
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(port.app, name="port")
+app.add_typer(disk.app, name="disk")
 app.add_typer(network.app, name="network")
 app.add_typer(quota.app, name="quota")
 app.add_typer(project.app, name="project")

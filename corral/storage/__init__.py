@@ -1,0 +1,1 @@
+"""Storage: disks and their files (extra disks, throttling, image checks, full disks)."""
