@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from corral.vm.states import VMState
 
 log = logging.getLogger(__name__)
 
+MARKED_CORRUPT = "marked corrupt"
 EventSink = Callable[..., Any]  # VMService.event(vm, type, message, result=..., **data)
 
 
@@ -87,7 +88,7 @@ async def _flagged(path: Path) -> str:
         return f"{path} cannot be opened ({exc.message})"
     data = info.get("format-specific", {}).get("data", {})
     if data.get("corrupt"):
-        return f"{path} is marked corrupt"
+        return f"{path} is {MARKED_CORRUPT}"
     if info.get("dirty-flag"):
         return f"{path} was not closed cleanly"
     return ""
@@ -97,17 +98,16 @@ async def before_start(rec: VMRecord, images: list[Path], event: EventSink) -> l
     """Check (and repair leaks in) ``images`` if the VM stopped uncleanly or an image is flagged; raise
     :class:`CorruptImage` for a corrupt one. Returns the results ([] when no check was needed)."""
     images = [p for p in images if p.exists()]
+    flags = {p: await _flagged(p) for p in images}
     why = f"its last stop was not clean ({rec.last_exit_reason or rec.state_reason or 'crashed'})" \
-        if rec.state == VMState.CRASHED else ""
-    if not why:
-        for p in images:
-            if why := await _flagged(p):
-                break
+        if rec.state == VMState.CRASHED else next((f for f in flags.values() if f), "")
     if not why:
         return []
     results = []
     for p in images:
         r = await check(p)
+        if not r.corrupt and flags[p].endswith(MARKED_CORRUPT):  # QEMU refuses to write it until it is repaired
+            r = replace(r, error=f"{MARKED_CORRUPT} by QEMU")
         if not r.corrupt and r.leaks:
             r = await check(p, "leaks")  # only clusters nothing uses: no data is at risk
         results.append(r)
