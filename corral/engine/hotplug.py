@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 
 from corral.engine.cmdline import DiskAttachment, DiskNodes
 from corral.engine.monitor import Monitor, MonitorError
@@ -66,6 +65,24 @@ async def plug(monitor: Monitor, disk: DiskAttachment) -> None:
         raise
 
 
+async def wait_driver(monitor: Monitor, disk: str, timeout: float = 20.0) -> bool:
+    """Wait until the guest's virtio driver took the hot-plugged disk up (DRIVER_OK): the guest has the disk.
+    False after ``timeout`` (a paused guest, or one without PCIe hot-plug): the disk is plugged all the same."""
+    path = f"/machine/peripheral/{DiskNodes.of(disk).device}/virtio-backend"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            status = await monitor.execute("x-query-virtio-status", {"path": path})
+        except MonitorError:
+            return False  # this QEMU cannot tell
+        # Each status is "NAME: description".
+        if any(str(x).startswith("VIRTIO_CONFIG_S_DRIVER_OK") for x in status.get("status", {}).get("statuses", [])):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
 async def unplug(monitor: Monitor, disk: str, timeout: float = UNPLUG_TIMEOUT) -> None:
     """Remove the disk's device (the guest must release it: PCIe hot-unplug), then its nodes and throttle group.
 
@@ -98,9 +115,3 @@ async def resize(monitor: Monitor, disk: str, size: int) -> None:
 async def set_limits(monitor: Monitor, disk: str, limits: dict[str, int]) -> None:
     """Change the disk's I/O limits at once: every field is set (0 = unlimited), so removed limits go away."""
     await monitor.execute("qom-set", {"path": DiskNodes.of(disk).group, "property": "limits", "value": limits})
-
-
-async def attached_files(monitor: Monitor) -> dict[str, Path]:
-    """The files of the block nodes QEMU has open, by node name (for diagnostics)."""
-    nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
-    return {str(n["node-name"]): Path(n["file"]) for n in nodes if n.get("drv") == "file" and n.get("file")}

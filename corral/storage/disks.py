@@ -104,6 +104,13 @@ class DiskService:
         raise StateError(rec.name, operation, rec.state,
                          [s.value for s in (*STOPPED, *HOTPLUG)])
 
+    async def _taken_up(self, monitor: Monitor, rec: VMRecord, name: str) -> str:
+        """After a hot-plug: wait (a little) until a running guest's driver has the disk, so that it is there for
+        whatever the caller does next in the guest."""
+        if rec.state == VMState.RUNNING and await hotplug.wait_driver(monitor, name):
+            return "hot-plugged, the guest has it"
+        return "hot-plugged"
+
     def _lock(self, vm: str) -> asyncio.Lock:
         return self.vms._lock(vm)  # the VM's own operation lock: disk changes never race a start or a stop
 
@@ -143,9 +150,9 @@ class DiskService:
             except BaseException:
                 path.unlink(missing_ok=True)
                 raise
-            self.vms.event(vm, "disk", f"disk '{name}' added ({format_size(size)}, "
-                           f"{'hot-plugged' if monitor else 'attached'}, limits {throttle.describe(new_limits)})",
-                           disk=name, size=size, limits=new_limits)
+            how = await self._taken_up(monitor, rec, name) if monitor else "attached"
+            self.vms.event(vm, "disk", f"disk '{name}' added ({format_size(size)}, {how}, "
+                           f"limits {throttle.describe(new_limits)})", disk=name, size=size, limits=new_limits)
             return d
 
     async def remove(self, vm: str, name: str, force: bool = False) -> None:
@@ -200,7 +207,8 @@ class DiskService:
             if monitor is not None:
                 await hotplug.plug(monitor, attachments([d])[0])
             self.store.update_disk(d)
-            self.vms.event(vm, "disk", f"disk '{name}' attached{' (hot-plugged)' if monitor else ''}", disk=name)
+            how = await self._taken_up(monitor, self.vms.get(vm), name) if monitor else "on its next start"
+            self.vms.event(vm, "disk", f"disk '{name}' attached ({how})", disk=name)
             return d
 
     # ---------------------------------------------------------------------------------- resize / throttle --

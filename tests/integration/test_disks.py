@@ -57,17 +57,14 @@ def test_hot_plug_use_grow_throttle_detach_attach(corral: CorralEnv) -> None:
         time.sleep(0.5)
     assert sectors(corral, "hp", dev) * 512 == 96 << 20
 
-    # Throttled to 1 MiB/s of writes: 4 MiB take several seconds; the limit removed, they do not.
+    # Throttled to 1 MiB/s of writes: 4 MiB take seconds; the limit removed, they do not (timed in the guest).
     ok(corral, "disk", "throttle", "hp", "data", "--write-bps", "1M")
-    write = f"dd if=/dev/zero of={dev} bs=1M count=4 seek=80 oflag=direct 2>/dev/null"
-    t0 = time.monotonic()
-    guest(corral, "hp", write)
-    assert time.monotonic() - t0 >= 2.0
+    write = (f"a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of={dev} bs=1M count=4 seek=80 oflag=direct "
+             "2>/dev/null; b=$(cut -d' ' -f1 /proc/uptime); echo \"$b - $a\" | bc")
+    assert float(guest(corral, "hp", write)) >= 2.0
     assert disks(corral, "hp")[0]["limits"] == {"bps-write": 1 << 20}
     ok(corral, "disk", "throttle", "hp", "data", "--clear")
-    t0 = time.monotonic()
-    guest(corral, "hp", write)
-    assert time.monotonic() - t0 < 2.0
+    assert float(guest(corral, "hp", write)) < 2.0
 
     # A running VM's attached disk is not deleted without --force.
     r = corral.cli("disk", "rm", "hp", "data")
@@ -87,7 +84,7 @@ def test_hot_plug_use_grow_throttle_detach_attach(corral: CorralEnv) -> None:
     ok(corral, "disk", "rm", "hp", "data", "--force")
     assert disks(corral, "hp") == [] and dev_of(corral, "hp", "data") == ""
     events = [e.message for e in corral.client.events(vm="hp") if e.type == "disk"]
-    assert any("hot-plugged" in m for m in events) and any("grown 64M -> 96M online" in m for m in events)
+    assert any("hot-plugged, the guest has it" in m for m in events) and any("grown 64M -> 96M online" in m for m in events)
 
 
 def test_stopped_vm_gets_its_disks_on_the_command_line(corral: CorralEnv) -> None:
