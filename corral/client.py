@@ -32,12 +32,17 @@ from corral.api.models import (
     CloneEvent,
     CloneRequest,
     DaemonStatus,
+    DiskCreate,
+    DiskLimits,
+    DiskResize,
     EventInfo,
     ExecChunk,
     ExecRequest,
     ExportRequest,
     ExtendRequest,
+    ExtraDiskInfo,
     FileInfo,
+    ImageCheckInfo,
     LabelsRequest,
     NetworkCreate,
     NetworkInfo,
@@ -330,6 +335,37 @@ class Client:
 
     def remove_port(self, name: str, which: str) -> list[PortForward]:
         return [PortForward.model_validate(p) for p in self._req("DELETE", f"/vms/{name}/ports/{which}").json()]
+
+    # ----------------------------------------------------------------------------------------- extra disks --
+    def list_disks(self, name: str) -> list[ExtraDiskInfo]:
+        return [ExtraDiskInfo.model_validate(d) for d in self._req("GET", f"/vms/{name}/disks").json()]
+
+    def add_disk(self, name: str, disk: str, size: int | str, **limits: int | str | None) -> ExtraDiskInfo:
+        body = DiskCreate(name=disk, size=size, **limits).model_dump(exclude_none=True)  # type: ignore[arg-type]
+        return ExtraDiskInfo.model_validate(self._req("POST", f"/vms/{name}/disks", json=body).json())
+
+    def remove_disk(self, name: str, disk: str, force: bool = False) -> None:
+        self._req("DELETE", f"/vms/{name}/disks/{disk}", params={"force": force})
+
+    def detach_disk(self, name: str, disk: str) -> ExtraDiskInfo:
+        return ExtraDiskInfo.model_validate(self._req("POST", f"/vms/{name}/disks/{disk}/detach").json())
+
+    def attach_disk(self, name: str, disk: str) -> ExtraDiskInfo:
+        return ExtraDiskInfo.model_validate(self._req("POST", f"/vms/{name}/disks/{disk}/attach").json())
+
+    def resize_disk(self, name: str, disk: str, size: int | str) -> ExtraDiskInfo:
+        body = DiskResize(size=size).model_dump()
+        return ExtraDiskInfo.model_validate(self._req("POST", f"/vms/{name}/disks/{disk}/resize", json=body).json())
+
+    def throttle_disk(self, name: str, disk: str, clear: bool = False, **limits: int | str | None) -> ExtraDiskInfo:
+        body = DiskLimits(clear=clear, **limits).model_dump(exclude_none=True)  # type: ignore[arg-type]
+        return ExtraDiskInfo.model_validate(
+            self._req("POST", f"/vms/{name}/disks/{disk}/throttle", json=body).json())
+
+    def repair_disks(self, name: str, disk: str | None = None) -> list[ImageCheckInfo]:
+        params = {"disk": disk} if disk else {}
+        results = self._req("POST", f"/vms/{name}/repair", params=params).json()
+        return [ImageCheckInfo.model_validate(r) for r in results]
 
     def list_networks(self) -> list[NetworkInfo]:
         return [NetworkInfo.model_validate(n) for n in self._req("GET", "/networks").json()]

@@ -12,6 +12,7 @@ from corral.api.models import API_PREFIX
 from corral.api.routes import (
     access,
     daemon,
+    disks,
     files,
     images,
     networks,
@@ -29,7 +30,7 @@ def create_app(svc: Services | None = None) -> FastAPI:
     app.state.services = svc
     errors.install(app)
     app.add_middleware(AuditMiddleware)
-    for r in (vms.router, access.router, ports.router, networks.router, quotas.router, projects.router,
+    for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
               files.router, images.router, daemon.router, snapshots.router, portable.router):
         app.include_router(r, prefix=API_PREFIX)
     return app

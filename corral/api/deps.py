@@ -9,6 +9,7 @@ from fastapi import Request
 from corral.images.store import ImageStore
 from corral.portable.service import PortableService
 from corral.settings import Settings
+from corral.storage.disks import DiskService
 from corral.storage.service import StorageService
 from corral.store.db import Store
 from corral.vm.service import VMService
@@ -22,6 +23,7 @@ class Services:
     vms: VMService
     storage: StorageService
     portable: PortableService
+    disks: DiskService
 
 
 def services(request: Request) -> Services:

@@ -8,6 +8,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.images.artifacts import Manifest
+from corral.storage.disk_models import DiskCreate as DiskCreate  # re-exported: extra disks' wire models
+from corral.storage.disk_models import DiskLimits as DiskLimits
+from corral.storage.disk_models import DiskResize as DiskResize
+from corral.storage.disk_models import ExtraDiskInfo as ExtraDiskInfo
+from corral.storage.disk_models import ImageCheckInfo as ImageCheckInfo
 from corral.vm.capacity import CapacityAmounts as CapacityAmounts  # re-exported: wire models live with the logic
 from corral.vm.capacity import CapacityInfo as CapacityInfo
 from corral.vm.expiry import ExpiryAction

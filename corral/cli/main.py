@@ -8,6 +8,7 @@ from corral.cli import (
     console,
     cp,
     daemon,
+    disk,
     execute,
     fleet,
     images,
@@ -39,6 +40,7 @@ portable.register(app)
 app.add_typer(images.app, name="images")
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(port.app, name="port")
+app.add_typer(disk.app, name="disk")
 app.add_typer(network.app, name="network")
 app.add_typer(quota.app, name="quota")
 app.add_typer(project.app, name="project")

@@ -29,6 +29,8 @@ from corral.errors import CorralError
 from corral.images.store import ImageStore
 from corral.portable.service import PortableService
 from corral.settings import Settings, load_settings
+from corral.storage import full
+from corral.storage.disks import DiskService
 from corral.storage.service import StorageService
 from corral.store.db import Store
 from corral.vm.service import VMService
@@ -77,7 +79,7 @@ async def serve(settings: Settings) -> None:
     vms = VMService(settings, store, images)
     storage = StorageService(vms)
     svc = Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                   portable=PortableService(storage))
+                   portable=PortableService(storage), disks=DiskService(vms))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -85,11 +87,13 @@ async def serve(settings: Settings) -> None:
         await vms.recover()
         housekeeping = asyncio.create_task(_housekeeping(vms))
         expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
+        disk_full = asyncio.create_task(_disk_full(vms))
         try:
             yield
         finally:
             housekeeping.cancel()
             expiry.cancel()
+            disk_full.cancel()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")
             store.close()
@@ -157,6 +161,16 @@ async def _expiry(vms: VMService, interval: float) -> None:
             await vms.check_expiry()
         except Exception:
             log.exception("expiry check failed")
+
+
+async def _disk_full(vms: VMService) -> None:
+    """Resume the VMs paused on a full disk once their file systems have room again (corral.storage.full)."""
+    while True:
+        await asyncio.sleep(full.POLL_SECONDS)
+        try:
+            await full.resume_when_freed(vms)
+        except Exception:
+            log.exception("full-disk poll failed")
 
 
 def main() -> None:

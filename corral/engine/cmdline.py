@@ -8,6 +8,7 @@ seccomp sandbox is on.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -58,15 +59,52 @@ class NicAttachment:
     tap: str | None = None  # a bridged network (root only): this tap device instead of the switch
 
 
+#: PCIe root ports every VM gets for hot-plugged disks (q35 cannot hot-plug into its root bus): at most this many
+#: extra disks are attached to one VM. Disk N sits in port ``hpN`` whether it was hot-plugged or on the command line,
+#: so a VM's PCI layout is the same either way (a suspended VM's saved state loads into the same devices).
+HOTPLUG_PORTS = 8
+
+
+@dataclass(frozen=True)
+class DiskNodes:
+    """The QEMU names of one extra disk, all derived from its name: file node -> qcow2 node -> throttle node (what
+    the device sits on), the throttle group object, and the device itself."""
+
+    file: str
+    fmt: str
+    top: str
+    group: str
+    device: str
+
+    @classmethod
+    def of(cls, disk: str) -> DiskNodes:
+        # Node names are at most 31 characters: disk names are at most 20 (corral.storage.disks.check_name).
+        return cls(file=f"xd-{disk}-file", fmt=f"xd-{disk}-fmt", top=f"xd-{disk}", group=f"tg-{disk}",
+                   device=f"xd-{disk}-dev")
+
+
+@dataclass(frozen=True)
+class DiskAttachment:
+    """An extra disk: its qcow2 file, the hot-plug port it sits in, its I/O limits as throttle-group ``limits``
+    fields (``iops-total``, ``bps-write``...; absent = unlimited). The guest sees the disk's name as its serial
+    (/dev/disk/by-id/virtio-NAME, /sys/block/vdX/serial)."""
+
+    name: str
+    file: Path
+    port: int
+    limits: tuple[tuple[str, int], ...] = ()
+
+
 @dataclass(frozen=True)
 class Attachments:
-    """What the host prepared for this start: the SSH forward, private NICs, the cloud-init seed."""
+    """What the host prepared for this start: the SSH forward, private NICs, the cloud-init seed, extra disks."""
 
     ssh_port: int | None = None
     nics: tuple[NicAttachment, ...] = ()
     seed: Path | None = None
     #: The root disk's layers, bottom to top (corral.storage); None: the image's disk under the VM's disk.qcow2.
     chain: Chain | None = None
+    disks: tuple[DiskAttachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +179,37 @@ def _root_disk(boot: BootSource, paths: VMPaths, chain: Chain | None) -> list[st
                  "-blockdev", f"driver={layer.format},node-name={node},file={node}-file{backing}{ro}"]
     return [*args,
             "-device", f"virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report{bootindex}"]
+
+
+def _hotplug_ports() -> list[str]:
+    # io-reserve=0: virtio on PCIe needs no I/O ports, and 8 ports x 4 KiB would exhaust the 64 KiB I/O space.
+    args: list[str] = []
+    for i in range(HOTPLUG_PORTS):
+        args += ["-device", f"pcie-root-port,id=hp{i},chassis={i + 1},io-reserve=0"]
+    return args
+
+
+def throttle_group_json(disk: str, limits: dict[str, int]) -> str:
+    """The disk's throttle group as -object JSON (QEMU 7.2's key=value form cannot set the ``limits`` struct)."""
+    obj = {"qom-type": "throttle-group", "id": DiskNodes.of(disk).group, "limits": limits}
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _extra_disks(disks: tuple[DiskAttachment, ...]) -> list[str]:
+    """Each extra disk as hot-plug builds it: file -> qcow2 (format stated) -> throttle filter in its own group,
+    then virtio-blk in its root port. werror=enospc pauses the VM when the disk's file system is full."""
+    args: list[str] = []
+    for d in disks:
+        n = DiskNodes.of(d.name)
+        args += [
+            "-object", throttle_group_json(d.name, dict(d.limits)),
+            "-blockdev", f"driver=file,node-name={n.file},filename={d.file}",
+            "-blockdev", f"driver=qcow2,node-name={n.fmt},file={n.file}",
+            "-blockdev", f"driver=throttle,node-name={n.top},throttle-group={n.group},file={n.fmt}",
+            "-device", f"virtio-blk-pci,drive={n.top},id={n.device},serial={d.name},bus=hp{d.port},"
+                       "werror=enospc,rerror=report",
+        ]  # fmt: skip
+    return args
 
 
 def _network(spec: VMSpec, ident: Identity, att: Attachments) -> list[str]:
@@ -227,4 +296,6 @@ def build_argv(
         *_serial(paths),
         *_monitor(paths),
         *_devices(),
+        *_hotplug_ports(),  # last: the ports take the next free slots, every other device keeps its address
+        *_extra_disks(att.disks),
     ]

@@ -12,7 +12,7 @@ from typing import Any
 from corral.errors import EngineError
 
 
-async def _run(*args: str) -> str:
+async def _run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
     try:
         proc = await asyncio.create_subprocess_exec(
             "qemu-img", *args, stdin=asyncio.subprocess.DEVNULL,
@@ -21,9 +21,33 @@ async def _run(*args: str) -> str:
     except FileNotFoundError as exc:
         raise EngineError("qemu-img not found: install it with `apt-get install qemu-utils`") from exc
     out, err = await proc.communicate()
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise EngineError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
     return out.decode()
+
+
+async def create(path: Path, size: int) -> None:
+    """A new, empty qcow2 of ``size`` bytes (virtual)."""
+    await _run("create", "-q", "-f", "qcow2", str(path), str(size))
+
+
+async def resize(path: Path, size: int) -> None:
+    """Grow the qcow2 at ``path`` to ``size`` bytes; never shrinks (``--shrink`` is not given)."""
+    await _run("resize", "-q", "-f", "qcow2", str(path), str(size))
+
+
+async def check(path: Path, repair: str | None = None) -> dict[str, Any]:
+    """``qemu-img check`` of the qcow2 at ``path`` (read-only, or with ``repair`` "leaks" or "all"), as its JSON:
+    ``corruptions``, ``leaks``, ``check-errors``, ``leaks-fixed``, ``corruptions-fixed``...
+
+    Exit codes 2 (corruptions) and 3 (leaks) are findings, not failures; 1 (the check could not run) raises.
+    """
+    args = ["check", "-f", "qcow2", "--output=json"]
+    if repair is not None:
+        args += ["-r", repair]
+    out = await _run(*args, str(path), ok=(0, 2, 3))
+    result: dict[str, Any] = json.loads(out) if out.strip() else {}
+    return result
 
 
 async def create_overlay(path: Path, backing: Path, backing_format: str, size: int | None) -> None:

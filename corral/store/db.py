@@ -16,6 +16,8 @@ Tables:
               ``frozen``: read-only, under a snapshot, a clone or a newer layer); a file stays while anything uses it
     snapshots named snapshots of a VM: its parent in the tree, the frozen layer holding its disk, its machine state
               file (whole-machine snapshots); ``snapshot_current`` marks the snapshot each VM's state descends from
+    disks     extra disks of a VM (corral.storage.disks): name, qcow2 file, virtual size, I/O limits (JSON of QEMU
+              throttle-group fields), serial, the hot-plug port while attached (NULL: detached); deleted with the VM
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,18 @@ CREATE TABLE IF NOT EXISTS quotas (
     memory INTEGER,
     disk INTEGER,
     PRIMARY KEY (scope, name)
+);
+CREATE TABLE IF NOT EXISTS disks (
+    vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    file TEXT NOT NULL,
+    format TEXT NOT NULL DEFAULT 'qcow2',
+    size INTEGER NOT NULL,
+    limits TEXT NOT NULL DEFAULT '{}',
+    serial TEXT NOT NULL,
+    port INTEGER,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (vm, name)
 );
 CREATE TABLE IF NOT EXISTS projects (
     name TEXT PRIMARY KEY,
@@ -155,6 +169,26 @@ class AttachmentRecord:
     vm: str
     mac: str
     address: str
+
+
+@dataclass(frozen=True)
+class DiskRecord:
+    """An extra disk. ``limits``: QEMU throttle-group fields that are set (absent = unlimited); ``port``: the
+    hot-plug port it sits in while attached, None while detached."""
+
+    vm: str
+    name: str
+    file: str
+    size: int
+    serial: str
+    created_at: float
+    format: str = "qcow2"
+    limits: dict[str, int] = field(default_factory=dict)
+    port: int | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self.port is not None
 
 
 @dataclass(frozen=True)
@@ -384,6 +418,30 @@ class Store:
         return self._db.execute("DELETE FROM quotas WHERE scope = ? AND name = ?", (scope, name)).rowcount > 0
 
 
+    # --- extra disks ------------------------------------------------------------------------------------------
+    def insert_disk(self, d: DiskRecord) -> None:
+        self._db.execute(
+            "INSERT INTO disks (vm, name, file, format, size, limits, serial, port, created_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (d.vm, d.name, d.file, d.format, d.size, json.dumps(d.limits), d.serial, d.port, d.created_at))
+
+    def update_disk(self, d: DiskRecord) -> None:
+        """Store the size, limits and port of an existing disk."""
+        self._db.execute("UPDATE disks SET size = ?, limits = ?, port = ? WHERE vm = ? AND name = ?",
+                         (d.size, json.dumps(d.limits), d.port, d.vm, d.name))
+
+    def get_disk(self, vm: str, name: str) -> DiskRecord | None:
+        row = self._db.execute("SELECT * FROM disks WHERE vm = ? AND name = ?", (vm, name)).fetchone()
+        return _disk(row) if row else None
+
+    def list_disks(self, vm: str | None = None) -> list[DiskRecord]:
+        if vm is None:
+            return [_disk(r) for r in self._db.execute("SELECT * FROM disks ORDER BY vm, name")]
+        return [_disk(r) for r in self._db.execute("SELECT * FROM disks WHERE vm = ? ORDER BY name", (vm,))]
+
+    def delete_disk(self, vm: str, name: str) -> None:
+        self._db.execute("DELETE FROM disks WHERE vm = ? AND name = ?", (vm, name))
+
     # --- projects -------------------------------------------------------------------------------------------
     def put_project(self, rec: ProjectRecord) -> None:
         self._db.execute("INSERT OR REPLACE INTO projects (name, default_ttl, on_expiry) VALUES (?,?,?)",
@@ -466,6 +524,11 @@ class Store:
 def _event(r: sqlite3.Row) -> EventRecord:
     return EventRecord(r["id"], r["ts"], r["vm"], r["type"], r["message"], json.loads(r["data"]), r["actor"],
                        r["owner"], r["result"])
+
+
+def _disk(r: sqlite3.Row) -> DiskRecord:
+    return DiskRecord(vm=r["vm"], name=r["name"], file=r["file"], size=r["size"], serial=r["serial"],
+                      created_at=r["created_at"], format=r["format"], limits=json.loads(r["limits"]), port=r["port"])
 
 
 def _vm(row: sqlite3.Row) -> VMRecord:

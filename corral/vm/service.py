@@ -44,6 +44,9 @@ from corral.network import forwards, ports
 from corral.network.private import NetworkService
 from corral.paths import VMPaths
 from corral.settings import Settings
+from corral.storage import check as image_check
+from corral.storage import disks as extra_disks
+from corral.storage import full
 from corral.storage.chain import Chain
 from corral.store.db import EventQuery, EventRecord, ProjectRecord, RuntimeRecord, Store, VMRecord
 from corral.vm import expiry, host, labels, logs, quota
@@ -241,13 +244,15 @@ class VMService:
             return rec
 
     def disk_size(self, spec: VMSpec) -> int:
-        """The root disk's virtual size a VM holds against its quotas: its spec's, else its image's."""
+        """The disk a VM holds against its quotas: its root disk's virtual size (its spec's, else its image's) and
+        its extra disks' (corral.storage.disks)."""
+        extra = sum(d.size for d in self.store.list_disks(spec.name))
         if spec.disk is not None:
-            return spec.disk
+            return spec.disk + extra
         try:
-            return self.images.get(spec.image).disk_virtual_size
+            return self.images.get(spec.image).disk_virtual_size + extra
         except CorralError:
-            return 0
+            return extra
 
     def check_quotas(self, spec: VMSpec, disk: int) -> None:
         """The one place quotas are enforced: ``spec`` added to every other defined VM (see corral.vm.quota)."""
@@ -298,6 +303,9 @@ class VMService:
             logs.rotate_stopped(paths.serial_log)
             paths.state_file.unlink(missing_ok=True)  # stale (the daemon died while resuming): never loaded now
         logs.rotate_stopped(paths.qemu_log)
+        # After an unclean stop every image is checked (leaks repaired); a corrupt one refuses the start.
+        await image_check.before_start(rec, image_check.written_images(paths.disk, self.store.list_disks(name)),
+                                       self.event)
         att = await self._prepare(rec, paths)
         if self.root_chain is not None:
             att = dataclasses.replace(att, chain=self.root_chain(rec, boot))
@@ -373,7 +381,8 @@ class VMService:
         nics = await self.networks.attach(rec)
         try:
             seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)
-            return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed)
+            return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed,
+                               disks=extra_disks.attachments(self.store.list_disks(rec.name)))
         except BaseException:
             await self.networks.release(rec)
             raise
@@ -467,11 +476,16 @@ class VMService:
                 await self._set_state(name, VMState.RUNNING)
         elif event == "BLOCK_IO_ERROR":
             reason = data.get("reason") or data.get("operation", "")
+            if data.get("nospace"):  # werror=enospc: paused until its file system has room (corral.storage.full)
+                image = full.image_of(str(data.get("node-name") or data.get("device") or ""), self.paths(name).disk,
+                                      self.store.list_disks(name))
+                reason = full.reason(name, image)
             self.event(name, "qmp", f"BLOCK_IO_ERROR on {data.get('device') or data.get('node-name')}: {reason}",
                        **data)
             rec = self.store.get_vm(name)
             if rec is not None and data.get("action") == "stop" and rec.state in (VMState.RUNNING, VMState.PAUSED):
-                await self._set_state(name, VMState.PAUSED, f"disk I/O error: {reason}")
+                await self._set_state(name, VMState.PAUSED,
+                                      reason if data.get("nospace") else f"disk I/O error: {reason}")
         elif event not in ("JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING"):  # a block job's every step: too chatty
             self.event(name, "qmp", event, **data)
 

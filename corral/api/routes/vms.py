@@ -150,6 +150,8 @@ async def show_vm(name: str, svc: Svc) -> VMInfo:
         await asyncio.wait_for(svc.vms.refresh_addresses(name), 3.0)
     info = to_info(svc, svc.vms.get(name))
     info.disks = await _disks(svc, rec.name)
+    info.disks += [DiskInfo(name=d.name, path=d.file, format=d.format, virtual_size=d.size)
+                   for d in svc.disks.list_disks(rec.name)]  # extra disks (corral.storage.disks)
     return info
 
 

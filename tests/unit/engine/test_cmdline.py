@@ -2,7 +2,17 @@ from pathlib import Path
 
 import pytest
 
-from corral.engine.cmdline import SANDBOX, Attachments, BootSource, HostConfig, Identity, build_argv
+from corral.engine.cmdline import (
+    HOTPLUG_PORTS,
+    SANDBOX,
+    Attachments,
+    BootSource,
+    DiskAttachment,
+    DiskNodes,
+    HostConfig,
+    Identity,
+    build_argv,
+)
 from corral.paths import VMPaths
 from corral.storage.chain import Chain, ChainLayer
 from corral.vm.spec import VMSpec
@@ -146,3 +156,48 @@ def test_a_raw_base_under_qcow2_layers() -> None:
     assert "driver=raw,node-name=base,file=base-file,read-only=on" in opt(a, "-blockdev")
     with pytest.raises(ValueError):
         Chain((ChainLayer(Path("/img/disk.qcow2")), ChainLayer(Path("/l/t.raw"), "raw")))
+def _with_disks(*disks: DiskAttachment) -> list[str]:
+    return build_argv(VMSpec(name="web"), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT,
+                      Attachments(disks=disks))
+
+
+def test_every_vm_has_hot_plug_ports_after_its_other_devices() -> None:
+    devices = opt(argv(), "-device")
+    ports = [d for d in devices if d.startswith("pcie-root-port")]
+    assert ports == [f"pcie-root-port,id=hp{i},chassis={i + 1},io-reserve=0" for i in range(HOTPLUG_PORTS)]
+    assert devices[-HOTPLUG_PORTS:] == ports  # last: the other devices keep their PCI addresses
+
+
+def test_no_extra_disks_no_extra_nodes() -> None:
+    assert not any(b.startswith("driver=throttle") for b in opt(argv(), "-blockdev"))
+    assert opt(argv(), "-object") == []
+
+
+def test_extra_disks_file_qcow2_throttle_in_their_ports() -> None:
+    a = _with_disks(DiskAttachment("data", Path("/home/vms/web/disks/data.qcow2"), 0),
+                    DiskAttachment("logs", Path("/home/vms/web/disks/logs.qcow2"), 3,
+                                   (("bps-write", 1048576), ("iops-total", 100))))
+    assert opt(a, "-object") == [
+        '{"qom-type":"throttle-group","id":"tg-data","limits":{}}',
+        '{"qom-type":"throttle-group","id":"tg-logs","limits":{"bps-write":1048576,"iops-total":100}}',
+    ]
+    assert opt(a, "-blockdev")[-6:] == [
+        "driver=file,node-name=xd-data-file,filename=/home/vms/web/disks/data.qcow2",
+        "driver=qcow2,node-name=xd-data-fmt,file=xd-data-file",
+        "driver=throttle,node-name=xd-data,throttle-group=tg-data,file=xd-data-fmt",
+        "driver=file,node-name=xd-logs-file,filename=/home/vms/web/disks/logs.qcow2",
+        "driver=qcow2,node-name=xd-logs-fmt,file=xd-logs-file",
+        "driver=throttle,node-name=xd-logs,throttle-group=tg-logs,file=xd-logs-fmt",
+    ]
+    devices = opt(a, "-device")
+    assert devices[-2:] == [
+        "virtio-blk-pci,drive=xd-data,id=xd-data-dev,serial=data,bus=hp0,werror=enospc,rerror=report",
+        "virtio-blk-pci,drive=xd-logs,id=xd-logs-dev,serial=logs,bus=hp3,werror=enospc,rerror=report",
+    ]
+    # Each disk's device comes after the port it sits in.
+    assert devices.index("pcie-root-port,id=hp3,chassis=4,io-reserve=0") < devices.index(devices[-1])
+
+
+def test_disk_node_names_fit_qemu() -> None:
+    n = DiskNodes.of("a" * 20)
+    assert max(len(x) for x in (n.file, n.fmt, n.top)) <= 31
