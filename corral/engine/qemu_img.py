@@ -27,7 +27,7 @@ async def _run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
 
 
 async def create(path: Path, size: int) -> None:
-    """A new, empty qcow2 of ``size`` bytes (virtual)."""
+    """A new, empty qcow2 of ``size`` bytes (virtual), with no backing file."""
     await _run("create", "-q", "-f", "qcow2", str(path), str(size))
 
 
@@ -64,10 +64,6 @@ async def info(path: Path, fmt: str = "qcow2") -> dict[str, Any]:
 
 
 # -- layers (corral.storage) -------------------------------------------------------------------------------------
-async def create_standalone(path: Path, size: int) -> None:
-    """An empty qcow2 of ``size`` bytes with no backing file."""
-    await _run("create", "-q", "-f", "qcow2", str(path), str(size))
-
 
 async def rebase(path: Path, backing: Path | None, backing_format: str = "qcow2") -> None:
     """Safe-mode rebase of the qcow2 ``path`` onto ``backing`` (None: no backing at all): every cluster where the old

@@ -36,6 +36,7 @@ from corral.images.boot import VM_EFI_VARS
 from corral.images.inspect import inspect
 from corral.portable import archive
 from corral.portable.archive import ArchiveError, ArchiveProgress, Member
+from corral.storage import check as image_check
 from corral.storage.service import LIVE_DISK, OFFLINE_DISK, StorageService
 from corral.store.db import LayerRecord, SnapshotRecord, VMRecord
 from corral.vm.spec import VMSpec
@@ -322,6 +323,10 @@ class PortableService:
                 await qemu_img.set_backing(path, self.vms.images.dir(image) / P.IMAGE_DISK, manifest.disk_format)
             else:
                 await qemu_img.set_backing(path, None)
+        for old in layers:  # every layer, now on its new backing, must have whole qcow2 metadata
+            result = await image_check.check(self.storage.dir / f"{ids[old]}.qcow2")
+            if result.corrupt:
+                raise ArchiveError(f"{src}: layer {old} is damaged ({result.summary()})")
         return ids
 
     def _record_layers(self, vm: str, meta: dict[str, Any], ids: dict[str, str], undo: list[Any]) -> None:

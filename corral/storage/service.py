@@ -556,7 +556,7 @@ class StorageService:
         top = await blockjobs.top_node(monitor)
         size = next(int(d["inserted"]["image"]["virtual-size"]) for d in await monitor.execute("query-block")
                     if blockjobs.ROOT_DEVICE in str(d.get("qdev", "")) and "inserted" in d)
-        await qemu_img.create_standalone(path, size)
+        await qemu_img.create(path, size)
         node, job = f"c-{id_}", f"clone-{id_}"
         await blockjobs.add_target(monitor, node, path)
         try:
