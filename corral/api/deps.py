@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -11,6 +12,9 @@ from corral.settings import Settings
 from corral.store.db import Store
 from corral.vm.service import VMService
 
+if TYPE_CHECKING:
+    from corral.backup.service import BackupService
+
 
 @dataclass
 class Services:
@@ -18,6 +22,7 @@ class Services:
     store: Store
     images: ImageStore
     vms: VMService
+    backups: BackupService | None = None
 
 
 def services(request: Request) -> Services:

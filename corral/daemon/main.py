@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from corral import paths
 from corral.api.app import create_app
 from corral.api.deps import Services
+from corral.backup.service import BackupService
 from corral.errors import CorralError
 from corral.images.store import ImageStore
 from corral.settings import Settings, load_settings
@@ -72,7 +73,8 @@ async def serve(settings: Settings) -> None:
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
     vms = VMService(settings, store, images)
-    svc = Services(settings=settings, store=store, images=images, vms=vms)
+    backups = BackupService(vms, settings)
+    svc = Services(settings=settings, store=store, images=images, vms=vms, backups=backups)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -80,11 +82,13 @@ async def serve(settings: Settings) -> None:
         await vms.recover()
         housekeeping = asyncio.create_task(_housekeeping(vms))
         expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
+        scheduled = asyncio.create_task(_backup_schedules(backups, settings.backup_check_interval))
         try:
             yield
         finally:
             housekeeping.cancel()
             expiry.cancel()
+            scheduled.cancel()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")
             store.close()
@@ -127,6 +131,16 @@ async def _expiry(vms: VMService, interval: float) -> None:
             await vms.check_expiry()
         except Exception:
             log.exception("expiry check failed")
+
+
+async def _backup_schedules(backups: BackupService, interval: float) -> None:
+    """Run the due backup schedules every ``interval`` seconds (CORRAL_BACKUP_CHECK_INTERVAL)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await backups.run_due()
+        except Exception:
+            log.exception("backup schedule check failed")
 
 
 def main() -> None:

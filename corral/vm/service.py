@@ -23,7 +23,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,17 @@ class VMService:
         self._creating: dict[str, VMSpec] = {}
         self._starting: dict[str, VMSpec] = {}
         self._expiry_retry: dict[str, float] = {}  # VM -> monotonic time before which a failed expiry is not retried
+        #: Set by the backup service: takes the final backup of an expired VM whose spec asks for one (the VM's lock
+        #: is held); if it raises, the VM is not deleted.
+        self.before_expiry_delete: Callable[[str], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+    def operation_lock(self, name: str) -> asyncio.Lock:
+        """The VM's lock, for services composed over this one (backups): one operation per VM at a time."""
+        return self._lock(name)
 
     def _get(self, name: str) -> VMRecord:
         rec = self.store.get_vm(name)
@@ -941,6 +948,10 @@ class VMService:
             elif action == ExpiryAction.SUSPEND:
                 await self._suspend(name, timeout=600.0)
             else:
+                if rec.spec.backup_before_delete:
+                    if self.before_expiry_delete is None:
+                        raise EngineError("the spec asks for a final backup and backups are not available")
+                    await self.before_expiry_delete(name)
                 await self._delete(name, force=True)
         except CorralError as exc:
             self._expiry_retry[name] = time.monotonic() + EXPIRY_RETRY_SECONDS
@@ -950,7 +961,8 @@ class VMService:
             return
         self._expiry_retry.pop(name, None)
         done = {ExpiryAction.STOP: "stopped", ExpiryAction.SUSPEND: "suspended",
-                ExpiryAction.DELETE: "deleted with its disks (no final backup: Corral has no backups yet)"}
+                ExpiryAction.DELETE: "deleted with its disks" + (
+                    " after a final backup" if rec.spec.backup_before_delete else " (no final backup asked for)")}
         self.event(name, "expired", f"expired; {done[action]}", owner=rec.spec.owner, expires_at=at.isoformat(),
                    action=action.value)
 
