@@ -36,7 +36,7 @@ MARKER = "corral-backup.json"
 FORMAT = "corral-backup"
 VERSION = 1
 LOCK_TIMEOUT = 3600.0
-_ID = re.compile(r"^[0-9a-f]{4,32}$")
+_ID = re.compile(r"^[0-9a-f]{1,32}$")
 
 Progress = Callable[[str, int, int | None], None]
 

@@ -63,6 +63,8 @@ SUBSCRIBER_BACKLOG = 10_000  # events a slow event-stream reader may fall behind
 SYSTEM_ACTOR = "corrald"
 #: After a failed expiry action, the next attempt waits this long.
 EXPIRY_RETRY_SECONDS = 60.0
+#: QMP events not worth an event-log line each (a block job's every status change; its end is logged).
+QUIET_QMP_EVENTS = frozenset({"JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING"})
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("corral_actor", default=SYSTEM_ACTOR)
 
 
@@ -467,7 +469,7 @@ class VMService:
             rec = self.store.get_vm(name)
             if rec is not None and data.get("action") == "stop" and rec.state in (VMState.RUNNING, VMState.PAUSED):
                 await self._set_state(name, VMState.PAUSED, f"disk I/O error: {reason}")
-        else:
+        elif event not in QUIET_QMP_EVENTS:
             self.event(name, "qmp", event, **data)
 
     async def _supervise(self, m: Machine) -> None:
