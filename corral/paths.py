@@ -24,6 +24,7 @@ DAEMON_LOG = "corrald.log"
 DATABASE = "corral.db"
 IMAGES_DIR = "images"
 VMS_DIR = "vms"
+BACKUPS_DIR = "backups"  # the default backup repository (corral.backup.repo)
 
 # Inside an image directory.
 IMAGE_MANIFEST = "manifest.json"
@@ -88,6 +89,15 @@ class VMPaths:
     def seed(self) -> Path:
         """The cloud-init NoCloud seed (ISO 9660, volume label cidata), when the spec asks for cloud-init."""
         return self.root / "seed.iso"
+
+    @property
+    def backup_bitmap(self) -> Path:
+        """Which backup (repository, id, top disk file) the disk's persistent dirty bitmap counts from."""
+        return self.root / "backup-bitmap.json"
+
+    def backup_target(self, tag: str) -> Path:
+        """A temporary qcow2 that QEMU (or qemu-img) copies the disk into during a backup; removed after it."""
+        return self.root / f"backup-{tag}.qcow2"
 
     def nic_socket(self, network: str) -> Path:
         """This VM's end of a private network: a unix datagram socket the switch sends frames to."""

@@ -51,14 +51,13 @@ from corral.backup.repo import CorruptBackup, Repository
 from corral.backup.schedule import ScheduleStore, next_run
 from corral.engine import disk_backup
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
+from corral.paths import BACKUPS_DIR
 from corral.settings import Settings
 from corral.vm.service import VMService
 from corral.vm.states import VMState
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REPO = "backups"  # under the Corral home
-BITMAP_STATE = "backup-bitmap.json"  # in the VM's directory: which backup the disk's bitmap counts from
 Progress = Callable[[str, int, int | None], None]
 RUNNING = (VMState.RUNNING, VMState.PAUSED)
 AT_REST = (VMState.STOPPED, VMState.CRASHED, VMState.SUSPENDED)
@@ -87,7 +86,7 @@ class BackupService:
 
     # ------------------------------------------------------------------------------------------ repositories --
     def repo_path(self, repo: str | None) -> Path:
-        return Path(repo).expanduser().absolute() if repo else self.settings.home / DEFAULT_REPO
+        return Path(repo).expanduser().absolute() if repo else self.settings.home / BACKUPS_DIR
 
     def open_repo(self, repo: str | None) -> Repository:
         """The repository at ``repo``; the default one (under the Corral home) is made on first use."""
@@ -138,8 +137,8 @@ class BackupService:
         created = datetime.now(UTC)
         history = [i for i in await asyncio.to_thread(r.indexes) if i.vm_id == rec.id and i.disk == "root"]
         parent = history[-1] if history else None
-        target = paths.root / f"backup-{secrets.token_hex(4)}.qcow2"
-        state_file = paths.root / BITMAP_STATE
+        target = paths.backup_target(secrets.token_hex(4))
+        state_file = paths.backup_bitmap
         keep_bitmap = True
         try:
             if rec.state in RUNNING:
@@ -315,7 +314,7 @@ class BackupService:
             self._check_in_place(name)
             rec = self.vms.get(name)
             paths = self.vms.paths(name)
-            (paths.root / BITMAP_STATE).unlink(missing_ok=True)  # a new disk: the next backup reads it whole
+            paths.backup_bitmap.unlink(missing_ok=True)  # a new disk: the next backup reads it whole
             os.replace(qcow2, self.top_disk(name))
             if rec.spec.disk != index.virtual_size:
                 self.vms.store.update_spec(rec.spec.model_copy(update={"disk": index.virtual_size}))
