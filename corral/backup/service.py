@@ -173,7 +173,8 @@ class BackupService:
                                             parent if incremental else None, progress)
         finally:
             target.unlink(missing_ok=True)
-        read_bytes = copied if copied >= 0 else stats["data_bytes_read"]
+        # What QEMU copied for an incremental (the bitmap's clusters); for a full read, the data the disk held.
+        read_bytes = copied if incremental else stats["data_bytes_read"]
         index = BackupIndex(
             id=r.new_id(), vm=name, vm_id=rec.id, disk="root", virtual_size=size, chunk_size=chunks.CHUNK_SIZE,
             created=created, kind="incremental" if incremental else "full",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,12 @@ def _bar(title: str) -> tuple[Progress, Callable[[JobEvent], None]]:
                    total=ev.total)
 
     return bar, progress
+
+
+def _check_id(backup: str) -> None:
+    if not re.fullmatch(r"[0-9a-f]{1,32}", backup):
+        fail(f"{backup!r} is not a backup id: give its hex id (or a unique prefix) from `corral backup ls`",
+             EXIT_INVALID)
 
 
 def _when(t: datetime) -> str:
@@ -115,6 +122,8 @@ def verify(backup: str | None = typer.Argument(None, help="a backup id (or a uni
     """Read every chunk of a backup (or all) and check its checksums; exit 1 naming what is corrupt or missing."""
     if (backup is None) == (not all_):
         fail("give a backup id or --all", EXIT_INVALID)
+    if backup is not None:
+        _check_id(backup)
     with api() as client:
         bar, progress = _bar("verify")
         with bar:
@@ -143,6 +152,7 @@ def restore(backup: str = typer.Argument(..., help="a backup id (or a unique pre
     """Restore a backup to a new VM or in place; refused (nothing created) if any chunk fails its checksum."""
     if (to is None) == (in_place is None):
         fail("give either --to NEW or --in-place VM", EXIT_INVALID)
+    _check_id(backup)
     with api() as client:
         bar, progress = _bar(f"restore {backup}")
         with bar:

@@ -64,7 +64,9 @@ def test_full_incremental_restore_bit_for_bit(corral: CorralEnv, tmp_path: Path)
 
     # The reference: the guest paused (QEMU flushes its disk at the pause), a raw copy of what it sees, and a backup
     # of that same instant.
-    guest(corral, "src", "echo more > /root/small; sync")
+    # Parts of chunks rewritten (zeroes over random data, a small file): read-modify-write of partly changed chunks.
+    guest(corral, "src", "dd if=/dev/zero of=/root/big bs=64k count=5 seek=37 conv=notrunc 2>/dev/null; "
+                         "echo more > /root/small; sync")
     ok(corral, "pause", "src")
     ref = tmp_path / "ref.raw"
     disk = corral.settings.vms_dir / "src" / "disk.qcow2"
@@ -210,9 +212,12 @@ def test_schedule_and_final_backup_before_expiry_delete(fast: CorralEnv) -> None
     ok(fast, "backup", "schedule", "sch", "--every", "2s", "--keep-last", "2")
     r = fast.cli("backup", "schedule", "sch", "--daily", "25:00")
     assert r.returncode == 2 and "HH:MM" in r.stderr
-    until(lambda: len(json.loads(ok(fast, "backup", "ls", "sch", "--json"))) >= 3
-          and any(e.type == "backup" and "prune" in e.message for e in fast.client.events()), 120,
-          "three scheduled backups and a prune")
+    def runs() -> int:
+        evs = [e for e in fast.client.events(vm="sch") if e.type == "backup"]
+        return sum(e.message.startswith("backup ") for e in evs) if any("prune" in e.message for e in evs) else 0
+
+    until(lambda: runs() >= 3, 120, "three scheduled backups and a prune")
+    assert all(e.actor == "corrald" for e in fast.client.events(vm="sch") if e.type == "backup")
     ok(fast, "backup", "schedule", "sch", "--remove")
     time.sleep(1.5)
     kept = json.loads(ok(fast, "backup", "ls", "sch", "--json"))
@@ -228,3 +233,27 @@ def test_schedule_and_final_backup_before_expiry_delete(fast: CorralEnv) -> None
     assert len(finals) == 1 and finals[0]["vm_state"] == "running", finals
     expired = [e for e in fast.client.events(vm="exp") if e.type == "expired"]
     assert expired and "after a final backup" in expired[-1].message
+
+
+def test_backup_bad_input(corral: CorralEnv, tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    r = corral.cli("backup", "repo", "init", str(tmp_path / "full"))
+    assert r.returncode == 2 and "not an empty directory" in r.stderr
+    assert list((tmp_path / "full").iterdir()) == [tmp_path / "full" / "f"]
+    r = corral.cli("backup", "ls", "--repo", str(tmp_path / "none"))
+    assert r.returncode == 3 and "backup repo init" in r.stderr
+    assert not (tmp_path / "none").exists()
+    r = corral.cli("backup", "verify")
+    assert r.returncode == 2 and "--all" in r.stderr
+    r = corral.cli("backup", "restore", "abcd")
+    assert r.returncode == 2 and "--to NEW" in r.stderr
+    r = corral.cli("backup", "restore", "abcd", "--to", "x")
+    assert r.returncode == 3 and "no backup 'abcd'" in r.stderr
+    r = corral.cli("backup", "restore", "../x", "--to", "x")
+    assert r.returncode == 2 and "not a backup id" in r.stderr
+    r = corral.cli("backup", "schedule", "nosuch", "--every", "1h")
+    assert r.returncode == 3
+    r = corral.cli("backup", "schedule", "nosuch", "--every", "soon")
+    assert r.returncode == 2 and "--every" in r.stderr
+    assert corral.cli("backup", "ls").stdout.strip() == "no backups"
