@@ -140,11 +140,15 @@ class BackupService:
         target = paths.backup_target(secrets.token_hex(4))
         state_file = paths.backup_bitmap
         keep_bitmap = True
+        for stale in paths.root.glob("backup-*.qcow2"):
+            stale.unlink(missing_ok=True)  # left by a daemon that died mid-backup (we hold the VM's lock)
         try:
             if rec.state in RUNNING:
                 m = self.vms.machine(name)
                 if m is None or m.monitor is None:
                     raise EngineError(f"the monitor of VM '{name}' is not connected: try again when it is")
+                if await disk_backup.sweep(m.monitor):
+                    self.vms.event(name, "backup", "removed the job and target of an interrupted backup from QEMU")
                 disk = await disk_backup.root_node(m.monitor)
                 reason = "--full asked" if full else self._why_full(disk, parent, state_file, r)
                 state_file.unlink(missing_ok=True)  # from here the bitmap matches no backup until this one is done

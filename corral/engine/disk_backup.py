@@ -121,6 +121,25 @@ async def _below_filters(monitor: Monitor, name: str) -> str:
     raise EngineError(f"cannot find the image node below filter '{name}' of '{monitor.name}'")
 
 
+async def sweep(monitor: Monitor) -> int:
+    """Remove what a backup interrupted by a daemon crash left in QEMU: its job and its target node. Returns how
+    many things were removed. Only call it while no backup of this VM runs (the VM's lock)."""
+    removed = 0
+    for job in await monitor.execute("query-jobs"):
+        if str(job.get("id", "")).startswith("corral-backup-"):
+            await _cancel_job(monitor, str(job["id"]))
+            removed += 1
+    for node in await monitor.execute("query-named-block-nodes", {"flat": True}):
+        name = str(node.get("node-name", ""))
+        if name.startswith("corral-bk-"):
+            try:
+                await monitor.execute("blockdev-del", {"node-name": name}, timeout=60.0)
+                removed += 1
+            except MonitorError:
+                pass
+    return removed
+
+
 async def backup_to_target(
     monitor: Monitor, disk: DiskNode, target: Path, *, incremental: bool,
     progress: Callable[[int, int], None] | None = None, timeout: float = 3600.0,
