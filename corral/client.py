@@ -65,6 +65,19 @@ from corral.api.models import (
     WaitForRequest,
     WaitRequest,
 )
+from corral.backup.models import (
+    BackupSummary,
+    CreateRequest,
+    JobEvent,
+    PruneRequest,
+    PruneResult,
+    RepoInfo,
+    RestoreRequest,
+    RestoreResult,
+    Schedule,
+    VerifyReport,
+    VerifyRequest,
+)
 from corral.detach import spawn_detached
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest
@@ -480,10 +493,66 @@ class Client:
         """Recreate the VM in the archive ``path``; the final event carries the new VM."""
         body = VMImportRequest(path=path, name=name).model_dump(exclude_none=True)
         return self._portable("/import", body, f"importing {path}", progress)
+    # ----------------------------------------------------------------------------------------------- backups --
+    def init_backup_repo(self, path: str) -> RepoInfo:
+        return RepoInfo.model_validate(self._req("POST", "/backups/repos", json={"path": path}).json())
+
+    def backup_repo_info(self, repo: str | None = None) -> RepoInfo:
+        return RepoInfo.model_validate(self._req("GET", "/backups/repo", params=_some(repo=repo)).json())
+
+    def list_backups(self, repo: str | None = None, vm: str | None = None) -> list[BackupSummary]:
+        return [BackupSummary.model_validate(b)
+                for b in self._req("GET", "/backups", params=_some(repo=repo, vm=vm)).json()]
+
+    def create_backup(self, vm: str, repo: str | None = None, full: bool = False,
+                      progress: Callable[[JobEvent], None] | None = None) -> BackupSummary:
+        """Back up a VM (running or stopped); ``progress`` gets the copy and store progress."""
+        return BackupSummary.model_validate(self._backup_job(progress, "POST", "/backups", json=CreateRequest(
+            vm=vm, repo=repo, full=full).model_dump()))
+
+    def verify_backups(self, ids: list[str] | None = None, repo: str | None = None,
+                       progress: Callable[[JobEvent], None] | None = None) -> VerifyReport:
+        return VerifyReport.model_validate(self._backup_job(progress, "POST", "/backups/verify", json=VerifyRequest(
+            repo=repo, ids=ids or []).model_dump()))
+
+    def restore_backup(self, backup: str, *, to: str | None = None, in_place: str | None = None,
+                       repo: str | None = None, progress: Callable[[JobEvent], None] | None = None) -> RestoreResult:
+        return RestoreResult.model_validate(self._backup_job(
+            progress, "POST", f"/backups/{backup}/restore",
+            json=RestoreRequest(repo=repo, to=to, in_place=in_place).model_dump()))
+
+    def prune_backups(self, req: PruneRequest) -> PruneResult:
+        return PruneResult.model_validate(self._req("POST", "/backups/prune", json=req.model_dump()).json())
+
+    def list_backup_schedules(self) -> list[Schedule]:
+        return [Schedule.model_validate(s) for s in self._req("GET", "/backups/schedules").json()]
+
+    def set_backup_schedule(self, s: Schedule) -> Schedule:
+        return Schedule.model_validate(self._req("PUT", f"/backups/schedules/{s.vm}",
+                                                 json=s.model_dump(mode="json")).json())
+
+    def delete_backup_schedule(self, vm: str) -> None:
+        self._req("DELETE", f"/backups/schedules/{vm}")
+
+    def _backup_job(self, progress: Callable[[JobEvent], None] | None, method: str, url: str,
+                    **kw: Any) -> dict[str, Any]:
+        for item in self._stream(method, url, **kw):
+            ev = JobEvent.model_validate(item)
+            if ev.kind == "progress" and progress:
+                progress(ev)
+            elif ev.kind == "error":
+                raise APIError(500, ev.error or "CorralError", ev.message or "the backup job failed")
+            elif ev.kind == "done" and ev.result is not None:
+                return ev.result
+        raise APIError(500, "CorralError", "the backup job ended without a result")
 
     # ------------------------------------------------------------------------------------------------ daemon --
     def status(self) -> DaemonStatus:
         return DaemonStatus.model_validate(self._req("GET", "/status").json())
+
+
+def _some(**params: Any) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def _event_params(vm: str | None, after: int, owner: str | None, actor: str | None, type: str | None,

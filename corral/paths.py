@@ -26,6 +26,7 @@ IMAGES_DIR = "images"
 VMS_DIR = "vms"
 #: Disk layers (corral.storage): ``<id>.qcow2`` and, for whole-machine snapshots, ``<id>.state``; shared by VMs.
 LAYERS_DIR = "layers"
+BACKUPS_DIR = "backups"  # the default backup repository (corral.backup.repo)
 
 # Inside an image directory.
 IMAGE_MANIFEST = "manifest.json"
@@ -95,6 +96,15 @@ class VMPaths:
     def identity_reset(self) -> Path:
         """Present until a clone's first boot gave the guest its own identity (machine-id, hostname, host keys)."""
         return self.root / "identity-reset"
+
+    @property
+    def backup_bitmap(self) -> Path:
+        """Which backup (repository, id, top disk file) the disk's persistent dirty bitmap counts from."""
+        return self.root / "backup-bitmap.json"
+
+    def backup_target(self, tag: str) -> Path:
+        """A temporary qcow2 that QEMU (or qemu-img) copies the disk into during a backup; removed after it."""
+        return self.root / f"backup-{tag}.qcow2"
 
     def nic_socket(self, network: str) -> Path:
         """This VM's end of a private network: a unix datagram socket the switch sends frames to."""

@@ -11,6 +11,7 @@ from corral.api.deps import Services
 from corral.api.models import API_PREFIX
 from corral.api.routes import (
     access,
+    backups,
     daemon,
     disks,
     files,
@@ -31,6 +32,6 @@ def create_app(svc: Services | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(AuditMiddleware)
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
-              files.router, images.router, daemon.router, snapshots.router, portable.router):
+              files.router, images.router, daemon.router, snapshots.router, portable.router, backups.router):
         app.include_router(r, prefix=API_PREFIX)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -14,6 +15,9 @@ from corral.storage.service import StorageService
 from corral.store.db import Store
 from corral.vm.service import VMService
 
+if TYPE_CHECKING:
+    from corral.backup.service import BackupService
+
 
 @dataclass
 class Services:
@@ -24,6 +28,7 @@ class Services:
     storage: StorageService
     portable: PortableService
     disks: DiskService
+    backups: BackupService | None = None
 
 
 def services(request: Request) -> Services:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from corral.cli import (
+    backup,
     console,
     cp,
     daemon,
@@ -45,6 +46,7 @@ app.add_typer(network.app, name="network")
 app.add_typer(quota.app, name="quota")
 app.add_typer(project.app, name="project")
 app.add_typer(snapshot.app, name="snapshot")
+app.add_typer(backup.app, name="backup")
 
 
 def main() -> None:

@@ -101,8 +101,10 @@ def launch(
                                           "has a zone), instead of --ttl"),
     on_expiry: ExpiryAction | None = typer.Option(None, "--on-expiry", help="at expiry: stop (clean power-off, "
                                                   "then kill), suspend (to disk; resumable after `corral extend`) "
-                                                  "or delete (with its disks; no final backup: Corral has no "
-                                                  "backups yet); default: the project's, else stop"),
+                                                  "or delete (with its disks; --backup-first for a final "
+                                                  "backup); default: the project's, else stop"),
+    backup_first: bool = typer.Option(False, "--backup-first", help="with --on-expiry delete: take a final backup "
+                                      "(default repository) before deleting; not deleted if it fails"),
 ) -> None:
     """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait)."""
     try:
@@ -121,6 +123,10 @@ def launch(
         fail(f"--{'ttl' if ttl is not None else 'expires-at'}: {exc}", EXIT_INVALID)
     if on_expiry is not None:
         expiry_fields["on_expiry"] = on_expiry
+    if backup_first:
+        if on_expiry != ExpiryAction.DELETE:
+            fail("--backup-first goes with --on-expiry delete", EXIT_INVALID)
+        expiry_fields["backup_before_delete"] = True
     spec = _spec(name or f"vm-{secrets.token_hex(3)}", image, cpus, memory, disk, restart, publish, network,
                  _provisioning(cloud_init, ssh_key, hostname) | {
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from corral import paths
 from corral.api.app import create_app
 from corral.api.deps import Services
+from corral.backup.service import BackupService
 from corral.errors import CorralError
 from corral.images.store import ImageStore
 from corral.portable.service import PortableService
@@ -78,8 +79,9 @@ async def serve(settings: Settings) -> None:
     images = ImageStore(settings.images_dir, settings.cache)
     vms = VMService(settings, store, images)
     storage = StorageService(vms)
+    backups = BackupService(vms, settings)
     svc = Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                   portable=PortableService(storage), disks=DiskService(vms))
+                   portable=PortableService(storage), disks=DiskService(vms), backups=backups)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -88,12 +90,14 @@ async def serve(settings: Settings) -> None:
         housekeeping = asyncio.create_task(_housekeeping(vms))
         expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
         disk_full = asyncio.create_task(_disk_full(vms))
+        scheduled = asyncio.create_task(_backup_schedules(backups, settings.backup_check_interval))
         try:
             yield
         finally:
             housekeeping.cancel()
             expiry.cancel()
             disk_full.cancel()
+            scheduled.cancel()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")
             store.close()
@@ -171,6 +175,14 @@ async def _disk_full(vms: VMService) -> None:
             await full.resume_when_freed(vms)
         except Exception:
             log.exception("full-disk poll failed")
+async def _backup_schedules(backups: BackupService, interval: float) -> None:
+    """Run the due backup schedules every ``interval`` seconds (CORRAL_BACKUP_CHECK_INTERVAL)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await backups.run_due()
+        except Exception:
+            log.exception("backup schedule check failed")
 
 
 def main() -> None:

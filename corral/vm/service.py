@@ -68,6 +68,8 @@ SUBSCRIBER_BACKLOG = 10_000  # events a slow event-stream reader may fall behind
 SYSTEM_ACTOR = "corrald"
 #: After a failed expiry action, the next attempt waits this long.
 EXPIRY_RETRY_SECONDS = 60.0
+#: QMP events not worth an event-log line each (a block job's every status change; its end is logged).
+QUIET_QMP_EVENTS = frozenset({"JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING"})
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("corral_actor", default=SYSTEM_ACTOR)
 
 
@@ -132,10 +134,17 @@ class VMService:
         self.root_chain: Callable[[VMRecord, BootSource], Chain | None] | None = None
         self.provision_hooks: list[Callable[[str, GuestAgent], Awaitable[None]]] = []
         self.delete_hooks: list[Callable[[VMRecord], Awaitable[None]]] = []
+        #: Set by the backup service: takes the final backup of an expired VM whose spec asks for one (the VM's lock
+        #: is held); if it raises, the VM is not deleted.
+        self.before_expiry_delete: Callable[[str], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+    def operation_lock(self, name: str) -> asyncio.Lock:
+        """The VM's lock, for services composed over this one (backups): one operation per VM at a time."""
+        return self._lock(name)
 
     def _get(self, name: str) -> VMRecord:
         rec = self.store.get_vm(name)
@@ -486,7 +495,7 @@ class VMService:
             if rec is not None and data.get("action") == "stop" and rec.state in (VMState.RUNNING, VMState.PAUSED):
                 await self._set_state(name, VMState.PAUSED,
                                       reason if data.get("nospace") else f"disk I/O error: {reason}")
-        elif event not in ("JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING"):  # a block job's every step: too chatty
+        elif event not in QUIET_QMP_EVENTS:  # a block job's every step: too chatty
             self.event(name, "qmp", event, **data)
 
     async def _supervise(self, m: Machine) -> None:
@@ -969,6 +978,10 @@ class VMService:
             elif action == ExpiryAction.SUSPEND:
                 await self._suspend(name, timeout=600.0)
             else:
+                if rec.spec.backup_before_delete:
+                    if self.before_expiry_delete is None:
+                        raise EngineError("the spec asks for a final backup and backups are not available")
+                    await self.before_expiry_delete(name)
                 await self._delete(name, force=True)
         except CorralError as exc:
             self._expiry_retry[name] = time.monotonic() + EXPIRY_RETRY_SECONDS
@@ -978,7 +991,8 @@ class VMService:
             return
         self._expiry_retry.pop(name, None)
         done = {ExpiryAction.STOP: "stopped", ExpiryAction.SUSPEND: "suspended",
-                ExpiryAction.DELETE: "deleted with its disks (no final backup: Corral has no backups yet)"}
+                ExpiryAction.DELETE: "deleted with its disks" + (
+                    " after a final backup" if rec.spec.backup_before_delete else " (no final backup asked for)")}
         self.event(name, "expired", f"expired; {done[action]}", owner=rec.spec.owner, expires_at=at.isoformat(),
                    action=action.value)
 

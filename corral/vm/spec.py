@@ -123,8 +123,10 @@ class VMSpec(BaseModel):
                                         "else from its project's default TTL, else never")
     on_expiry: ExpiryAction | None = Field(default=None, description="what happens at expiry: stop (clean "
                                            "power-off, then kill), suspend (to disk) or delete (with its disks; "
-                                           "no final backup: backups do not exist yet); default: the project's, "
-                                           "else stop")
+                                           "after a final backup with backup_before_delete); default: the "
+                                           "project's, else stop")
+    backup_before_delete: bool = Field(default=False, description="take a final backup (into the default "
+                                       "repository) before an expired VM is deleted; not deleted if it fails")
 
     @field_validator("name")
     @classmethod
