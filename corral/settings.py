@@ -16,6 +16,7 @@ CORRAL_QEMU                 qemu-system-x86_64                     the QEMU bina
 CORRAL_EXPIRY_INTERVAL      5                                      seconds between the daemon's expiry checks
 CORRAL_EXPIRY_WARNING       3600                                   longest warning before expiry, seconds
 CORRAL_EXPIRY_WARNING_FRACTION  0.1                                warning before expiry, fraction of the lifetime
+CORRAL_IDLE_INTERVAL        10                                     seconds between samples of VMs' activity
 ==========================  =====================================  ==============================================
 """
 
@@ -42,6 +43,7 @@ class Settings:
     expiry_interval: float = 5.0
     expiry_warning: float = 3600.0
     expiry_warning_fraction: float = 0.1
+    idle_interval: float = 10.0
 
     @property
     def socket(self) -> Path:
@@ -82,6 +84,7 @@ def _defaults(raw: dict[str, str]) -> dict[str, str]:
         "CORRAL_EXPIRY_INTERVAL": "5",
         "CORRAL_EXPIRY_WARNING": "3600",
         "CORRAL_EXPIRY_WARNING_FRACTION": "0.1",
+        "CORRAL_IDLE_INTERVAL": "10",
     } | raw
 
 
@@ -96,6 +99,7 @@ def _validate(v: dict[str, str]) -> Settings:
         interval = float(v["CORRAL_EXPIRY_INTERVAL"])
         warning = float(v["CORRAL_EXPIRY_WARNING"])
         fraction = float(v["CORRAL_EXPIRY_WARNING_FRACTION"])
+        idle_interval = float(v["CORRAL_IDLE_INTERVAL"])
     except ValueError as exc:
         raise InvalidInput(f"bad number in Corral settings: {exc}") from exc
     if not 0.1 <= overcommit <= 100:
@@ -110,6 +114,8 @@ def _validate(v: dict[str, str]) -> Settings:
         raise InvalidInput(f"CORRAL_EXPIRY_WARNING={warning} is out of range: use 0 to 2592000 (seconds)")
     if not 0 <= fraction <= 1:
         raise InvalidInput(f"CORRAL_EXPIRY_WARNING_FRACTION={fraction} is out of range: use 0 to 1")
+    if not 0.1 <= idle_interval <= 3600:
+        raise InvalidInput(f"CORRAL_IDLE_INTERVAL={idle_interval} is out of range: use 0.1 to 3600 (seconds)")
     return Settings(
         home=Path(v["CORRAL_HOME"]).expanduser().absolute(),
         cache=Path(v["CORRAL_CACHE"]).expanduser().absolute(),
@@ -122,6 +128,7 @@ def _validate(v: dict[str, str]) -> Settings:
         expiry_interval=interval,
         expiry_warning=warning,
         expiry_warning_fraction=fraction,
+        idle_interval=idle_interval,
     )
 
 

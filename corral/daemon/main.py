@@ -25,6 +25,7 @@ from corral import paths
 from corral.api.app import create_app
 from corral.api.deps import Services
 from corral.errors import CorralError
+from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.settings import Settings, load_settings
 from corral.store.db import Store
@@ -72,7 +73,8 @@ async def serve(settings: Settings) -> None:
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
     vms = VMService(settings, store, images)
-    svc = Services(settings=settings, store=store, images=images, vms=vms)
+    idle = IdleService(vms, settings.idle_interval)
+    svc = Services(settings=settings, store=store, images=images, vms=vms, idle=idle)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -80,11 +82,15 @@ async def serve(settings: Settings) -> None:
         await vms.recover()
         housekeeping = asyncio.create_task(_housekeeping(vms))
         expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
+        await idle.reconcile()  # hold the forwarded ports of VMs suspended with an idle policy again
+        idle_loop = asyncio.create_task(idle.run())
         try:
             yield
         finally:
             housekeeping.cancel()
             expiry.cancel()
+            idle_loop.cancel()
+            await idle.close()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")
             store.close()

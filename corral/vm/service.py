@@ -23,7 +23,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,16 @@ class VMService:
         self._creating: dict[str, VMSpec] = {}
         self._starting: dict[str, VMSpec] = {}
         self._expiry_retry: dict[str, float] = {}  # VM -> monotonic time before which a failed expiry is not retried
+        #: Called with the VM's name just before its QEMU is started (idle control gives back the ports it held).
+        self.before_start: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+    def locked(self, name: str) -> bool:
+        """Is an operation under way on this VM (its lock held)?"""
+        return self._lock(name).locked()
 
     def _get(self, name: str) -> VMRecord:
         rec = self.store.get_vm(name)
@@ -290,6 +296,8 @@ class VMService:
             logs.rotate_stopped(paths.serial_log)
             paths.state_file.unlink(missing_ok=True)  # stale (the daemon died while resuming): never loaded now
         logs.rotate_stopped(paths.qemu_log)
+        if self.before_start is not None:
+            self.before_start(name)
         att = await self._prepare(rec, paths)
         argv = build_argv(spec, boot, paths,
                           HostConfig(self.settings.qemu_binary, accel.name, self.settings.tcg_tb_size_mib),
@@ -495,7 +503,7 @@ class VMService:
         else:
             how = f" (exit code {returncode})"
         if m.requested == "suspend":
-            state, reason, failed = VMState.SUSPENDED, "suspended by user", False
+            state, reason, failed = VMState.SUSPENDED, m.suspend_reason, False
         elif m.requested:
             state, reason, failed = VMState.STOPPED, f"{m.requested} requested by user", False
         elif m.panicked or m.shutdown_reason == "guest-panic":
@@ -633,15 +641,15 @@ class VMService:
             await self._set_state(name, VMState.RUNNING)
             return self._get(name)
 
-    async def suspend(self, name: str, timeout: float = 600.0) -> VMRecord:
-        """Save the VM's machine state to its state file, then quit QEMU: the VM is ``suspended``.
+    async def suspend(self, name: str, timeout: float = 600.0, reason: str = "suspended by user") -> VMRecord:
+        """Save the VM's machine state to its state file, then quit QEMU: the VM is ``suspended`` (``reason``).
 
         On failure nothing is saved and the VM runs (or stays paused) as before.
         """
         async with self._lock(name):
-            return await self._suspend(name, timeout)
+            return await self._suspend(name, timeout, reason)
 
-    async def _suspend(self, name: str, timeout: float) -> VMRecord:
+    async def _suspend(self, name: str, timeout: float, reason: str = "suspended by user") -> VMRecord:
         rec = self._get(name)
         check_operation(name, "suspend", rec.state)
         m = self._machines.get(name)
@@ -658,7 +666,7 @@ class VMService:
             if isinstance(exc, CorralError):
                 self.event(name, "suspend", f"suspend failed: {exc.message}")
             raise
-        m.requested = "suspend"
+        m.requested, m.suspend_reason = "suspend", reason
         with contextlib.suppress(MonitorError):  # QEMU may close the monitor before it answers
             await m.monitor.execute("quit")
         try:
@@ -771,7 +779,7 @@ class VMService:
     async def update_spec(self, name: str, changes: Mapping[str, Any]) -> VMRecord:
         """Change spec fields of an existing VM: labels, description and restart policy at once; vcpus and memory
         from its next start (not while it is suspended: its saved state holds the old machine)."""
-        allowed = {"labels", "description", "restart", "vcpus", "memory"}
+        allowed = {"labels", "description", "restart", "vcpus", "memory", "idle"}
         if bad := sorted(set(changes) - allowed):
             raise InvalidInput(f"cannot change {', '.join(bad)} of an existing VM")
         async with self._lock(name):
@@ -868,8 +876,9 @@ class VMService:
             labels.check_project(name)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        rec = ProjectRecord(name=name, default_ttl=default_ttl, on_expiry=on_expiry.value)
-        self.store.put_project(rec)
+        self.store.put_project(ProjectRecord(name=name, default_ttl=default_ttl, on_expiry=on_expiry.value))
+        rec = self.store.get_project(name)
+        assert rec is not None
         ttl = "none" if default_ttl is None else expiry.format_duration(default_ttl)
         self.event(None, "project", f"project '{name}': default TTL {ttl}, on expiry {on_expiry.value}",
                    project=name, default_ttl=default_ttl, on_expiry=on_expiry.value)

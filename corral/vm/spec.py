@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from corral.idle.policy import IdlePolicy
 from corral.vm import expiry
 from corral.vm import labels as lbl
 from corral.vm.expiry import ExpiryAction
@@ -125,6 +126,9 @@ class VMSpec(BaseModel):
                                            "power-off, then kill), suspend (to disk) or delete (with its disks; "
                                            "no final backup: backups do not exist yet); default: the project's, "
                                            "else stop")
+    idle: IdlePolicy | None = Field(default=None, description="idle control: suspend the VM to disk once its CPU, "
+                                    "disk and network stay under thresholds for a while (see docs/explanation/"
+                                    "idle.md); default: its project's; a policy with suspend_after null is off")
 
     @field_validator("name")
     @classmethod
