@@ -67,8 +67,9 @@ def parse_rate(v: Any) -> int:
 
 
 def parse_after(v: Any) -> float | None:
-    """``30m``, ``1h``, ``90`` (seconds); ``off``/``never``/null: no idle suspend."""
-    if v is None or (isinstance(v, str) and v.strip().lower() in ("off", "never", "none")):
+    """``30m``, ``1h``, ``90`` (seconds); ``off``/``never``/null: no idle suspend (also false: YAML reads a bare
+    ``off`` as false)."""
+    if v is None or v is False or (isinstance(v, str) and v.strip().lower() in ("off", "never", "none")):
         return None
     if isinstance(v, bool):
         raise ValueError(f"{v!r} is not a duration: use e.g. 30m or 1h, or off")

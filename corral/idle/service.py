@@ -34,7 +34,7 @@ from corral.idle.policy import IDLE_REASON, IdlePolicy, IdleStatus, effective, f
 from corral.store.db import ProjectRecord, VMRecord
 from corral.vm import labels
 from corral.vm.expiry import format_duration
-from corral.vm.service import ACTOR, VMService, system_task
+from corral.vm.service import ACTOR, SYSTEM_ACTOR, VMService, system_task
 from corral.vm.states import VMState
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,9 @@ class IdleService:
                            f"not resume by itself; `corral resume {name}` first")
         task = self._waking.get(name)
         if task is None:
-            task = system_task(self._resume(name, f"{operation} by {ACTOR.get()}"), f"wake-{name}")
+            actor = ACTOR.get()
+            why = operation if actor == SYSTEM_ACTOR else f"{operation} by {actor}"
+            task = system_task(self._resume(name, why), f"wake-{name}")
             self._waking[name] = task
             task.add_done_callback(lambda _: self._waking.pop(name, None))
         await asyncio.shield(task)
