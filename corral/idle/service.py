@@ -25,13 +25,14 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from corral.errors import Conflict, CorralError, InvalidInput, StateError
 from corral.idle import sampler
 from corral.idle.detector import Activity
 from corral.idle.holder import PortHolder
 from corral.idle.policy import IDLE_REASON, IdlePolicy, IdleStatus, effective, format_rate
-from corral.store.db import ProjectRecord, VMRecord
+from corral.store.db import EventQuery, ProjectRecord, VMRecord
 from corral.vm import labels
 from corral.vm.expiry import format_duration
 from corral.vm.service import ACTOR, SYSTEM_ACTOR, VMService, system_task
@@ -40,6 +41,8 @@ from corral.vm.states import VMState
 log = logging.getLogger(__name__)
 
 SUSPEND_TIMEOUT = 600.0
+#: Event types after which the held ports are reconciled at once.
+RECONCILE_ON = frozenset({"state", "delete", "port", "update", "extend"})
 RESUME_TIMEOUT = 600.0
 
 
@@ -63,6 +66,7 @@ class IdleService:
         self._problems: dict[str, list[str]] = {}  # held ports that could not be bound, per VM (reported once)
         self._waking: dict[str, asyncio.Task[None]] = {}
         self._inflight: dict[str, int] = {}
+        self._reconcile_lock = asyncio.Lock()
         vms.before_start = self._release
 
     # -------------------------------------------------------------------------------------------- policies --
@@ -117,13 +121,31 @@ class IdleService:
 
     # --------------------------------------------------------------------------------------------- sampling --
     async def run(self) -> None:
-        """The daemon's idle loop: a :meth:`tick` every ``interval`` seconds."""
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("idle check failed")
+        """The daemon's idle loop: a :meth:`tick` every ``interval`` seconds; and between ticks, held ports
+        follow at once the events that change which VMs need them (a state change, a deletion, a forward added or
+        removed, a policy changed)."""
+        watcher = asyncio.create_task(self._follow_events())
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("idle check failed")
+        finally:
+            watcher.cancel()
+
+    async def _follow_events(self) -> None:
+        sub = self.vms.subscribe(EventQuery())
+        try:
+            while (ev := await sub.next()) is not None:
+                if ev.type in RECONCILE_ON:
+                    try:
+                        await self.reconcile()
+                    except Exception:
+                        log.exception("holding ports failed")
+        finally:
+            self.vms.unsubscribe(sub)
 
     async def tick(self) -> None:
         projects = self.projects()
@@ -241,13 +263,21 @@ class IdleService:
 
     # ----------------------------------------------------------------------------------------- port holding --
     async def reconcile(self) -> None:
-        """Listen on the forwarded TCP ports of exactly the suspended VMs that have an idle policy."""
+        """Listen on the forwarded TCP ports of exactly the suspended VMs that have an idle policy (and are not
+        being started, nor expired)."""
+        async with self._reconcile_lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         projects = self.projects()
+        now = datetime.now(UTC)
         want: dict[str, VMRecord] = {}
         for rec in self.store.list_vms():
             policy, _ = self.policy(rec, projects)
-            if rec.state == VMState.SUSPENDED and policy is not None and policy.enabled and \
-                    any(f.proto == "tcp" for f in rec.spec.ports) and rec.name not in self._waking:
+            expired = rec.spec.expires_at is not None and rec.spec.expires_at <= now  # not resumed: not held
+            if rec.state == VMState.SUSPENDED and policy is not None and policy.enabled and not expired and \
+                    any(f.proto == "tcp" for f in rec.spec.ports) and rec.name not in self._waking and \
+                    not self.vms.starting(rec.name):
                 want[rec.name] = rec
         for name in list(self._holders):
             h = self._holders[name]

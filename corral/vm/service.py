@@ -132,6 +132,10 @@ class VMService:
         """Is an operation under way on this VM (its lock held)?"""
         return self._lock(name).locked()
 
+    def starting(self, name: str) -> bool:
+        """Is this VM being started (admitted, its QEMU not yet live or failed)?"""
+        return name in self._starting
+
     def _get(self, name: str) -> VMRecord:
         rec = self.store.get_vm(name)
         if rec is None:
@@ -1169,6 +1173,8 @@ class VMService:
 
 
 def _show(v: object) -> str:
+    if hasattr(v, "describe"):  # an idle policy
+        return str(v.describe())
     if isinstance(v, dict):
         return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "(none)"
     return str(v.value if hasattr(v, "value") else v) if v != "" else "''"
