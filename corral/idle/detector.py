@@ -65,13 +65,20 @@ def over(r: Rates, p: IdlePolicy) -> list[str]:
 
 @dataclass
 class Activity:
-    """What the daemon knows about one running VM's activity. ``last_active`` is a wall-clock time."""
+    """What the daemon knows about one running VM's activity. Times are wall-clock times: ``last_active`` the last
+    activity known (it may come from before this daemon watched the VM: the store keeps it), ``watched_since`` when
+    this daemon began watching (default: ``last_active``). Only what was watched can prove the VM idle."""
 
     last_active: float
+    watched_since: float | None = None
     prev: Counters | None = None
     last: Rates | None = None
     #: Why the last interval counted as activity ("cpu 12.0%", "net unknown"); empty when it was quiet.
     busy: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.watched_since is None:
+            self.watched_since = self.last_active
 
     def observe(self, c: Counters, now: float, vcpus: int, policy: IdlePolicy) -> None:
         """Take one sample taken at wall time ``now``; the first one only sets the baseline."""
@@ -94,6 +101,8 @@ class Activity:
         return max(0.0, now - self.last_active)
 
     def idle(self, now: float, policy: IdlePolicy | None) -> bool:
-        """Idle for the policy's whole window (never without a policy that is on)."""
-        return policy is not None and policy.suspend_after is not None and \
-            self.quiet_for(now) >= policy.suspend_after
+        """Idle for the policy's whole window, all of it watched (never without a policy that is on)."""
+        if policy is None or policy.suspend_after is None:
+            return False
+        watched = now - (self.watched_since if self.watched_since is not None else self.last_active)
+        return self.quiet_for(now) >= policy.suspend_after and watched >= policy.suspend_after

@@ -165,9 +165,10 @@ class IdleService:
             return
         now = time.time()
         tr = self._tracked.get(rec.name)
-        if tr is None or tr.pid != m.ident.pid:  # a new QEMU: active from its start (or the stored activity)
-            last = max(m.started_at, stored.get(rec.name, 0.0))
-            tr = self._tracked[rec.name] = _Tracked(m.ident.pid, Activity(last_active=last), stored.get(rec.name, 0))
+        if tr is None or tr.pid != m.ident.pid:  # a new QEMU, or a new daemon: watched from now
+            last = max(m.started_at, stored.get(rec.name, 0.0))  # active at its start, or as last measured
+            tr = self._tracked[rec.name] = _Tracked(m.ident.pid, Activity(last_active=last, watched_since=now),
+                                                    stored.get(rec.name, 0))
         policy, _ = self.policy(rec, projects)
         counters = await sampler.sample(m)
         tr.activity.observe(counters, time.time(), rec.spec.vcpus, policy or IdlePolicy())
@@ -226,6 +227,7 @@ class IdleService:
         for a suspend under way to finish first). Returns once it runs (the caller waits for readiness); leaves
         any other state to the caller's own checks. Conflict for a suspended VM without an idle policy."""
         rec = self.vms.get(name)
+        self.touch(name)  # a running VM is not suspended under the request that just arrived
         if rec.state == VMState.SUSPENDING:
             rec = await self.vms.wait_state(name, {s for s in VMState if s != VMState.SUSPENDING}, SUSPEND_TIMEOUT)
         if rec.state == VMState.STARTING:  # being resumed (or started): wait until it runs (or failed)

@@ -67,3 +67,11 @@ def test_touch_and_no_policy() -> None:
     assert not a.idle(100, None) and not a.idle(100, IdlePolicy(suspend_after=None))
     a.touch(3)  # never goes back
     assert a.last_active == 8
+
+
+def test_only_a_watched_window_proves_it_idle() -> None:
+    """After a daemon restart the stored last activity may be old: the VM must still be watched a whole window."""
+    a = Activity(last_active=0, watched_since=100)
+    for t in range(100, 112):
+        a.observe(c(t), t, 1, POLICY)
+    assert a.quiet_for(105) == 105 and not a.idle(105, POLICY) and a.idle(110, POLICY)
