@@ -42,6 +42,7 @@ from corral.api.models import (
     ExtendRequest,
     ExtraDiskInfo,
     FileInfo,
+    IdlePolicy,
     ImageCheckInfo,
     LabelsRequest,
     NetworkCreate,
@@ -227,6 +228,19 @@ class Client:
                     ) -> ProjectInfo:
         body = ProjectSet(default_ttl=default_ttl, on_expiry=on_expiry).model_dump(mode="json")
         return ProjectInfo.model_validate(self._req("PUT", f"/projects/{name}", json=body).json())
+
+    def set_idle(self, name: str, policy: IdlePolicy | None) -> VMInfo:
+        """Set a VM's own idle policy (``suspend_after`` None: off); ``policy`` None: follow its project's."""
+        if policy is None:
+            return VMInfo.model_validate(self._req("DELETE", f"/vms/{name}/idle").json())
+        return VMInfo.model_validate(self._req("PUT", f"/vms/{name}/idle", json=policy.model_dump(mode="json")).json())
+
+    def set_project_idle(self, name: str, policy: IdlePolicy | None) -> ProjectInfo:
+        """Set (None: remove) the idle policy of a project's VMs that have none of their own."""
+        if policy is None:
+            return ProjectInfo.model_validate(self._req("DELETE", f"/projects/{name}/idle").json())
+        return ProjectInfo.model_validate(
+            self._req("PUT", f"/projects/{name}/idle", json=policy.model_dump(mode="json")).json())
 
     def suspend_vm(self, name: str) -> VMInfo:
         """Save a running (or paused) VM's state to disk and end its QEMU; ``resume_vm`` brings it back."""

@@ -15,6 +15,7 @@ from corral.api.routes import (
     daemon,
     disks,
     files,
+    idle,
     images,
     networks,
     portable,
@@ -32,6 +33,7 @@ def create_app(svc: Services | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(AuditMiddleware)
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
-              files.router, images.router, daemon.router, snapshots.router, portable.router, backups.router):
+              files.router, images.router, daemon.router, snapshots.router, portable.router, backups.router,
+              idle.router):
         app.include_router(r, prefix=API_PREFIX)
     return app

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.portable.service import PortableService
 from corral.settings import Settings
@@ -29,6 +31,24 @@ class Services:
     portable: PortableService
     disks: DiskService
     backups: BackupService | None = None
+    idle: IdleService | None = None  # idle control (the daemon always has it)
+
+
+def using(svc: Services, name: str) -> contextlib.AbstractContextManager[None]:
+    """While a user reaches a guest: it counts as active, and idle control does not suspend it."""
+    return svc.idle.using(name) if svc.idle is not None else contextlib.nullcontext()
+
+
+def touch(svc: Services, name: str) -> None:
+    """A user reached the guest: activity now."""
+    if svc.idle is not None:
+        svc.idle.touch(name)
+
+
+async def wake(svc: Services, name: str, operation: str) -> None:
+    """Before reaching a guest (exec, shell, cp): resume it if idle control suspended it (see corral.idle)."""
+    if svc.idle is not None:
+        await svc.idle.wake(name, operation)
 
 
 def services(request: Request) -> Services:

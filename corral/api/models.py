@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.idle.policy import IdlePolicy as IdlePolicy  # re-exported: wire models live with the logic
+from corral.idle.policy import IdleStatus as IdleStatus
 from corral.images.artifacts import Manifest
 from corral.storage.disk_models import DiskCreate as DiskCreate  # re-exported: extra disks' wire models
 from corral.storage.disk_models import DiskLimits as DiskLimits
@@ -58,6 +60,8 @@ class VMInfo(BaseModel):
     disks: list[DiskInfo] = Field(default_factory=list)
     expires_in: float | None = Field(default=None, description="seconds until spec.expires_at (negative: expired)")
     expiring: bool = Field(default=False, description="inside the warning window before its expiry")
+    idle: IdleStatus | None = Field(default=None, description="idle control: the policy that applies, activity, "
+                                    "whether it was suspended for being idle")
 
 
 class ExtendRequest(BaseModel):
@@ -73,6 +77,8 @@ class ProjectInfo(BaseModel):
                                       "own gets this TTL")
     on_expiry: ExpiryAction = ExpiryAction.STOP
     vms: int = 0
+    idle: IdlePolicy | None = Field(default=None, description="the idle policy of its VMs that have none of their "
+                                    "own")
 
 
 class ProjectSet(BaseModel):
@@ -191,6 +197,7 @@ class SpecUpdate(BaseModel):
     restart: RestartPolicy | None = None
     vcpus: int | None = Field(default=None, ge=1, le=MAX_VCPUS)
     memory: MemoryMiB | None = Field(default=None, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB, description="MiB")
+    idle: IdlePolicy | None = Field(default=None, description="its own idle policy (at once); null: its project's")
 
 
 class DaemonStatus(BaseModel):

@@ -25,7 +25,8 @@ from corral.vm.events import parse_since
 from corral.vm.sizes import format_size
 
 CSV_FIELDS = ["group", "name", "owner", "project", "labels", "state", "running", "created_at", "age_s",
-              "last_activity", "uptime_s", "vcpus", "memory_mib", "disk_bytes", "disk_used_bytes", "rss_bytes"]
+              "last_activity", "uptime_s", "vcpus", "memory_mib", "disk_bytes", "disk_used_bytes", "rss_bytes",
+              "idle_suspended"]
 
 
 def _size(n: int | None) -> str:
@@ -62,7 +63,7 @@ def write_csv(r: Report) -> None:
                         "" if v.uptime is None else int(v.uptime), v.vcpus, v.memory_mib,
                         "" if v.disk_bytes is None else v.disk_bytes,
                         "" if v.disk_used_bytes is None else v.disk_used_bytes,
-                        "" if v.rss_bytes is None else v.rss_bytes])
+                        "" if v.rss_bytes is None else v.rss_bytes, str(v.idle_suspended).lower()])
 
 
 def write_table(r: Report) -> None:
@@ -73,7 +74,8 @@ def write_table(r: Report) -> None:
         t.add_column(col, no_wrap=True)
     for g in r.groups:
         for v in g.vms:
-            t.add_row(_group_name(r, g.key), v.name, v.state, human_duration(v.age), _ago(v.last_activity, now),
+            state = f"{v.state} (idle)" if v.idle_suspended else v.state
+            t.add_row(_group_name(r, g.key), v.name, state, human_duration(v.age), _ago(v.last_activity, now),
                       human_duration(v.uptime), str(v.vcpus), format_size(v.memory_mib << 20), _size(v.rss_bytes),
                       _size(v.disk_bytes), _size(v.disk_used_bytes))
         tt = g.totals
@@ -93,7 +95,8 @@ def report(
     owner: str | None = typer.Option(None, "--owner", help="only this owner's VMs"),
     project: str | None = typer.Option(None, "--project", help="only this project's VMs"),
 ) -> None:
-    """VMs grouped by owner, project or a label: age, last activity (ACTIVE: the newest event), state, allocation
+    """VMs grouped by owner, project or a label: age, last activity (ACTIVE: as measured by idle control, else the
+    newest event), state ("suspended (idle)": by idle control), allocation
     (CPUS, MEMORY, DISK) and use (UPTIME, the QEMU process's RSS, the disk's USED bytes), with totals."""
     if format not in ("table", "json", "csv"):
         fail(f"--format {format!r}: use table, json or csv", EXIT_INVALID)

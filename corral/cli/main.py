@@ -12,6 +12,7 @@ from corral.cli import (
     disk,
     execute,
     fleet,
+    idle,
     images,
     network,
     port,
@@ -47,6 +48,7 @@ app.add_typer(quota.app, name="quota")
 app.add_typer(project.app, name="project")
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(backup.app, name="backup")
+app.add_typer(idle.app, name="idle")
 
 
 def main() -> None:

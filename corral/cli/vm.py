@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from corral.api.models import VMInfo
+from corral.cli import idle as idle_cli
 from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
 from corral.cli.images import build_with_progress
 from corral.client import APIError, Client
@@ -105,6 +106,13 @@ def launch(
                                                   "backup); default: the project's, else stop"),
     backup_first: bool = typer.Option(False, "--backup-first", help="with --on-expiry delete: take a final backup "
                                       "(default repository) before deleting; not deleted if it fails"),
+    idle_suspend: str | None = typer.Option(None, "--idle-suspend", help="suspend the VM to disk once it has been "
+                                            "idle this long, e.g. 30m (off: never, even if its project has a "
+                                            "default); it resumes by itself on exec, shell, cp or a connection to "
+                                            "a forwarded port"),
+    idle_cpu: str | None = typer.Option(None, "--idle-cpu", help=idle_cli.CPU_HELP),
+    idle_disk: str | None = typer.Option(None, "--idle-disk", help=idle_cli.DISK_HELP),
+    idle_net: str | None = typer.Option(None, "--idle-net", help=idle_cli.NET_HELP),
 ) -> None:
     """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait)."""
     try:
@@ -127,6 +135,8 @@ def launch(
         if on_expiry != ExpiryAction.DELETE:
             fail("--backup-first goes with --on-expiry delete", EXIT_INVALID)
         expiry_fields["backup_before_delete"] = True
+    if (idle := idle_cli.policy_from_flags(idle_suspend, idle_cpu, idle_disk, idle_net)) is not None:
+        expiry_fields["idle"] = idle
     spec = _spec(name or f"vm-{secrets.token_hex(3)}", image, cpus, memory, disk, restart, publish, network,
                  _provisioning(cloud_init, ssh_key, hostname) | {
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
@@ -173,15 +183,18 @@ def ls(
         return
     cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"]
     expiring = any(v.expires_in is not None for v in vms)  # the column only when some VM expires
+    idling = any(idle_cli.column(v) != "-" for v in vms)  # the same for idle control
     t = Table(box=None)
-    for col in cols + (["EXPIRES"] if expiring else []) + (["LABELS"] if show_labels else []):
+    for col in cols + (["EXPIRES"] if expiring else []) + (["IDLE"] if idling else []) + \
+            (["LABELS"] if show_labels else []):
         t.add_column(col)
     for v in vms:
         style = STATE_STYLE.get(v.state, "")
         row = [v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.project, v.spec.owner or "-",
                v.spec.image, str(v.spec.vcpus), format_size(v.spec.memory << 20),
                format_size(v.spec.disk) if v.spec.disk else "image", ", ".join(v.addresses) or "-",
-               human_duration(v.uptime), *([format_expires(v)] if expiring else [])]
+               human_duration(v.uptime), *([format_expires(v)] if expiring else []),
+               *([idle_cli.column(v)] if idling else [])]
         t.add_row(*row, *([format_labels(v.spec.labels)] if show_labels else []))
     out.print(t, highlight=False)
 
@@ -235,6 +248,7 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
          f"{v.spec.expires_at:%Y-%m-%d %H:%M:%S}Z, then {v.spec.on_expiry or 'stop'} ("
          + ("expired" if (v.expires_in or 0) <= 0 else f"in {format_duration(v.expires_in or 0)}")
          + (", warned" if v.expiring else "") + ")"),
+        ("idle policy", idle_cli.describe(v.idle)), ("activity", idle_cli.activity(v.idle)),
     ]
     for d in v.disks:
         backing = f", backing {d.backing} ({d.backing_format})" if d.backing else ""

@@ -27,6 +27,7 @@ from corral.api.app import create_app
 from corral.api.deps import Services
 from corral.backup.service import BackupService
 from corral.errors import CorralError
+from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.portable.service import PortableService
 from corral.settings import Settings, load_settings
@@ -80,8 +81,9 @@ async def serve(settings: Settings) -> None:
     vms = VMService(settings, store, images)
     storage = StorageService(vms)
     backups = BackupService(vms, settings)
+    idle = IdleService(vms, settings.idle_interval)
     svc = Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                   portable=PortableService(storage), disks=DiskService(vms), backups=backups)
+                   portable=PortableService(storage), disks=DiskService(vms), backups=backups, idle=idle)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +93,8 @@ async def serve(settings: Settings) -> None:
         expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
         disk_full = asyncio.create_task(_disk_full(vms))
         scheduled = asyncio.create_task(_backup_schedules(backups, settings.backup_check_interval))
+        await idle.reconcile()  # hold the forwarded ports of VMs suspended with an idle policy again
+        idle_loop = asyncio.create_task(idle.run())
         try:
             yield
         finally:
@@ -98,6 +102,8 @@ async def serve(settings: Settings) -> None:
             expiry.cancel()
             disk_full.cancel()
             scheduled.cancel()
+            idle_loop.cancel()
+            await idle.close()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")
             store.close()

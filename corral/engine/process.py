@@ -38,6 +38,12 @@ def start_ticks(pid: int) -> int | None:
     return int(f[19]) if f else None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time ``pid`` used so far, user + system, all its threads (seconds); None if there is no such process."""
+    f = _stat_fields(pid)
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if f else None
+
+
 def is_alive(pid: int) -> bool:
     """True while ``pid`` exists and has not exited (a zombie has exited)."""
     f = _stat_fields(pid)

@@ -10,7 +10,8 @@ Tables:
     networks  private networks: name, subnet, creation time (and the Linux bridge of a bridged network)
     attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
     quotas    limits per project or owner (``scope``, ``name``): VMs, vCPUs, memory MiB, disk bytes; NULL = none
-    projects  per-project settings: the default TTL (seconds) and expiry action given to a VM created without its own
+    projects  per-project settings: the default TTL (seconds) and expiry action given to a VM created without its own,
+              and the default idle policy (JSON of :class:`IdlePolicy`) of its VMs that have none of their own
     layers    the qcow2 layers of VM disks (corral.storage): file, backing layer (NULL: on the image's disk, or a
               standalone disk), owning VM (NULL: shared, its VM deleted), purpose (``top``: a VM's writable layer;
               ``frozen``: read-only, under a snapshot, a clone or a newer layer); a file stays while anything uses it
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.idle.policy import IdlePolicy
 from corral.vm.quota import Quota
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
@@ -196,6 +198,7 @@ class ProjectRecord:
     name: str
     default_ttl: float | None = None
     on_expiry: str = "stop"
+    idle: IdlePolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,9 @@ ADDED_COLUMNS = {
                "result": "TEXT NOT NULL DEFAULT 'ok'"},
     # The guest's boot_id once Corral provisioned that boot: a re-attach to the same boot need not do it again.
     "runtime": {"provisioned_boot": "TEXT"},
+    # Idle control: the project's default policy; each VM's last activity (wall time) as the daemon measured it.
+    "projects": {"idle": "TEXT"},
+    "vms": {"last_active": "REAL"},
 }
 EVENT_INDEXES = """
 CREATE INDEX IF NOT EXISTS events_vm ON events(vm, id);
@@ -444,15 +450,31 @@ class Store:
 
     # --- projects -------------------------------------------------------------------------------------------
     def put_project(self, rec: ProjectRecord) -> None:
-        self._db.execute("INSERT OR REPLACE INTO projects (name, default_ttl, on_expiry) VALUES (?,?,?)",
+        """Set a project's default TTL and expiry action (its idle policy is left as it is)."""
+        self._db.execute("INSERT INTO projects (name, default_ttl, on_expiry) VALUES (?,?,?) ON CONFLICT(name) DO "
+                         "UPDATE SET default_ttl = excluded.default_ttl, on_expiry = excluded.on_expiry",
                          (rec.name, rec.default_ttl, rec.on_expiry))
+
+    def set_project_idle(self, name: str, policy: IdlePolicy | None) -> None:
+        """Set (None: remove) a project's default idle policy; its TTL settings are left as they are."""
+        value = policy.model_dump_json() if policy is not None else None
+        self._db.execute("INSERT INTO projects (name, idle) VALUES (?,?) ON CONFLICT(name) DO UPDATE SET "
+                         "idle = excluded.idle", (name, value))
 
     def get_project(self, name: str) -> ProjectRecord | None:
         row = self._db.execute("SELECT * FROM projects WHERE name = ?", (name,)).fetchone()
-        return ProjectRecord(**dict(row)) if row else None
+        return _project(row) if row else None
 
     def list_projects(self) -> list[ProjectRecord]:
-        return [ProjectRecord(**dict(r)) for r in self._db.execute("SELECT * FROM projects ORDER BY name")]
+        return [_project(r) for r in self._db.execute("SELECT * FROM projects ORDER BY name")]
+
+    # --- activity -------------------------------------------------------------------------------------------
+    def set_last_active(self, name: str, ts: float) -> None:
+        self._db.execute("UPDATE vms SET last_active = ? WHERE name = ?", (ts, name))
+
+    def last_active(self) -> dict[str, float]:
+        """Each VM's last activity as the daemon measured it (VMs never measured are absent)."""
+        return {r[0]: r[1] for r in self._db.execute("SELECT name, last_active FROM vms WHERE last_active IS NOT NULL")}
 
 
     # --- layers and snapshots (corral.storage) ----------------------------------------------------------------
@@ -519,6 +541,11 @@ class Store:
         """The VM's snapshot rows and current marker (its layers are released by corral.storage first)."""
         self._db.execute("DELETE FROM snapshots WHERE vm = ?", (vm,))
         self._db.execute("DELETE FROM snapshot_current WHERE vm = ?", (vm,))
+
+
+def _project(r: sqlite3.Row) -> ProjectRecord:
+    return ProjectRecord(name=r["name"], default_ttl=r["default_ttl"], on_expiry=r["on_expiry"],
+                         idle=IdlePolicy.model_validate_json(r["idle"]) if r["idle"] else None)
 
 
 def _event(r: sqlite3.Row) -> EventRecord:

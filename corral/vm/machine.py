@@ -31,6 +31,8 @@ class Machine:
     requested: str | None = None
     #: Who asked for it (the actor of that request), recorded on the exit that follows.
     requested_by: str | None = None
+    #: The state reason of the ``suspended`` VM after a requested suspend (by a user, or by idle control).
+    suspend_reason: str = "suspended by user"
     agent_ready: bool = False
     #: Set once the agent answered and the guest was provisioned (SSH key, private NICs) for this boot.
     ready: asyncio.Event = field(default_factory=asyncio.Event)

@@ -2,7 +2,9 @@
 
 Allocation is the spec (vCPUs, memory, the root disk's virtual size); use is what is cheap to read on the host: is
 it running and since when, the QEMU process's resident memory (``VmRSS`` in ``/proc/PID/status``) and the disk
-overlay's allocated bytes. Last activity is the time of the VM's newest event.
+overlay's allocated bytes. Last activity is when the daemon last saw the VM active (CPU, disk or network at or
+over its idle thresholds, or a user reaching it: see corral.idle), or for a VM it never measured, the time of its
+newest event.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ class ReportRow(BaseModel):
     state: str
     created_at: float
     age: float = Field(description="seconds since the VM was created")
-    last_activity: float | None = Field(default=None, description="time of the VM's newest event")
+    last_activity: float | None = Field(default=None, description="when the VM was last active, as the daemon "
+                                        "measured it (else the time of its newest event)")
+    idle_suspended: bool = Field(default=False, description="suspended by idle control")
     vcpus: int
     memory_mib: int
     disk_bytes: int | None = Field(default=None, description="root disk virtual size")

@@ -137,6 +137,8 @@ class VMService:
         #: Set by the backup service: takes the final backup of an expired VM whose spec asks for one (the VM's lock
         #: is held); if it raises, the VM is not deleted.
         self.before_expiry_delete: Callable[[str], Awaitable[None]] | None = None
+        #: Called with the VM's name just before its QEMU is started (idle control gives back the ports it held).
+        self.before_start: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
@@ -145,6 +147,13 @@ class VMService:
     def operation_lock(self, name: str) -> asyncio.Lock:
         """The VM's lock, for services composed over this one (backups): one operation per VM at a time."""
         return self._lock(name)
+    def locked(self, name: str) -> bool:
+        """Is an operation under way on this VM (its lock held)?"""
+        return self._lock(name).locked()
+
+    def starting(self, name: str) -> bool:
+        """Is this VM being started (admitted, its QEMU not yet live or failed)?"""
+        return name in self._starting
 
     def _get(self, name: str) -> VMRecord:
         rec = self.store.get_vm(name)
@@ -315,6 +324,8 @@ class VMService:
         # After an unclean stop every image is checked (leaks repaired); a corrupt one refuses the start.
         await image_check.before_start(rec, image_check.written_images(paths.disk, self.store.list_disks(name)),
                                        self.event)
+        if self.before_start is not None:
+            self.before_start(name)
         att = await self._prepare(rec, paths)
         if self.root_chain is not None:
             att = dataclasses.replace(att, chain=self.root_chain(rec, boot))
@@ -530,7 +541,7 @@ class VMService:
         else:
             how = f" (exit code {returncode})"
         if m.requested == "suspend":
-            state, reason, failed = VMState.SUSPENDED, "suspended by user", False
+            state, reason, failed = VMState.SUSPENDED, m.suspend_reason, False
         elif m.requested:
             state, reason, failed = VMState.STOPPED, f"{m.requested} requested by user", False
         elif m.panicked or m.shutdown_reason == "guest-panic":
@@ -668,15 +679,15 @@ class VMService:
             await self._set_state(name, VMState.RUNNING)
             return self._get(name)
 
-    async def suspend(self, name: str, timeout: float = 600.0) -> VMRecord:
-        """Save the VM's machine state to its state file, then quit QEMU: the VM is ``suspended``.
+    async def suspend(self, name: str, timeout: float = 600.0, reason: str = "suspended by user") -> VMRecord:
+        """Save the VM's machine state to its state file, then quit QEMU: the VM is ``suspended`` (``reason``).
 
         On failure nothing is saved and the VM runs (or stays paused) as before.
         """
         async with self._lock(name):
-            return await self._suspend(name, timeout)
+            return await self._suspend(name, timeout, reason)
 
-    async def _suspend(self, name: str, timeout: float) -> VMRecord:
+    async def _suspend(self, name: str, timeout: float, reason: str = "suspended by user") -> VMRecord:
         rec = self._get(name)
         check_operation(name, "suspend", rec.state)
         m = self._machines.get(name)
@@ -693,7 +704,7 @@ class VMService:
             if isinstance(exc, CorralError):
                 self.event(name, "suspend", f"suspend failed: {exc.message}")
             raise
-        m.requested = "suspend"
+        m.requested, m.suspend_reason = "suspend", reason
         with contextlib.suppress(MonitorError):  # QEMU may close the monitor before it answers
             await m.monitor.execute("quit")
         try:
@@ -806,7 +817,7 @@ class VMService:
     async def update_spec(self, name: str, changes: Mapping[str, Any]) -> VMRecord:
         """Change spec fields of an existing VM: labels, description and restart policy at once; vcpus and memory
         from its next start (not while it is suspended: its saved state holds the old machine)."""
-        allowed = {"labels", "description", "restart", "vcpus", "memory"}
+        allowed = {"labels", "description", "restart", "vcpus", "memory", "idle"}
         if bad := sorted(set(changes) - allowed):
             raise InvalidInput(f"cannot change {', '.join(bad)} of an existing VM")
         async with self._lock(name):
@@ -905,8 +916,9 @@ class VMService:
             labels.check_project(name)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        rec = ProjectRecord(name=name, default_ttl=default_ttl, on_expiry=on_expiry.value)
-        self.store.put_project(rec)
+        self.store.put_project(ProjectRecord(name=name, default_ttl=default_ttl, on_expiry=on_expiry.value))
+        rec = self.store.get_project(name)
+        assert rec is not None
         ttl = "none" if default_ttl is None else expiry.format_duration(default_ttl)
         self.event(None, "project", f"project '{name}': default TTL {ttl}, on expiry {on_expiry.value}",
                    project=name, default_ttl=default_ttl, on_expiry=on_expiry.value)
@@ -1202,6 +1214,8 @@ class VMService:
 
 
 def _show(v: object) -> str:
+    if hasattr(v, "describe"):  # an idle policy
+        return str(v.describe())
     if isinstance(v, dict):
         return ",".join(f"{k}={x}" for k, x in sorted(v.items())) or "(none)"
     return str(v.value if hasattr(v, "value") else v) if v != "" else "''"

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from corral.idle.policy import IdlePolicy
 from corral.vm import expiry
 from corral.vm import labels as lbl
 from corral.vm.expiry import ExpiryAction
@@ -127,6 +128,9 @@ class VMSpec(BaseModel):
                                            "project's, else stop")
     backup_before_delete: bool = Field(default=False, description="take a final backup (into the default "
                                        "repository) before an expired VM is deleted; not deleted if it fails")
+    idle: IdlePolicy | None = Field(default=None, description="idle control: suspend the VM to disk once its CPU, "
+                                    "disk and network stay under thresholds for a while (see docs/explanation/"
+                                    "idle.md); default: its project's; a policy with suspend_after null is off")
 
     @field_validator("name")
     @classmethod

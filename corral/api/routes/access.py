@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from corral.api.deps import Services, services
+from corral.api.deps import Services, services, touch, wake
 from corral.api.models import API_PREFIX, SSHInfo, VMInfo, WaitForRequest
 from corral.api.routes.vms import to_info
 from corral.errors import Conflict, CorralError, GuestAgentTimeout
@@ -45,6 +45,8 @@ async def ssh_info(name: str, svc: Svc,
     to ``timeout`` seconds for the guest to be ready and its SSH server to greet; 409 when it is not."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    await wake(svc, name, "open a shell in")  # a VM suspended by idle control resumes first
+    touch(svc, name)  # opening a shell is activity (then its traffic is)
     try:
         await until_ready(svc, name, timeout)
     except GuestAgentTimeout as exc:

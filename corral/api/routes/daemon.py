@@ -19,6 +19,7 @@ from corral.api.deps import Services, services
 from corral.api.models import DaemonStatus, EventInfo, Report
 from corral.api.routes.vms import select
 from corral.errors import CorralError, InvalidInput
+from corral.idle.policy import IDLE_REASON
 from corral.store.db import EventQuery, EventRecord
 from corral.vm import report as rep
 from corral.vm.events import parse_since
@@ -132,7 +133,7 @@ async def report(
     """VMs grouped, with age, last activity, state, allocation and use (running, uptime, QEMU RSS, disk)."""
     rep.check_by(by)
     now = time.time()
-    activity = svc.store.last_activity()
+    activity = svc.store.last_activity() | svc.store.last_active()  # measured activity first, else events
     rows = []
     for rec in select(svc.vms.list(), label, owner, project):
         rt = svc.vms.runtime(rec.name)
@@ -147,6 +148,7 @@ async def report(
             name=rec.name, owner=rec.spec.owner, project=rec.spec.project, labels=rec.spec.labels,
             state=rec.state.value, created_at=rec.created_at, age=now - rec.created_at,
             last_activity=activity.get(rec.name), vcpus=rec.spec.vcpus, memory_mib=rec.spec.memory,
+            idle_suspended=rec.state == VMState.SUSPENDED and rec.state_reason.startswith(IDLE_REASON),
             disk_bytes=disk, disk_used_bytes=rep.allocated_bytes(svc.vms.paths(rec.name).disk), running=running,
             uptime=now - rt.started_at if rt is not None else None,
             rss_bytes=rep.rss_bytes(rt.pid) if rt is not None else None,

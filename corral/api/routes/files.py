@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from corral.api.deps import Services, services
+from corral.api.deps import Services, services, using, wake
 from corral.api.models import FileInfo
 from corral.engine.guest_agent import GuestAgent
 from corral.guest import files
@@ -36,7 +36,9 @@ def _info(st: files.GuestStat) -> FileInfo:
 
 
 async def _agent(svc: Services, name: str) -> GuestAgent:
-    return await svc.vms.agent(name, OPERATION)
+    await wake(svc, name, "copy files to or from")  # a VM suspended by idle control resumes first
+    with using(svc, name):
+        return await svc.vms.agent(name, OPERATION)
 
 
 @router.get("/{name}/files/stat", response_model=FileInfo)

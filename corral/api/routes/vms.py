@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
-from corral.api.deps import Services, services
+from corral.api.deps import Services, services, using, wake
 from corral.api.models import (
     DiskInfo,
     EventInfo,
@@ -57,6 +57,8 @@ def to_info(svc: Services, rec: VMRecord, detail: bool = False) -> VMInfo:
     if m is not None:
         info.agent_ready = m.agent_ready
         info.addresses = list(m.addresses)
+    if svc.idle is not None:
+        info.idle = svc.idle.status(rec)
     return info
 
 
@@ -208,19 +210,21 @@ async def wait_ready(name: str, req: WaitRequest, svc: Svc) -> VMInfo:
 @router.post("/{name}/exec")
 async def exec_vm(name: str, req: ExecRequest, svc: Svc) -> StreamingResponse:
     """NDJSON stream of :class:`ExecChunk`: output as the guest writes it, then one ``exit`` line."""
+    await wake(svc, name, "exec")  # a VM suspended by idle control resumes first
     check_operation(name, "exec", svc.vms.get(name).state)  # fail before the 200 when the VM cannot run it
     stdin = base64.b64decode(req.stdin_b64) if req.stdin_b64 else None
 
     async def stream() -> AsyncIterator[bytes]:
         try:
-            async for item in svc.vms.exec(name, req.argv, env=req.env, cwd=req.cwd, stdin=stdin,
-                                           timeout=req.timeout):
-                if isinstance(item, ExecExit):
-                    chunk = ExecChunk(kind="exit", exit_code=item.exit_code, signal=item.signal,
-                                      timed_out=item.timed_out)
-                else:
-                    chunk = ExecChunk(kind=item.stream, data_b64=base64.b64encode(item.data).decode())
-                yield chunk.model_dump_json(exclude_none=True).encode() + b"\n"
+            with using(svc, name):  # never suspended for being idle while a command runs
+                async for item in svc.vms.exec(name, req.argv, env=req.env, cwd=req.cwd, stdin=stdin,
+                                               timeout=req.timeout):
+                    if isinstance(item, ExecExit):
+                        chunk = ExecChunk(kind="exit", exit_code=item.exit_code, signal=item.signal,
+                                          timed_out=item.timed_out)
+                    else:
+                        chunk = ExecChunk(kind=item.stream, data_b64=base64.b64encode(item.data).decode())
+                    yield chunk.model_dump_json(exclude_none=True).encode() + b"\n"
         except CorralError as exc:
             yield ExecChunk(kind="error", message=exc.message).model_dump_json(exclude_none=True).encode() + b"\n"
 

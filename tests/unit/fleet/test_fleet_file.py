@@ -88,3 +88,13 @@ def test_errors_name_the_line(text: str, expected: str) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(FleetFileError, match="cannot read fleet file"):
         load(tmp_path / "missing.yaml")
+
+
+def test_idle_policy_in_a_fleet_file() -> None:
+    text = ("fleet: f\ndefaults:\n  idle: {suspend_after: 30m, cpu: 2%}\n"
+            "vms:\n  a: {}\n  b: {idle: {suspend_after: off}}\n")
+    a, b = loads(text).vms
+    assert a.idle is not None and (a.idle.suspend_after, a.idle.cpu, a.idle.net) == (1800, 2.0, 16 << 10)
+    assert b.idle is not None and not b.idle.enabled
+    assert _error("fleet: f\nvms:\n  a:\n    idle: {suspend_after: soon}\n") == \
+        "fleet.yaml:4: a: idle.suspend_after: 'soon' is not a duration: use e.g. 90s, 30m, 2h, 7d or 1h30m"

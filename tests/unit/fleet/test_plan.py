@@ -78,3 +78,12 @@ def test_order_deletes_then_changes_then_creates() -> None:
              [cur(spec("a")), cur(spec("same")), cur(spec("old"))], prune=True)
     assert [(a.kind, a.name) for a in p.actions] == [
         ("delete", "old"), ("change", "a"), ("create", "new"), ("unchanged", "same")]
+
+
+def test_idle_policy_changes_in_place() -> None:
+    p = plan("demo", [spec("a", idle={"suspend_after": "1h"})], [cur(spec("a"))])
+    (a,) = p.actions
+    assert a.kind == "change" and not a.restart and [c.field for c in a.changes] == ["idle"]
+    assert a.update()["idle"]["suspend_after"] == 3600
+    assert plan("demo", [spec("a", idle={"suspend_after": "1h"})],
+                [cur(spec("a", idle={"suspend_after": 3600}))]).actions[0].kind == "unchanged"
