@@ -19,8 +19,8 @@ def set_(
     default_ttl: str | None = typer.Option(None, "--default-ttl", help="TTL given to new VMs of the project that "
                                            "have none of their own, e.g. 8h or 7d; 'none' removes it"),
     on_expiry: ExpiryAction | None = typer.Option(None, "--on-expiry", help="with the default TTL: stop "
-                                                  "(default), suspend (to disk) or delete (with its disks; there "
-                                                  "is no final backup: Corral has no backups yet)"),
+                                                  "(default), suspend (to disk) or delete (with its disks; a VM "
+                                                  "launched with --backup-first gets a final backup first)"),
     idle_suspend: str | None = typer.Option(None, "--idle-suspend", help="default idle policy of the project's VMs "
                                             "that have none of their own: suspend after this long idle, e.g. 1h; "
                                             "'none' removes it. Applies at once, to existing VMs too"),

@@ -30,7 +30,7 @@ class ExpiryAction(StrEnum):
 
     STOP = "stop"  # clean power-off, then kill
     SUSPEND = "suspend"  # save its state to disk; `corral resume` continues it (after `corral extend`)
-    DELETE = "delete"  # kill it and remove its disks (no final backup: Corral has no backups yet)
+    DELETE = "delete"  # kill it and remove its disks (after a final backup if its spec has backup_before_delete)
 
 
 def parse_duration(text: str) -> float:

@@ -7,7 +7,9 @@ depend on what happens to be running. :func:`check` is pure: it takes the VM spe
 
 It is called by :meth:`corral.vm.service.VMService.create` (so also by ``corral launch``) with the new spec, and by
 ``start``/``resume`` with the VM's own spec against the *other* VMs (so a VM over a quota lowered after it was
-created is refused a start). Image import creates no VM; there is no clone or resize yet.
+created is refused a start); by clone and VM import (corral.storage, corral.portable) with the new VM's spec; by a
+backup restore to a new VM (through ``create``); and by extra disks (corral.storage.disks: add and resize count the
+VM's disks at their new size). Image import creates no VM.
 """
 
 from __future__ import annotations
