@@ -89,6 +89,14 @@ class VMPaths:
         """The cloud-init NoCloud seed (ISO 9660, volume label cidata), when the spec asks for cloud-init."""
         return self.root / "seed.iso"
 
+    @property
+    def disks_dir(self) -> Path:
+        """The VM's extra disks (corral.storage.disks), one ``<disk>.qcow2`` each; deleted with the VM."""
+        return self.root / "disks"
+
+    def extra_disk(self, name: str) -> Path:
+        return self.disks_dir / f"{name}.qcow2"
+
     def nic_socket(self, network: str) -> Path:
         """This VM's end of a private network: a unix datagram socket the switch sends frames to."""
         return self.root / f"net-{network}.sock"

@@ -34,7 +34,6 @@ from corral.vm.states import VMState
 if TYPE_CHECKING:
     from corral.vm.service import VMService
 
-DISKS_DIR = "disks"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")  # 20 = virtio-blk's serial length; node names stay under 32
 MAX_SIZE = 64 << 40
 #: States in which disks change on the command line only (no QEMU), or through QMP (a live, answering QEMU).
@@ -52,10 +51,6 @@ def check_size(size: int) -> None:
         raise InvalidInput(f"disk size {format_size(size)} is out of range: from 1M to {format_size(MAX_SIZE)}")
     if size % 512:
         raise InvalidInput(f"disk size {size} is not a multiple of 512 bytes")
-
-
-def disk_file(vm_root: Path, name: str) -> Path:
-    return vm_root / DISKS_DIR / f"{name}.qcow2"
 
 
 def attachments(disks: list[DiskRecord]) -> tuple[DiskAttachment, ...]:
@@ -136,7 +131,7 @@ class DiskService:
             disks = self.store.list_disks(vm)
             port = free_port(disks, vm)
             self.vms.check_quotas(rec.spec, self.vms.disk_size(rec.spec) + size)
-            path = disk_file(self.vms.paths(vm).root, name)
+            path = self.vms.paths(vm).extra_disk(name)
             if path.exists():
                 raise Conflict(f"{path} already exists but VM '{vm}' has no disk '{name}': move it away first")
             path.parent.mkdir(mode=0o700, exist_ok=True)

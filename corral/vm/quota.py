@@ -7,7 +7,8 @@ depend on what happens to be running. :func:`check` is pure: it takes the VM spe
 
 It is called by :meth:`corral.vm.service.VMService.create` (so also by ``corral launch``) with the new spec, and by
 ``start``/``resume`` with the VM's own spec against the *other* VMs (so a VM over a quota lowered after it was
-created is refused a start). Image import creates no VM; there is no clone or resize yet.
+created is refused a start), and by corral.storage.disks when an extra disk is added or grown (a VM's disk is its root
+disk plus its extra disks: VMService.disk_size). Image import creates no VM.
 """
 
 from __future__ import annotations
