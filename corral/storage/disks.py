@@ -99,6 +99,13 @@ class DiskService:
         raise StateError(rec.name, operation, rec.state,
                          [s.value for s in (*STOPPED, *HOTPLUG)])
 
+    async def _plug(self, monitor: Monitor, vm: str, d: DiskRecord) -> None:
+        try:
+            await hotplug.plug(monitor, attachments([d])[0])
+        except hotplug.NoHotplugPort as exc:
+            raise Conflict(f"VM '{vm}' was started without hot-plug ports (by an older Corral): stop and start it "
+                           "once, or change its disks while it is stopped") from exc
+
     async def _taken_up(self, monitor: Monitor, rec: VMRecord, name: str) -> str:
         """After a hot-plug: wait (a little) until a running guest's driver has the disk, so that it is there for
         whatever the caller does next in the guest."""
@@ -140,7 +147,7 @@ class DiskService:
             try:
                 await qemu_img.create(path, size)
                 if monitor is not None:
-                    await hotplug.plug(monitor, attachments([d])[0])
+                    await self._plug(monitor, vm, d)
                 self.store.insert_disk(d)
             except BaseException:
                 path.unlink(missing_ok=True)
@@ -200,7 +207,7 @@ class DiskService:
                 raise NotFound(f"the file of disk '{name}' ({d.file}) is gone: `corral disk rm {vm} {name}`")
             d = replace(d, port=free_port(self.store.list_disks(vm), vm))
             if monitor is not None:
-                await hotplug.plug(monitor, attachments([d])[0])
+                await self._plug(monitor, vm, d)
             self.store.update_disk(d)
             how = await self._taken_up(monitor, self.vms.get(vm), name) if monitor else "on its next start"
             self.vms.event(vm, "disk", f"disk '{name}' attached ({how})", disk=name)
