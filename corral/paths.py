@@ -90,6 +90,12 @@ class VMPaths:
         return self.root / "seed.iso"
 
     @property
+    def images_open(self) -> Path:
+        """Present while a QEMU has the VM's images open; one left behind by a QEMU that did not exit cleanly
+        (killed, crashed, the host went down) makes the next start check the images first (corral.storage.check)."""
+        return self.root / "images-open"
+
+    @property
     def disks_dir(self) -> Path:
         """The VM's extra disks (corral.storage.disks), one ``<disk>.qcow2`` each; deleted with the VM."""
         return self.root / "disks"
