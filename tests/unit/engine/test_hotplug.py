@@ -85,3 +85,21 @@ def test_unplug_removes_everything_and_again_is_harmless() -> None:
     before = len(m.sent)
     asyncio.run(hotplug.unplug(m, "data"))  # type: ignore[arg-type]
     assert len(m.sent) == before
+
+
+class StubbornGuest(FakeMonitor):
+    """A guest that never releases the device."""
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+        if cmd == "device_del":
+            self.sent.append((cmd, args or {}))
+            return {}
+        return await super().execute(cmd, args, timeout)
+
+
+def test_unplug_timeout_leaves_the_disk_whole() -> None:
+    m = StubbornGuest()
+    asyncio.run(hotplug.plug(m, DISK))  # type: ignore[arg-type]
+    with pytest.raises(hotplug.HotplugTimeout, match="did not release disk 'data' within 0s"):
+        asyncio.run(hotplug.unplug(m, "data", timeout=0.3))  # type: ignore[arg-type]
+    assert "xd-data-dev" in m.devices and "xd-data" in m.nodes and "tg-data" in m.objects
