@@ -176,6 +176,9 @@ class DiskService:
 
     # -------------------------------------------------------------------------------------- attach / detach --
     async def _unplug(self, monitor: Monitor, vm: str, name: str) -> None:
+        if self.vms.get(vm).state == VMState.PAUSED:
+            raise Conflict(f"VM '{vm}' is paused: its guest cannot release disk '{name}'; resume it first "
+                           f"(`corral resume {vm}`) or stop it")
         try:
             await hotplug.unplug(monitor, name)
         except hotplug.HotplugTimeout as exc:
