@@ -106,6 +106,20 @@ class VMPaths:
         """A temporary qcow2 that QEMU (or qemu-img) copies the disk into during a backup; removed after it."""
         return self.root / f"backup-{tag}.qcow2"
 
+    @property
+    def images_open(self) -> Path:
+        """Present while a QEMU has the VM's images open; one left behind by a QEMU that did not exit cleanly
+        (killed, crashed, the host went down) makes the next start check the images first (corral.storage.check)."""
+        return self.root / "images-open"
+
+    @property
+    def disks_dir(self) -> Path:
+        """The VM's extra disks (corral.storage.disks), one ``<disk>.qcow2`` each; deleted with the VM."""
+        return self.root / "disks"
+
+    def extra_disk(self, name: str) -> Path:
+        return self.disks_dir / f"{name}.qcow2"
+
     def nic_socket(self, network: str) -> Path:
         """This VM's end of a private network: a unix datagram socket the switch sends frames to."""
         return self.root / f"net-{network}.sock"

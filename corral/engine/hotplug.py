@@ -23,6 +23,10 @@ class HotplugTimeout(MonitorError):
     """The guest did not release a disk in time."""
 
 
+class NoHotplugPort(MonitorError):
+    """The running QEMU has no such hot-plug port (it was started by a Corral without them)."""
+
+
 async def _device_present(monitor: Monitor, device: str) -> bool:
     children = await monitor.execute("qom-list", {"path": "/machine/peripheral"})
     return any(c.get("name") == device for c in children)
@@ -41,6 +45,8 @@ async def plug(monitor: Monitor, disk: DiskAttachment) -> None:
     """Add ``disk`` to the running VM: throttle group, file -> qcow2 -> throttle nodes, then the virtio-blk
     device in its hot-plug port. All or nothing."""
     n = DiskNodes.of(disk.name)
+    if not await _device_present(monitor, f"hp{disk.port}"):
+        raise NoHotplugPort(f"this QEMU has no hot-plug port hp{disk.port}")
     steps: list[tuple[str, dict[str, object]]] = [
         ("object-add", {"qom-type": "throttle-group", "id": n.group, "limits": dict(disk.limits)}),
         ("blockdev-add", {"driver": "file", "node-name": n.file, "filename": str(disk.file)}),

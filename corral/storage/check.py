@@ -1,7 +1,8 @@
 """Images are checked before use after an unclean stop; leaks are repaired, a corrupt image is never used.
 
-When: before a start, if the VM's last QEMU did not shut down cleanly (the VM is ``crashed``: QEMU killed, died,
-or found dead after a host crash) or if an image says so itself (qcow2 ``corrupt`` bit, or ``dirty`` with lazy
+When: before a start, if the VM's last QEMU did not shut down cleanly (the VM is ``crashed``: QEMU died, or was found
+dead after a host crash; or its ``images-open`` marker is left: QEMU did not exit with status 0, e.g. `corral kill`
+or a stop that had to kill it) or if an image says so itself (qcow2 ``corrupt`` bit, or ``dirty`` with lazy
 refcounts). What: ``qemu-img check -f qcow2`` of every qcow2 the VM writes (its root overlay and its attached extra
 disks). Then:
 
@@ -94,13 +95,16 @@ async def _flagged(path: Path) -> str:
     return ""
 
 
-async def before_start(rec: VMRecord, images: list[Path], event: EventSink) -> list[CheckResult]:
-    """Check (and repair leaks in) ``images`` if the VM stopped uncleanly or an image is flagged; raise
-    :class:`CorruptImage` for a corrupt one. Returns the results ([] when no check was needed)."""
+async def before_start(rec: VMRecord, images: list[Path], event: EventSink, open_marker: Path | None = None
+                       ) -> list[CheckResult]:
+    """Check (and repair leaks in) ``images`` if the VM stopped uncleanly (it is ``crashed``, or ``open_marker``
+    is still there: its last QEMU did not exit with status 0) or an image is flagged; raise :class:`CorruptImage`
+    for a corrupt one. Returns the results ([] when no check was needed)."""
     images = [p for p in images if p.exists()]
     flags = {p: await _flagged(p) for p in images}
+    unclean = rec.state == VMState.CRASHED or (open_marker is not None and open_marker.exists())
     why = f"its last stop was not clean ({rec.last_exit_reason or rec.state_reason or 'crashed'})" \
-        if rec.state == VMState.CRASHED else next((f for f in flags.values() if f), "")
+        if unclean else next((f for f in flags.values() if f), "")
     if not why:
         return []
     results = []

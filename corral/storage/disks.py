@@ -34,7 +34,6 @@ from corral.vm.states import VMState
 if TYPE_CHECKING:
     from corral.vm.service import VMService
 
-DISKS_DIR = "disks"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")  # 20 = virtio-blk's serial length; node names stay under 32
 MAX_SIZE = 64 << 40
 #: States in which disks change on the command line only (no QEMU), or through QMP (a live, answering QEMU).
@@ -52,10 +51,6 @@ def check_size(size: int) -> None:
         raise InvalidInput(f"disk size {format_size(size)} is out of range: from 1M to {format_size(MAX_SIZE)}")
     if size % 512:
         raise InvalidInput(f"disk size {size} is not a multiple of 512 bytes")
-
-
-def disk_file(vm_root: Path, name: str) -> Path:
-    return vm_root / DISKS_DIR / f"{name}.qcow2"
 
 
 def attachments(disks: list[DiskRecord]) -> tuple[DiskAttachment, ...]:
@@ -104,6 +99,13 @@ class DiskService:
         raise StateError(rec.name, operation, rec.state,
                          [s.value for s in (*STOPPED, *HOTPLUG)])
 
+    async def _plug(self, monitor: Monitor, vm: str, d: DiskRecord) -> None:
+        try:
+            await hotplug.plug(monitor, attachments([d])[0])
+        except hotplug.NoHotplugPort as exc:
+            raise Conflict(f"VM '{vm}' was started without hot-plug ports (by an older Corral): stop and start it "
+                           "once, or change its disks while it is stopped") from exc
+
     async def _taken_up(self, monitor: Monitor, rec: VMRecord, name: str) -> str:
         """After a hot-plug: wait (a little) until a running guest's driver has the disk, so that it is there for
         whatever the caller does next in the guest."""
@@ -136,7 +138,7 @@ class DiskService:
             disks = self.store.list_disks(vm)
             port = free_port(disks, vm)
             self.vms.check_quotas(rec.spec, self.vms.disk_size(rec.spec) + size)
-            path = disk_file(self.vms.paths(vm).root, name)
+            path = self.vms.paths(vm).extra_disk(name)
             if path.exists():
                 raise Conflict(f"{path} already exists but VM '{vm}' has no disk '{name}': move it away first")
             path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -145,7 +147,7 @@ class DiskService:
             try:
                 await qemu_img.create(path, size)
                 if monitor is not None:
-                    await hotplug.plug(monitor, attachments([d])[0])
+                    await self._plug(monitor, vm, d)
                 self.store.insert_disk(d)
             except BaseException:
                 path.unlink(missing_ok=True)
@@ -174,6 +176,9 @@ class DiskService:
 
     # -------------------------------------------------------------------------------------- attach / detach --
     async def _unplug(self, monitor: Monitor, vm: str, name: str) -> None:
+        if self.vms.get(vm).state == VMState.PAUSED:
+            raise Conflict(f"VM '{vm}' is paused: its guest cannot release disk '{name}'; resume it first "
+                           f"(`corral resume {vm}`) or stop it")
         try:
             await hotplug.unplug(monitor, name)
         except hotplug.HotplugTimeout as exc:
@@ -205,7 +210,7 @@ class DiskService:
                 raise NotFound(f"the file of disk '{name}' ({d.file}) is gone: `corral disk rm {vm} {name}`")
             d = replace(d, port=free_port(self.store.list_disks(vm), vm))
             if monitor is not None:
-                await hotplug.plug(monitor, attachments([d])[0])
+                await self._plug(monitor, vm, d)
             self.store.update_disk(d)
             how = await self._taken_up(monitor, self.vms.get(vm), name) if monitor else "on its next start"
             self.vms.event(vm, "disk", f"disk '{name}' attached ({how})", disk=name)

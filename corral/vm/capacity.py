@@ -36,7 +36,7 @@ class CapacityInfo(BaseModel):
     allocated_defined: CapacityAmounts = Field(description="sum over every defined VM")
     available: CapacityAmounts = Field(description="limit minus allocated_running; disk: free on the file system")
     used_memory: int = Field(description="MiB: resident memory of the QEMU processes (/proc)")
-    used_disk: int = Field(description="bytes the VMs' root disks (qcow2 overlays) occupy on disk")
+    used_disk: int = Field(description="bytes the VMs' disks (root qcow2 overlays and extra disks) occupy on disk")
     running: list[str]
     vms: int
 
@@ -61,7 +61,7 @@ def bytes_on_disk(path: Path) -> int:
 
 
 def capacity(settings: Settings, store: Store, disk_size: dict[str, int]) -> CapacityInfo:
-    """``disk_size``: each defined VM's root disk virtual size (as quotas count it)."""
+    """``disk_size``: each defined VM's disk virtual size, root and extra disks (as quotas count it)."""
     recs = store.list_vms()
     live = [r for r in recs if r.state in LIVE]
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -79,6 +79,7 @@ def capacity(settings: Settings, store: Store, disk_size: dict[str, int]) -> Cap
         if rt is not None:
             used_memory += rss_mib(rt.pid)
     used_disk = sum(bytes_on_disk(settings.vm_paths(r.name).disk) for r in recs)
+    used_disk += sum(bytes_on_disk(Path(d.file)) for d in store.list_disks())  # extra disks (corral disk)
     return CapacityInfo(
         host=host_amounts, cpu_overcommit=settings.cpu_overcommit, memory_overcommit=settings.memory_overcommit,
         limit=limit, allocated_running=running, allocated_defined=defined,

@@ -323,7 +323,7 @@ class VMService:
         logs.rotate_stopped(paths.qemu_log)
         # After an unclean stop every image is checked (leaks repaired); a corrupt one refuses the start.
         await image_check.before_start(rec, image_check.written_images(paths.disk, self.store.list_disks(name)),
-                                       self.event)
+                                       self.event, paths.images_open)
         if self.before_start is not None:
             self.before_start(name)
         att = await self._prepare(rec, paths)
@@ -340,6 +340,7 @@ class VMService:
         monitor: Monitor | None = None
         exited_early = False
         loaded: migration.Transfer | None = None
+        paths.images_open.touch()  # removed when QEMU exits cleanly (status 0); else the next start checks them
         try:
             child = await process.spawn(argv, paths.qemu_log, paths.root)
             ident = process.identify(child.pid)
@@ -500,8 +501,8 @@ class VMService:
                 image = full.image_of(str(data.get("node-name") or data.get("device") or ""), self.paths(name).disk,
                                       self.store.list_disks(name))
                 reason = full.reason(name, image)
-            self.event(name, "qmp", f"BLOCK_IO_ERROR on {data.get('device') or data.get('node-name')}: {reason}",
-                       **data)
+            self.event(name, "disk-full" if data.get("nospace") else "qmp",
+                       f"BLOCK_IO_ERROR on {data.get('device') or data.get('node-name')}: {reason}", **data)
             rec = self.store.get_vm(name)
             if rec is not None and data.get("action") == "stop" and rec.state in (VMState.RUNNING, VMState.PAUSED):
                 await self._set_state(name, VMState.PAUSED,
@@ -534,6 +535,8 @@ class VMService:
             await m.agent.close()
         self.store.delete_runtime(name)
         await self._release_nics(name)
+        if returncode == 0:  # QEMU closed its images itself
+            self.paths(name).images_open.unlink(missing_ok=True)
         if returncode is None:
             how = ""
         elif returncode < 0:

@@ -70,6 +70,12 @@ def test_hot_plug_use_grow_throttle_detach_attach(corral: CorralEnv) -> None:
     r = corral.cli("disk", "rm", "hp", "data")
     assert r.returncode == 4 and "detach it first" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
+    # A paused guest cannot release a disk: refused at once, not after a timeout.
+    ok(corral, "pause", "hp")
+    r = corral.cli("disk", "detach", "hp", "data")
+    assert r.returncode == 4 and "is paused: its guest cannot release disk 'data'" in r.stderr, r.stderr
+    ok(corral, "resume", "hp")
+
     # Detached (the guest releases it) and re-attached with its data.
     guest(corral, "hp", "umount /mnt/data")
     ok(corral, "disk", "detach", "hp", "data")
@@ -84,7 +90,8 @@ def test_hot_plug_use_grow_throttle_detach_attach(corral: CorralEnv) -> None:
     ok(corral, "disk", "rm", "hp", "data", "--force")
     assert disks(corral, "hp") == [] and dev_of(corral, "hp", "data") == ""
     events = [e.message for e in corral.client.events(vm="hp") if e.type == "disk"]
-    assert any("hot-plugged, the guest has it" in m for m in events) and any("grown 64M -> 96M online" in m for m in events)
+    assert any("hot-plugged, the guest has it" in m for m in events)
+    assert any("grown 64M -> 96M online" in m for m in events)
 
 
 def test_stopped_vm_gets_its_disks_on_the_command_line(corral: CorralEnv) -> None:

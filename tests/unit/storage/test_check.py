@@ -95,3 +95,14 @@ def test_corrupt_image_refuses_the_start_until_repaired(tmp_path: Path) -> None:
     (r,) = asyncio.run(repair([img]))
     assert r.corruptions_fixed > 0 and not r.corrupt
     assert asyncio.run(before_start(rec(VMState.CRASHED), [img], Events()))[0].corruptions == 0
+
+
+def test_a_left_marker_means_an_unclean_exit(tmp_path: Path) -> None:
+    """`corral kill` stops the VM (not crashed) but QEMU never closed its images: the marker says so."""
+    img = make(tmp_path / "a.qcow2")
+    leak(img)
+    marker = tmp_path / "images-open"
+    assert asyncio.run(before_start(rec(VMState.STOPPED), [img], Events(), marker)) == []
+    marker.touch()
+    (r,) = asyncio.run(before_start(rec(VMState.STOPPED), [img], Events(), marker))
+    assert r.leaks_fixed == 1
