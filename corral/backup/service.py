@@ -53,6 +53,7 @@ from corral.engine import disk_backup
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
 from corral.paths import BACKUPS_DIR
 from corral.settings import Settings
+from corral.storage.service import StorageService
 from corral.vm.service import VMService
 from corral.vm.states import VMState
 
@@ -78,9 +79,10 @@ async def _locked(repo: Repository, exclusive: bool) -> AsyncIterator[None]:
 
 
 class BackupService:
-    def __init__(self, vms: VMService, settings: Settings) -> None:
+    def __init__(self, vms: VMService, settings: Settings, storage: StorageService | None = None) -> None:
         self.vms = vms
         self.settings = settings
+        self.storage = storage  # the disk layer tree: a restored disk becomes the VM's top layer
         self.schedules = ScheduleStore(vms.store)
         vms.before_expiry_delete = self.final_backup
 
@@ -305,7 +307,7 @@ class BackupService:
             spec = spec.model_copy(update={"ports": [p for p in spec.ports if p.key() not in taken]})
         await self.vms.create(spec)
         try:
-            os.replace(qcow2, self.vms.paths(spec.name).disk)
+            self._put_disk(spec.name, qcow2)
         except BaseException:
             with contextlib.suppress(CorralError):
                 await self.vms.delete(spec.name, force=True)
@@ -314,13 +316,21 @@ class BackupService:
                        f"({index.created:%Y-%m-%d %H:%M:%S}Z)", backup=index.id, source_vm=index.vm)
         return RestoreResult(vm=spec.name, backup=index.id, disk_bytes=index.virtual_size, dropped_ports=dropped)
 
+    def _put_disk(self, name: str, qcow2: Path) -> None:
+        """The restored standalone qcow2 becomes the VM's disk: its top layer in the layer tree (its snapshots
+        stay), or, without one, its disk.qcow2."""
+        if self.storage is not None:
+            self.storage.replace_top(name, qcow2)
+        else:
+            os.replace(qcow2, self.vms.paths(name).disk)
+
     async def _restore_in_place(self, index: BackupIndex, name: str, qcow2: Path) -> RestoreResult:
         async with self.vms.operation_lock(name):
             self._check_in_place(name)
             rec = self.vms.get(name)
             paths = self.vms.paths(name)
             paths.backup_bitmap.unlink(missing_ok=True)  # a new disk: the next backup reads it whole
-            os.replace(qcow2, self.top_disk(name))
+            self._put_disk(name, qcow2)
             if rec.spec.disk != index.virtual_size:
                 self.vms.store.update_spec(rec.spec.model_copy(update={"disk": index.virtual_size}))
         self.vms.event(name, "restore", f"disk replaced by backup {index.id} of '{index.vm}' "

@@ -80,7 +80,7 @@ async def serve(settings: Settings) -> None:
     images = ImageStore(settings.images_dir, settings.cache)
     vms = VMService(settings, store, images)
     storage = StorageService(vms)
-    backups = BackupService(vms, settings)
+    backups = BackupService(vms, settings, storage)
     idle = IdleService(vms, settings.idle_interval)
     svc = Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
                    portable=PortableService(storage), disks=DiskService(vms), backups=backups, idle=idle)

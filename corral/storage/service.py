@@ -178,6 +178,24 @@ class StorageService:
         tmp.symlink_to(top.path)
         os.replace(tmp, link)
 
+    def replace_top(self, vm: str, file: Path) -> None:
+        """Make the standalone qcow2 ``file`` the stopped VM's disk (a backup restored): it becomes the VM's top
+        layer, with no backing; the old top goes; the snapshots stay, but the VM's state descends from none of
+        them. The caller holds the VM's lock."""
+        rec = self.vms.get(vm)
+        if rec.state in LIVE:
+            raise StateError(vm, "replace the disk of", rec.state.value, [VMState.STOPPED.value])
+        old = self._adopt(rec)
+        id_, path = self._new_path()
+        os.replace(file, path)
+        path.chmod(0o600)
+        self.store.delete_layer(old.id)
+        self.store.insert_layer(LayerRecord(id_, str(path), None, None, vm, "top", time.time()))
+        self._remove_file(old, vm)
+        self._point_disk(vm)
+        self.store.set_current_snapshot(vm, None)
+        self._collect()
+
     def _collect(self) -> None:
         """Remove every frozen layer nothing uses any more: no snapshot names it, no layer backs onto it."""
         changed = True
