@@ -136,16 +136,20 @@ class IdleService:
             watcher.cancel()
 
     async def _follow_events(self) -> None:
-        sub = self.vms.subscribe(EventQuery())
-        try:
-            while (ev := await sub.next()) is not None:
-                if ev.type in RECONCILE_ON:
-                    try:
-                        await self.reconcile()
-                    except Exception:
-                        log.exception("holding ports failed")
-        finally:
-            self.vms.unsubscribe(sub)
+        while True:
+            sub = self.vms.subscribe(EventQuery())
+            try:
+                while (ev := await sub.next()) is not None:
+                    if ev.type in RECONCILE_ON:
+                        try:
+                            await self.reconcile()
+                        except Exception:
+                            log.exception("holding ports failed")
+            finally:
+                self.vms.unsubscribe(sub)
+            if not sub.overflowed:
+                return  # the daemon is shutting down
+            await self.reconcile()  # fell behind: catch up, and follow again
 
     async def tick(self) -> None:
         projects = self.projects()

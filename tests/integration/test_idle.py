@@ -68,6 +68,7 @@ def test_idle_vm_is_suspended_and_exec_resumes_the_same_boot(fast: CorralEnv) ->
     r = fast.cli("launch", "sleepy", "--idle-suspend", "5s", "--idle-cpu", "10%")
     assert r.returncode == 0, r.stderr
     boot_id = guest(fast, "sleepy", "cat", "/proc/sys/kernel/random/boot_id")
+    guest(fast, "sleepy", "sh", "-c", "echo kept > /root/mark")
     up_before = float(guest(fast, "sleepy", "cat", "/proc/uptime").split()[0])
     v = show(fast, "sleepy")
     assert v["spec"]["idle"] == {"suspend_after": 5.0, "cpu": 10.0, "disk": 65536, "net": 16384}
@@ -90,9 +91,17 @@ def test_idle_vm_is_suspended_and_exec_resumes_the_same_boot(fast: CorralEnv) ->
     up_after, resumed_boot = float(out.split()[0]), out.splitlines()[1]
     assert resumed_boot == boot_id.strip(), "the same boot, not a new one"
     assert up_after >= up_before, (up_before, up_after)
-    assert show(fast, "sleepy")["state"] == "running"
-    assert [a for a, _ in idle_events(fast, "sleepy")] == ["suspend", "resume"]
+    # (not its state now: with a 5 s window, a loaded host may see it suspended again by the next command)
+    assert [a for a, _ in idle_events(fast, "sleepy")][:2] == ["suspend", "resume"]
     assert "exec by" in idle_events(fast, "sleepy")[1][1]
+
+    # `corral cp` wakes it too.
+    suspended_by_idle(fast, "sleepy")
+    dest = fast.home / "mark"
+    r = fast.cli("cp", "-q", "sleepy:/root/mark", str(dest))
+    assert r.returncode == 0, r.stderr
+    assert dest.read_text() == "kept\n"
+    assert any("copy files to or from" in m for a, m in idle_events(fast, "sleepy") if a == "resume")
 
 
 def test_busy_vm_is_not_suspended_until_it_rests(fast: CorralEnv) -> None:
@@ -109,11 +118,21 @@ def test_busy_vm_is_not_suspended_until_it_rests(fast: CorralEnv) -> None:
     guest(fast, "busy", "sh", "-c", "kill $(cat /tmp/burn)")
     suspended_by_idle(fast, "busy")
 
+    ls = fast.cli("idle", "ls").stdout
+    assert "busy" in ls and "suspended (wakes)" in ls and "suspend after 4s idle" in ls, ls
+
     # Idle control off: exec on the suspended VM is then a clear error, and it stays suspended.
     assert fast.cli("idle", "off", "busy").returncode == 0
     r = fast.cli("exec", "busy", "--", "true")
     assert r.returncode == 4 and "while it is suspended: it has no idle policy" in r.stderr, r.stderr
     assert show(fast, "busy")["state"] == "suspended"
+
+    # On again: `corral shell` wakes it.
+    r = fast.cli("idle", "set", "busy", "5m", "--cpu", "20%")
+    assert r.returncode == 0 and "suspend after 5m idle (cpu < 20%" in r.stdout, r.stderr
+    r = fast.cli("shell", "busy", "--", "echo", "awake")
+    assert r.returncode == 0 and r.stdout.strip() == "awake", r.stderr
+    assert show(fast, "busy")["state"] == "running"
 
 
 def refused(port: int) -> bool:
@@ -143,7 +162,6 @@ def test_a_connection_to_a_forwarded_port_wakes_it(fast: CorralEnv) -> None:
     t0 = time.monotonic()
     assert fetch(port).strip() == "hello-idle"  # held while the VM resumes, then relayed
     print(f"\nidle: HTTP answer through the held port {time.monotonic() - t0:.1f}s after connecting")
-    assert show(fast, "web")["state"] == "running"
     assert any(a == "resume" and "a connection to a forwarded port" in m for a, m in idle_events(fast, "web"))
     assert guest(fast, "web", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
 
