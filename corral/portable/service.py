@@ -37,8 +37,8 @@ from corral.images.inspect import inspect
 from corral.portable import archive
 from corral.portable.archive import ArchiveError, ArchiveProgress, Member
 from corral.storage import check as image_check
-from corral.storage.service import LIVE_DISK, OFFLINE_DISK, StorageService
-from corral.store.db import LayerRecord, SnapshotRecord, VMRecord
+from corral.storage.service import LIVE_DISK, OFFLINE_DISK, StorageService, check_name
+from corral.store.db import DiskRecord, LayerRecord, SnapshotRecord, VMRecord
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
 
@@ -95,6 +95,9 @@ class PortableService:
                 raise Conflict(f"VM '{name}' is {rec.state}: it has no machine state to export (export without "
                                "--state, or start it first)")
             live = rec.state in LIVE_DISK
+            if live and self.store.list_disks(name):
+                raise Conflict(f"VM '{name}' has extra disks, which are exported only from a stopped VM (their "
+                               f"contents would change while they are copied): `corral stop {name}` first")
             tmp_state: Path | None = None
             frozen: LayerRecord | None = None
             try:
@@ -149,6 +152,8 @@ class PortableService:
                 members.append(Member(_state_member(s.id), Path(s.state_file)))
         if state_file is not None:
             members.append(Member("state.bin", state_file))
+        disks = self.store.list_disks(rec.name)
+        members += [Member(f"disks/{d.name}.qcow2", Path(d.file)) for d in disks]
         efivars = self.vms.paths(rec.name).root / VM_EFI_VARS
         if efivars.is_file():
             members.append(Member(VM_EFI_VARS, efivars))
@@ -171,6 +176,8 @@ class PortableService:
             "current": self.store.current_snapshot(rec.name),
             "state": state_file is not None,
             "image": image_meta,
+            "disks": [{"name": d.name, "size": d.size, "serial": d.serial, "limits": d.limits, "port": d.port}
+                      for d in disks],
         }
         return members, meta
 
@@ -248,6 +255,7 @@ class PortableService:
                 undo.append(lambda: self.store.delete_vm(vm))
                 self._record_layers(vm, meta, ids, undo)
                 self._record_snapshots(vm, meta, ids, work, undo)
+                await self._place_disks(src, work, meta, vm, undo)
                 self.storage._point_disk(vm)
             except BaseException:
                 for step in reversed(undo):
@@ -328,6 +336,30 @@ class PortableService:
             if result.corrupt:
                 raise ArchiveError(f"{src}: layer {old} is damaged ({result.summary()})")
         return ids
+
+    async def _place_disks(self, src: Path, work: Path, meta: dict[str, Any], vm: str, undo: list[Any]) -> None:
+        """The VM's extra disks: each checked like a layer (it must have no backing file), put in its directory."""
+        paths = self.vms.paths(vm)
+        for d in meta.get("disks") or []:
+            name = str(d["name"])
+            check_name(name, "disk")
+            file = work / f"disks/{name}.qcow2"
+            if not file.is_file():
+                raise ArchiveError(f"{src}: extra disk '{name}' is missing")
+            await asyncio.to_thread(inspect, file, "qcow2")
+            result = await image_check.check(file)
+            if result.corrupt:
+                raise ArchiveError(f"{src}: extra disk '{name}' is damaged ({result.summary()})")
+            dest = paths.extra_disk(name)
+            dest.parent.mkdir(mode=0o700, exist_ok=True)
+            os.replace(file, dest)
+            dest.chmod(0o600)
+            port = d.get("port")
+            self.store.insert_disk(DiskRecord(vm=vm, name=name, file=str(dest), size=int(d["size"]),
+                                              serial=str(d.get("serial") or name), created_at=time.time(),
+                                              limits={str(k): int(v) for k, v in (d.get("limits") or {}).items()},
+                                              port=int(port) if port is not None else None))
+            undo.append(lambda name=name: self.store.delete_disk(vm, name))
 
     def _record_layers(self, vm: str, meta: dict[str, Any], ids: dict[str, str], undo: list[Any]) -> None:
         for rec in self._bottom_up(meta, ids, vm, time.time()):  # every backing row before the rows above it
