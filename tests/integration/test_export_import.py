@@ -93,6 +93,10 @@ def test_export_delete_import_keeps_tree_and_state(corral: CorralEnv, tmp_path: 
     assert guest(corral, "port", "cat", "/root/f").strip() == "one"
 
     # Another "host": a second Corral home with no image installed; the stopped VM's export carries its image.
+    r = corral.cli("disk", "add", "port", "data", "--size", "64M")
+    assert r.returncode == 0, r.stderr
+    r = corral.cli("export", "port", str(tmp_path / "live.tar.gz"))  # extra disks: only from a stopped VM
+    assert r.returncode != 0 and "stop" in r.stderr and not (tmp_path / "live.tar.gz").exists()
     assert corral.cli("stop", "port").returncode == 0
     stopped = tmp_path / "stopped.tar.gz"
     assert corral.cli("export", "port", str(stopped)).returncode == 0
@@ -104,6 +108,8 @@ def test_export_delete_import_keeps_tree_and_state(corral: CorralEnv, tmp_path: 
         assert show(other, "moved")["state"] == "stopped"
         assert snapshots(other, "moved") == {"s1": None, "s2": "s1"}
         assert "tiny" in other.cli("images", "ls").stdout
+        disks = json.loads(other.cli("disk", "ls", "moved", "--json").stdout)
+        assert [(d["name"], d["size"]) for d in disks] == [("data", 64 << 20)]
         assert other.cli("start", "moved").returncode == 0
         assert other.cli("wait", "moved", "--ready", "--timeout", "120").returncode == 0
         assert guest(other, "moved", "cat", "/root/f").strip() == "one"
