@@ -491,7 +491,11 @@ class StorageService:
             self.vms._creating[new] = spec
             t0 = time.monotonic()
             try:
-                top = await (self._full(rec, snap, new, progress) if full else self._linked(rec, snap, new))
+                try:
+                    top = await (self._full(rec, snap, new, progress) if full else self._linked(rec, snap, new))
+                except CorralError as exc:
+                    self.vms.event(src, "clone", f"clone '{new}' failed: {exc.message}", result="error", clone=new)
+                    raise
                 try:
                     paths.root.parent.mkdir(parents=True, exist_ok=True)
                     paths.root.mkdir(mode=0o700)
