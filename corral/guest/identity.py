@@ -33,10 +33,11 @@ if command -v dropbearkey >/dev/null 2>&1; then
     rm -f /etc/dropbear/dropbear_rsa_host_key /etc/dropbear/dropbear_ecdsa_host_key
     for pid in $(pidof dropbear); do kill "$pid" 2>/dev/null || true; done  # init starts it again on the new key
 fi
-if [ -x /usr/sbin/sshd ] || command -v ssh-keygen >/dev/null 2>&1; then
+if [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null 2>&1; then
+    # ed25519 and ecdsa, as the images make them: an RSA key (ssh-keygen -A) takes minutes under TCG.
     rm -f /etc/ssh/ssh_host_*
-    ssh-keygen -A >/dev/null
-    if command -v systemctl >/dev/null 2>&1; then systemctl try-restart ssh.service >/dev/null 2>&1 || true; fi
+    for t in ed25519 ecdsa; do ssh-keygen -q -t "$t" -N "" -f "/etc/ssh/ssh_host_${t}_key"; done
+    if command -v systemctl >/dev/null 2>&1; then systemctl --no-block try-restart ssh.service || true; fi
 fi
 sync
 """

@@ -141,6 +141,16 @@ class StorageService:
         path.touch(mode=0o600)  # qemu-img keeps the mode of a file it writes into: private, as the VM's directory
         return id_, path
 
+    async def _create_layer(self, backing: Path) -> tuple[str, Path]:
+        """A new empty qcow2 layer file on ``backing``: (id, path); nothing is left if it fails."""
+        id_, path = self._new_path()
+        try:
+            await qemu_img.create_layer(path, backing, qcow2.virtual_size(backing))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return id_, path
+
     def _adopt(self, rec: VMRecord) -> LayerRecord:
         """The VM's top layer row, made for a VM that has none yet (its disk.qcow2, hard-linked into layers/)."""
         top = self.store.top_layer(rec.name)
@@ -271,8 +281,7 @@ class StorageService:
                              sorted(s.value for s in (*LIVE_DISK, *OFFLINE_DISK)))
         m = self._machine(rec.name) if rec.state in LIVE_DISK else None
         old = self._adopt(rec)
-        new_id, new_path = self._new_path()
-        await qemu_img.create_layer(new_path, Path(old.path), qcow2.virtual_size(Path(old.path)))
+        new_id, new_path = await self._create_layer(Path(old.path))
 
         def commit() -> None:
             self.store.update_layer(old.id, purpose="frozen")
@@ -281,7 +290,7 @@ class StorageService:
 
         if m is None:
             commit()
-            return old, "VM not running"
+            return old, "the VM is not running: its disk as it is"
         assert m.monitor is not None
         monitor = m.monitor
         node = f"l-{new_id}"
@@ -387,9 +396,7 @@ class StorageService:
                 self.vms.paths(vm).state_file.unlink(missing_ok=True)
                 await self.vms._set_state(vm, VMState.STOPPED, f"saved state discarded: reverting to '{name}'")
             old = self._adopt(rec)
-            new_id, new_path = self._new_path()
-            under = Path(self._layer(snap.layer).path)
-            await qemu_img.create_layer(new_path, under, qcow2.virtual_size(under))
+            new_id, new_path = await self._create_layer(Path(self._layer(snap.layer).path))
             self.store.delete_layer(old.id)
             self.store.insert_layer(LayerRecord(new_id, str(new_path), snap.layer, None, vm, "top", time.time()))
             self._remove_file(old, vm)
@@ -502,7 +509,11 @@ class StorageService:
             self.vms._creating[new] = spec
             t0 = time.monotonic()
             try:
-                top = await (self._full(rec, snap, new, progress) if full else self._linked(rec, snap, new))
+                try:
+                    top = await (self._full(rec, snap, new, progress) if full else self._linked(rec, snap, new))
+                except CorralError as exc:
+                    self.vms.event(src, "clone", f"clone '{new}' failed: {exc.message}", result="error", clone=new)
+                    raise
                 try:
                     paths.root.parent.mkdir(parents=True, exist_ok=True)
                     paths.root.mkdir(mode=0o700)
@@ -535,8 +546,7 @@ class StorageService:
             base = reuse
         else:
             base = (await self._freeze_top(src))[0]
-        id_, path = self._new_path()
-        await qemu_img.create_layer(path, Path(base.path), qcow2.virtual_size(Path(base.path)))
+        id_, path = await self._create_layer(Path(base.path))
         return LayerRecord(id_, str(path), base.id, None, new, "top", time.time())
 
     def _unchanged_since_freeze(self, src: VMRecord) -> LayerRecord | None:

@@ -14,6 +14,8 @@ Operations (what a user asks) are legal only from the states in :data:`ALLOWED_F
                                     |                                     |
                                     +-- (failed) --> running/paused      +-- (failed load) --> suspended
 
+    stopped/crashed --revert to a whole-machine snapshot--> suspended (its state loads at the next start)
+
 ``suspended``: no QEMU process; the machine state (memory and devices) is in the VM's ``state.bin`` and its disk is
 left as it was. A resting state like ``stopped``: it survives daemon restarts.
 

@@ -152,3 +152,23 @@ def test_a_hung_guest_agent_does_not_hang_a_snapshot(corral: CorralEnv) -> None:
         time.sleep(1.0)
     r = corral.cli("exec", "--timeout", "20", "hung", "--", "sh", "-c", "echo x > /root/a && sync && cat /root/a")
     assert r.returncode == 0 and r.stdout == "x\n", (r.stdout, r.stderr)
+
+
+def test_deleting_a_snapshot_under_a_read_only_layer_of_a_running_vm(corral: CorralEnv) -> None:
+    """After a restart every layer under the top is a read-only node QEMU was started with: merging into one of
+    them (block-stream into an intermediate node) reopens it read-write first."""
+    ok(corral, "launch", "ro")
+    sums = {}
+    for n in ("r1", "r2"):
+        guest(corral, "ro", f"head -c 200000 /dev/urandom > /root/data; echo {n} >> /root/data; sync")
+        sums[n] = guest(corral, "ro", "sha256sum /root/data").split()[0]
+        ok(corral, "snapshot", "create", "ro", n)
+    guest(corral, "ro", "echo now > /root/data; sync")
+    ok(corral, "stop", "ro")
+    ok(corral, "start", "ro")  # the chain is now image, r1, r2, top: r1 and r2 read-only nodes
+    ok(corral, "snapshot", "rm", "ro", "r1")  # merged into r2's layer, which QEMU has read-only
+    assert [s["name"] for s in snapshots(corral, "ro")] == ["r2"]
+    assert guest(corral, "ro", "cat /root/data") == "now\n"
+    ok(corral, "snapshot", "revert", "ro", "r2", "--force")
+    ok(corral, "start", "ro")
+    assert guest(corral, "ro", "sha256sum /root/data").split()[0] == sums["r2"]
