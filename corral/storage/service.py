@@ -364,6 +364,10 @@ class StorageService:
             if memory and rec.state not in LIVE_DISK:
                 raise Conflict(f"VM '{vm}' is {rec.state}: a whole-machine snapshot (--memory) needs it running or "
                                f"paused; without --memory its disk alone is snapshotted")
+            if memory and any(d.attached for d in self.store.list_disks(vm)):
+                raise Conflict(f"VM '{vm}' has extra disks attached, which snapshots do not cover yet: a whole-machine "
+                               f"snapshot would bring its memory back without their contents; detach them "
+                               f"(`corral disk detach {vm} NAME`) or take a disk-only snapshot of the root disk")
             snap_id = secrets.token_hex(6)
             state_file = self.dir / f"{snap_id}.state" if memory else None
             if state_file is not None:
