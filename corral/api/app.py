@@ -9,7 +9,18 @@ from corral.api import errors
 from corral.api.audit import AuditMiddleware
 from corral.api.deps import Services
 from corral.api.models import API_PREFIX
-from corral.api.routes import access, daemon, files, images, networks, ports, projects, quotas, vms
+from corral.api.routes import (
+    access,
+    daemon,
+    files,
+    images,
+    networks,
+    ports,
+    projects,
+    quotas,
+    templates,
+    vms,
+)
 
 
 def create_app(svc: Services | None = None) -> FastAPI:
@@ -18,6 +29,6 @@ def create_app(svc: Services | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(AuditMiddleware)
     for r in (vms.router, access.router, ports.router, networks.router, quotas.router, projects.router,
-              files.router, images.router, daemon.router):
+              files.router, images.router, templates.router, daemon.router):
         app.include_router(r, prefix=API_PREFIX)
     return app

@@ -9,6 +9,7 @@ from fastapi import Request
 from corral.images.store import ImageStore
 from corral.settings import Settings
 from corral.store.db import Store
+from corral.templates.service import TemplateService
 from corral.vm.service import VMService
 
 
@@ -18,6 +19,11 @@ class Services:
     store: Store
     images: ImageStore
     vms: VMService
+    templates: TemplateService | None = None
+
+    def __post_init__(self) -> None:
+        if self.templates is None:
+            self.templates = TemplateService(self.vms)
 
 
 def services(request: Request) -> Services:

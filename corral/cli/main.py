@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import console, cp, daemon, execute, fleet, images, network, port, project, quota, shell, vm, wait
+from corral.cli import (
+    console,
+    cp,
+    daemon,
+    execute,
+    fleet,
+    images,
+    network,
+    port,
+    project,
+    quota,
+    shell,
+    template,
+    vm,
+    wait,
+)
 
 app = typer.Typer(
     name="corral", help="Corral: real QEMU virtual machines from one command.", no_args_is_help=True,
@@ -24,6 +39,7 @@ app.add_typer(port.app, name="port")
 app.add_typer(network.app, name="network")
 app.add_typer(quota.app, name="quota")
 app.add_typer(project.app, name="project")
+app.add_typer(template.app, name="template")
 
 
 def main() -> None:

@@ -35,3 +35,9 @@ async def create_overlay(path: Path, backing: Path, backing_format: str, size: i
 async def info(path: Path, fmt: str = "qcow2") -> dict[str, Any]:
     result: dict[str, Any] = json.loads(await _run("info", "-f", fmt, "--output=json", str(path)))
     return result
+
+
+async def convert(src: Path, src_format: str, dest: Path, dest_format: str = "qcow2", *,
+                  force_share: bool = False) -> None:
+    """``src`` (with its whole backing chain, each layer's format from its header) into one standalone image."""
+    await _run("convert", *(["-U"] if force_share else []), "-f", src_format, "-O", dest_format, str(src), str(dest))

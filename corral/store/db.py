@@ -11,6 +11,10 @@ Tables:
     attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
     quotas    limits per project or owner (``scope``, ``name``): VMs, vCPUs, memory MiB, disk bytes; NULL = none
     projects  per-project settings: the default TTL (seconds) and expiry action given to a VM created without its own
+    templates     captured VMs to launch from (corral.templates): name, source VM, what a VM from it must match
+                  (image, vCPUs, memory MiB, disk bytes), creation time and size on disk
+    template_vms  one row per VM made from a template (deleted with the VM); ``fresh`` = 1 until its first start
+                  has loaded the template's state (later starts boot from its disk)
 """
 
 from __future__ import annotations
@@ -82,6 +86,21 @@ CREATE TABLE IF NOT EXISTS projects (
     default_ttl REAL,
     on_expiry TEXT NOT NULL DEFAULT 'stop'
 );
+CREATE TABLE IF NOT EXISTS templates (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    image TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory INTEGER NOT NULL,
+    disk INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS template_vms (
+    vm TEXT PRIMARY KEY REFERENCES vms(name) ON DELETE CASCADE,
+    template TEXT NOT NULL REFERENCES templates(name),
+    fresh INTEGER NOT NULL DEFAULT 1
+);
 """
 
 
@@ -126,6 +145,18 @@ class AttachmentRecord:
     vm: str
     mac: str
     address: str
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    name: str
+    source: str
+    image: str
+    vcpus: int
+    memory: int  # MiB
+    disk: int  # bytes, the virtual size of its disk
+    created_at: float
+    size: int = 0  # bytes on the host: disk, memory and state files
 
 
 @dataclass(frozen=True)
@@ -341,6 +372,38 @@ class Store:
 
     def list_projects(self) -> list[ProjectRecord]:
         return [ProjectRecord(**dict(r)) for r in self._db.execute("SELECT * FROM projects ORDER BY name")]
+
+
+    # --- templates ------------------------------------------------------------------------------------------
+    def insert_template(self, rec: TemplateRecord) -> None:
+        self._db.execute("INSERT INTO templates (name, source, image, vcpus, memory, disk, created_at, size) "
+                         "VALUES (?,?,?,?,?,?,?,?)", (rec.name, rec.source, rec.image, rec.vcpus, rec.memory,
+                                                      rec.disk, rec.created_at, rec.size))
+
+    def get_template(self, name: str) -> TemplateRecord | None:
+        row = self._db.execute("SELECT * FROM templates WHERE name = ?", (name,)).fetchone()
+        return TemplateRecord(**dict(row)) if row else None
+
+    def list_templates(self) -> list[TemplateRecord]:
+        return [TemplateRecord(**dict(r)) for r in self._db.execute("SELECT * FROM templates ORDER BY name")]
+
+    def delete_template(self, name: str) -> None:
+        self._db.execute("DELETE FROM templates WHERE name = ?", (name,))
+
+    def link_template_vm(self, vm: str, template: str) -> None:
+        self._db.execute("INSERT INTO template_vms (vm, template, fresh) VALUES (?,?,1)", (vm, template))
+
+    def template_of(self, vm: str) -> tuple[str, bool] | None:
+        """(template, fresh) of a VM made from a template; None for any other VM."""
+        row = self._db.execute("SELECT template, fresh FROM template_vms WHERE vm = ?", (vm,)).fetchone()
+        return (row["template"], bool(row["fresh"])) if row else None
+
+    def set_template_vm_started(self, vm: str) -> None:
+        self._db.execute("UPDATE template_vms SET fresh = 0 WHERE vm = ?", (vm,))
+
+    def template_users(self, template: str) -> list[str]:
+        return [r["vm"] for r in self._db.execute(
+            "SELECT vm FROM template_vms WHERE template = ? ORDER BY vm", (template,))]
 
 
 def _event(r: sqlite3.Row) -> EventRecord:

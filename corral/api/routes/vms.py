@@ -109,14 +109,19 @@ async def list_vms(
 @router.post("", response_model=VMInfo, status_code=201)
 async def create_vm(spec: VMSpec, svc: Svc) -> VMInfo:
     """Create a VM. Without an ``owner`` in the spec, it belongs to the requesting user (X-Corral-User)."""
-    if not spec.owner:
-        actor = ACTOR.get()
-        try:
-            owner = labels.check_owner(actor if actor != SYSTEM_ACTOR else "")
-        except ValueError:
-            owner = "anonymous"
-        spec = spec.model_copy(update={"owner": owner})
-    return to_info(svc, await svc.vms.create(spec))
+    return to_info(svc, await svc.vms.create(owned(spec)))
+
+
+def owned(spec: VMSpec) -> VMSpec:
+    """The spec with an owner: its own, else the requesting user (X-Corral-User)."""
+    if spec.owner:
+        return spec
+    actor = ACTOR.get()
+    try:
+        owner = labels.check_owner(actor if actor != SYSTEM_ACTOR else "")
+    except ValueError:
+        owner = "anonymous"
+    return spec.model_copy(update={"owner": owner})
 
 
 @router.post("/{name}/labels", response_model=VMInfo)
