@@ -39,6 +39,7 @@ INCOMING_ARGS = ("-incoming", "defer")
 FD_NAME = "corral-state"
 UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s: in effect no limit (QEMU's default is 128 MiB/s)
 POLL = 0.02
+SMALL_STREAM = 16 << 20
 
 
 class MigrationError(EngineError):
@@ -66,7 +67,8 @@ def incoming_argv(argv: list[str]) -> list[str]:
     return [*argv, *INCOMING_ARGS]
 
 
-async def _poll(monitor: Monitor, timeout: float, alive: Callable[[], bool] | None = None) -> dict[str, object]:
+async def _poll(monitor: Monitor, timeout: float, alive: Callable[[], bool] | None = None,
+                interval: float = POLL) -> dict[str, object]:
     """query-migrate until the migration ends (completed, failed, cancelled); the last answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -82,7 +84,7 @@ async def _poll(monitor: Monitor, timeout: float, alive: Callable[[], bool] | No
                 await monitor.execute("migrate_cancel")
             raise MigrationError(f"saving or loading the state of '{monitor.name}' did not finish within "
                                  f"{timeout:.0f}s (status {status})")
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(interval)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -156,7 +158,8 @@ async def load_state(monitor: Monitor, path: Path, *, alive: Callable[[], bool] 
         await _set_capabilities(monitor, capabilities)
         await monitor.pass_fd(fd, FD_NAME)
         await monitor.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
-        info = await _poll(monitor, timeout, alive)
+        # A small stream (a template's: no RAM) loads in a few tens of milliseconds: look often.
+        info = await _poll(monitor, timeout, alive, interval=POLL if size > SMALL_STREAM else 0.005)
         if info.get("status") != "completed":
             raise MigrationError(f"loading the saved state of '{monitor.name}' failed: "
                                  f"{info.get('error-desc') or info.get('status')}")

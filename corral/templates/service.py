@@ -45,21 +45,19 @@ log = logging.getLogger(__name__)
 #: The builder QEMU (loads the full state into the memory file, saves the devices again) gets this long.
 BUILD_TIMEOUT = 300.0
 
-#: Run after the identity script, in the same guest command: Corral's SSH key authorized for root, then the guest's
-#: boot_id, its ed25519 host public key and its IPv4 addresses printed for the host.
+#: Run after the identity script, in the same guest command (builtins only): Corral's SSH key authorized for root
+#: (``$keys``), then the guest's boot_id, and OpenSSH's new host key if the guest has no dropbear (whose key the host
+#: made), printed for the host.
 PROVISION_SCRIPT = r"""
 umask 077
-mkdir -p /root/.ssh || exit 20
-printf '%s' "$CORRAL_KEYS" > /root/.ssh/authorized_keys || exit 20
+[ -d /root/.ssh ] || mkdir -p /root/.ssh || exit 20
+printf '%s' "$keys" > /root/.ssh/authorized_keys || exit 20
 read -r boot_id < /proc/sys/kernel/random/boot_id
 echo "boot_id $boot_id"
-if [ -s /etc/dropbear/dropbear_ed25519_host_key ] && command -v dropbearkey >/dev/null 2>&1; then
-    dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key
-elif [ -s /etc/ssh/ssh_host_ed25519_key.pub ]; then
-    cat /etc/ssh/ssh_host_ed25519_key.pub
+if [ ! -d /etc/dropbear ] && [ -s /etc/ssh/ssh_host_ed25519_key.pub ]; then
+    read -r pub < /etc/ssh/ssh_host_ed25519_key.pub
+    echo "$pub"
 fi
-ip -o -4 addr show scope global 2>/dev/null | while read -r _ _ _ a _; do echo "addr ${a%/*}"; done
-exit 0
 """
 
 
@@ -69,6 +67,8 @@ class TemplateService:
         self.store = vms.store
         self.settings = vms.settings
         self._lock = asyncio.Lock()  # creates, removals and the linking of new VMs, one at a time
+        #: Host keys made (on the host, in a thread) while a new VM's QEMU starts, by VM name.
+        self._host_keys: dict[str, asyncio.Future[identity.HostKey]] = {}
         vms.origin_of = self._origin_of
 
     # ------------------------------------------------------------------------------------------------ queries --
@@ -262,6 +262,8 @@ class TemplateService:
             return None
         template, fresh = link
         p = self.paths(template)
+        if fresh:  # made meanwhile: taken by _personalize
+            self._host_keys[rec.name] = asyncio.ensure_future(asyncio.to_thread(identity.new_host_key))
         return Origin(disk=p.disk, memory=p.memory, state=p.state if fresh else None,
                       personalize=self._personalize, loaded=lambda: self.store.set_template_vm_started(rec.name))
 
@@ -270,23 +272,24 @@ class TemplateService:
         rec = self.vms.get(m.name)
         paths = self.vms.paths(m.name)
         keys = "\n".join([ssh.ensure_keypair(paths), *rec.spec.ssh_keys]) + "\n"
-        try:
+        pending = self._host_keys.pop(m.name, None)
+        host_key = await pending if pending is not None else await asyncio.to_thread(identity.new_host_key)
+        pid = await identity.start_script(
+            m.agent, "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT + identity.RESTART_DROPBEAR,
+            [*identity.identity_args(rec.spec.guest_hostname, rec.mac, "eth0", host_key), keys])
+        try:  # while the script runs: the agent answers meanwhile
             await identity.set_time(m.agent)
         except GuestAgentError as exc:
             self.vms.event(m.name, "identity", f"could not set the guest clock: {exc.message}")
-        code, out, err = await identity.run_script(
-            m.agent, "export CORRAL_KEYS=\"$4\"\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT,
-            [*identity.identity_args(rec.spec.guest_hostname, rec.mac, "eth0"), keys],
-            stdin=os.urandom(identity.ENTROPY_BYTES))
+        code, out, err = await identity.wait_script(m.agent, pid)
         if code != 0:
             step = identity.IDENTITY_STEPS.get(code) or ("SSH key" if code == 20 else str(code))
             raise GuestAgentError(f"the guest could not take its own identity ({step}): "
                                   f"{err.decode(errors='replace').strip()}")
         text = out.decode(errors="replace")
         boot_id = next((ln.split()[1] for ln in text.splitlines() if ln.startswith("boot_id ")), "")
-        m.addresses = [ln.split()[1] for ln in text.splitlines() if ln.startswith("addr ")]
         paths.known_hosts.unlink(missing_ok=True)
-        host_keys = ssh.parse_host_keys(text)
+        host_keys = ssh.parse_host_keys(text) or ssh.parse_host_keys(host_key.public)
         if m.ssh_port is not None and host_keys:
             ssh.write_known_hosts(paths, m.ssh_port, host_keys)
         elif m.ssh_port is not None:

@@ -414,6 +414,8 @@ class VMService:
                 self.store.set_provisioned_boot(m.name, boot_id)
                 self.event(m.name, "ready", f"took its own identity; ready {time.time() - m.started_at:.2f}s "
                            "after start")
+                m.ready.set()  # its addresses follow at once; nobody waits for them
+                await self.refresh_addresses(m.name)
                 return
             m.agent_ready = True
             if m.resumed:  # the guest's clock stood still while it was suspended: set it (best effort)
