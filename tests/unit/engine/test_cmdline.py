@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from corral.engine.cmdline import SANDBOX, BootSource, HostConfig, Identity, build_argv
+from corral.engine.cmdline import SANDBOX, BootSource, HostConfig, Identity, MemoryFile, build_argv
 from corral.paths import VMPaths
 from corral.vm.spec import VMSpec
 
@@ -103,3 +103,34 @@ def test_disk_boot_uefi_uses_ovmf_flash_with_formats_stated() -> None:
 def test_kernel_boot_root_disk_unchanged() -> None:
     assert "virtio-blk-pci,drive=root,id=root-disk,werror=enospc,rerror=report" in opt(argv(), "-device")
     assert opt(argv(), "-kernel") == ["/img/vmlinuz"]
+
+
+def test_no_memory_backend_by_default() -> None:
+    a = argv()
+    assert "-object" not in a and opt(a, "-machine") == ["q35"]
+
+
+def test_template_memory_file_is_a_private_mapping_named_like_q35_ram() -> None:
+    mem = MemoryFile(Path("/home/templates/t/memory.ram"))
+    a = build_argv(VMSpec(name="web", memory=128), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT,
+                   memory=mem)
+    assert opt(a, "-object") == [
+        "memory-backend-file,id=pc.ram,mem-path=/home/templates/t/memory.ram,size=128M,share=off"]
+    assert opt(a, "-machine") == ["q35", "memory-backend=pc.ram"]
+    assert opt(a, "-m") == ["128M"]
+
+
+def test_template_builder_writes_the_memory_file() -> None:
+    a = build_argv(VMSpec(name="web", memory=128), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT,
+                   memory=MemoryFile(Path("/t/memory.ram"), share=True))
+    assert opt(a, "-object") == ["memory-backend-file,id=pc.ram,mem-path=/t/memory.ram,size=128M,share=on"]
+
+
+def test_overlay_on_a_template_disk_through_the_boot_source() -> None:
+    from dataclasses import replace
+
+    boot = replace(BOOT, base_disk=Path("/home/templates/t/disk.qcow2"), base_format="qcow2")
+    a = build_argv(VMSpec(name="web"), boot, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT)
+    blockdevs = opt(a, "-blockdev")
+    assert "driver=file,node-name=base-file,filename=/home/templates/t/disk.qcow2,read-only=on" in blockdevs
+    assert "driver=qcow2,node-name=base,file=base-file,read-only=on" in blockdevs
