@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import density
 from bench.harness import (
     BASELINE_CONNECT_RETRY,
     BASELINE_SYNC_RESEND,
@@ -259,4 +260,8 @@ def reattach_after_sigkill(ctx: Context) -> BenchResult:
 BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "launch_to_ready": launch_to_ready,
     "reattach_after_sigkill": reattach_after_sigkill,
+    "template_launch": density.template_launch,
+    "memory_per_vm": density.memory_per_vm,
+    "start_rate": density.start_rate,
+    "ls_latency": density.ls_latency,
 }

@@ -41,26 +41,28 @@ router = APIRouter(prefix="/vms", tags=["vms"])
 Svc = Annotated[Services, Depends(services)]
 
 
-def to_info(svc: Services, rec: VMRecord, detail: bool = False,
-            runtimes: dict[str, RuntimeRecord] | None = None) -> VMInfo:
+def info_fields(svc: Services, rec: VMRecord, runtimes: dict[str, RuntimeRecord] | None = None) -> dict[str, Any]:
+    """The fields of :class:`VMInfo` for ``rec`` (no disks), as a plain dict: listing 1,000 VMs serializes these
+    directly, without building and validating 1,000 models."""
     rt = svc.vms.runtime(rec.name) if runtimes is None else runtimes.get(rec.name)
     m = svc.vms.machine(rec.name)
-    # Built from a stored (valid) record: no second validation (it counts when listing 1,000 VMs).
-    info = VMInfo.model_construct(
-        name=rec.name, id=rec.id, spec=rec.spec, state=rec.state.value, state_reason=rec.state_reason,
-        mac=rec.mac, created_at=rec.created_at, last_exit_reason=rec.last_exit_reason,
-        restart_count=rec.restart_count, addresses=[], disks=[],
-    )
-    if rec.spec.expires_at is not None:
-        info.expires_in = rec.spec.expires_at.timestamp() - time.time()
-        info.expiring = 0 < info.expires_in <= svc.vms.expiry_window(rec)
-    if rt is not None:
-        info.pid, info.accel, info.started_at = rt.pid, rt.accel, rt.started_at
-        info.uptime = time.time() - rt.started_at
-    if m is not None:
-        info.agent_ready = m.agent_ready
-        info.addresses = list(m.addresses)
-    return info
+    spec = rec.spec
+    now = time.time()
+    expires_in = spec.expires_at.timestamp() - now if spec.expires_at is not None else None
+    return {
+        "name": rec.name, "id": rec.id, "spec": spec, "state": rec.state.value, "state_reason": rec.state_reason,
+        "mac": rec.mac, "created_at": rec.created_at, "last_exit_reason": rec.last_exit_reason,
+        "restart_count": rec.restart_count,
+        "pid": rt.pid if rt else None, "accel": rt.accel if rt else None,
+        "started_at": rt.started_at if rt else None, "uptime": now - rt.started_at if rt else None,
+        "agent_ready": m.agent_ready if m else False, "addresses": list(m.addresses) if m else [], "disks": [],
+        "expires_in": expires_in,
+        "expiring": expires_in is not None and 0 < expires_in <= svc.vms.expiry_window(rec),
+    }
+
+
+def to_info(svc: Services, rec: VMRecord, detail: bool = False) -> VMInfo:
+    return VMInfo.model_validate(info_fields(svc, rec))
 
 
 async def _disks(svc: Services, name: str) -> list[DiskInfo]:
@@ -107,12 +109,12 @@ async def list_vms(
     project: Annotated[str | None, Query(description="only this project's VMs")] = None,
 ) -> list[VMInfo]:
     runtimes = svc.store.list_runtimes()
-    infos = [to_info(svc, rec, runtimes=runtimes) for rec in select(svc.vms.list(), label, owner, project)]
-    # Serialized here, once (FastAPI would validate the list against the response model again first).
+    infos = [info_fields(svc, rec, runtimes) for rec in select(svc.vms.list(), label, owner, project)]
+    # Serialized here, once, from plain dicts (FastAPI would build and validate a model per VM, then the list).
     return Response(content=_VM_LIST.dump_json(infos), media_type="application/json")  # type: ignore[return-value]
 
 
-_VM_LIST = TypeAdapter(list[VMInfo])
+_VM_LIST = TypeAdapter(list[dict[str, Any]])
 
 
 @router.post("", response_model=VMInfo, status_code=201)
