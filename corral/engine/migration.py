@@ -163,6 +163,8 @@ async def load_state(monitor: Monitor, path: Path, *, alive: Callable[[], bool] 
         if info.get("status") != "completed":
             raise MigrationError(f"loading the saved state of '{monitor.name}' failed: "
                                  f"{info.get('error-desc') or info.get('status')}")
+        # For this load only: a later save (`corral suspend`) must write an ordinary stream.
+        await _set_capabilities(monitor, {k: False for k in capabilities or {}})
     finally:
         os.close(fd)
     return Transfer(size, time.monotonic() - t0)

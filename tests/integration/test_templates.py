@@ -123,6 +123,12 @@ def test_template_vm_reboots_with_its_own_mac_and_source_must_be_running(corral:
 
     assert corral.cli("launch", "c1", "--template", "base").returncode == 0
     mac = show(corral, "c1")["mac"]
+    # Suspend and resume: its state is an ordinary one (x-ignore-shared was for the template's load only).
+    guest(corral, "c1", "echo kept > /root/mark")
+    assert corral.cli("suspend", "c1").returncode == 0
+    r = corral.cli("resume", "c1")
+    assert r.returncode == 0, r.stderr
+    assert guest(corral, "c1", "cat /root/mark") == "kept"
     # A reboot boots the guest kernel afresh from the VM's own disk: QEMU's NIC (-device mac=) has the same MAC.
     r = corral.cli("restart", "c1")
     assert r.returncode == 0, r.stderr
