@@ -234,6 +234,11 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def version(self) -> tuple[int, int]:
+        """Changes when anything in the database changes: rows written through this connection, and commits of
+        other connections (SQLite's data_version). For caches of what was read."""
+        return self._db.total_changes, self._db.execute("PRAGMA data_version").fetchone()[0]
+
     # --- VMs -------------------------------------------------------------------------------------------------
     def insert_vm(self, rec: VMRecord) -> None:
         self._db.execute(
