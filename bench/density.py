@@ -299,7 +299,7 @@ def ls_latency(ctx: Context) -> BenchResult:
             f"{n_vms} stopped VMs are defined by inserting their records into the store (the daemon runs; SQLite "
             f"WAL), as `corral create` would leave them. Then GET /v1/vms is called {calls} times one after the "
             f"other on one connection, timed from sending the request until the whole JSON body (all {n_vms} VMs) "
-            f"is read; and as many times through the Python client's `list_vms` (which also parses every VM into "
+            f"is read; and {calls // 3} times through the Python client's `list_vms` (which also parses every VM into "
             f"a model, like `corral ls --json`). The baseline is the same request with 10 VMs defined. Target: "
             f"p99 of the API request < {LS_TARGET_P99_MS:g} ms. The VMs are deleted afterwards."
         ),
