@@ -204,7 +204,7 @@ async def run_script(agent: GuestAgent, script: str, args: list[str], *, stdin: 
 
 async def set_time(agent: GuestAgent) -> None:
     """The guest's clock set to the host's, now."""
-    await agent.execute("guest-set-time", {"time": time.time_ns()}, timeout=5.0)
+    await agent.execute("guest-set-time", {"time": time.time_ns()}, timeout=30.0)
 
 
 async def reset_identity(agent: GuestAgent, *, hostname: str, mac: str | None = None, nic: str = "eth0",
