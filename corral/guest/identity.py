@@ -66,6 +66,13 @@ if [ -n "$mac" ]; then
         echo 1 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
         echo 0 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
     fi
+    # Neighbours learn the new MAC at once (QEMU's user-mode NAT among them: it may have the old one in its ARP
+    # table, and the NIC now drops frames sent to that): an unsolicited ARP for each IPv4 address, in the background.
+    set -- $(ip -o -4 addr show dev "$nic" 2>/dev/null)
+    while [ $# -gt 1 ]; do
+        [ "$1" = inet ] && (arping -U -c 2 -w 2 -I "$nic" "${2%/*}" >/dev/null 2>&1 &)
+        shift
+    done
 fi
 key=/etc/dropbear/dropbear_ed25519_host_key
 restart_dropbear=

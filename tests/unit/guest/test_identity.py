@@ -7,6 +7,7 @@ import asyncio
 import base64
 import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ class FakeAgent:
             for path in ("/etc/", "/proc/", "/dev/urandom", "/var/"):  # never the host's processes
                 script = script.replace(path, f"{self.root}{path}")
             script = script.replace("ip link set", "echo ip link set >> $ROOT/ip.log #")
+            script = script.replace('ip -o -4 addr show dev "$nic" 2>/dev/null', "echo 2: eth0 inet 10.9.9.9/24 brd x")
+            script = script.replace("arping ", "echo arping >> $ROOT/arping.log; true ")
             r = subprocess.run(["sh", "-c", script, *arguments["arg"][2:]], capture_output=True,  # noqa: ASYNC221
                                env={"PATH": "/usr/bin:/bin", "ROOT": str(self.root)})
             self.result = {"exited": True, "exitcode": r.returncode, "out-data": base64.b64encode(r.stdout).decode(),
@@ -94,6 +97,11 @@ def test_reset_identity_is_one_guest_command(tmp_path: Path) -> None:
     mid = (tmp_path / "etc/machine-id").read_text().strip()
     assert len(mid) == 32 and mid != "0" * 32
     assert (tmp_path / "ip.log").read_text().strip() == "ip link set"
+    for _ in range(50):  # in the background
+        if (tmp_path / "arping.log").exists():
+            break
+        time.sleep(0.05)
+    assert (tmp_path / "arping.log").read_text().strip() == "arping"
     assert (tmp_path / "dev/urandom").stat().st_size == identity.ENTROPY_BYTES
     key = (tmp_path / "etc/dropbear/dropbear_ed25519_host_key").read_bytes()
     assert _strings(key)[0] == b"ssh-ed25519" and (tmp_path / "etc/dropbear/dropbear_ed25519_host_key").stat(
