@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+KEPT = "Measured in the run of"
+
+
 def _previous(results: list[BenchResult], ran: list[str]) -> list[BenchResult]:
     """``results`` with, for every other benchmark, its result from the last bench/results.json, in BENCHMARKS
     order; each kept one notes the date of its run."""
@@ -96,8 +99,8 @@ def _previous(results: list[BenchResult], ran: list[str]) -> list[BenchResult]:
             continue
         rows = [Row(label=r["label"], samples=r["samples"], unit=r["unit"], baseline=r["baseline"], note=r["note"])
                 for r in prev["rows"]]
-        merged.append(BenchResult(key=key, title=prev["title"], how=prev["how"] + f" (Measured in the run of {date}; "
-                                  f"not run again with `--only {' --only '.join(ran)}`.)", rows=rows,
+        how = prev["how"] if KEPT in prev["how"] else prev["how"] + f" ({KEPT} {date}; not run again since.)"
+        merged.append(BenchResult(key=key, title=prev["title"], how=how, rows=rows,
                                   summary=prev["summary"], details=prev["details"], error=prev["error"]))
     return merged
 
