@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import density
 from bench.harness import (
     BASELINE_CONNECT_RETRY,
     BASELINE_SYNC_RESEND,
@@ -256,7 +257,7 @@ def reattach_after_sigkill(ctx: Context) -> BenchResult:
     return res
 
 
-# ------------------------------------------------------------------ 3. linked clone time vs virtual size --
+# ------------------------------------------------------------------ 7. linked clone time vs virtual size --
 CLONE_TARGET_RATIO = 1.5
 CLONE_TARGET_SECONDS = 0.1
 
@@ -270,7 +271,7 @@ def linked_clone(ctx: Context) -> BenchResult:
     big_api = Row("linked clone of a 100 GiB disk (client API, round trip)", unit="ms")
     res = BenchResult(
         key="linked_clone",
-        title="3. Linked clone time vs virtual disk size, `tiny` image",
+        title="7. Linked clone time vs virtual disk size, `tiny` image",
         rows=[small, big, small_api, big_api],
         how=(
             f"Two stopped `tiny` VMs are defined, one with a 1 GiB and one with a 100 GiB virtual disk (qcow2 "
@@ -309,7 +310,7 @@ def linked_clone(ctx: Context) -> BenchResult:
                        "rounds": n}
     finally:
         delete_all_vms(ctx.bh)
-# ----------------------------------------------------------- 4. incremental backup after writing N MiB --
+# ----------------------------------------------------------- 8. incremental backup after writing N MiB --
 BACKUP_CHUNK_MIB = 4
 
 
@@ -331,7 +332,7 @@ def incremental_backup(ctx: Context) -> BenchResult:
     full_time = Row("full backup of the same VM (first backup), for comparison")
     res = BenchResult(
         key="incremental_backup",
-        title="4. Incremental backup of a running VM after writing N MiB: bytes stored vs N",
+        title="8. Incremental backup of a running VM after writing N MiB: bytes stored vs N",
         rows=[full_time] + [r for n in sizes for r in (written[n], read[n], stored[n], secs[n])],
         how=(
             "A running `tiny` VM with a 2 GiB disk is backed up once in full (`create_backup`, a new repository). "
@@ -387,4 +388,8 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "reattach_after_sigkill": reattach_after_sigkill,
     "linked_clone": linked_clone,
     "incremental_backup": incremental_backup,
+    "template_launch": density.template_launch,
+    "memory_per_vm": density.memory_per_vm,
+    "start_rate": density.start_rate,
+    "ls_latency": density.ls_latency,
 }

@@ -61,6 +61,8 @@ from corral.api.models import (
     SpecUpdate,
     SSHInfo,
     StopRequest,
+    TemplateCreate,
+    TemplateInfo,
     VMImportRequest,
     VMInfo,
     WaitForRequest,
@@ -194,6 +196,21 @@ class Client:
     def create_vm(self, spec: VMSpec | dict[str, Any]) -> VMInfo:
         body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, VMSpec) else spec
         return VMInfo.model_validate(self._req("POST", "/vms", json=body).json())
+
+    def launch_from_template(self, template: str, spec: VMSpec | dict[str, Any]) -> VMInfo:
+        """Create and start a VM from a template (not waiting for it: :meth:`wait_ready`)."""
+        body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, VMSpec) else spec
+        return VMInfo.model_validate(self._req("POST", f"/templates/{template}/launch", json=body).json())
+
+    def list_templates(self) -> list[TemplateInfo]:
+        return [TemplateInfo.model_validate(t) for t in self._req("GET", "/templates").json()]
+
+    def create_template(self, name: str, source: str) -> TemplateInfo:
+        body = TemplateCreate(name=name, source=source).model_dump()
+        return TemplateInfo.model_validate(self._req("POST", "/templates", json=body).json())
+
+    def delete_template(self, name: str) -> None:
+        self._req("DELETE", f"/templates/{name}")
 
     def start_vm(self, name: str) -> VMInfo:
         return VMInfo.model_validate(self._req("POST", f"/vms/{name}/start").json())

@@ -8,6 +8,7 @@ The Corral home (``$CORRAL_HOME``, default ``~/.local/share/corral``) holds::
     corral.db           SQLite store (WAL): VM definitions, runtime records, events
     images/<name>/      the image store: one directory per image, read-only files
     vms/<name>/         one directory per VM, mode 0700 (the files below)
+    templates/<name>/   one directory per template (see :class:`TemplatePaths`), mode 0700
 
 The build cache (``$CORRAL_CACHE``, default ``~/.cache/corral``) holds downloaded packages and built images, shared by
 every Corral home on the host, so that tests with their own home do not build images again.
@@ -27,6 +28,7 @@ VMS_DIR = "vms"
 #: Disk layers (corral.storage): ``<id>.qcow2`` and, for whole-machine snapshots, ``<id>.state``; shared by VMs.
 LAYERS_DIR = "layers"
 BACKUPS_DIR = "backups"  # the default backup repository (corral.backup.repo)
+TEMPLATES_DIR = "templates"
 
 # Inside an image directory.
 IMAGE_MANIFEST = "manifest.json"
@@ -123,3 +125,32 @@ class VMPaths:
     def nic_socket(self, network: str) -> Path:
         """This VM's end of a private network: a unix datagram socket the switch sends frames to."""
         return self.root / f"net-{network}.sock"
+
+
+@dataclass(frozen=True)
+class TemplatePaths:
+    """The files of one template (``templates/<name>/``): read-only once made, shared by every VM made from it."""
+
+    root: Path
+
+    @property
+    def disk(self) -> Path:
+        """The source VM's disk at capture time, flattened into one standalone qcow2: the backing file of every
+        VM made from the template."""
+        return self.root / "disk.qcow2"
+
+    @property
+    def memory(self) -> Path:
+        """The guest RAM at capture time, byte for byte (sparse): mapped privately (copy-on-write) by every VM made
+        from the template, so the pages they only read are shared."""
+        return self.root / "memory.ram"
+
+    @property
+    def state(self) -> Path:
+        """The device state (QEMU's migration stream, saved with x-ignore-shared: no RAM in it)."""
+        return self.root / "state.bin"
+
+    @property
+    def spec(self) -> Path:
+        """What a VM must match to load the state: image, vCPUs, memory, disk size (JSON)."""
+        return self.root / "template.json"

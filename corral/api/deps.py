@@ -15,6 +15,7 @@ from corral.settings import Settings
 from corral.storage.disks import DiskService
 from corral.storage.service import StorageService
 from corral.store.db import Store
+from corral.templates.service import TemplateService
 from corral.vm.service import VMService
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class Services:
     disks: DiskService
     backups: BackupService | None = None
     idle: IdleService | None = None  # idle control (the daemon always has it)
+    templates: TemplateService | None = None
 
 
 def using(svc: Services, name: str) -> contextlib.AbstractContextManager[None]:

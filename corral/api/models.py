@@ -351,3 +351,24 @@ class PortableEvent(BaseModel):
     seconds: float | None = None
     message: str | None = None
     error: str | None = Field(default=None, description="the error class, on kind=error")
+
+
+class TemplateCreate(BaseModel):
+    """Capture the running, ready VM ``source`` as template ``name`` (the source keeps running)."""
+
+    name: str
+    source: str
+
+
+class TemplateInfo(BaseModel):
+    """A template: what a VM launched from it gets, and the VMs that use it."""
+
+    name: str
+    source: str = Field(description="the VM it was captured from")
+    image: str
+    vcpus: int
+    memory: int = Field(description="MiB")
+    disk: int = Field(description="virtual size of its disk, bytes")
+    created_at: float
+    size: int = Field(description="bytes on the host (disk, memory and state files)")
+    vms: list[str] = Field(default_factory=list, description="VMs made from it")

@@ -21,6 +21,7 @@ from corral.cli import (
     quota,
     shell,
     snapshot,
+    template,
     vm,
     wait,
 )
@@ -49,6 +50,7 @@ app.add_typer(project.app, name="project")
 app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(backup.app, name="backup")
 app.add_typer(idle.app, name="idle")
+app.add_typer(template.app, name="template")
 
 
 def main() -> None:

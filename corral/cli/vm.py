@@ -113,8 +113,14 @@ def launch(
     idle_cpu: str | None = typer.Option(None, "--idle-cpu", help=idle_cli.CPU_HELP),
     idle_disk: str | None = typer.Option(None, "--idle-disk", help=idle_cli.DISK_HELP),
     idle_net: str | None = typer.Option(None, "--idle-net", help=idle_cli.NET_HELP),
+    template: str | None = typer.Option(None, "--template", "-t", help="start from a template's saved state "
+                                        "(`corral template ls`) instead of booting: image, cpus, memory and disk "
+                                        "are the template's"),
 ) -> None:
     """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait)."""
+    if template is not None and (image != "tiny" or cpus != 1 or memory != "256M" or disk is not None):
+        fail("--image, --cpus, --memory and --disk come from the template: leave them out with --template",
+             EXIT_INVALID)
     try:
         labels = lbl.parse_set(label)
     except ValueError as exc:
@@ -142,6 +148,17 @@ def launch(
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
                      "labels": labels, "description": description} | expiry_fields)
     t0 = time.monotonic()
+    if template is not None:
+        with api() as client:
+            client.launch_from_template(template, spec)  # all or nothing: a failed start deletes it
+            if no_wait:
+                out.print(f"[bold]{spec.name}[/] started")
+                return
+            info = client.wait_ready(spec.name, timeout)
+        addr = f", {', '.join(info.addresses)}" if info.addresses else ""
+        out.print(f"[bold]{spec.name}[/] ready in {time.monotonic() - t0:.2f}s (from template {template}, "
+                  f"{info.accel}{addr})")
+        return
     with api() as client:
         if spec.image not in {m.name for m in client.list_images()}:
             build_with_progress(client, spec.image)

@@ -35,6 +35,7 @@ from corral.storage import full
 from corral.storage.disks import DiskService
 from corral.storage.service import StorageService
 from corral.store.db import Store
+from corral.templates.service import TemplateService
 from corral.vm.service import VMService
 
 log = logging.getLogger("corrald")
@@ -74,16 +75,23 @@ def bind_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+def build_services(settings: Settings, store: Store, images: ImageStore) -> Services:
+    """Every domain service, composed over the VM service: the one place they are wired together."""
+    vms = VMService(settings, store, images)
+    storage = StorageService(vms)
+    return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
+                    portable=PortableService(storage), disks=DiskService(vms),
+                    backups=BackupService(vms, settings, storage), idle=IdleService(vms, settings.idle_interval),
+                    templates=TemplateService(vms))
+
+
 async def serve(settings: Settings) -> None:
     lock = take_lock(settings)
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
-    vms = VMService(settings, store, images)
-    storage = StorageService(vms)
-    backups = BackupService(vms, settings, storage)
-    idle = IdleService(vms, settings.idle_interval)
-    svc = Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                   portable=PortableService(storage), disks=DiskService(vms), backups=backups, idle=idle)
+    svc = build_services(settings, store, images)
+    vms, backups, idle = svc.vms, svc.backups, svc.idle
+    assert backups is not None and idle is not None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

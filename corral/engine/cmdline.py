@@ -108,6 +108,20 @@ class Attachments:
 
 
 @dataclass(frozen=True)
+class MemoryFile:
+    """Guest RAM mapped from a file instead of anonymous memory: a template's memory (docs/explanation/templates.md).
+
+    ``share=False`` (a VM from a template): a private copy-on-write mapping; the file is never written, pages the
+    guest only reads stay the page cache's, shared by every VM mapping the file. ``share=True`` (only while a
+    template is made): writes go to the file. The backend is named ``pc.ram``, the name of q35's RAM block without
+    a backend, so a migration stream from an ordinary VM loads into it.
+    """
+
+    path: Path
+    share: bool = False
+
+
+@dataclass(frozen=True)
 class Identity:
     """What makes this VM itself: the UUID (also the mark that re-attach checks in /proc) and the MAC."""
 
@@ -126,6 +140,16 @@ def _machine(host: HostConfig) -> list[str]:
 
 def _resources(spec: VMSpec) -> list[str]:
     return ["-smp", str(spec.vcpus), "-m", f"{spec.memory}M"]
+
+
+def _memory(spec: VMSpec, memory: MemoryFile | None) -> list[str]:
+    if memory is None:
+        return []
+    share = "on" if memory.share else "off"
+    return [
+        "-object", f"memory-backend-file,id=pc.ram,mem-path={memory.path},size={spec.memory}M,share={share}",
+        "-machine", "memory-backend=pc.ram",
+    ]  # fmt: skip
 
 
 def _identity(spec: VMSpec, ident: Identity) -> list[str]:
@@ -279,7 +303,7 @@ def _safety() -> list[str]:
 
 def build_argv(
     spec: VMSpec, boot: BootSource, paths: VMPaths, host: HostConfig, ident: Identity,
-    att: Attachments = Attachments(),
+    att: Attachments = Attachments(), memory: MemoryFile | None = None,
 ) -> list[str]:
     """The whole QEMU command line for ``spec``. Pure: same inputs, same list."""
     return [
@@ -287,6 +311,7 @@ def build_argv(
         *_identity(spec, ident),
         *_machine(host),
         *_resources(spec),
+        *_memory(spec, memory),
         *_safety(),
         *_boot(spec, boot),
         *_root_disk(boot, paths, att.chain),

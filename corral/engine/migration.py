@@ -29,12 +29,17 @@ from pathlib import Path
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import EngineError
 
+#: Saving with this capability leaves out RAM that is a shared file mapping (a template's memory file): the stream
+#: holds the devices only, and the loading QEMU maps the RAM from the same file (privately: QEMU >= 4.1 allows it).
+IGNORE_SHARED = {"x-ignore-shared": True}
+
 #: Appended to a VM's usual command line: wait for ``migrate-incoming`` instead of booting.
 INCOMING_ARGS = ("-incoming", "defer")
 
 FD_NAME = "corral-state"
 UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s: in effect no limit (QEMU's default is 128 MiB/s)
-POLL = 0.05
+POLL = 0.02
+SMALL_STREAM = 16 << 20
 
 
 class MigrationError(EngineError):
@@ -62,7 +67,8 @@ def incoming_argv(argv: list[str]) -> list[str]:
     return [*argv, *INCOMING_ARGS]
 
 
-async def _poll(monitor: Monitor, timeout: float, alive: Callable[[], bool] | None = None) -> dict[str, object]:
+async def _poll(monitor: Monitor, timeout: float, alive: Callable[[], bool] | None = None,
+                interval: float = POLL) -> dict[str, object]:
     """query-migrate until the migration ends (completed, failed, cancelled); the last answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -78,7 +84,7 @@ async def _poll(monitor: Monitor, timeout: float, alive: Callable[[], bool] | No
                 await monitor.execute("migrate_cancel")
             raise MigrationError(f"saving or loading the state of '{monitor.name}' did not finish within "
                                  f"{timeout:.0f}s (status {status})")
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(interval)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,7 +95,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-async def save_state(monitor: Monitor, path: Path, *, was_running: bool, timeout: float = 600.0) -> Transfer:
+async def _set_capabilities(monitor: Monitor, capabilities: dict[str, bool] | None) -> None:
+    if capabilities:
+        await monitor.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": k, "state": v} for k, v in capabilities.items()]})
+
+
+async def save_state(monitor: Monitor, path: Path, *, was_running: bool, timeout: float = 600.0,
+                     capabilities: dict[str, bool] | None = None) -> Transfer:
     """Write the machine state (memory and devices) of the QEMU behind ``monitor`` to ``path``.
 
     QEMU is left stopped, its state saved (status ``postmigrate``): the caller quits it. On failure ``path`` does not
@@ -101,6 +114,7 @@ async def save_state(monitor: Monitor, path: Path, *, was_running: bool, timeout
     try:
         await monitor.execute("stop")
         await monitor.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
+        await _set_capabilities(monitor, capabilities)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         await monitor.pass_fd(fd, FD_NAME)
         await monitor.execute("migrate", {"uri": f"fd:{FD_NAME}"})
@@ -128,8 +142,10 @@ async def save_state(monitor: Monitor, path: Path, *, was_running: bool, timeout
 
 
 async def load_state(monitor: Monitor, path: Path, *, alive: Callable[[], bool] | None = None,
-                     timeout: float = 600.0) -> Transfer:
-    """Load ``path`` into a QEMU started with :data:`INCOMING_ARGS`. The file is only read."""
+                     timeout: float = 600.0, capabilities: dict[str, bool] | None = None) -> Transfer:
+    """Load ``path`` into a QEMU started with :data:`INCOMING_ARGS`. The file is only read.
+
+    ``capabilities`` must be those the stream was saved with (``x-ignore-shared`` changes its format)."""
     t0 = time.monotonic()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -139,12 +155,16 @@ async def load_state(monitor: Monitor, path: Path, *, alive: Callable[[], bool] 
         size = os.fstat(fd).st_size
         if size == 0:
             raise MigrationError(f"the saved state of '{monitor.name}' ({path}) is empty")
+        await _set_capabilities(monitor, capabilities)
         await monitor.pass_fd(fd, FD_NAME)
         await monitor.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
-        info = await _poll(monitor, timeout, alive)
+        # A small stream (a template's: no RAM) loads in a few tens of milliseconds: look often.
+        info = await _poll(monitor, timeout, alive, interval=POLL if size > SMALL_STREAM else 0.005)
         if info.get("status") != "completed":
             raise MigrationError(f"loading the saved state of '{monitor.name}' failed: "
                                  f"{info.get('error-desc') or info.get('status')}")
+        # For this load only: a later save (`corral suspend`) must write an ordinary stream.
+        await _set_capabilities(monitor, {k: False for k in capabilities or {}})
     finally:
         os.close(fd)
     return Transfer(size, time.monotonic() - t0)

@@ -86,11 +86,14 @@ async def set_backing(path: Path, backing: Path | None, backing_format: str = "q
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
-async def convert(src: Path, dst: Path, progress: Callable[[float], None] | None = None) -> None:
-    """Copy the whole chain under the qcow2 ``src`` into one standalone qcow2 ``dst``, reporting percent done."""
+async def convert(src: Path, dst: Path, progress: Callable[[float], None] | None = None, *,
+                  force_share: bool = False) -> None:
+    """Copy the whole chain under the qcow2 ``src`` into one standalone qcow2 ``dst``, reporting percent done.
+    ``force_share`` (-U): read an image a running QEMU holds (the caller makes sure nothing writes it meanwhile)."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            "qemu-img", "convert", "-p", "-f", "qcow2", "-O", "qcow2", str(src), str(dst),
+            "qemu-img", "convert", "-p", *(["-U"] if force_share else []), "-f", "qcow2", "-O", "qcow2", str(src),
+            str(dst),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
     except FileNotFoundError as exc:

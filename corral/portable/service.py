@@ -37,7 +37,7 @@ from corral.images.inspect import inspect
 from corral.portable import archive
 from corral.portable.archive import ArchiveError, ArchiveProgress, Member
 from corral.storage import check as image_check
-from corral.storage.service import LIVE_DISK, OFFLINE_DISK, StorageService, check_name
+from corral.storage.service import LIVE_DISK, OFFLINE_DISK, TEMPLATE_REF, StorageService, check_name
 from corral.store.db import DiskRecord, LayerRecord, SnapshotRecord, VMRecord
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
@@ -145,6 +145,9 @@ class PortableService:
             for layer in self.storage._walk(start):
                 layers.setdefault(layer.id, layer)
         bottoms = {layer.image for layer in layers.values() if layer.backing is None}
+        if any(b is not None and b.startswith(TEMPLATE_REF) for b in bottoms):
+            raise Conflict(f"VM '{rec.name}' sits on a template's disk, which an export does not carry yet: export a "
+                           f"full clone of it (`corral clone {rec.name} NEW --full`)")
         image = rec.spec.image if rec.spec.image in bottoms else None
         members = [Member(_layer_member(i), Path(layer.path)) for i, layer in layers.items()]
         for s in snaps:

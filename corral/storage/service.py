@@ -42,6 +42,7 @@ from corral.engine.cmdline import BootSource
 from corral.engine.guest_agent import GuestAgent
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
 from corral.guest.identity import reset_identity
+from corral.paths import TemplatePaths
 from corral.storage import qcow2
 from corral.storage.chain import Chain, ChainLayer
 from corral.store.db import LayerRecord, SnapshotRecord, VMRecord
@@ -56,6 +57,8 @@ FREEZE_TIMEOUT = 10.0  # a guest whose file systems do not freeze in this time i
 THAW_TIMEOUT = 10.0
 THAW_RETRY_INTERVAL = 5.0
 THAW_RETRIES = 360  # half an hour of asking
+#: A bottom layer's ``image`` naming a template's disk rather than an image's.
+TEMPLATE_REF = "template:"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 #: States in which a VM's disk can be frozen: live through QMP, or offline with qemu-img.
@@ -116,7 +119,7 @@ class StorageService:
             return None
         self._point_disk(rec.name)  # the VM is not running yet: a hard-linked disk.qcow2 becomes a link now
         layers = self._walk(top)[::-1]
-        items = [ChainLayer(boot.base_disk, boot.base_format)] if layers[0].image is not None else []
+        items = [ChainLayer(*self.base_file(layers[0].image))] if layers[0].image is not None else []
         return Chain((*items, *(ChainLayer(Path(layer.path)) for layer in layers)))
 
     def _below(self, layer: LayerRecord) -> tuple[Path | None, str]:
@@ -124,9 +127,22 @@ class StorageService:
         if layer.backing is not None:
             return Path(self._layer(layer.backing).path), "qcow2"
         if layer.image is not None:
-            manifest = self.vms.images.get(layer.image)
-            return self.vms.images.dir(layer.image) / P.IMAGE_DISK, manifest.disk_format
+            return self.base_file(layer.image)
         return None, "qcow2"
+
+    def base_ref(self, rec: VMRecord) -> str:
+        """What the bottom of a VM's chain is: its image's disk, or (``template:NAME``) the disk of the template it
+        was launched from. Kept in each bottom layer's row, so a clone's chain knows it too."""
+        link = self.store.template_of(rec.name)
+        return f"{TEMPLATE_REF}{link[0]}" if link else rec.spec.image
+
+    def base_file(self, ref: str) -> tuple[Path, str]:
+        """The file (and format) a :meth:`base_ref` names."""
+        if ref.startswith(TEMPLATE_REF):
+            name = ref.removeprefix(TEMPLATE_REF)
+            return TemplatePaths(self.vms.settings.home / P.TEMPLATES_DIR / name).disk, "qcow2"
+        manifest = self.vms.images.get(ref)
+        return self.vms.images.dir(ref) / P.IMAGE_DISK, manifest.disk_format
 
     def _layer(self, id_: str) -> LayerRecord:
         layer = self.store.get_layer(id_)
@@ -159,7 +175,7 @@ class StorageService:
         id_, path = self._new_path()
         path.unlink()
         os.link(self.vms.paths(rec.name).disk, path)  # same inode: a running QEMU keeps writing to the same file
-        top = LayerRecord(id_, str(path), None, rec.spec.image, rec.name, "top", time.time())
+        top = LayerRecord(id_, str(path), None, self.base_ref(rec), rec.name, "top", time.time())
         self.store.insert_layer(top)
         self._point_disk(rec.name)
         return top

@@ -19,10 +19,15 @@ Tables:
               file (whole-machine snapshots); ``snapshot_current`` marks the snapshot each VM's state descends from
     disks     extra disks of a VM (corral.storage.disks): name, qcow2 file, virtual size, I/O limits (JSON of QEMU
               throttle-group fields), serial, the hot-plug port while attached (NULL: detached); deleted with the VM
+    templates     captured VMs to launch from (corral.templates): name, source VM, what a VM from it must match
+                  (image, vCPUs, memory MiB, disk bytes), creation time and size on disk
+    template_vms  one row per VM made from a template (deleted with the VM); ``fresh`` = 1 until its first start
+                  has loaded the template's state (later starts boot from its disk)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -127,6 +132,21 @@ CREATE TABLE IF NOT EXISTS snapshot_current (
     vm TEXT PRIMARY KEY,
     snapshot TEXT
 );
+CREATE TABLE IF NOT EXISTS templates (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    image TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory INTEGER NOT NULL,
+    disk INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS template_vms (
+    vm TEXT PRIMARY KEY REFERENCES vms(name) ON DELETE CASCADE,
+    template TEXT NOT NULL REFERENCES templates(name),
+    fresh INTEGER NOT NULL DEFAULT 1
+);
 """
 
 
@@ -191,6 +211,18 @@ class DiskRecord:
     @property
     def attached(self) -> bool:
         return self.port is not None
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    name: str
+    source: str
+    image: str
+    vcpus: int
+    memory: int  # MiB
+    disk: int  # bytes, the virtual size of its disk
+    created_at: float
+    size: int = 0  # bytes on the host: disk, memory and state files
 
 
 @dataclass(frozen=True)
@@ -296,6 +328,11 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def version(self) -> tuple[int, int]:
+        """Changes when anything in the database changes: rows written through this connection, and commits of
+        other connections (SQLite's data_version). For caches of what was read."""
+        return self._db.total_changes, self._db.execute("PRAGMA data_version").fetchone()[0]
+
     # --- VMs -------------------------------------------------------------------------------------------------
     def insert_vm(self, rec: VMRecord) -> None:
         self._db.execute(
@@ -335,6 +372,10 @@ class Store:
 
     def set_provisioned_boot(self, name: str, boot_id: str) -> None:
         self._db.execute("UPDATE runtime SET provisioned_boot = ? WHERE name = ?", (boot_id, name))
+
+    def list_runtimes(self) -> dict[str, RuntimeRecord]:
+        """Every runtime record by VM name, in one query (for listing many VMs)."""
+        return {r["name"]: RuntimeRecord(**dict(r)) for r in self._db.execute("SELECT * FROM runtime")}
 
     def get_runtime(self, name: str) -> RuntimeRecord | None:
         row = self._db.execute("SELECT * FROM runtime WHERE name = ?", (name,)).fetchone()
@@ -543,6 +584,38 @@ class Store:
         self._db.execute("DELETE FROM snapshot_current WHERE vm = ?", (vm,))
 
 
+    # --- templates ------------------------------------------------------------------------------------------
+    def insert_template(self, rec: TemplateRecord) -> None:
+        self._db.execute("INSERT INTO templates (name, source, image, vcpus, memory, disk, created_at, size) "
+                         "VALUES (?,?,?,?,?,?,?,?)", (rec.name, rec.source, rec.image, rec.vcpus, rec.memory,
+                                                      rec.disk, rec.created_at, rec.size))
+
+    def get_template(self, name: str) -> TemplateRecord | None:
+        row = self._db.execute("SELECT * FROM templates WHERE name = ?", (name,)).fetchone()
+        return TemplateRecord(**dict(row)) if row else None
+
+    def list_templates(self) -> list[TemplateRecord]:
+        return [TemplateRecord(**dict(r)) for r in self._db.execute("SELECT * FROM templates ORDER BY name")]
+
+    def delete_template(self, name: str) -> None:
+        self._db.execute("DELETE FROM templates WHERE name = ?", (name,))
+
+    def link_template_vm(self, vm: str, template: str) -> None:
+        self._db.execute("INSERT INTO template_vms (vm, template, fresh) VALUES (?,?,1)", (vm, template))
+
+    def template_of(self, vm: str) -> tuple[str, bool] | None:
+        """(template, fresh) of a VM made from a template; None for any other VM."""
+        row = self._db.execute("SELECT template, fresh FROM template_vms WHERE vm = ?", (vm,)).fetchone()
+        return (row["template"], bool(row["fresh"])) if row else None
+
+    def set_template_vm_started(self, vm: str) -> None:
+        self._db.execute("UPDATE template_vms SET fresh = 0 WHERE vm = ?", (vm,))
+
+    def template_users(self, template: str) -> list[str]:
+        return [r["vm"] for r in self._db.execute(
+            "SELECT vm FROM template_vms WHERE template = ? ORDER BY vm", (template,))]
+
+
 def _project(r: sqlite3.Row) -> ProjectRecord:
     return ProjectRecord(name=r["name"], default_ttl=r["default_ttl"], on_expiry=r["on_expiry"],
                          idle=IdlePolicy.model_validate_json(r["idle"]) if r["idle"] else None)
@@ -556,11 +629,17 @@ def _event(r: sqlite3.Row) -> EventRecord:
 def _disk(r: sqlite3.Row) -> DiskRecord:
     return DiskRecord(vm=r["vm"], name=r["name"], file=r["file"], size=r["size"], serial=r["serial"],
                       created_at=r["created_at"], format=r["format"], limits=json.loads(r["limits"]), port=r["port"])
+@functools.lru_cache(maxsize=8192)
+def _parse_spec(text: str) -> VMSpec:
+    return VMSpec.model_validate_json(text)
 
 
 def _vm(row: sqlite3.Row) -> VMRecord:
+    # A spec's JSON is parsed (and validated) once, not at every listing: `ls` of 1,000 VMs stays fast. Records
+    # with the same spec text share one VMSpec object: nothing changes a spec in place (every change is
+    # model_copy(update=...) then Store.update_spec).
     return VMRecord(
-        spec=VMSpec.model_validate_json(row["spec"]),
+        spec=_parse_spec(row["spec"]),
         id=row["id"],
         state=VMState(row["state"]),
         state_reason=row["state_reason"],

@@ -6,7 +6,9 @@ The service owns these; nothing outside ``corral.vm`` sees them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from corral.engine.guest_agent import GuestAgent
 from corral.engine.monitor import Monitor
@@ -45,3 +47,17 @@ class Machine:
     reset: asyncio.Event = field(default_factory=asyncio.Event)
     #: This QEMU loaded a suspended VM's saved state (the guest continues its boot; its clock lags).
     resumed: bool = False
+    #: This QEMU loaded another VM's saved state (a template's): once the agent answers, this gives the guest its
+    #: own identity and provisions it, instead of the usual provisioning; it returns the guest's boot_id.
+    personalize: Callable[[Machine], Awaitable[str]] | None = None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """How a VM made from a template starts (given by corral.templates through ``VMService.origin_of``)."""
+
+    disk: Path  #: the qcow2 its own disk is an overlay on
+    memory: Path  #: the RAM file it maps privately (copy-on-write)
+    state: Path | None  #: the device state loaded at this start (saved with x-ignore-shared); None: boot from disk
+    personalize: Callable[[Machine], Awaitable[str]]
+    loaded: Callable[[], None]  #: called once the state is loaded (later starts boot from the disk)

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from corral.engine import migration, process, qemu_img
 from corral.engine.accel import Accelerator, probe_accelerator
-from corral.engine.cmdline import Attachments, BootSource, HostConfig, Identity, build_argv
+from corral.engine.cmdline import Attachments, BootSource, HostConfig, Identity, MemoryFile, build_argv
 from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentTimeout, InvalidInput, NotFound, StateError
@@ -51,7 +51,7 @@ from corral.storage.chain import Chain
 from corral.store.db import EventQuery, EventRecord, ProjectRecord, RuntimeRecord, Store, VMRecord
 from corral.vm import expiry, host, labels, logs, quota
 from corral.vm.expiry import Decision, ExpiryAction, ExpiryCheck
-from corral.vm.machine import Machine
+from corral.vm.machine import Machine, Origin
 from corral.vm.spec import PortForward, RestartPolicy, VMSpec
 from corral.vm.states import LIVE, VMState, check_operation, check_transition
 
@@ -139,6 +139,8 @@ class VMService:
         self.before_expiry_delete: Callable[[str], Awaitable[None]] | None = None
         #: Called with the VM's name just before its QEMU is started (idle control gives back the ports it held).
         self.before_start: Callable[[str], None] | None = None
+        #: Set by corral.templates: how a VM made from a template starts (None for every other VM).
+        self.origin_of: Callable[[VMRecord], Origin | None] | None = None
 
     # ------------------------------------------------------------------------------------------------ helpers --
     def _lock(self, name: str) -> asyncio.Lock:
@@ -221,8 +223,9 @@ class VMService:
         return self._machines.get(name)
 
     # ------------------------------------------------------------------------------------------------- create --
-    async def create(self, spec: VMSpec) -> VMRecord:
-        """Define a VM and make its disk. Fails with nothing left behind."""
+    async def create(self, spec: VMSpec, base: tuple[Path, str] | None = None) -> VMRecord:
+        """Define a VM and make its disk (an overlay on its image's disk, or on ``base``: (path, format)). Fails
+        with nothing left behind."""
         async with self._lock(spec.name):
             if self.store.get_vm(spec.name) is not None:
                 raise Conflict(
@@ -250,8 +253,8 @@ class VMService:
             self._creating[spec.name] = spec  # counted by other creates' quota checks until it is in the store
             try:
                 await qemu_img.create_overlay(
-                    paths.disk, self.images.dir(spec.image) / "disk.qcow2", manifest.disk_format, spec.disk
-                )
+                    paths.disk, *(base or (self.images.dir(spec.image) / "disk.qcow2", manifest.disk_format)),
+                    spec.disk)
                 self.store.insert_vm(rec)
             except BaseException:
                 shutil.rmtree(paths.root, ignore_errors=True)
@@ -326,13 +329,17 @@ class VMService:
                                        self.event, paths.images_open)
         if self.before_start is not None:
             self.before_start(name)
+        origin = self.origin_of(rec) if self.origin_of is not None else None
+        if origin is not None:  # made from a template: its disk sits on the template's, its RAM maps the template's
+            boot = dataclasses.replace(boot, base_disk=origin.disk, base_format="qcow2")
+        from_template = origin is not None and origin.state is not None and not resuming
         att = await self._prepare(rec, paths)
         if self.root_chain is not None:
             att = dataclasses.replace(att, chain=self.root_chain(rec, boot))
         argv = build_argv(spec, boot, paths,
                           HostConfig(self.settings.qemu_binary, accel.name, self.settings.tcg_tb_size_mib),
-                          Identity(rec.id, rec.mac), att)
-        if resuming:
+                          Identity(rec.id, rec.mac), att, memory=MemoryFile(origin.memory) if origin else None)
+        if resuming or from_template:
             argv = migration.incoming_argv(argv)
         await self._set_state(name, VMState.STARTING, "resuming" if resuming else "")
         self.event(name, "start", f"{'resuming' if resuming else 'starting'} QEMU ({accel.name})", argv=argv)
@@ -354,6 +361,12 @@ class VMService:
                     monitor, paths.state_file, alive=lambda: child is not None and child.returncode is None)
                 if not (await monitor.execute("query-status")).get("running"):
                     await monitor.execute("cont")
+            elif from_template:
+                assert origin is not None and origin.state is not None
+                loaded = await migration.load_state(
+                    monitor, origin.state, alive=lambda: child is not None and child.returncode is None,
+                    capabilities=migration.IGNORE_SHARED)
+                await monitor.execute("cont")
         except BaseException as exc:
             if child is not None:
                 if resuming:  # let the exit status arrive if QEMU is exiting on a bad stream
@@ -364,7 +377,7 @@ class VMService:
                     with contextlib.suppress(ProcessLookupError):
                         child.kill()
                 await child.wait()
-            if monitor is not None and resuming:
+            if monitor is not None and (resuming or from_template):
                 await monitor.close()
             self.store.delete_runtime(name)
             with contextlib.suppress(Exception):
@@ -388,7 +401,12 @@ class VMService:
         m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel.name, started_at=time.time(),
                     monitor=monitor, agent=GuestAgent(paths.qga_socket), child=child, ssh_port=att.ssh_port,
                     resumed=resuming)
-        if loaded is not None:
+        if from_template and loaded is not None:
+            assert origin is not None
+            origin.loaded()
+            m.personalize = origin.personalize
+            self.event(name, "start", f"template state loaded in {loaded.seconds:.2f}s", seconds=loaded.seconds)
+        elif loaded is not None:
             paths.state_file.unlink(missing_ok=True)  # the guest moved on: the old state must never load again
             self.event(name, "resume", f"saved state loaded ({loaded.size >> 20} MiB in {loaded.seconds:.2f}s)",
                        bytes=loaded.size, seconds=loaded.seconds)
@@ -428,6 +446,16 @@ class VMService:
     async def _become_ready(self, m: Machine) -> None:
         try:
             await m.agent.wait_ready(READY_TIMEOUT)
+            if m.personalize is not None:  # from a template: its own identity and provisioning, before "ready"
+                boot_id = await m.personalize(m)
+                m.personalize = None
+                m.agent_ready = True
+                self.store.set_provisioned_boot(m.name, boot_id)
+                self.event(m.name, "ready", f"took its own identity; ready {time.time() - m.started_at:.2f}s "
+                           "after start")
+                m.ready.set()  # its addresses follow at once; nobody waits for them
+                await self.refresh_addresses(m.name)
+                return
             m.agent_ready = True
             if m.resumed:  # the guest's clock stood still while it was suspended: set it (best effort)
                 try:

@@ -11,6 +11,7 @@ from corral.engine.cmdline import (
     DiskNodes,
     HostConfig,
     Identity,
+    MemoryFile,
     build_argv,
 )
 from corral.paths import VMPaths
@@ -201,3 +202,32 @@ def test_extra_disks_file_qcow2_throttle_in_their_ports() -> None:
 def test_disk_node_names_fit_qemu() -> None:
     n = DiskNodes.of("a" * 20)
     assert max(len(x) for x in (n.file, n.fmt, n.top)) <= 31
+def test_no_memory_backend_by_default() -> None:
+    a = argv()
+    assert "-object" not in a and opt(a, "-machine") == ["q35"]
+
+
+def test_template_memory_file_is_a_private_mapping_named_like_q35_ram() -> None:
+    mem = MemoryFile(Path("/home/templates/t/memory.ram"))
+    a = build_argv(VMSpec(name="web", memory=128), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT,
+                   memory=mem)
+    assert opt(a, "-object") == [
+        "memory-backend-file,id=pc.ram,mem-path=/home/templates/t/memory.ram,size=128M,share=off"]
+    assert opt(a, "-machine") == ["q35", "memory-backend=pc.ram"]
+    assert opt(a, "-m") == ["128M"]
+
+
+def test_template_builder_writes_the_memory_file() -> None:
+    a = build_argv(VMSpec(name="web", memory=128), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT,
+                   memory=MemoryFile(Path("/t/memory.ram"), share=True))
+    assert opt(a, "-object") == ["memory-backend-file,id=pc.ram,mem-path=/t/memory.ram,size=128M,share=on"]
+
+
+def test_overlay_on_a_template_disk_through_the_boot_source() -> None:
+    from dataclasses import replace
+
+    boot = replace(BOOT, base_disk=Path("/home/templates/t/disk.qcow2"), base_format="qcow2")
+    a = build_argv(VMSpec(name="web"), boot, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT)
+    blockdevs = opt(a, "-blockdev")
+    assert "driver=file,node-name=base-file,filename=/home/templates/t/disk.qcow2,read-only=on" in blockdevs
+    assert "driver=qcow2,node-name=base,file=base-file,read-only=on" in blockdevs

@@ -66,3 +66,30 @@ def test_projects_round_trip(tmp_path: Path) -> None:
     assert s.get_project("web") == ProjectRecord("web", 3600, "delete")
     assert [p.name for p in s.list_projects()] == ["api", "web"]
     assert s.get_project("api") == ProjectRecord("api", None, "stop")
+
+
+def test_template_links_go_with_their_vm(tmp_path: Path) -> None:
+    import time
+
+    from corral.store.db import TemplateRecord, VMRecord
+    from corral.vm.spec import VMSpec
+    from corral.vm.states import VMState
+
+    store = Store(tmp_path / "corral.db")
+    try:
+        store.insert_template(TemplateRecord("t", "src", "tiny", 1, 128, 1 << 30, time.time(), 5))
+        assert store.get_template("t") is not None and [t.name for t in store.list_templates()] == ["t"]
+        store.insert_vm(VMRecord(VMSpec(name="a"), "id-a", VMState.STOPPED, "", "52:54:00:00:00:01", 0.0, "", 0))
+        store.link_template_vm("a", "t")
+        assert store.template_of("a") == ("t", True) and store.template_of("b") is None
+        store.set_template_vm_started("a")
+        assert store.template_of("a") == ("t", False)
+        assert store.template_users("t") == ["a"]
+        with pytest.raises(sqlite3.IntegrityError):
+            store.link_template_vm("a", "nope")
+        store.delete_vm("a")
+        assert store.template_users("t") == []
+        store.delete_template("t")
+        assert store.get_template("t") is None
+    finally:
+        store.close()

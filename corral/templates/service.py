@@ -1,0 +1,300 @@
+"""The template service: capture a running VM as a template, launch VMs from it, list and remove templates.
+
+How (docs/explanation/templates.md has the whole story):
+
+- **create**: the source VM's vCPUs stop and its machine state is saved (QEMU's migration stream, RAM included); while
+  it stands still, its disk chain is flattened into one standalone qcow2 (``qemu-img convert``, formats stated);
+  then it runs on. Memory and disk are of the same instant. Next, without the source, a short-lived *builder* QEMU
+  with the same machine but its RAM in a file (``memory-backend-file,share=on``) loads that stream, which writes the
+  RAM into the template's ``memory.ram``, and saves the device state again with ``x-ignore-shared``: the template's
+  ``state.bin`` then holds no RAM at all.
+- **launch**: the new VM's disk is a qcow2 overlay on the template's disk; its QEMU maps ``memory.ram`` privately
+  (``share=off``: copy-on-write, pages only read stay shared in the page cache), starts with ``-incoming defer``,
+  loads ``state.bin`` with ``x-ignore-shared`` and continues. Before it is reported ready it takes its own identity
+  and is provisioned, in one guest command (corral.guest.identity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from corral.engine import migration, process, qemu_img
+from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv
+from corral.engine.monitor import Monitor, MonitorError
+from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, InvalidInput, NotFound
+from corral.guest import identity, ssh
+from corral.images.boot import boot_source
+from corral.paths import TEMPLATES_DIR, TemplatePaths, VMPaths
+from corral.store.db import TemplateRecord, VMRecord
+from corral.vm.machine import Machine, Origin
+from corral.vm.service import VMService
+from corral.vm.spec import NAME_RE, VMSpec
+from corral.vm.states import VMState
+
+log = logging.getLogger(__name__)
+
+#: The builder QEMU (loads the full state into the memory file, saves the devices again) gets this long.
+BUILD_TIMEOUT = 300.0
+
+#: Run after the identity script, in the same guest command (builtins only): Corral's SSH key authorized for root
+#: (``$keys``), then the guest's boot_id, and OpenSSH's new host key if the guest has no dropbear (whose key the host
+#: made), printed for the host.
+PROVISION_SCRIPT = r"""
+umask 077
+[ -d /root/.ssh ] || mkdir -p /root/.ssh || exit 20
+printf '%s' "$keys" > /root/.ssh/authorized_keys || exit 20
+read -r boot_id < /proc/sys/kernel/random/boot_id
+echo "boot_id $boot_id"
+if [ ! -d /etc/dropbear ] && [ -s /etc/ssh/ssh_host_ed25519_key.pub ]; then
+    read -r pub < /etc/ssh/ssh_host_ed25519_key.pub
+    echo "$pub"
+fi
+"""
+
+
+class TemplateService:
+    def __init__(self, vms: VMService) -> None:
+        self.vms = vms
+        self.store = vms.store
+        self.settings = vms.settings
+        self._lock = asyncio.Lock()  # creates, removals and the linking of new VMs, one at a time
+        #: Host keys made (on the host, in a thread) while a new VM's QEMU starts, by VM name.
+        self._host_keys: dict[str, asyncio.Future[identity.HostKey]] = {}
+        vms.origin_of = self._origin_of
+
+    # ------------------------------------------------------------------------------------------------ queries --
+    @property
+    def root(self) -> Path:
+        return self.settings.home / TEMPLATES_DIR
+
+    def paths(self, name: str) -> TemplatePaths:
+        return TemplatePaths(self.root / name)
+
+    def all(self) -> list[TemplateRecord]:
+        return self.store.list_templates()
+
+    def get(self, name: str) -> TemplateRecord:
+        rec = self.store.get_template(name)
+        if rec is None:
+            names = [t.name for t in self.store.list_templates()]
+            hint = f" (templates: {', '.join(names)})" if names else \
+                " (there are none: `corral template create NAME --from VM`)"
+            raise NotFound(f"no template named '{name}'{hint}")
+        return rec
+
+    def users(self, name: str) -> list[str]:
+        """The VMs made from the template, and any whose disk chain sits on its disk (their clones)."""
+        on_disk = {layer.vm or "a deleted VM's clone" for layer in self.store.list_layers()
+                   if layer.image == f"template:{name}"}
+        return sorted(set(self.store.template_users(name)) | on_disk)
+
+    # ------------------------------------------------------------------------------------------------- create --
+    async def create(self, name: str, source: str) -> TemplateRecord:
+        """Capture the running, ready VM ``source`` as template ``name``; the source keeps running. Fails with
+        nothing left behind (and the source running)."""
+        if not NAME_RE.match(name):
+            raise InvalidInput(f"template name {name!r} is not a DNS label: lower-case letters, digits and '-', "
+                               "1-63 characters, starting with a letter")
+        async with self._lock:
+            if self.store.get_template(name) is not None:
+                raise Conflict(f"a template named '{name}' already exists: choose another name or "
+                               f"`corral template rm {name}`")
+            final = self.paths(name)
+            if final.root.exists():
+                raise Conflict(f"{final.root} exists but no template '{name}' is defined: move it away first")
+            rec = self.vms.get(source)
+            spec = self._check_source(rec)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            work = TemplatePaths(self.root / f".{name}.partial")
+            shutil.rmtree(work.root, ignore_errors=True)
+            work.root.mkdir(mode=0o700)
+            full_state = work.root / "full-state.bin"
+            t0 = time.monotonic()
+            try:
+                await self._capture(rec, work, full_state)
+                disk_info = await qemu_img.info(work.disk)
+                await self._build(spec, rec, work, full_state)
+                full_state.unlink()
+                tpl = TemplateRecord(name=name, source=source, image=spec.image, vcpus=spec.vcpus,
+                                     memory=spec.memory, disk=int(disk_info["virtual-size"]), created_at=time.time())
+                work.spec.write_text(json.dumps(dataclasses.asdict(tpl), indent=2) + "\n")
+                work.disk.chmod(0o444)
+                work.state.chmod(0o444)
+                work.memory.chmod(0o600)  # QEMU opens it read-write even for a private (copy-on-write) mapping
+                tpl = dataclasses.replace(tpl, size=sum(p.stat().st_blocks * 512 for p in work.root.iterdir()))
+                os.rename(work.root, final.root)
+            except BaseException:
+                shutil.rmtree(work.root, ignore_errors=True)
+                raise
+            self.store.insert_template(tpl)
+        self.vms.event(source, "template", f"captured as template '{name}' in {time.monotonic() - t0:.1f}s "
+                       f"({tpl.size >> 20} MiB on disk)", template=name)
+        return tpl
+
+    def _check_source(self, rec: VMRecord) -> VMSpec:
+        spec = rec.spec
+        if rec.state != VMState.RUNNING:
+            raise Conflict(f"VM '{rec.name}' is {rec.state}: a template is made from a running, ready VM "
+                           f"(`corral start {rec.name}`)")
+        m = self.vms.machine(rec.name)
+        if m is None or m.monitor is None or not m.agent_ready:
+            raise Conflict(f"VM '{rec.name}' is not ready yet: wait for it (`corral wait {rec.name} --ready`)")
+        if spec.networks:
+            raise InvalidInput(f"VM '{rec.name}' is on private networks ({', '.join(spec.networks)}): templates are "
+                               "made from VMs with the default NAT network only")
+        if spec.cloud_init is not None or spec.ssh_keys or spec.hostname is not None:
+            raise InvalidInput(f"VM '{rec.name}' has a cloud-init seed disk (--cloud-init, --ssh-key or --hostname): "
+                               "templates are made from VMs without one")
+        manifest = self.vms.images.get(spec.image)
+        if manifest.boot != "kernel":
+            raise InvalidInput(f"VM '{rec.name}' boots from its own disk (image '{spec.image}'): templates are made "
+                               "from kernel-boot images (tiny, debian-12)")
+        if self.store.template_of(rec.name) is not None:
+            raise InvalidInput(f"VM '{rec.name}' was itself made from a template: capture a VM booted from an image")
+        return spec
+
+    async def _capture(self, rec: VMRecord, work: TemplatePaths, full_state: Path) -> None:
+        """Under the source's lock: its state saved, its disk flattened while it stands still, then it runs on."""
+        async with self.vms._lock(rec.name):  # noqa: SLF001 - no other operation on the source meanwhile
+            m = self.vms.machine(rec.name)
+            if m is None or m.monitor is None or self.vms.get(rec.name).state != VMState.RUNNING:
+                raise Conflict(f"VM '{rec.name}' stopped running before its capture")
+            await migration.save_state(m.monitor, full_state, was_running=True)
+            try:
+                # QEMU inactivated (flushed, unlocked) its disks when the save completed; -U only in case a lock
+                # is still held: nothing writes while the vCPUs are stopped.
+                await qemu_img.convert(self.vms.paths(rec.name).disk, work.disk, force_share=True)
+            finally:
+                with contextlib.suppress(MonitorError):
+                    await m.monitor.execute("cont")  # from postmigrate too: QEMU takes its disks back
+
+    async def _build(self, spec: VMSpec, rec: VMRecord, work: TemplatePaths, full_state: Path) -> None:
+        """A builder QEMU (same machine, RAM in ``work.memory``, shared) loads the full state and saves the devices
+        again without the RAM (x-ignore-shared)."""
+        build = VMPaths(work.root / "build")
+        build.root.mkdir(mode=0o700)
+        try:
+            await qemu_img.create_overlay(build.disk, work.disk, "qcow2", None)
+            manifest = self.vms.images.get(spec.image)
+            boot = dataclasses.replace(boot_source(self.vms.images.dir(spec.image), manifest, build.root),
+                                       base_disk=work.disk, base_format="qcow2")
+            accel = await self.vms.accelerator(boot.kernel)
+            host = HostConfig(self.settings.qemu_binary, accel.name if accel else "tcg",
+                              self.settings.tcg_tb_size_mib)
+            argv = migration.incoming_argv(build_argv(
+                spec.model_copy(update={"ports": []}), boot, build, host, Identity(str(uuid.uuid4()), rec.mac),
+                Attachments(), memory=MemoryFile(work.memory, share=True)))
+            child = await process.spawn(argv, build.qemu_log, build.root)
+            monitor = Monitor(f"template-build-{rec.name}", build.qmp_socket)
+            try:
+                alive = lambda: child.returncode is None  # noqa: E731
+                await monitor.connect(timeout=15.0, alive=alive)
+                await migration.load_state(monitor, full_state, alive=alive, timeout=BUILD_TIMEOUT)
+                await migration.save_state(monitor, work.state, was_running=False, timeout=BUILD_TIMEOUT,
+                                           capabilities=migration.IGNORE_SHARED)
+                with contextlib.suppress(MonitorError):
+                    await monitor.execute("quit")
+                await asyncio.wait_for(child.wait(), 30)
+            except BaseException as exc:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(child.wait(), 0.5)
+                detail = migration.qemu_last_words(process.tail(build.qemu_log, 2)) if child.returncode else ""
+                if isinstance(exc, CorralError) and detail:
+                    raise EngineError(f"making the template's memory file failed: {detail}") from exc
+                raise
+            finally:
+                await monitor.close()
+                if child.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.kill()
+                    await child.wait()
+            fd = os.open(work.memory, os.O_RDONLY)
+            try:
+                await asyncio.to_thread(os.fsync, fd)
+            finally:
+                os.close(fd)
+        finally:
+            shutil.rmtree(build.root, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------------- delete --
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            self.get(name)
+            users = self.users(name)
+            if users:
+                raise Conflict(f"template '{name}' is used by {len(users)} VM(s) ({', '.join(users[:10])}"
+                               f"{', ...' if len(users) > 10 else ''}): delete them first (`corral rm`)")
+            self.store.delete_template(name)
+            await asyncio.to_thread(shutil.rmtree, self.paths(name).root, True)
+        self.vms.event(None, "template", f"template '{name}' removed", template=name)
+
+    # ------------------------------------------------------------------------------------------------- launch --
+    async def launch(self, template: str, spec: VMSpec) -> VMRecord:
+        """Create VM ``spec.name`` from ``template`` and start it (its state loaded, not yet ready). All or
+        nothing: a failed start deletes it again."""
+        for what, given in (("--network", spec.networks), ("--cloud-init", spec.cloud_init is not None),
+                            ("--ssh-key", spec.ssh_keys), ("--hostname", spec.hostname is not None)):
+            if given:
+                raise InvalidInput(f"{what} is not possible with a template: its machine has no such device "
+                                   "(the hostname is the VM's name)")
+        async with self._lock:
+            tpl = self.get(template)
+            spec = spec.model_copy(update={"image": tpl.image, "vcpus": tpl.vcpus, "memory": tpl.memory,
+                                           "disk": tpl.disk})
+            await self.vms.create(spec, base=(self.paths(template).disk, "qcow2"))
+            self.store.link_template_vm(spec.name, template)  # no await since create: nothing saw it unlinked
+        try:
+            return await self.vms.start(spec.name)
+        except BaseException:
+            with contextlib.suppress(CorralError):
+                await self.vms.delete(spec.name, force=True)
+            raise
+
+    def _origin_of(self, rec: VMRecord) -> Origin | None:
+        link = self.store.template_of(rec.name)
+        if link is None:
+            return None
+        template, fresh = link
+        p = self.paths(template)
+        if fresh:  # made meanwhile: taken by _personalize
+            self._host_keys[rec.name] = asyncio.ensure_future(asyncio.to_thread(identity.new_host_key))
+        return Origin(disk=p.disk, memory=p.memory, state=p.state if fresh else None,
+                      personalize=self._personalize, loaded=lambda: self.store.set_template_vm_started(rec.name))
+
+    async def _personalize(self, m: Machine) -> str:
+        """Identity and provisioning of a VM just loaded from a template, in one guest command; its boot_id."""
+        rec = self.vms.get(m.name)
+        paths = self.vms.paths(m.name)
+        keys = "\n".join([ssh.ensure_keypair(paths), *rec.spec.ssh_keys]) + "\n"
+        pending = self._host_keys.pop(m.name, None)
+        host_key = await pending if pending is not None else await asyncio.to_thread(identity.new_host_key)
+        pid = await identity.start_script(
+            m.agent, "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT + identity.RESTART_DROPBEAR,
+            [*identity.identity_args(rec.spec.guest_hostname, rec.mac, "eth0", host_key), keys])
+        try:  # while the script runs: the agent answers meanwhile
+            await identity.set_time(m.agent)
+        except GuestAgentError as exc:
+            self.vms.event(m.name, "identity", f"could not set the guest clock: {exc.message}")
+        code, out, err = await identity.wait_script(m.agent, pid)
+        if code != 0:
+            step = identity.IDENTITY_STEPS.get(code) or ("SSH key" if code == 20 else str(code))
+            raise GuestAgentError(f"the guest could not take its own identity ({step}): "
+                                  f"{err.decode(errors='replace').strip()}")
+        text = out.decode(errors="replace")
+        boot_id = next((ln.split()[1] for ln in text.splitlines() if ln.startswith("boot_id ")), "")
+        paths.known_hosts.unlink(missing_ok=True)
+        host_keys = ssh.parse_host_keys(text) or ssh.parse_host_keys(host_key.public)
+        if m.ssh_port is not None and host_keys:
+            ssh.write_known_hosts(paths, m.ssh_port, host_keys)
+        elif m.ssh_port is not None:
+            self.vms.event(m.name, "ssh", "no SSH host key read from the guest")
+        return boot_id
