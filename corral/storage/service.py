@@ -144,6 +144,16 @@ class StorageService:
         manifest = self.vms.images.get(ref)
         return self.vms.images.dir(ref) / P.IMAGE_DISK, manifest.disk_format
 
+    def _descendants(self, id_: str) -> list[LayerRecord]:
+        """Every layer above ``id_`` in the tree (children, their children...)."""
+        out: list[LayerRecord] = []
+        todo = [id_]
+        while todo:
+            for child in self.store.layer_children(todo.pop()):
+                out.append(child)
+                todo.append(child.id)
+        return out
+
     def _layer(self, id_: str) -> LayerRecord:
         layer = self.store.get_layer(id_)
         if layer is None:
@@ -465,7 +475,8 @@ class StorageService:
     async def _merge_away(self, rec: VMRecord, layer: LayerRecord) -> str:
         """Merge ``layer`` into every layer backing onto it, then remove it; kept while another VM uses it."""
         children = self.store.layer_children(layer.id)
-        if any(c.vm != rec.name for c in children):
+        if any(c.vm != rec.name for c in self._descendants(layer.id)):
+            # Another VM's chain runs through the layers above: they must not change under its QEMU.
             return "its layer is kept, hidden, while a clone uses it"
         under, under_format = self._below(layer)
         m = self._machine(rec.name) if rec.state in LIVE_DISK else None

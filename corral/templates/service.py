@@ -93,8 +93,14 @@ class TemplateService:
 
     def users(self, name: str) -> list[str]:
         """The VMs made from the template, and any whose disk chain sits on its disk (their clones)."""
-        on_disk = {layer.vm or "a deleted VM's clone" for layer in self.store.list_layers()
-                   if layer.image == f"template:{name}"}
+        layers = {layer.id: layer for layer in self.store.list_layers()}
+        on_disk: set[str] = set()
+        for top in (x for x in layers.values() if x.purpose == "top" and x.vm is not None):
+            bottom = top
+            while bottom.backing is not None and bottom.backing in layers:
+                bottom = layers[bottom.backing]
+            if bottom.image == f"template:{name}" and top.vm is not None:
+                on_disk.add(top.vm)
         return sorted(set(self.store.template_users(name)) | on_disk)
 
     # ------------------------------------------------------------------------------------------------- create --
