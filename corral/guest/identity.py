@@ -60,6 +60,10 @@ fi
 echo "$mid" > /etc/machine-id || exit 11
 [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ] && echo "$mid" > /var/lib/dbus/machine-id
 if [ -n "$mac" ]; then
+    # QEMU's NAT (user networking) has the address leased to the old MAC, and its DHCP server answers a request
+    # carrying that MAC by pointing its ARP table at it again: the DHCP client (busybox udhcpc) goes first; the
+    # address stays configured.
+    for p in $(pidof udhcpc 2>/dev/null); do kill "$p" 2>/dev/null; done
     ip link set dev "$nic" address "$mac" || exit 12
     # IPv6 addresses derived from the old MAC go; re-enabling makes them again from the new one.
     if [ -w "/proc/sys/net/ipv6/conf/$nic/disable_ipv6" ]; then
@@ -99,12 +103,10 @@ fi
 #: new key; sessions stay), after everything else, so that the respawn does not delay the script.
 RESTART_DROPBEAR = r"""
 if [ -n "$restart_dropbear" ]; then
-    for d in /proc/[0-9]*/; do
-        read -r c < "${d}comm" 2>/dev/null || continue
-        [ "$c" = dropbear ] || continue
-        read -r st < "${d}stat" 2>/dev/null || continue
+    for p in $(pidof dropbear 2>/dev/null); do
+        read -r st < "/proc/$p/stat" 2>/dev/null || continue
         set -- $st
-        [ "$4" = 1 ] && kill "$1"
+        [ "$4" = 1 ] && kill "$p"
     done
 fi
 exit 0
