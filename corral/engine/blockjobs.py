@@ -23,7 +23,8 @@ class BlockJobError(EngineError):
     """A block job (stream, backup) failed or was cancelled."""
 
 
-def _inode(path: str | Path) -> tuple[int, int] | None:
+def inode(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None if it is gone: how a QEMU node is matched to a layer file."""
     try:
         st = os.stat(path)
     except OSError:
@@ -53,7 +54,7 @@ async def format_nodes(monitor: Monitor) -> dict[tuple[int, int], str]:
         owner = name.removesuffix("-file")
         if node.get("drv") != "file" or owner == name or owner not in names or os.path.islink(filename):
             continue
-        if (key := _inode(filename)) is not None:
+        if (key := inode(filename)) is not None:
             found.setdefault(key, owner)
     return found
 
@@ -71,7 +72,7 @@ async def make_writable(monitor: Monitor, node: str, path: Path, backing: str | 
 
 
 async def node_of(monitor: Monitor, path: Path) -> str | None:
-    key = _inode(path)
+    key = inode(path)
     return (await format_nodes(monitor)).get(key) if key else None
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.engine import qemu_img
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import EngineError
 
@@ -57,20 +58,6 @@ class Extent:
     present: bool  # written in the target (data or zeroes); False: never written
     data: bool
     offset: int | None  # where the data lies in the target file (data only)
-
-
-async def _run(*args: str) -> str:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "qemu-img", *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-    except FileNotFoundError as exc:
-        raise EngineError("qemu-img not found: install it with `apt-get install qemu-utils`") from exc
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise EngineError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
-    return out.decode()
 
 
 def _is_root(block: dict[str, Any]) -> bool:
@@ -149,7 +136,7 @@ async def backup_to_target(
 
     If this fails the bitmap is left as QEMU left it: the caller must not trust it for the next backup.
     """
-    await _run("create", "-q", "-f", "qcow2", str(target), str(disk.virtual_size))
+    await qemu_img.run("create", "-q", "-f", "qcow2", str(target), str(disk.virtual_size))
     tag = secrets.token_hex(3)
     tnode, job = f"corral-bk-{tag}", f"corral-backup-{tag}"
     added = False
@@ -232,34 +219,35 @@ async def _cancel_job(monitor: Monitor, job: str) -> None:
 
 async def convert_to_target(chain_top: Path, target: Path) -> int:
     """A stopped VM's disk (its qcow2 chain, formats from the headers Corral wrote) as a standalone qcow2."""
-    await _run("convert", "-q", "-f", "qcow2", "-O", "qcow2", str(chain_top), str(target))
-    return int(json.loads(await _run("info", "-f", "qcow2", "--output=json", str(target)))["virtual-size"])
+    await qemu_img.run("convert", "-q", "-f", "qcow2", "-O", "qcow2", str(chain_top), str(target))
+    return int(json.loads(await qemu_img.run("info", "-f", "qcow2", "--output=json", str(target)))["virtual-size"])
 
 
 async def map_target(target: Path) -> list[Extent]:
     """Which parts of a standalone qcow2 target were written, with data or zeroes, and where its data lies."""
-    raw = json.loads(await _run("map", "--output=json", "-f", "qcow2", str(target)))
+    raw = json.loads(await qemu_img.run("map", "--output=json", "-f", "qcow2", str(target)))
     return [Extent(int(e["start"]), int(e["length"]), bool(e.get("present", e.get("data") or e.get("zero"))),
                    bool(e["data"]), int(e["offset"]) if e.get("data") and "offset" in e else None) for e in raw]
 
 
 async def set_bitmap_offline(disk: Path) -> None:
     """(Re)start the persistent bitmap in a stopped VM's qcow2: removed if there (even if inconsistent), added."""
-    info = json.loads(await _run("info", "-f", "qcow2", "--output=json", str(disk)))
+    info = json.loads(await qemu_img.run("info", "-f", "qcow2", "--output=json", str(disk)))
     names = [b.get("name") for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])]
     if BITMAP in names:
-        await _run("bitmap", "--remove", "-f", "qcow2", str(disk), BITMAP)
-    await _run("bitmap", "--add", "-f", "qcow2", str(disk), BITMAP)
+        await qemu_img.run("bitmap", "--remove", "-f", "qcow2", str(disk), BITMAP)
+    await qemu_img.run("bitmap", "--add", "-f", "qcow2", str(disk), BITMAP)
 
 
 async def remove_bitmap_offline(disk: Path) -> None:
-    info = json.loads(await _run("info", "-f", "qcow2", "--output=json", str(disk)))
+    info = json.loads(await qemu_img.run("info", "-f", "qcow2", "--output=json", str(disk)))
     names = [b.get("name") for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])]
     if BITMAP in names:
-        await _run("bitmap", "--remove", "-f", "qcow2", str(disk), BITMAP)
+        await qemu_img.run("bitmap", "--remove", "-f", "qcow2", str(disk), BITMAP)
 
 
 async def raw_to_qcow2(raw: Path, qcow2: Path) -> None:
     """A standalone qcow2 (no backing file) of a raw file. Metadata is preallocated so that every cluster is
     allocated or explicitly zero: nothing ever reads through to a backing node, whatever the command line."""
-    await _run("convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "preallocation=metadata", str(raw), str(qcow2))
+    await qemu_img.run("convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "preallocation=metadata", str(raw),
+                       str(qcow2))

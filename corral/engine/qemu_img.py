@@ -12,7 +12,8 @@ from typing import Any
 from corral.errors import EngineError
 
 
-async def _run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
+async def run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
+    """``qemu-img ARGS`` in a subprocess: its stdout; EngineError with its stderr unless its exit code is in ``ok``."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "qemu-img", *args, stdin=asyncio.subprocess.DEVNULL,
@@ -28,12 +29,12 @@ async def _run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
 
 async def create(path: Path, size: int) -> None:
     """A new, empty qcow2 of ``size`` bytes (virtual), with no backing file."""
-    await _run("create", "-q", "-f", "qcow2", str(path), str(size))
+    await run("create", "-q", "-f", "qcow2", str(path), str(size))
 
 
 async def resize(path: Path, size: int) -> None:
     """Grow the qcow2 at ``path`` to ``size`` bytes; never shrinks (``--shrink`` is not given)."""
-    await _run("resize", "-q", "-f", "qcow2", str(path), str(size))
+    await run("resize", "-q", "-f", "qcow2", str(path), str(size))
 
 
 async def check(path: Path, repair: str | None = None) -> dict[str, Any]:
@@ -45,7 +46,7 @@ async def check(path: Path, repair: str | None = None) -> dict[str, Any]:
     args = ["check", "-f", "qcow2", "--output=json"]
     if repair is not None:
         args += ["-r", repair]
-    out = await _run(*args, str(path), ok=(0, 2, 3))
+    out = await run(*args, str(path), ok=(0, 2, 3))
     result: dict[str, Any] = json.loads(out) if out.strip() else {}
     return result
 
@@ -55,11 +56,11 @@ async def create_overlay(path: Path, backing: Path, backing_format: str, size: i
     args = ["create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(path)]
     if size is not None:
         args.append(str(size))
-    await _run(*args)
+    await run(*args)
 
 
 async def info(path: Path, fmt: str = "qcow2") -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(await _run("info", "-f", fmt, "--output=json", str(path)))
+    result: dict[str, Any] = json.loads(await run("info", "-f", fmt, "--output=json", str(path)))
     return result
 
 
@@ -69,18 +70,18 @@ async def rebase(path: Path, backing: Path | None, backing_format: str = "qcow2"
     """Safe-mode rebase of the qcow2 ``path`` onto ``backing`` (None: no backing at all): every cluster where the old
     and the new backing chains differ is copied into ``path`` first, so what ``path`` shows is unchanged."""
     if backing is None:
-        await _run("rebase", "-f", "qcow2", "-b", "", str(path))
+        await run("rebase", "-f", "qcow2", "-b", "", str(path))
     else:
-        await _run("rebase", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(path))
+        await run("rebase", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(path))
 
 
 async def set_backing(path: Path, backing: Path | None, backing_format: str = "qcow2") -> None:
     """Rewrite only the backing file name (and format) in the qcow2 header of ``path`` (``rebase -u``): for a layer
     whose backing file moved, with the same content, to another path (an imported VM's layers)."""
     if backing is None:
-        await _run("rebase", "-u", "-f", "qcow2", "-b", "", str(path))
+        await run("rebase", "-u", "-f", "qcow2", "-b", "", str(path))
     else:
-        await _run("rebase", "-u", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(path))
+        await run("rebase", "-u", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(path))
 
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
@@ -113,4 +114,4 @@ async def convert(src: Path, dst: Path, progress: Callable[[float], None] | None
 async def create_layer(path: Path, backing: Path, size: int) -> None:
     """A qcow2 overlay on the qcow2 ``backing`` of ``size`` bytes; the backing chain is not opened (-u: Corral knows
     it, and opening it would cost more the deeper it is)."""
-    await _run("create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(backing), str(path), str(size))
+    await run("create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(backing), str(path), str(size))

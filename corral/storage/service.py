@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from corral import paths as P
 from corral.engine import blockjobs, migration, qemu_img
+from corral.engine.blockjobs import inode
 from corral.engine.cmdline import BootSource
 from corral.engine.guest_agent import GuestAgent
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
@@ -76,14 +77,6 @@ class SnapshotView:
     parent: str | None
     current: bool
     size: int
-
-
-def _inode(path: str | Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def check_name(name: str, what: str = "snapshot") -> None:
@@ -194,7 +187,7 @@ class StorageService:
         """Remove a layer's file, and the VM's disk.qcow2 if that is still the same file (a hard link)."""
         if vm is not None:
             legacy = self.vms.paths(vm).disk
-            if not legacy.is_symlink() and (key := _inode(layer.path)) is not None and key == _inode(legacy):
+            if not legacy.is_symlink() and (key := inode(layer.path)) is not None and key == inode(legacy):
                 legacy.unlink(missing_ok=True)
         Path(layer.path).unlink(missing_ok=True)
 
@@ -326,26 +319,25 @@ class StorageService:
         except BaseException:
             new_path.unlink(missing_ok=True)
             raise
-        if state_file is None:
-            try:
-                async with self._fs_frozen(m, fsfreeze) as note:
-                    await blockjobs.freeze_onto(monitor, top, node)
-            except BaseException:
-                await blockjobs.remove_node(monitor, node)
-                new_path.unlink(missing_ok=True)
-                raise
-            commit()
-            return old, note[0]
-        # Whole machine: vCPUs stopped, disk frozen and memory saved at the same instant, then the VM runs on.
-        was_running = rec.state == VMState.RUNNING
-        await monitor.execute("stop")
-        try:
+        async def freeze() -> None:
+            """The new overlay takes the top's place; if that fails, it is removed and the top goes on as it was."""
             try:
                 await blockjobs.freeze_onto(monitor, top, node)
             except BaseException:
                 await blockjobs.remove_node(monitor, node)
                 new_path.unlink(missing_ok=True)
                 raise
+
+        if state_file is None:
+            async with self._fs_frozen(m, fsfreeze) as note:
+                await freeze()
+            commit()
+            return old, note[0]
+        # Whole machine: vCPUs stopped, disk frozen and memory saved at the same instant, then the VM runs on.
+        was_running = rec.state == VMState.RUNNING
+        await monitor.execute("stop")
+        try:
+            await freeze()
             commit()
             saved = await migration.save_state(monitor, state_file, was_running=False)
         finally:
@@ -483,15 +475,15 @@ class StorageService:
         nodes = await blockjobs.format_nodes(m.monitor) if m is not None and m.monitor is not None else {}
         streamed = 0
         for child in children:
-            key = _inode(child.path)
+            key = inode(child.path)
             node = nodes.get(key) if key else None
             if m is not None and m.monitor is not None and node is not None:  # in the running chain: QEMU copies
-                base_key = _inode(under) if under is not None else None
+                base_key = inode(under) if under is not None else None
                 base_node = nodes.get(base_key) if base_key else None
                 if under is not None and base_node is None:
                     raise EngineError(f"cannot find {under} in the block graph of the running '{rec.name}': stop "
                                       "it and delete the snapshot again")
-                layer_key = _inode(layer.path)
+                layer_key = inode(layer.path)
                 await blockjobs.make_writable(m.monitor, node, Path(child.path),
                                               nodes.get(layer_key) if layer_key else None)
                 await blockjobs.stream(m.monitor, f"merge-{child.id}", node, base_node,
@@ -500,7 +492,7 @@ class StorageService:
             else:
                 await qemu_img.rebase(Path(child.path), under, under_format)
             self.store.update_layer(child.id, backing=layer.backing, image=layer.image)
-        if m is not None and m.monitor is not None and (key := _inode(layer.path)) and (node := nodes.get(key)):
+        if m is not None and m.monitor is not None and (key := inode(layer.path)) and (node := nodes.get(key)):
             await blockjobs.remove_node(m.monitor, node)
         self.store.update_layer(layer.id, purpose="frozen")  # now unused: _collect removes it with its snapshot row
         return f"merged into {len(children)} layer(s)" + (f", {streamed} while running" if streamed else "")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -12,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from corral.api.deps import Services, services
+from corral.api.streams import stream_operation
 from corral.backup.models import (
     BackupSummary,
     CreateRequest,
@@ -25,7 +25,7 @@ from corral.backup.models import (
     VerifyRequest,
 )
 from corral.backup.service import BackupService, Progress
-from corral.errors import CorralError, EngineError
+from corral.errors import EngineError
 
 router = APIRouter(prefix="/backups", tags=["backups"])
 Svc = Annotated[Services, Depends(services)]
@@ -40,40 +40,21 @@ def _backups(svc: Services) -> BackupService:
 def stream(job: Callable[[Progress], Awaitable[BaseModel]], what: str) -> StreamingResponse:
     """Run ``job`` as a task, streaming its progress as NDJSON :class:`JobEvent` lines, then ``done`` (with its
     result) or ``error``. The job runs to its end even if the client goes away: nothing is left half done."""
-    queue: asyncio.Queue[JobEvent] = asyncio.Queue()
     last: dict[str, float] = {}
 
-    def progress(stage: str, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if total is not None and done < total and now - last.get(stage, -1.0) < 0.2:
-            return  # at most five updates a second per stage
-        last[stage] = now
-        loop.call_soon_threadsafe(queue.put_nowait, JobEvent(kind="progress", stage=stage, done=done, total=total))
+    async def run(emit: Callable[[JobEvent], None]) -> JobEvent:
+        def progress(stage: str, done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if total is not None and done < total and now - last.get(stage, -1.0) < 0.2:
+                return  # at most five updates a second per stage
+            last[stage] = now
+            emit(JobEvent(kind="progress", stage=stage, done=done, total=total))
 
-    async def run() -> None:
-        try:
-            result = await job(progress)
-            await queue.put(JobEvent(kind="done", result=result.model_dump(mode="json")))
-        except CorralError as exc:
-            await queue.put(JobEvent(kind="error", message=exc.message, error=type(exc).__name__))
-        except Exception as exc:  # a bug still ends the stream with a readable line
-            await queue.put(JobEvent(kind="error", message=f"{what} failed: {exc}"))
+        result = await job(progress)
+        return JobEvent(kind="done", result=result.model_dump(mode="json"))
 
-    loop = asyncio.get_running_loop()
-    task = asyncio.create_task(run())
-
-    async def lines() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                ev = await queue.get()
-                yield ev.model_dump_json(exclude_none=True).encode() + b"\n"
-                if ev.kind != "progress":
-                    break
-        finally:
-            if not task.done():
-                await asyncio.shield(task)
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return stream_operation(what, run, lambda message, error: JobEvent(kind="error", message=message,
+                                                                  error=error or ""))
 
 
 @router.post("/repos", response_model=RepoInfo)

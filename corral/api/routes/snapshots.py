@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -13,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from corral.api.deps import Services, services
 from corral.api.models import CloneEvent, CloneRequest, RevertRequest, SnapshotCreate, SnapshotInfo, VMInfo
 from corral.api.routes.vms import to_info
-from corral.errors import CorralError
+from corral.api.streams import stream_operation
 from corral.storage.service import SnapshotView, check_name
 
 router = APIRouter(prefix="/vms", tags=["snapshots"])
@@ -54,32 +53,12 @@ async def clone_vm(name: str, req: CloneRequest, svc: Svc) -> StreamingResponse:
     check_name(req.name, "VM")
     if req.snapshot is not None:
         svc.storage.list_snapshots(name)
-    queue: asyncio.Queue[CloneEvent] = asyncio.Queue()
     t0 = time.monotonic()
 
-    async def run() -> None:
-        try:
-            rec = await svc.storage.clone(name, req.name, full=req.full, snapshot=req.snapshot,
-                                          progress=lambda p: queue.put_nowait(CloneEvent(kind="progress", percent=p)))
-            await queue.put(CloneEvent(kind="done", percent=100.0, vm=to_info(svc, rec),
-                                       seconds=time.monotonic() - t0))
-        except CorralError as exc:
-            await queue.put(CloneEvent(kind="error", message=exc.message, error=type(exc).__name__))
-        except Exception as exc:  # a bug still ends the stream with a readable line
-            await queue.put(CloneEvent(kind="error", message=f"clone failed: {exc}"))
+    async def run(emit: Callable[[CloneEvent], None]) -> CloneEvent:
+        rec = await svc.storage.clone(name, req.name, full=req.full, snapshot=req.snapshot,
+                                      progress=lambda p: emit(CloneEvent(kind="progress", percent=p)))
+        return CloneEvent(kind="done", percent=100.0, vm=to_info(svc, rec), seconds=time.monotonic() - t0)
 
-    task = asyncio.get_running_loop().create_task(run(), name=f"clone-{name}-{req.name}")
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-
-    async def stream() -> AsyncIterator[bytes]:
-        while True:
-            ev = await queue.get()
-            yield (ev.model_dump_json(exclude_none=True) + "\n").encode()
-            if ev.kind != "progress":
-                return
-
-    return StreamingResponse(stream(), media_type="application/x-ndjson")
-
-
-_tasks: set[asyncio.Task[None]] = set()
+    return stream_operation(f"clone-{name}-{req.name}", run,
+                            lambda message, error: CloneEvent(kind="error", message=message, error=error))
