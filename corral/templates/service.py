@@ -42,6 +42,9 @@ from corral.vm.states import VMState
 
 log = logging.getLogger(__name__)
 
+#: The guest address QEMU's NAT gives first, where every forward points by default.
+NAT_GUEST = "10.0.2.15"
+
 #: The builder QEMU (loads the full state into the memory file, saves the devices again) gets this long.
 BUILD_TIMEOUT = 300.0
 
@@ -274,7 +277,43 @@ class TemplateService:
         if fresh:  # made meanwhile: taken by _personalize
             self._host_keys[rec.name] = asyncio.ensure_future(asyncio.to_thread(identity.new_host_key))
         return Origin(disk=p.disk, memory=p.memory, state=p.state if fresh else None,
-                      personalize=self._personalize, loaded=lambda: self.store.set_template_vm_started(rec.name))
+                      personalize=self._personalize, loaded=lambda: self.store.set_template_vm_started(rec.name),
+                      after_ready=self._follow_address)
+
+    async def _follow_address(self, m: Machine) -> None:
+        """After a guest reboot in a QEMU whose NAT state came from the template: that NAT's DHCP server still has
+        10.0.2.15 leased to the template's MAC and gives the guest another address, so the forwards (which point
+        at 10.0.2.15) are pointed at the guest's address. Best effort, for up to a minute (the guest's DHCP client
+        runs in the background of its boot)."""
+        rec = self.vms.get(m.name)
+        for _ in range(120):
+            if m.exited.is_set() or m.monitor is None:
+                return
+            with contextlib.suppress(CorralError):
+                await self.vms.refresh_addresses(m.name)
+            v4 = [a for a in m.addresses if a.count(".") == 3]
+            if v4:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            return
+        addr = v4[0]
+        if addr == NAT_GUEST:
+            return
+        rules = [(f"tcp:{ssh.SSH_HOST}:{m.ssh_port}", 22, "tcp")] if m.ssh_port else []
+        rules += [(f"{f.proto}:{f.host_addr}:{f.host_port}", f.guest_port, f.proto) for f in rec.spec.ports]
+        for host, guest_port, _ in rules:
+            try:
+                await m.monitor.execute("human-monitor-command", {"command-line": f"hostfwd_remove net0 {host}"})
+                out = await m.monitor.execute("human-monitor-command",
+                                              {"command-line": f"hostfwd_add net0 {host}-{addr}:{guest_port}"})
+                if str(out or "").strip():
+                    raise EngineError(str(out).strip())
+            except CorralError as exc:
+                self.vms.event(m.name, "port", f"could not point the forward {host} at {addr}: {exc.message}")
+                return
+        self.vms.event(m.name, "port", f"forwards pointed at the guest's address {addr} (QEMU's NAT gave it a new "
+                       "one after a reboot: it keeps the template's lease)", address=addr)
 
     async def _personalize(self, m: Machine) -> str:
         """Identity and provisioning of a VM just loaded from a template, in one guest command; its boot_id."""

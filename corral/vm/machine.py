@@ -6,9 +6,10 @@ The service owns these; nothing outside ``corral.vm`` sees them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from corral.engine.guest_agent import GuestAgent
 from corral.engine.monitor import Monitor
@@ -50,6 +51,8 @@ class Machine:
     #: This QEMU loaded another VM's saved state (a template's): once the agent answers, this gives the guest its
     #: own identity and provisions it, instead of the usual provisioning; it returns the guest's boot_id.
     personalize: Callable[[Machine], Awaitable[str]] | None = None
+    #: Run after every later readiness of this QEMU (a guest reboot, a re-provisioning), in the background.
+    after_ready: Callable[[Machine], Coroutine[Any, Any, None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,3 +64,4 @@ class Origin:
     state: Path | None  #: the device state loaded at this start (saved with x-ignore-shared); None: boot from disk
     personalize: Callable[[Machine], Awaitable[str]]
     loaded: Callable[[], None]  #: called once the state is loaded (later starts boot from the disk)
+    after_ready: Callable[[Machine], Coroutine[Any, Any, None]] | None = None  #: see Machine.after_ready

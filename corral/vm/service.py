@@ -410,6 +410,8 @@ class VMService:
             paths.state_file.unlink(missing_ok=True)  # the guest moved on: the old state must never load again
             self.event(name, "resume", f"saved state loaded ({loaded.size >> 20} MiB in {loaded.seconds:.2f}s)",
                        bytes=loaded.size, seconds=loaded.seconds)
+        if origin is not None:
+            m.after_ready = origin.after_ready
         self._attach(m)
         await self._set_state(name, VMState.RUNNING)
 
@@ -472,6 +474,8 @@ class VMService:
                     self.store.set_provisioned_boot(m.name, boot_id)
                 self.event(m.name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
             await self.refresh_addresses(m.name)
+            if m.after_ready is not None:
+                self._spawn_background(m.after_ready(m), f"after-ready-{m.name}")
         except asyncio.CancelledError:
             raise
         except CorralError as exc:
