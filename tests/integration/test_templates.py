@@ -158,6 +158,9 @@ def test_snapshots_and_clones_of_a_template_vm_sit_on_the_template_disk(corral: 
     assert corral.cli("launch", "tsrc", "--memory", "128M").returncode == 0
     guest(corral, "tsrc", "echo from-template > /root/mark && sync")
     assert corral.cli("template", "create", "tb", "--from", "tsrc").returncode == 0
+    assert corral.cli("disk", "add", "tsrc", "d1", "--size", "16M").returncode == 0
+    r = corral.cli("template", "create", "tb2", "--from", "tsrc")
+    assert r.returncode == 2 and "extra disks" in r.stderr, r.stderr
     assert corral.cli("launch", "tv", "--template", "tb").returncode == 0
     guest(corral, "tv", "echo one > /root/f && sync")
     assert corral.cli("snapshot", "create", "tv", "s1").returncode == 0
