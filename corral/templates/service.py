@@ -169,9 +169,9 @@ class TemplateService:
                                "from kernel-boot images (tiny, debian-12)")
         if self.store.template_of(rec.name) is not None:
             raise InvalidInput(f"VM '{rec.name}' was itself made from a template: capture a VM booted from an image")
-        if self.store.list_disks(rec.name):
-            raise InvalidInput(f"VM '{rec.name}' has extra disks (`corral disk ls {rec.name}`): templates are made "
-                               "from VMs with their root disk only")
+        if any(d.attached for d in self.store.list_disks(rec.name)):
+            raise InvalidInput(f"VM '{rec.name}' has extra disks attached (`corral disk ls {rec.name}`): templates "
+                               f"are made from VMs with their root disk only (`corral disk detach {rec.name} NAME`)")
         return spec
 
     async def _capture(self, rec: VMRecord, work: TemplatePaths, full_state: Path) -> None:
