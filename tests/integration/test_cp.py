@@ -202,8 +202,10 @@ def test_interrupted_copies_leave_no_temporaries(corral: CorralEnv, tmp_path: Pa
     dest = tmp_path / "down"
     dest.mkdir()
     for _ in range(3):  # on a quiet host 64 MiB may arrive before the signal does: then the copy is whole; again
+        # SIGINT as a terminal gives it: pytest-xdist's workers ignore SIGINT, and children inherit that.
         proc = subprocess.Popen([CORRAL, "cp", "-q", f"{VM}:/root/big.bin", str(dest)], env=corral.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             wait_for(lambda: any(dest.iterdir()), 120, "the host temporary")
         finally:
