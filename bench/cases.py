@@ -310,6 +310,9 @@ def linked_clone(ctx: Context) -> BenchResult:
                        "rounds": n}
     finally:
         delete_all_vms(ctx.bh)
+    return res
+
+
 # ----------------------------------------------------------- 8. incremental backup after writing N MiB --
 BACKUP_CHUNK_MIB = 4
 
@@ -386,10 +389,10 @@ def incremental_backup(ctx: Context) -> BenchResult:
 BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "launch_to_ready": launch_to_ready,
     "reattach_after_sigkill": reattach_after_sigkill,
-    "linked_clone": linked_clone,
-    "incremental_backup": incremental_backup,
     "template_launch": density.template_launch,
     "memory_per_vm": density.memory_per_vm,
     "start_rate": density.start_rate,
     "ls_latency": density.ls_latency,
+    "linked_clone": linked_clone,
+    "incremental_backup": incremental_backup,
 }

@@ -3,6 +3,7 @@ they started is killed by pid afterwards, even when the test fails (never by nam
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,9 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +90,23 @@ class CorralEnv:
                     os.kill(qpid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def show(c: CorralEnv, name: str) -> dict[str, Any]:
+    """`corral show NAME --json`, which must succeed."""
+    r = c.cli("show", name, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def until(what: Callable[[], object], timeout: float, desc: str) -> object:
+    """Poll ``what`` until it returns something true (returned), or fail naming ``desc`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if v := what():
+            return v
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {desc}")
 
 
 def make_env(home: Path) -> CorralEnv:

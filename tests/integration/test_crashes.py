@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 
 import pytest
 
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, show
 
 pytestmark = pytest.mark.vm
-
-
-def show(c: CorralEnv, name: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(c.cli("show", name, "--json").stdout)
 
 
 def wait_for(c: CorralEnv, name: str, pred, timeout: float = 90) -> dict:  # type: ignore[no-untyped-def,type-arg]

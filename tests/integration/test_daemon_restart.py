@@ -4,7 +4,6 @@ outage is in the log, a VM that died meanwhile is reported crashed, and one whos
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -13,15 +12,9 @@ import time
 import pytest
 
 from corral.engine import process
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, show
 
 pytestmark = pytest.mark.vm
-
-
-def show(c: CorralEnv, name: str) -> dict:  # type: ignore[type-arg]
-    r = c.cli("show", name, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def test_sigkill_daemon_reattaches(corral: CorralEnv) -> None:

@@ -4,13 +4,11 @@ expiry; a project's default TTL applies to a VM launched without one."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, show, until
 
 pytestmark = pytest.mark.vm
 
@@ -24,21 +22,6 @@ def fast(corral_home: CorralEnv) -> CorralEnv:
     corral_home.start_daemon()
     corral_home.client.build_image("tiny")
     return corral_home
-
-
-def show(c: CorralEnv, name: str) -> dict:  # type: ignore[type-arg]
-    r = c.cli("show", name, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
-
-
-def until(what: Callable[[], object], timeout: float, desc: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if v := what():
-            return v
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {desc}")
 
 
 def expiry_events(c: CorralEnv, name: str) -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]

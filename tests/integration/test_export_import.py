@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CorralEnv, make_env
+from tests.conftest import CorralEnv, make_env, show
 
 pytestmark = pytest.mark.vm
 
@@ -20,10 +20,6 @@ def guest(c: CorralEnv, name: str, *cmd: str) -> str:
     r = c.cli("exec", name, "--", *cmd)
     assert r.returncode == 0, r.stderr
     return r.stdout
-
-
-def show(c: CorralEnv, name: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(c.cli("show", name, "--json").stdout)
 
 
 def snapshots(c: CorralEnv, name: str) -> dict[str, str | None]:

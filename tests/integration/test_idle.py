@@ -9,12 +9,11 @@ import json
 import socket
 import time
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 
 from corral.network.ports import free_port
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, show, until
 
 pytestmark = pytest.mark.vm
 
@@ -27,21 +26,6 @@ def fast(corral_home: CorralEnv) -> CorralEnv:
     corral_home.start_daemon()
     corral_home.client.build_image("tiny")
     return corral_home
-
-
-def show(c: CorralEnv, name: str) -> dict:  # type: ignore[type-arg]
-    r = c.cli("show", name, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
-
-
-def until(what: Callable[[], object], timeout: float, desc: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if v := what():
-            return v
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {desc}")
 
 
 def guest(c: CorralEnv, name: str, *cmd: str) -> str:

@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from corral.engine import process
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, show
 
 pytestmark = pytest.mark.vm
-
-
-def show(c: CorralEnv, name: str) -> dict:  # type: ignore[type-arg]
-    r = c.cli("show", name, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
 def guest(c: CorralEnv, name: str, script: str) -> str:
