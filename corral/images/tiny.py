@@ -20,7 +20,7 @@ from corral.errors import ImageError
 from corral.images.archive import DebianArchive, Package, Progress, parse_relation
 from corral.images.artifacts import BuiltImage, SourcePackage
 
-BUILDER_VERSION = "5"
+BUILDER_VERSION = "6"
 SUITE = "bookworm"
 KERNEL_META = "linux-image-cloud-amd64"
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0 quiet loglevel=3 tsc=reliable no_timer_check i8042.noaux"
@@ -28,7 +28,8 @@ DISK_VIRTUAL_SIZE = 1 << 30
 
 # Loaded by the initrd, in dependency order (dependencies are added from each module's own modinfo).
 # ext4 is built into Debian's cloud kernel, so it needs no module. pvpanic-mmio binds QEMU's ISA ``-device pvpanic``
-# (ACPI id QEMU0001); button + evdev give busybox acpid the ACPI power button.
+# (ACPI id QEMU0001); button + evdev give busybox acpid the ACPI power button; virtio_balloon serves `--balloon`
+# (free page reporting), and binds nothing without that device.
 MODULES = [
     "virtio_pci",
     "virtio_blk",
@@ -37,6 +38,7 @@ MODULES = [
     "pvpanic-mmio",
     "button",
     "evdev",
+    "virtio_balloon",
 ]
 
 # Root disk: only these binaries are copied from the packages, with the shared libraries they need.
@@ -287,7 +289,7 @@ mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 ip link set lo up
 ip link set eth0 up 2>/dev/null && \
-    udhcpc -i eth0 -f -S -s /usr/share/udhcpc/default.script -x "hostname:$name" >/dev/null 2>&1 &
+    udhcpc -i eth0 -f -S -p /run/udhcpc.eth0.pid -s /usr/share/udhcpc/default.script -x "hostname:$name" >/dev/null 2>&1 &
 acpid -c /etc/acpi -l /dev/null
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" > /etc/hosts
 [ -s /etc/machine-id ] || tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
@@ -341,6 +343,7 @@ if [ ! -s "$key" ]; then
         exit 1
     fi
 fi
+echo $$ > /run/dropbear.pid  # the listener's pid (exec keeps it): Corral restarts it with a new key
 exec dropbear -F -E -s -p 22 -r "$key" 2>>/run/dropbear.log
 """,
     ),
