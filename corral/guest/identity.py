@@ -41,12 +41,33 @@ ENTROPY_BYTES = 256
 FIRST_POLL = 0.03
 POLL = 0.01
 
-#: Every exec costs ~5 ms under TCG (dropbearkey ~80 ms), so the script runs shell builtins only, but for `ip` and,
-#: without a host key from the host, the SSH key tools. Positional parameters: hostname, MAC ("" to leave it), NIC,
+#: Every fork and exec costs 5-30 ms under TCG in a QEMU that has not run the code yet (dropbearkey ~80 ms), so the
+#: script runs shell builtins only, but for `ip` and, without a host key from the host, the SSH key tools: daemons
+#: are found through their pidfiles (the tiny image writes them), the gratuitous ARP comes from the kernel
+#: (arp_notify). Positional parameters: hostname, MAC ("" to leave it), NIC,
 #: machine-id, entropy and the dropbear host key file (both as printf octal escapes; "" to make the key in the
 #: guest).
 IDENTITY_SCRIPT = r"""
 name=$1 mac=$2 nic=$3 mid=$4 entropy=$5 dbkey=$6
+# stop_daemon NAME PIDFILE [only-if-parent-is-init]: kill the process NAME, found through its pidfile when it has
+# one that names a live NAME (builtins only: no fork), else through pidof.
+stop_daemon() {
+    sd_name=$1 sd_pidfile=$2 sd_listener=$3
+    if [ -r "$sd_pidfile" ] && read -r sd_pid < "$sd_pidfile" && [ -n "$sd_pid" ] &&
+            read -r sd_comm 2>/dev/null < "/proc/$sd_pid/comm" && [ "$sd_comm" = "$sd_name" ]; then
+        kill "$sd_pid" 2>/dev/null
+        return 0
+    fi
+    for sd_pid in $(pidof "$sd_name" 2>/dev/null); do
+        if [ -n "$sd_listener" ]; then  # init's child, not a session
+            read -r sd_stat 2>/dev/null < "/proc/$sd_pid/stat" || continue
+            set -- $sd_stat
+            [ "$4" = 1 ] || continue
+        fi
+        kill "$sd_pid" 2>/dev/null
+    done
+    return 0
+}
 printf "$entropy" > /dev/urandom
 echo "$name" > /proc/sys/kernel/hostname && echo "$name" > /etc/hostname || exit 10
 if [ -f /etc/hosts ]; then
@@ -63,20 +84,17 @@ if [ -n "$mac" ]; then
     # QEMU's NAT (user networking) has the address leased to the old MAC, and its DHCP server answers a request
     # carrying that MAC by pointing its ARP table at it again: the DHCP client (busybox udhcpc) goes first; the
     # address stays configured.
-    for p in $(pidof udhcpc 2>/dev/null); do kill "$p" 2>/dev/null; done
+    stop_daemon udhcpc "/run/udhcpc.$nic.pid"
+    # Neighbours learn the new MAC at once (QEMU's user-mode NAT among them: it may have the old one in its ARP
+    # table, and the NIC now drops frames sent to that): with arp_notify the kernel itself sends a gratuitous ARP
+    # for each IPv4 address when the address changes.
+    [ -w "/proc/sys/net/ipv4/conf/$nic/arp_notify" ] && echo 1 > "/proc/sys/net/ipv4/conf/$nic/arp_notify"
     ip link set dev "$nic" address "$mac" || exit 12
     # IPv6 addresses derived from the old MAC go; re-enabling makes them again from the new one.
     if [ -w "/proc/sys/net/ipv6/conf/$nic/disable_ipv6" ]; then
         echo 1 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
         echo 0 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
     fi
-    # Neighbours learn the new MAC at once (QEMU's user-mode NAT among them: it may have the old one in its ARP
-    # table, and the NIC now drops frames sent to that): an unsolicited ARP for each IPv4 address, in the background.
-    set -- $(ip -o -4 addr show dev "$nic" 2>/dev/null)
-    while [ $# -gt 1 ]; do
-        [ "$1" = inet ] && (arping -U -c 2 -w 2 -I "$nic" "${2%/*}" >/dev/null 2>&1 &)
-        shift
-    done
 fi
 key=/etc/dropbear/dropbear_ed25519_host_key
 restart_dropbear=
@@ -102,13 +120,7 @@ fi
 #: The end of a script that began with IDENTITY_SCRIPT: dropbear's listener is killed (init respawns it with the
 #: new key; sessions stay), after everything else, so that the respawn does not delay the script.
 RESTART_DROPBEAR = r"""
-if [ -n "$restart_dropbear" ]; then
-    for p in $(pidof dropbear 2>/dev/null); do
-        read -r st < "/proc/$p/stat" 2>/dev/null || continue
-        set -- $st
-        [ "$4" = 1 ] && kill "$p"
-    done
-fi
+[ -n "$restart_dropbear" ] && stop_daemon dropbear /run/dropbear.pid listener
 exit 0
 """
 

@@ -289,7 +289,8 @@ mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 ip link set lo up
 ip link set eth0 up 2>/dev/null && \
-    udhcpc -i eth0 -f -S -p /run/udhcpc.eth0.pid -s /usr/share/udhcpc/default.script -x "hostname:$name" >/dev/null 2>&1 &
+    udhcpc -i eth0 -f -S -p /run/udhcpc.eth0.pid -s /usr/share/udhcpc/default.script -x "hostname:$name" \
+        >/dev/null 2>&1 &
 acpid -c /etc/acpi -l /dev/null
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" > /etc/hosts
 [ -s /etc/machine-id ] || tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id

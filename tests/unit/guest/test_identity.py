@@ -7,7 +7,6 @@ import asyncio
 import base64
 import struct
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +62,10 @@ class FakeAgent:
         if command == "guest-exec":
             assert arguments is not None and arguments["capture-output"] is True
             script = arguments["arg"][1]
-            for path in ("/etc/", "/proc/", "/dev/urandom", "/var/"):  # never the host's processes
+            for path in ("/etc/", "/proc/", "/dev/urandom", "/var/", "/run/"):  # never the host's processes
                 script = script.replace(path, f"{self.root}{path}")
             script = script.replace("ip link set", "echo ip link set >> $ROOT/ip.log #")
-            script = script.replace('ip -o -4 addr show dev "$nic" 2>/dev/null', "echo 2: eth0 inet 10.9.9.9/24 brd x")
-            script = script.replace("arping ", "echo arping >> $ROOT/arping.log; true ")
+            script = script.replace("pidof ", "true ")
             r = subprocess.run(["sh", "-c", script, *arguments["arg"][2:]], capture_output=True,  # noqa: ASYNC221
                                env={"PATH": "/usr/bin:/bin", "ROOT": str(self.root)})
             self.result = {"exited": True, "exitcode": r.returncode, "out-data": base64.b64encode(r.stdout).decode(),
@@ -81,8 +79,15 @@ class FakeAgent:
 
 
 def test_reset_identity_is_one_guest_command(tmp_path: Path) -> None:
-    for d in ("etc/dropbear", "proc/sys/kernel", "dev"):
+    for d in ("etc/dropbear", "proc/sys/kernel", "proc/sys/net/ipv4/conf/eth0", "dev", "run"):
         (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "proc/sys/net/ipv4/conf/eth0/arp_notify").write_text("0\n")
+    # The DHCP client and dropbear's listener, found through their pidfiles (a pid whose comm names them).
+    daemons = {name: subprocess.Popen(["sleep", "60"]) for name in ("udhcpc", "dropbear")}
+    for name, proc in daemons.items():
+        (tmp_path / "run" / ("udhcpc.eth0.pid" if name == "udhcpc" else "dropbear.pid")).write_text(f"{proc.pid}\n")
+        (tmp_path / f"proc/{proc.pid}").mkdir()
+        (tmp_path / f"proc/{proc.pid}/comm").write_text(f"{name}\n")
     (tmp_path / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\told\n::1\tlocalhost\n")
     (tmp_path / "etc/hostname").write_text("old\n")
     (tmp_path / "etc/machine-id").write_text("0" * 32 + "\n")
@@ -97,15 +102,30 @@ def test_reset_identity_is_one_guest_command(tmp_path: Path) -> None:
     mid = (tmp_path / "etc/machine-id").read_text().strip()
     assert len(mid) == 32 and mid != "0" * 32
     assert (tmp_path / "ip.log").read_text().strip() == "ip link set"
-    for _ in range(50):  # in the background
-        if (tmp_path / "arping.log").exists():
-            break
-        time.sleep(0.05)
-    assert (tmp_path / "arping.log").read_text().strip() == "arping"
+    assert (tmp_path / "proc/sys/net/ipv4/conf/eth0/arp_notify").read_text() == "1\n"  # the kernel's gratuitous ARP
+    for name, proc in daemons.items():
+        assert proc.wait(timeout=5) == -15, f"{name} was not stopped"
     assert (tmp_path / "dev/urandom").stat().st_size == identity.ENTROPY_BYTES
     key = (tmp_path / "etc/dropbear/dropbear_ed25519_host_key").read_bytes()
     assert _strings(key)[0] == b"ssh-ed25519" and (tmp_path / "etc/dropbear/dropbear_ed25519_host_key").stat(
     ).st_mode & 0o077 == 0
+
+
+def test_a_pidfile_naming_another_process_is_not_trusted(tmp_path: Path) -> None:
+    for d in ("etc", "proc/sys/kernel", "run"):
+        (tmp_path / d).mkdir(parents=True)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "run/udhcpc.eth0.pid").write_text(f"{bystander.pid}\n")
+        (tmp_path / f"proc/{bystander.pid}").mkdir()
+        (tmp_path / f"proc/{bystander.pid}/comm").write_text("sleep\n")  # a stale pidfile: the pid was reused
+        agent = FakeAgent(tmp_path)
+        asyncio.run(identity.reset_identity(agent, hostname="new", mac="52:54:00:aa:bb:cc"))  # type: ignore[arg-type]
+        assert agent.result["exitcode"] == 0, base64.b64decode(agent.result["err-data"])
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def test_a_failed_step_is_named(tmp_path: Path) -> None:
