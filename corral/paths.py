@@ -57,6 +57,11 @@ class VMPaths:
         return self.root / "qga.sock"
 
     @property
+    def channel_socket(self) -> Path:
+        """Host side of Corral's command channel into the guest (corral.engine.guest_channel)."""
+        return self.root / "channel.sock"
+
+    @property
     def console_socket(self) -> Path:
         return self.root / "console.sock"
 

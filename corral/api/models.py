@@ -371,4 +371,6 @@ class TemplateInfo(BaseModel):
     disk: int = Field(description="virtual size of its disk, bytes")
     created_at: float
     size: int = Field(description="bytes on the host (disk, memory and state files)")
+    channel: bool = Field(False, description="captured with a shell waiting on Corral's guest channel: its VMs take "
+                          "their identity through it, without spawning a process (else through the guest agent)")
     vms: list[str] = Field(default_factory=list, description="VMs made from it")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from corral.engine import guest_channel
 from corral.paths import VMPaths
 from corral.storage.chain import Chain, ChainLayer
 from corral.vm.spec import VMSpec
@@ -272,6 +273,9 @@ def _guest_agent(paths: VMPaths) -> list[str]:
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"socket,id=qga0,path={paths.qga_socket},server=on,wait=off",
         "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+        # Corral's command channel (corral.engine.guest_channel): a shell started in a template's source reads it.
+        "-chardev", f"socket,id={guest_channel.CHARDEV_ID},path={paths.channel_socket},server=on,wait=off",
+        "-device", f"virtserialport,bus=vser0.0,chardev={guest_channel.CHARDEV_ID},name={guest_channel.PORT_NAME}",
     ]  # fmt: skip
 
 

@@ -223,6 +223,9 @@ class TemplateRecord:
     disk: int  # bytes, the virtual size of its disk
     created_at: float
     size: int = 0  # bytes on the host: disk, memory and state files
+    #: Captured with a shell listening on Corral's guest channel (corral.engine.guest_channel): a VM made from it
+    #: takes its identity through the channel, else through the guest agent.
+    channel: bool = False
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,7 @@ ADDED_COLUMNS = {
     # Idle control: the project's default policy; each VM's last activity (wall time) as the daemon measured it.
     "projects": {"idle": "TEXT"},
     "vms": {"last_active": "REAL"},
+    "templates": {"channel": "INTEGER NOT NULL DEFAULT 0"},
 }
 EVENT_INDEXES = """
 CREATE INDEX IF NOT EXISTS events_vm ON events(vm, id);
@@ -586,16 +590,16 @@ class Store:
 
     # --- templates ------------------------------------------------------------------------------------------
     def insert_template(self, rec: TemplateRecord) -> None:
-        self._db.execute("INSERT INTO templates (name, source, image, vcpus, memory, disk, created_at, size) "
-                         "VALUES (?,?,?,?,?,?,?,?)", (rec.name, rec.source, rec.image, rec.vcpus, rec.memory,
-                                                      rec.disk, rec.created_at, rec.size))
+        self._db.execute("INSERT INTO templates (name, source, image, vcpus, memory, disk, created_at, size, channel) "
+                         "VALUES (?,?,?,?,?,?,?,?,?)", (rec.name, rec.source, rec.image, rec.vcpus, rec.memory,
+                                                        rec.disk, rec.created_at, rec.size, int(rec.channel)))
 
     def get_template(self, name: str) -> TemplateRecord | None:
         row = self._db.execute("SELECT * FROM templates WHERE name = ?", (name,)).fetchone()
-        return TemplateRecord(**dict(row)) if row else None
+        return _template(row) if row else None
 
     def list_templates(self) -> list[TemplateRecord]:
-        return [TemplateRecord(**dict(r)) for r in self._db.execute("SELECT * FROM templates ORDER BY name")]
+        return [_template(r) for r in self._db.execute("SELECT * FROM templates ORDER BY name")]
 
     def delete_template(self, name: str) -> None:
         self._db.execute("DELETE FROM templates WHERE name = ?", (name,))
@@ -624,6 +628,10 @@ def _project(r: sqlite3.Row) -> ProjectRecord:
 def _event(r: sqlite3.Row) -> EventRecord:
     return EventRecord(r["id"], r["ts"], r["vm"], r["type"], r["message"], json.loads(r["data"]), r["actor"],
                        r["owner"], r["result"])
+
+
+def _template(r: sqlite3.Row) -> TemplateRecord:
+    return TemplateRecord(**{**dict(r), "channel": bool(r["channel"])})
 
 
 def _disk(r: sqlite3.Row) -> DiskRecord:

@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from corral.engine import migration, process, qemu_img
+from corral.engine import guest_channel, migration, process, qemu_img
 from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, InvalidInput, NotFound
@@ -36,7 +36,7 @@ from corral.images.boot import boot_source
 from corral.paths import TEMPLATES_DIR, TemplatePaths, VMPaths
 from corral.store.db import TemplateRecord, VMRecord
 from corral.vm.machine import Machine, Origin
-from corral.vm.service import VMService
+from corral.vm.service import READY_TIMEOUT, VMService
 from corral.vm.spec import NAME_RE, VMSpec
 from corral.vm.states import VMState
 
@@ -72,6 +72,8 @@ class TemplateService:
         self._lock = asyncio.Lock()  # creates, removals and the linking of new VMs, one at a time
         #: Host keys made (on the host, in a thread) while a new VM's QEMU starts, by VM name.
         self._host_keys: dict[str, asyncio.Future[identity.HostKey]] = {}
+        #: Connections to new VMs' guest channels, made before their state loaded, by VM name (for _personalize).
+        self._channels: dict[str, guest_channel.GuestChannel] = {}
         vms.origin_of = self._origin_of
 
     # ------------------------------------------------------------------------------------------------ queries --
@@ -129,12 +131,13 @@ class TemplateService:
             full_state = work.root / "full-state.bin"
             t0 = time.monotonic()
             try:
-                await self._capture(rec, work, full_state)
+                channel = await self._capture(rec, work, full_state)
                 disk_info = await qemu_img.info(work.disk)
-                await self._build(spec, rec, work, full_state)
+                await self._build(spec, rec, work, full_state, channel)
                 full_state.unlink()
                 tpl = TemplateRecord(name=name, source=source, image=spec.image, vcpus=spec.vcpus,
-                                     memory=spec.memory, disk=int(disk_info["virtual-size"]), created_at=time.time())
+                                     memory=spec.memory, disk=int(disk_info["virtual-size"]), created_at=time.time(),
+                                     channel=channel)
                 work.spec.write_text(json.dumps(dataclasses.asdict(tpl), indent=2) + "\n")
                 work.disk.chmod(0o444)
                 work.state.chmod(0o444)
@@ -174,13 +177,20 @@ class TemplateService:
                                f"are made from VMs with their root disk only (`corral disk detach {rec.name} NAME`)")
         return spec
 
-    async def _capture(self, rec: VMRecord, work: TemplatePaths, full_state: Path) -> None:
-        """Under the source's lock: its state saved, its disk flattened while it stands still, then it runs on."""
+    async def _capture(self, rec: VMRecord, work: TemplatePaths, full_state: Path) -> bool:
+        """Under the source's lock: its state saved, its disk flattened while it stands still, then it runs on;
+        whether a shell listens on the guest channel in the saved state."""
         async with self.vms._lock(rec.name):  # noqa: SLF001 - no other operation on the source meanwhile
             m = self.vms.machine(rec.name)
             if m is None or m.monitor is None or self.vms.get(rec.name).state != VMState.RUNNING:
                 raise Conflict(f"VM '{rec.name}' stopped running before its capture")
-            await migration.save_state(m.monitor, full_state, was_running=True)
+            channel = await self._listen(rec.name, m)
+            try:
+                await migration.save_state(m.monitor, full_state, was_running=True)
+            except BaseException:
+                if channel is not None:
+                    await channel.close()  # the listener reads end-of-file and ends
+                raise
             try:
                 # QEMU inactivated (flushed, unlocked) its disks when the save completed; -U only in case a lock
                 # is still held: nothing writes while the vCPUs are stopped.
@@ -188,8 +198,50 @@ class TemplateService:
             finally:
                 with contextlib.suppress(MonitorError):
                     await m.monitor.execute("cont")  # from postmigrate too: QEMU takes its disks back
+                if channel is not None:  # the source's own listener is not needed: only the template's copy is
+                    try:
+                        await channel.end_listener()
+                    except CorralError as exc:
+                        self.vms.event(rec.name, "template", f"could not end the guest channel's shell: {exc.message}")
+        return channel is not None
 
-    async def _build(self, spec: VMSpec, rec: VMRecord, work: TemplatePaths, full_state: Path) -> None:
+    async def _listen(self, name: str, m: Machine) -> guest_channel.GuestChannel | None:
+        """Start a shell listening on the guest channel of the source (see corral.engine.guest_channel), so that VMs
+        made from the template take their identity without spawning anything; the connection it listens to (held
+        through the save), or None: a guest without the port (a QEMU started by an older Corral) or whose shell does
+        not open it gives None, and its VMs use the guest agent."""
+        assert m.monitor is not None
+        monitor = m.monitor
+
+        async def port_open() -> bool | None:
+            chardevs = await monitor.execute("query-chardev")
+            c = next((c for c in chardevs if c.get("label") == guest_channel.CHARDEV_ID), None)
+            return None if c is None else bool(c.get("frontend-open"))
+
+        if await port_open() is not False:
+            return None  # no such port, or something holds it open already (nothing of Corral's ever does)
+        try:
+            channel = await guest_channel.GuestChannel.connect(self.vms.paths(name).channel_socket)
+        except GuestAgentError as exc:
+            self.vms.event(name, "template", f"no guest channel (its VMs take their identity through the agent): "
+                           f"{exc.message}")
+            return None
+        try:
+            await m.agent.execute("guest-exec", {"path": "/bin/sh", "arg": ["-c", guest_channel.LISTEN_SCRIPT]})
+            for _ in range(250):
+                if await port_open():
+                    return channel
+                await asyncio.sleep(0.02)
+            self.vms.event(name, "template", "no guest channel: the guest's shell did not open the port within 5s "
+                           "(its VMs take their identity through the agent)")
+        except GuestAgentError as exc:
+            self.vms.event(name, "template", f"no guest channel (its VMs take their identity through the agent): "
+                           f"{exc.message}")
+        await channel.close()
+        return None
+
+    async def _build(self, spec: VMSpec, rec: VMRecord, work: TemplatePaths, full_state: Path,
+                     channel: bool) -> None:
         """A builder QEMU (same machine, RAM in ``work.memory``, shared) loads the full state and saves the devices
         again without the RAM (x-ignore-shared)."""
         build = VMPaths(work.root / "build")
@@ -210,9 +262,15 @@ class TemplateService:
             try:
                 alive = lambda: child.returncode is None  # noqa: E731
                 await monitor.connect(timeout=15.0, alive=alive)
-                await migration.load_state(monitor, full_state, alive=alive, timeout=BUILD_TIMEOUT)
-                await migration.save_state(monitor, work.state, was_running=False, timeout=BUILD_TIMEOUT,
-                                           capabilities=migration.IGNORE_SHARED)
+                # The channel's host side connected as in the source (else the load tells the guest "host gone").
+                chan = await guest_channel.GuestChannel.connect(build.channel_socket) if channel else None
+                try:
+                    await migration.load_state(monitor, full_state, alive=alive, timeout=BUILD_TIMEOUT)
+                    await migration.save_state(monitor, work.state, was_running=False, timeout=BUILD_TIMEOUT,
+                                               capabilities=migration.IGNORE_SHARED)
+                finally:
+                    if chan is not None:
+                        await chan.close()
                 with contextlib.suppress(MonitorError):
                     await monitor.execute("quit")
                 await asyncio.wait_for(child.wait(), 30)
@@ -267,6 +325,9 @@ class TemplateService:
         try:
             return await self.vms.start(spec.name)
         except BaseException:
+            channel = self._channels.pop(spec.name, None)
+            if channel is not None:
+                await channel.close()
             with contextlib.suppress(CorralError):
                 await self.vms.delete(spec.name, force=True)
             raise
@@ -279,9 +340,18 @@ class TemplateService:
         p = self.paths(template)
         if fresh:  # made meanwhile: taken by _personalize
             self._host_keys[rec.name] = asyncio.ensure_future(asyncio.to_thread(identity.new_host_key))
+        tpl = self.store.get_template(template)
+        before_load = (lambda: self._open_channel(rec.name)) if fresh and tpl is not None and tpl.channel else None
         return Origin(disk=p.disk, memory=p.memory, state=p.state if fresh else None,
                       personalize=self._personalize, loaded=lambda: self.store.set_template_vm_started(rec.name),
-                      after_ready=self._follow_address)
+                      after_ready=self._follow_address, before_load=before_load)
+
+    async def _open_channel(self, name: str) -> None:
+        """Before the state loads: connect to the new QEMU's channel socket (see GuestChannel), for _personalize."""
+        old = self._channels.pop(name, None)
+        if old is not None:
+            await old.close()
+        self._channels[name] = await guest_channel.GuestChannel.connect(self.vms.paths(name).channel_socket)
 
     async def _follow_address(self, m: Machine) -> None:
         """After a guest reboot in a QEMU whose NAT state came from the template: that NAT's DHCP server still has
@@ -318,6 +388,12 @@ class TemplateService:
         self.vms.event(m.name, "port", f"forwards pointed at the guest's address {addr} (QEMU's NAT gave it a new "
                        "one after a reboot: it keeps the template's lease)", address=addr)
 
+    async def _set_clock(self, m: Machine) -> None:
+        try:
+            await identity.set_time(m.agent)
+        except GuestAgentError as exc:
+            self.vms.event(m.name, "identity", f"could not set the guest clock: {exc.message}")
+
     async def _personalize(self, m: Machine) -> str:
         """Identity and provisioning of a VM just loaded from a template, in one guest command; its boot_id."""
         rec = self.vms.get(m.name)
@@ -325,18 +401,31 @@ class TemplateService:
         keys = "\n".join([ssh.ensure_keypair(paths), *rec.spec.ssh_keys]) + "\n"
         pending = self._host_keys.pop(m.name, None)
         host_key = await pending if pending is not None else await asyncio.to_thread(identity.new_host_key)
-        pid = await identity.start_script(
-            m.agent, "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT + identity.RESTART_DROPBEAR,
-            [*identity.identity_args(rec.spec.guest_hostname, rec.mac, "eth0", host_key), keys])
-        try:  # while the script runs: the agent answers meanwhile
-            await identity.set_time(m.agent)
-        except GuestAgentError as exc:
-            self.vms.event(m.name, "identity", f"could not set the guest clock: {exc.message}")
-        code, out, err = await identity.wait_script(m.agent, pid)
+        script = "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT + identity.RESTART_DROPBEAR
+        args = [*identity.identity_args(rec.spec.guest_hostname, rec.mac, "eth0", host_key), keys]
+        channel = self._channels.pop(m.name, None)
+        if channel is not None:  # a shell is waiting in the guest: the script goes at once
+            run = asyncio.ensure_future(channel.run(script, args))
+            try:  # meanwhile the agent: it must answer before the VM is ready, and it sets the clock
+                await m.agent.wait_ready(READY_TIMEOUT)
+                await self._set_clock(m)
+                code, out = await run
+            finally:
+                run.cancel()
+                await channel.close()
+            err = out
+            how = "the guest channel (a shell waiting since the template's capture)"
+        else:
+            await m.agent.wait_ready(READY_TIMEOUT)
+            pid = await identity.start_script(m.agent, script, args)
+            await self._set_clock(m)  # while the script runs: the agent answers meanwhile
+            code, out, err = await identity.wait_script(m.agent, pid)
+            how = "the guest agent"
         if code != 0:
             step = identity.IDENTITY_STEPS.get(code) or ("SSH key" if code == 20 else str(code))
             raise GuestAgentError(f"the guest could not take its own identity ({step}): "
                                   f"{err.decode(errors='replace').strip()}")
+        self.vms.event(m.name, "identity", f"took its own identity through {how}")
         text = out.decode(errors="replace")
         boot_id = next((ln.split()[1] for ln in text.splitlines() if ln.startswith("boot_id ")), "")
         paths.known_hosts.unlink(missing_ok=True)

@@ -48,8 +48,8 @@ class Machine:
     reset: asyncio.Event = field(default_factory=asyncio.Event)
     #: This QEMU loaded a suspended VM's saved state (the guest continues its boot; its clock lags).
     resumed: bool = False
-    #: This QEMU loaded another VM's saved state (a template's): once the agent answers, this gives the guest its
-    #: own identity and provisions it, instead of the usual provisioning; it returns the guest's boot_id.
+    #: This QEMU loaded another VM's saved state (a template's): this gives the guest its own identity and provisions
+    #: it, instead of the usual provisioning, and waits for the agent to answer; it returns the guest's boot_id.
     personalize: Callable[[Machine], Awaitable[str]] | None = None
     #: Run after every later readiness of this QEMU (a guest reboot, a re-provisioning), in the background.
     after_ready: Callable[[Machine], Coroutine[Any, Any, None]] | None = None
@@ -65,3 +65,5 @@ class Origin:
     personalize: Callable[[Machine], Awaitable[str]]
     loaded: Callable[[], None]  #: called once the state is loaded (later starts boot from the disk)
     after_ready: Callable[[Machine], Coroutine[Any, Any, None]] | None = None  #: see Machine.after_ready
+    #: Awaited after QEMU started and before the state loads (the host side of a device the saved guest uses).
+    before_load: Callable[[], Awaitable[None]] | None = None

@@ -318,7 +318,7 @@ class VMService:
         if accel is None:  # a disk-boot image, and no kernel-boot image installed to probe KVM with
             accel = Accelerator("tcg", "no kernel installed to probe KVM with (build the tiny image)")
         paths = self.paths(name)
-        for sock in (paths.qmp_socket, paths.qga_socket, paths.console_socket):
+        for sock in (paths.qmp_socket, paths.qga_socket, paths.channel_socket, paths.console_socket):
             sock.unlink(missing_ok=True)
         if not resuming:  # a resumed guest carries on with the same boot, and the same serial log
             logs.rotate_stopped(paths.serial_log)
@@ -363,6 +363,8 @@ class VMService:
                     await monitor.execute("cont")
             elif from_template:
                 assert origin is not None and origin.state is not None
+                if origin.before_load is not None:
+                    await origin.before_load()
                 loaded = await migration.load_state(
                     monitor, origin.state, alive=lambda: child is not None and child.returncode is None,
                     capabilities=migration.IGNORE_SHARED)
@@ -447,9 +449,8 @@ class VMService:
 
     async def _become_ready(self, m: Machine) -> None:
         try:
-            await m.agent.wait_ready(READY_TIMEOUT)
             if m.personalize is not None:  # from a template: its own identity and provisioning, before "ready"
-                boot_id = await m.personalize(m)
+                boot_id = await m.personalize(m)  # it waits for the agent itself, meanwhile
                 m.personalize = None
                 m.agent_ready = True
                 self.store.set_provisioned_boot(m.name, boot_id)
@@ -458,6 +459,7 @@ class VMService:
                 m.ready.set()  # its addresses follow at once; nobody waits for them
                 await self.refresh_addresses(m.name)
                 return
+            await m.agent.wait_ready(READY_TIMEOUT)
             m.agent_ready = True
             if m.resumed:  # the guest's clock stood still while it was suspended: set it (best effort)
                 try:

@@ -41,6 +41,9 @@ def test_template_create_launch_identity_and_rm(corral: CorralEnv) -> None:
     tdir = corral.settings.home / "templates" / "base"
     assert sorted(p.name for p in tdir.iterdir()) == ["disk.qcow2", "memory.ram", "state.bin", "template.json"]
     assert not list((corral.settings.home / "templates").glob(".*")), "no partial directory left"
+    # Captured with a shell waiting on the guest channel; the source's own listener is gone again.
+    assert json.loads(corral.cli("template", "ls", "--json").stdout)[0]["channel"] is True
+    assert "sh -s" not in guest(corral, "src", "ps -o args")
 
     ids = {}
     for name in ("a1", "a2"):
@@ -54,6 +57,8 @@ def test_template_create_launch_identity_and_rm(corral: CorralEnv) -> None:
         hostname, mac, machine_id, host_key = guest(corral, name, IDENTITY).split("\n")
         assert hostname == name
         assert mac == info["mac"], "the guest's NIC has the VM's own MAC"
+        events = corral.client.events(vm=name)
+        assert any("through the guest channel" in e.message for e in events), events
         before = time.time()
         clock = float(guest(corral, name, "date +%s"))
         assert before - 2 <= clock <= time.time() + 2, "the guest clock was set"

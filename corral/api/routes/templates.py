@@ -24,7 +24,8 @@ def _templates(svc: Services) -> TemplateService:
 
 def _info(svc: Services, rec: TemplateRecord) -> TemplateInfo:
     return TemplateInfo(name=rec.name, source=rec.source, image=rec.image, vcpus=rec.vcpus, memory=rec.memory,
-                        disk=rec.disk, created_at=rec.created_at, size=rec.size, vms=_templates(svc).users(rec.name))
+                        disk=rec.disk, created_at=rec.created_at, size=rec.size, channel=rec.channel,
+                        vms=_templates(svc).users(rec.name))
 
 
 @router.get("", response_model=list[TemplateInfo])

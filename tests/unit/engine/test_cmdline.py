@@ -82,6 +82,10 @@ def test_hostname_and_serial_log() -> None:
 
 def test_guest_agent_port_name() -> None:
     assert "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0" in opt(argv(), "-device")
+    # Corral's guest channel: a second port on the same bus, its host side a private socket in the VM directory.
+    assert "virtserialport,bus=vser0.0,chardev=chan0,name=org.corral.channel.0" in opt(argv(), "-device")
+    assert any(o.startswith("socket,id=chan0,path=") and o.endswith("/channel.sock,server=on,wait=off")
+               for o in opt(argv(), "-chardev"))
 
 
 def test_pure() -> None:
