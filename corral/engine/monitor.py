@@ -40,7 +40,7 @@ class Monitor:
         deadline = loop.time() + timeout
         while True:
             if not self.socket.exists() and loop.time() < deadline and (alive is None or alive()):
-                await asyncio.sleep(0.02)  # QEMU has not created its socket yet
+                await asyncio.sleep(0.005)  # QEMU has not created its socket yet (a stat every 5 ms costs nothing)
                 continue
             try:
                 await asyncio.wait_for(self._qmp.connect(str(self.socket)), timeout=max(0.1, deadline - loop.time()))
