@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from corral.idle.policy import IdlePolicy as IdlePolicy  # re-exported: wire models live with the logic
 from corral.idle.policy import IdleStatus as IdleStatus
 from corral.images.artifacts import Manifest
+from corral.memory.models import BalloonRequest as BalloonRequest  # re-exported: wire models live with the logic
+from corral.memory.models import BalloonStatus as BalloonStatus
 from corral.storage.disk_models import DiskCreate as DiskCreate  # re-exported: extra disks' wire models
 from corral.storage.disk_models import DiskLimits as DiskLimits
 from corral.storage.disk_models import DiskResize as DiskResize
@@ -62,6 +64,8 @@ class VMInfo(BaseModel):
     expiring: bool = Field(default=False, description="inside the warning window before its expiry")
     idle: IdleStatus | None = Field(default=None, description="idle control: the policy that applies, activity, "
                                     "whether it was suspended for being idle")
+    balloon: BalloonStatus | None = Field(default=None, description="a running --balloon VM's balloon and the "
+                                          "guest's memory (`corral show` only)")
 
 
 class ExtendRequest(BaseModel):
