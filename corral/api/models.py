@@ -191,7 +191,7 @@ class LabelsRequest(BaseModel):
 class SpecUpdate(BaseModel):
     """Spec fields to change on an existing VM (``PATCH /v1/vms/{name}``); absent fields stay as they are.
 
-    Labels, description and restart policy apply at once; vcpus and memory are used from the next start (a
+    Labels, description and restart policy apply at once; vcpus, memory and balloon are used from the next start (a
     running VM keeps its QEMU until it is stopped and started again)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -202,6 +202,8 @@ class SpecUpdate(BaseModel):
     vcpus: int | None = Field(default=None, ge=1, le=MAX_VCPUS)
     memory: MemoryMiB | None = Field(default=None, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB, description="MiB")
     idle: IdlePolicy | None = Field(default=None, description="its own idle policy (at once); null: its project's")
+    balloon: bool | None = Field(default=None, description="the memory balloon, from the next start (not for a VM "
+                                 "made from a template)")
 
 
 class DaemonStatus(BaseModel):

@@ -115,3 +115,9 @@ def test_balloon_target_show_suspend_and_bad_input(corral: CorralEnv) -> None:
     r = corral.cli("balloon", "bt", "96M")
     assert r.returncode == 4 and "is stopped" in r.stderr and "corral start bt" in r.stderr, r.stderr
     assert show(corral, "bt")["balloon"] is None
+
+    # The balloon is part of the spec: changed on a stopped VM (PATCH, as a fleet file does), used from its next start.
+    assert corral.client.update_vm("bt", balloon=False).spec.balloon is False
+    assert corral.cli("start", "bt").returncode == 0
+    r = corral.cli("balloon", "bt", "96M")
+    assert r.returncode == 2 and "has no balloon" in r.stderr, r.stderr
