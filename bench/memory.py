@@ -60,7 +60,8 @@ def balloon_reclaim(ctx: Context) -> BenchResult:
             "Host memory is the QEMU process's PSS (/proc/PID/smaps_rollup; its RAM is private anonymous memory, "
             "so PSS is close to RSS, also shown). With the balloon, the guest reports freed blocks (2 MiB and "
             "up) and QEMU discards them (madvise DONTNEED): the memory goes back to the host. Without it, "
-            "memory the guest touched stays the QEMU process's until it exits. Both VMs are deleted at the end."
+            "memory the guest touched stays the QEMU process's until it exits: from the second round on, its "
+            "rows for the smaller N show the high-water mark of the larger one. Both VMs are deleted at the end."
         ),
     )
     try:
@@ -94,9 +95,10 @@ def balloon_reclaim(ctx: Context) -> BenchResult:
             r = ratio(with_, without)
             res.summary[f"N = {n} MiB: host memory after freeing, with / without --balloon (median)"] = (
                 f"{r:.2f}" if r is not None else "–")
-            back = ratio((filled["bal", n].median or 0) - (with_ or 0), float(n))
-            res.summary[f"N = {n} MiB: share of N given back to the host with --balloon"] = (
-                f"{back:.0%}" if back is not None else "–")
+            for name, which in (("bal", "with"), ("plain", "without")):
+                back = ratio((filled[name, n].median or 0) - (freed[name, n].median or 0), float(n))
+                res.summary[f"N = {n} MiB: share of N given back to the host {which} --balloon"] = (
+                    f"{back:.0%}" if back is not None else "–")
         res.details.update({"sizes_mib": list(sizes), "rounds": rounds, "memory_mib": MEMORY, "settle_s": SETTLE})
     finally:
         for name in vms:
