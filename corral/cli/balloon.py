@@ -8,6 +8,7 @@ import typer
 
 from corral.api.models import BalloonStatus
 from corral.cli.common import EXIT_INVALID, api, fail, out, print_json
+from corral.engine.cmdline import BALLOON_STATS_INTERVAL
 from corral.vm.sizes import format_size, parse_size
 
 #: How long `corral balloon VM SIZE --wait` waits for the guest to reach the target.
@@ -46,6 +47,12 @@ def balloon(
             deadline = time.monotonic() + WAIT_TIMEOUT
             with out.status(f"[bold]{name}[/]: balloon to {format_size(target)}...", spinner="dots"):
                 while wait and abs(b.size - target) >= (1 << 20) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    b = client.balloon(name)
+                # ...and the guest's statistics sent since (every few seconds), so the line printed is current.
+                reached, stats_deadline = time.time(), time.monotonic() + BALLOON_STATS_INTERVAL + 2
+                while wait and b.stats_age is not None and b.stats_age > time.time() - reached + 1 and \
+                        time.monotonic() < stats_deadline:
                     time.sleep(0.5)
                     b = client.balloon(name)
             if wait and abs(b.size - target) >= (1 << 20):
