@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import density
+from bench import density, memory
 from bench.harness import (
     BASELINE_CONNECT_RETRY,
     BASELINE_SYNC_RESEND,
@@ -395,4 +395,5 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "ls_latency": density.ls_latency,
     "linked_clone": linked_clone,
     "incremental_backup": incremental_backup,
+    "balloon_reclaim": memory.balloon_reclaim,
 }

@@ -27,6 +27,8 @@ from corral import paths
 from corral.api.models import (
     API_PREFIX,
     USER_HEADER,
+    BalloonRequest,
+    BalloonStatus,
     BuildEvent,
     CapacityInfo,
     CloneEvent,
@@ -201,6 +203,15 @@ class Client:
         """Create and start a VM from a template (not waiting for it: :meth:`wait_ready`)."""
         body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, VMSpec) else spec
         return VMInfo.model_validate(self._req("POST", f"/templates/{template}/launch", json=body).json())
+
+    def balloon(self, name: str) -> BalloonStatus:
+        """The balloon of a running ``--balloon`` VM: its size and the guest's memory statistics."""
+        return BalloonStatus.model_validate(self._req("GET", f"/vms/{name}/balloon").json())
+
+    def set_balloon(self, name: str, target: str | int) -> BalloonStatus:
+        """Set the memory the guest should have (``"96M"``, or bytes); the guest gets there within seconds."""
+        body = BalloonRequest(target=target).model_dump()
+        return BalloonStatus.model_validate(self._req("POST", f"/vms/{name}/balloon", json=body).json())
 
     def list_templates(self) -> list[TemplateInfo]:
         return [TemplateInfo.model_validate(t) for t in self._req("GET", "/templates").json()]

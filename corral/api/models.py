@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from corral.idle.policy import IdlePolicy as IdlePolicy  # re-exported: wire models live with the logic
 from corral.idle.policy import IdleStatus as IdleStatus
 from corral.images.artifacts import Manifest
+from corral.memory.models import BalloonRequest as BalloonRequest  # re-exported: wire models live with the logic
+from corral.memory.models import BalloonStatus as BalloonStatus
 from corral.storage.disk_models import DiskCreate as DiskCreate  # re-exported: extra disks' wire models
 from corral.storage.disk_models import DiskLimits as DiskLimits
 from corral.storage.disk_models import DiskResize as DiskResize
@@ -62,6 +64,8 @@ class VMInfo(BaseModel):
     expiring: bool = Field(default=False, description="inside the warning window before its expiry")
     idle: IdleStatus | None = Field(default=None, description="idle control: the policy that applies, activity, "
                                     "whether it was suspended for being idle")
+    balloon: BalloonStatus | None = Field(default=None, description="a running --balloon VM's balloon and the "
+                                          "guest's memory (`corral show` only)")
 
 
 class ExtendRequest(BaseModel):
@@ -187,7 +191,7 @@ class LabelsRequest(BaseModel):
 class SpecUpdate(BaseModel):
     """Spec fields to change on an existing VM (``PATCH /v1/vms/{name}``); absent fields stay as they are.
 
-    Labels, description and restart policy apply at once; vcpus and memory are used from the next start (a
+    Labels, description and restart policy apply at once; vcpus, memory and balloon are used from the next start (a
     running VM keeps its QEMU until it is stopped and started again)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -198,6 +202,8 @@ class SpecUpdate(BaseModel):
     vcpus: int | None = Field(default=None, ge=1, le=MAX_VCPUS)
     memory: MemoryMiB | None = Field(default=None, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB, description="MiB")
     idle: IdlePolicy | None = Field(default=None, description="its own idle policy (at once); null: its project's")
+    balloon: bool | None = Field(default=None, description="the memory balloon, from the next start (not for a VM "
+                                 "made from a template)")
 
 
 class DaemonStatus(BaseModel):

@@ -6,6 +6,7 @@ import typer
 
 from corral.cli import (
     backup,
+    balloon,
     console,
     cp,
     daemon,
@@ -40,6 +41,7 @@ fleet.register(app)
 quota.register(app)
 snapshot.register(app)
 portable.register(app)
+balloon.register(app)
 app.add_typer(images.app, name="images")
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(port.app, name="port")

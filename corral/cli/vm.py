@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from corral.api.models import VMInfo
+from corral.cli import balloon as balloon_cli
 from corral.cli import idle as idle_cli
 from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
 from corral.cli.images import build_with_progress
@@ -113,6 +114,9 @@ def launch(
     idle_cpu: str | None = typer.Option(None, "--idle-cpu", help=idle_cli.CPU_HELP),
     idle_disk: str | None = typer.Option(None, "--idle-disk", help=idle_cli.DISK_HELP),
     idle_net: str | None = typer.Option(None, "--idle-net", help=idle_cli.NET_HELP),
+    balloon: bool = typer.Option(False, "--balloon", help="a memory balloon with free page reporting: memory the "
+                                 "guest frees goes back to the host, and `corral balloon` sets a live target "
+                                 "(not with --template)"),
     template: str | None = typer.Option(None, "--template", "-t", help="start from a template's saved state "
                                         "(`corral template ls`) instead of booting: image, cpus, memory and disk "
                                         "are the template's"),
@@ -121,6 +125,9 @@ def launch(
     if template is not None and (image != "tiny" or cpus != 1 or memory != "256M" or disk is not None):
         fail("--image, --cpus, --memory and --disk come from the template: leave them out with --template",
              EXIT_INVALID)
+    if template is not None and balloon:
+        fail("--balloon is not possible with --template: a template's memory is a file shared by its VMs, which "
+             "a balloon would punch holes in (docs/explanation/memory.md)", EXIT_INVALID)
     try:
         labels = lbl.parse_set(label)
     except ValueError as exc:
@@ -146,7 +153,8 @@ def launch(
     spec = _spec(name or f"vm-{secrets.token_hex(3)}", image, cpus, memory, disk, restart, publish, network,
                  _provisioning(cloud_init, ssh_key, hostname) | {
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
-                     "labels": labels, "description": description} | expiry_fields)
+                     "labels": labels, "description": description} | expiry_fields
+                 | ({"balloon": True} if balloon else {}))
     t0 = time.monotonic()
     if template is not None:
         with api() as client:
@@ -266,6 +274,7 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
          + ("expired" if (v.expires_in or 0) <= 0 else f"in {format_duration(v.expires_in or 0)}")
          + (", warned" if v.expiring else "") + ")"),
         ("idle policy", idle_cli.describe(v.idle)), ("activity", idle_cli.activity(v.idle)),
+        ("balloon", balloon_cli.describe(v.balloon) if v.balloon else "on" if v.spec.balloon else "-"),
     ]
     for d in v.disks:
         backing = f", backing {d.backing} ({d.backing_format})" if d.backing else ""

@@ -29,6 +29,7 @@ from corral.backup.service import BackupService
 from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
+from corral.memory.balloon import BalloonService
 from corral.portable.service import PortableService
 from corral.settings import Settings, load_settings
 from corral.storage import full
@@ -82,7 +83,7 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
                     portable=PortableService(storage), disks=DiskService(vms),
                     backups=BackupService(vms, settings, storage), idle=IdleService(vms, settings.idle_interval),
-                    templates=TemplateService(vms))
+                    templates=TemplateService(vms), balloon=BalloonService(vms))
 
 
 async def serve(settings: Settings) -> None:

@@ -301,6 +301,26 @@ def _devices() -> list[str]:
     return ["-device", "pvpanic", "-device", "virtio-rng-pci", "-action", "panic=shutdown"]
 
 
+#: The balloon's QOM id (QMP: /machine/peripheral/balloon0) and how often QEMU asks the guest for its memory
+#: statistics (seconds; `corral show` reports the last ones).
+BALLOON_ID = "balloon0"
+BALLOON_STATS_INTERVAL = 5
+
+
+def _balloon(spec: VMSpec, memory: MemoryFile | None) -> list[str]:
+    """The memory balloon of a ``--balloon`` VM: free page reporting gives the host back what the guest frees,
+    ``deflate-on-oom`` lets the guest take ballooned memory back rather than kill a process. Never with guest RAM in
+    a file: QEMU 7.2 discards a reported (or ballooned) range of a file-backed RAM block by punching a hole in the
+    FILE (softmmu/physmem.c ram_block_discard_range, even for a private mapping), which would zero a template's
+    memory under every VM sharing it (docs/explanation/memory.md)."""
+    if not spec.balloon:
+        return []
+    if memory is not None:
+        raise ValueError("a VM whose memory is a file (a template's) cannot have a balloon")
+    return ["-device", f"virtio-balloon-pci,id={BALLOON_ID},free-page-reporting=on,deflate-on-oom=on,"
+                       f"guest-stats-polling-interval={BALLOON_STATS_INTERVAL}"]
+
+
 def _safety() -> list[str]:
     return ["-nodefaults", "-no-user-config", "-display", "none", "-sandbox", SANDBOX, "-msg", "timestamp=on"]
 
@@ -327,4 +347,5 @@ def build_argv(
         *_devices(),
         *_hotplug_ports(),  # last: the ports take the next free slots, every other device keeps its address
         *_extra_disks(att.disks),
+        *_balloon(spec, memory),  # after the ports: with or without it, every other device keeps its address
     ]

@@ -3,8 +3,8 @@
 Only VMs labelled ``corral.fleet=NAME`` belong to the fleet: they are changed, and with ``prune`` deleted when no
 longer declared. Any other VM is never touched; a declared name already taken by one is a conflict.
 
-What can change in place: labels, description, the restart policy and the idle policy at once; vcpus and memory
-in the spec, which take effect when the VM is next started (a running VM is stopped and started: "restart
+What can change in place: labels, description, the restart policy and the idle policy at once; vcpus, memory and
+the balloon in the spec, which take effect when the VM is next started (a running VM is stopped and started: "restart
 needed"). Any other field
 (image, disk, ports, networks, cloud-init, ...) cannot change in place: the plan reports a conflict, and the VM must
 be deleted (or renamed in the file) to be recreated.
@@ -19,7 +19,7 @@ from corral.fleet import FLEET_LABEL
 from corral.vm.spec import VMSpec
 
 LIVE_FIELDS = ("labels", "description", "restart", "idle")
-RESTART_FIELDS = ("vcpus", "memory")
+RESTART_FIELDS = ("vcpus", "memory", "balloon")
 FIXED_FIELDS = ("image", "disk", "ports", "networks", "cloud_init", "ssh_keys", "hostname", "owner", "project")
 
 Kind = Literal["create", "change", "delete", "unchanged", "conflict"]

@@ -170,6 +170,10 @@ class TemplateService:
         if manifest.boot != "kernel":
             raise InvalidInput(f"VM '{rec.name}' boots from its own disk (image '{spec.image}'): templates are made "
                                "from kernel-boot images (tiny, debian-12)")
+        if spec.balloon:  # docs/explanation/memory.md: QEMU 7.2 would punch holes in the shared memory file
+            raise InvalidInput(f"VM '{rec.name}' has a balloon (--balloon): a template's memory is a file its VMs "
+                               "share, which free page reporting would punch holes in; capture a VM launched "
+                               "without --balloon")
         if self.store.template_of(rec.name) is not None:
             raise InvalidInput(f"VM '{rec.name}' was itself made from a template: capture a VM booted from an image")
         if any(d.attached for d in self.store.list_disks(rec.name)):
@@ -311,6 +315,9 @@ class TemplateService:
     async def launch(self, template: str, spec: VMSpec) -> VMRecord:
         """Create VM ``spec.name`` from ``template`` and start it (its state loaded, not yet ready). All or
         nothing: a failed start deletes it again."""
+        if spec.balloon:
+            raise InvalidInput("--balloon is not possible with a template: its memory is a file its VMs share, "
+                               "which a balloon would punch holes in (docs/explanation/memory.md)")
         for what, given in (("--network", spec.networks), ("--cloud-init", spec.cloud_init is not None),
                             ("--ssh-key", spec.ssh_keys), ("--hostname", spec.hostname is not None)):
             if given:

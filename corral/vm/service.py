@@ -852,9 +852,9 @@ class VMService:
             return self._get(name)
 
     async def update_spec(self, name: str, changes: Mapping[str, Any]) -> VMRecord:
-        """Change spec fields of an existing VM: labels, description and restart policy at once; vcpus and memory
-        from its next start (not while it is suspended: its saved state holds the old machine)."""
-        allowed = {"labels", "description", "restart", "vcpus", "memory", "idle"}
+        """Change spec fields of an existing VM: labels, description and restart policy at once; vcpus, memory and
+        the balloon from its next start (not while it is suspended: its saved state holds the old machine)."""
+        allowed = {"labels", "description", "restart", "vcpus", "memory", "idle", "balloon"}
         if bad := sorted(set(changes) - allowed):
             raise InvalidInput(f"cannot change {', '.join(bad)} of an existing VM")
         async with self._lock(name):
@@ -871,6 +871,12 @@ class VMService:
             if {"vcpus", "memory"} & set(changed) and rec.state in (VMState.SUSPENDED, VMState.SUSPENDING):
                 raise Conflict(f"VM '{name}' is {rec.state}: its vcpus and memory can change once it is stopped "
                                "or running")
+            if "balloon" in changed:  # a device, from the next start (docs/explanation/memory.md)
+                if rec.state in (VMState.SUSPENDED, VMState.SUSPENDING):
+                    raise Conflict(f"VM '{name}' is {rec.state}: its balloon can change once it is stopped or running")
+                if new.balloon and self.store.template_of(name) is not None:
+                    raise InvalidInput(f"VM '{name}' was made from a template: its memory is the template's file, "
+                                       "which a balloon would punch holes in")
             if "memory" in changed:
                 host.check_spec_fits(name, new.memory, self.settings.memory_overcommit)
             self.store.update_spec(new)

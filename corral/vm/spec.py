@@ -131,6 +131,9 @@ class VMSpec(BaseModel):
     idle: IdlePolicy | None = Field(default=None, description="idle control: suspend the VM to disk once its CPU, "
                                     "disk and network stay under thresholds for a while (see docs/explanation/"
                                     "idle.md); default: its project's; a policy with suspend_after null is off")
+    balloon: bool = Field(default=False, description="a virtio memory balloon with free page reporting: memory the "
+                          "guest frees returns to the host, and `corral balloon` sets a live memory target (see "
+                          "docs/explanation/memory.md); not for VMs made from templates")
 
     @field_validator("name")
     @classmethod

@@ -199,6 +199,9 @@ async def show_vm(name: str, svc: Svc) -> VMInfo:
     info.disks = await _disks(svc, rec.name)
     info.disks += [DiskInfo(name=d.name, path=d.file, format=d.format, virtual_size=d.size)
                    for d in svc.disks.list_disks(rec.name)]  # extra disks (corral.storage.disks)
+    if svc.balloon is not None:  # a running --balloon VM's balloon (corral.memory.balloon)
+        with contextlib.suppress(CorralError, asyncio.TimeoutError):
+            info.balloon = await asyncio.wait_for(svc.balloon.status(rec.name), 3.0)
     return info
 
 

@@ -17,3 +17,7 @@ def test_sizes_and_unset_fields() -> None:
 def test_refused(body: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         SpecUpdate.model_validate(body)
+
+
+def test_balloon_can_change() -> None:
+    assert SpecUpdate.model_validate({"balloon": True}).model_dump(exclude_unset=True) == {"balloon": True}

@@ -235,3 +235,31 @@ def test_overlay_on_a_template_disk_through_the_boot_source() -> None:
     blockdevs = opt(a, "-blockdev")
     assert "driver=file,node-name=base-file,filename=/home/templates/t/disk.qcow2,read-only=on" in blockdevs
     assert "driver=qcow2,node-name=base,file=base-file,read-only=on" in blockdevs
+
+
+def test_no_balloon_by_default() -> None:
+    assert not any("balloon" in x for x in argv())
+    assert VMSpec(name="web").balloon is False
+    # A spec stored before the field existed loads without it: its command line (and saved state) do not change.
+    assert VMSpec.model_validate({"name": "web", "memory": 256}).balloon is False
+
+
+def test_balloon_with_free_page_reporting_last_so_other_devices_keep_their_addresses() -> None:
+    plain, ballooned = argv(), argv(balloon=True)
+    assert ballooned == [*plain, "-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on,"
+                         "deflate-on-oom=on,guest-stats-polling-interval=5"]
+
+
+def test_balloon_after_extra_disks_too() -> None:
+    disks = (DiskAttachment("data", Path("/home/vms/web/disks/data.qcow2"), 0),)
+    a = build_argv(VMSpec(name="web", balloon=True), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32),
+                   IDENT, Attachments(disks=disks))
+    devices = opt(a, "-device")
+    assert devices[-2].startswith("virtio-blk-pci,drive=xd-data,") and devices[-1].startswith("virtio-balloon-pci,")
+
+
+def test_no_balloon_over_a_memory_file() -> None:
+    # QEMU 7.2 would punch holes in the template's memory file (ram_block_discard_range on a file-backed block).
+    with pytest.raises(ValueError, match="cannot have a balloon"):
+        build_argv(VMSpec(name="web", balloon=True), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32),
+                   IDENT, memory=MemoryFile(Path("/t/memory.ram")))

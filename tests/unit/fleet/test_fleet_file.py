@@ -98,3 +98,8 @@ def test_idle_policy_in_a_fleet_file() -> None:
     assert b.idle is not None and not b.idle.enabled
     assert _error("fleet: f\nvms:\n  a:\n    idle: {suspend_after: soon}\n") == \
         "fleet.yaml:4: a: idle.suspend_after: 'soon' is not a duration: use e.g. 90s, 30m, 2h, 7d or 1h30m"
+
+
+def test_balloon_in_a_fleet_file() -> None:
+    f = loads("fleet: f\ndefaults: {balloon: true}\nvms:\n  a: {}\n  b: {balloon: false}\n")
+    assert [(s.name, s.balloon) for s in f.vms] == [("a", True), ("b", False)]

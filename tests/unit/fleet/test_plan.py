@@ -87,3 +87,9 @@ def test_idle_policy_changes_in_place() -> None:
     assert a.update()["idle"]["suspend_after"] == 3600
     assert plan("demo", [spec("a", idle={"suspend_after": "1h"})],
                 [cur(spec("a", idle={"suspend_after": 3600}))]).actions[0].kind == "unchanged"
+
+
+def test_balloon_changes_from_the_next_start() -> None:
+    p = plan("demo", [spec("a", balloon=True)], [cur(spec("a"))])
+    (a,) = p.actions
+    assert (a.kind, a.restart, a.update()) == ("change", True, {"balloon": True})

@@ -1,0 +1,1 @@
+"""Guest memory: the optional balloon and free page reporting (docs/explanation/memory.md)."""
