@@ -15,6 +15,7 @@ from corral.cli import (
     idle,
     images,
     network,
+    pool,
     port,
     portable,
     project,
@@ -51,6 +52,7 @@ app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(backup.app, name="backup")
 app.add_typer(idle.app, name="idle")
 app.add_typer(template.app, name="template")
+app.add_typer(pool.app, name="pool")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from corral.cli import idle as idle_cli
 from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
 from corral.cli.images import build_with_progress
 from corral.client import APIError, Client
+from corral.pools.plan import LABEL as POOL_LABEL
 from corral.vm import labels as lbl
 from corral.vm.expiry import ExpiryAction, format_duration, parse_duration, parse_time
 from corral.vm.sizes import format_size
@@ -187,14 +188,18 @@ def ls(
     owner: str | None = typer.Option(None, "--owner", help="only this owner's VMs"),
     project: str | None = typer.Option(None, "--project", help="only this project's VMs"),
     show_labels: bool = typer.Option(False, "--show-labels", help="add a LABELS column"),
+    all_: bool = typer.Option(False, "--all", "-a", help="also the members of warm pools (`corral pool ls`), "
+                              "hidden by default"),
 ) -> None:
-    """List VMs (all of them, or those matching every filter)."""
+    """List VMs (all of them, or those matching every filter; warm pools' members with --all)."""
     try:
         lbl.parse_selector(label)  # refuse a bad selector here, with the flag's name
     except ValueError as exc:
         fail(f"--label: {exc}", EXIT_INVALID)
     with api() as client:
         vms = client.list_vms(labels=label, owner=owner, project=project)
+    if not all_:
+        vms = [v for v in vms if POOL_LABEL not in v.spec.labels]
     if json_:
         print_json(vms)
         return

@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from corral.engine import migration, process, qemu_img
@@ -73,6 +74,8 @@ class TemplateService:
         #: Host keys made (on the host, in a thread) while a new VM's QEMU starts, by VM name.
         self._host_keys: dict[str, asyncio.Future[identity.HostKey]] = {}
         vms.origin_of = self._origin_of
+        #: Set by corral.pools: does this template have a warm pool (then it cannot be removed)?
+        self.pooled: Callable[[str], bool] | None = None
 
     # ------------------------------------------------------------------------------------------------ queries --
     @property
@@ -241,6 +244,9 @@ class TemplateService:
     async def delete(self, name: str) -> None:
         async with self._lock:
             self.get(name)
+            if self.pooled is not None and self.pooled(name):
+                raise Conflict(f"template '{name}' has a warm pool: remove it first (`corral pool rm --template "
+                               f"{name}`)")
             users = self.users(name)
             if users:
                 raise Conflict(f"template '{name}' is used by {len(users)} VM(s) ({', '.join(users[:10])}"
