@@ -67,12 +67,13 @@ class Step:
 def decide(size: int, members: Sequence[Member], *, filling_elsewhere: bool = False) -> Step:
     """The next step towards ``size`` members ready. Gone members are forgotten, broken ones deleted (and replaced);
     unknown ones are left alone but hold their place; a pool over its size sheds ready members, the last in ``members``
-    first. One fill at a time (none while one runs anywhere)."""
+    first, once no fill is under way. One fill at a time (none while one runs anywhere)."""
     forget = tuple(m.name for m in members if m.condition == Condition.GONE)
     delete = [m.name for m in members if m.condition == Condition.BROKEN]
     kept = [m for m in members if m.condition in (Condition.READY, Condition.FILLING, Condition.UNKNOWN)]
+    filling = any(m.condition == Condition.FILLING for m in kept)
     excess = len(kept) - size
-    if excess > 0:  # unknown members cannot be deleted and a filling one finishes first: shed ready ones, newest first
+    if excess > 0 and not filling:  # a fill under way ends first; unknown members cannot go: shed ready ones
         delete += [m.name for m in reversed(kept) if m.condition == Condition.READY][:excess]
-    fill = len(kept) < size and not filling_elsewhere and not any(m.condition == Condition.FILLING for m in kept)
+    fill = len(kept) < size and not filling_elsewhere and not filling
     return Step(forget=forget, delete=tuple(delete), fill=fill)
