@@ -46,6 +46,8 @@ RECHECK_SECONDS = 5.0
 RETRY_SECONDS = 30.0
 #: A member's guest must be ready within this long after its QEMU started.
 FILL_READY_TIMEOUT = 300.0
+#: The hand-out's guest command must end within this long (else the VM is deleted and launched afresh).
+HANDOUT_TIMEOUT = 20.0
 #: The state reason of a ready member.
 READY_REASON = "warm pool member, ready to hand out"
 
@@ -257,6 +259,11 @@ class PoolService:
         try:
             await self.templates.launch(template, spec)  # all or nothing
             await self.vms.wait_ready(name, timeout=FILL_READY_TIMEOUT)
+            m = self.vms.machine(name)
+            if m is not None and m.ready_task is not None:
+                # Its addresses are read just after "ready": a guest paused while its agent answers leaves the agent
+                # mid-command (seen: the hand-out's guest command then hung until its timeout).
+                await asyncio.wait({m.ready_task}, timeout=30.0)
             await self.vms.pause(name, reason=READY_REASON)
             self.store.set_ready(name)
         except CorralError as exc:
@@ -301,6 +308,8 @@ class PoolService:
                                    "the template instead", result="error")
                     with contextlib.suppress(CorralError):
                         await self.vms.delete(spec.name, force=True)
+                finally:
+                    self._wake.set()  # refill, once the handed-out VM is ready (the refill's QEMU start costs CPU)
         return await self.templates.launch(template, spec)
 
     async def _hand_out(self, template: str, spec: VMSpec) -> str | None:
@@ -344,7 +353,6 @@ class PoolService:
                           template=template, member=member)
                 for f in spec.ports:  # its QEMU started without them; its spec has them for the next start
                     await forwards.add(m.monitor, f)
-        self._wake.set()  # refill
         return member
 
     async def _finish(self, name: str) -> None:
@@ -360,7 +368,7 @@ class PoolService:
             await identity.set_time(m.agent)
         except GuestAgentError as exc:
             self.vms.event(name, "pool", f"could not set the guest clock: {exc.message}")
-        code, _, err = await identity.wait_script(m.agent, pid)
+        code, _, err = await identity.wait_script(m.agent, pid, timeout=HANDOUT_TIMEOUT)
         if code != 0:
             raise GuestAgentError(f"the guest could not take its hostname: {err.decode(errors='replace').strip()}")
         m.agent_ready = True
