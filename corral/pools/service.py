@@ -160,7 +160,8 @@ class PoolService:
         async with self._lock:
             old = self.get(template).size
             self.store.resize(template, size)
-            self._retry_at.pop(template, None)
+            self._retry_at.pop(template, None)  # try at once: the new size may fit
+            self._short.pop(template, None)
         self.vms.event(None, "pool", f"warm pool of template '{template}': size {old} -> {size}", template=template,
                        old=old, size=size)
         self._wake.set()

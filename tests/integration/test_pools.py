@@ -160,3 +160,27 @@ def test_pool_survives_daemon_kill_refills_after_rm_and_refuses_bad_input(corral
     for name in ("web", "web2"):
         assert corral.cli("rm", "--force", name).returncode == 0
     assert corral.cli("template", "rm", "base").returncode == 0
+
+
+def test_a_full_host_leaves_the_pool_short_with_one_event(corral_home: CorralEnv) -> None:
+    from corral.vm.host import host_cpus
+
+    c = corral_home
+    c.env["CORRAL_CPU_OVERCOMMIT"] = f"{2.5 / host_cpus():.4f}"  # room for 2 running 1-vCPU VMs
+    c.start_daemon()
+    c.client.build_image("tiny")
+    make_template(c)
+    assert c.cli("pool", "create", "--template", "base", "--size", "3").returncode == 0
+    p = until(lambda: (x := pool(c, "base"))["ready"] == 2 and "CORRAL_CPU_OVERCOMMIT" in x["note"] and x,
+              120, "a pool of 3 short at 2 ready, saying why")
+    time.sleep(8)  # the loop looks again every 5 s: no new attempt (it waits 30 s) and no new event
+    p = pool(c, "base")
+    assert p["ready"] == 2 and len(p["members"]) == 2, p
+    errors = json.loads(c.cli("events", "--type", "pool", "--errors", "--json").stdout)
+    assert len(errors) == 1 and "stays short" in errors[0]["message"], errors
+    # The refused fill left nothing behind.
+    assert sorted(d.name for d in c.settings.vms_dir.iterdir()) == sorted(m["name"] for m in p["members"])
+    # Shrinking to what fits: the pool is whole.
+    r = c.cli("pool", "resize", "--template", "base", "--size", "2")
+    assert r.returncode == 0 and "size 2, 2 ready" in r.stdout, r.stdout
+    assert pool(c, "base")["note"] == ""
