@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -130,6 +131,18 @@ def test_pool_survives_daemon_kill_refills_after_rm_and_refuses_bad_input(corral
     assert corral.cli("rm", "--force", m3).returncode == 0
     (m4,) = [m["name"] for m in filled(corral, "base", 1)["members"]]
     assert m4 != m3
+
+    # A member whose fill did not end (its row not marked ready when the daemon died) is deleted and replaced.
+    corral.kill_daemon(signal.SIGKILL)
+    db = sqlite3.connect(corral.settings.database)
+    db.execute("UPDATE pool_members SET ready = 0 WHERE vm = ?", (m4,))
+    db.commit()
+    db.close()
+    corral.start_daemon()
+    (m5,) = until(lambda: [m["name"] for m in filled(corral, "base", 1)["members"] if m["name"] != m4], 60,
+                  "the interrupted member replaced")  # type: ignore[misc]
+    assert m4 not in corral.qemu_pids() and not (corral.settings.vms_dir / m4).exists()
+    m4 = m5
 
     # Bad input: one line, a non-zero code, nothing changed.
     vms_before = sorted(v.name for v in corral.client.list_vms())
