@@ -228,14 +228,15 @@ class PoolService:
         to_fill: str | None = None
         async with self._lock:
             for pool in self.store.pools():
-                rows = self.store.members(pool.template)
-                step = plan.decide(pool.size, [Member(r.vm, self._condition(r)) for r in rows],
+                members = [Member(r.vm, self._condition(r)) for r in self.store.members(pool.template)]
+                step = plan.decide(pool.size, members,
                                    filling_elsewhere=self._filling is not None or to_fill is not None)
                 for name in step.forget:
                     self.store.forget(name)
+                conditions = {m.name: m.condition for m in members}
                 for name in step.delete:
-                    reason = "over the pool's size" if any(
-                        r.vm == name and r.ready for r in rows) else "not paused and ready (an interrupted fill?)"
+                    reason = "over the pool's size" if conditions[name] == Condition.READY else \
+                        "not paused and ready (an interrupted fill, a crash, or resumed by hand)"
                     self.vms.event(name, "pool", f"pool member deleted: {reason}", template=pool.template)
                     await self._delete_member(name)
                     self.store.forget(name)
