@@ -151,13 +151,14 @@ def launch(
     t0 = time.monotonic()
     if template is not None:
         with api() as client:
-            client.launch_from_template(template, spec)  # all or nothing: a failed start deletes it
+            launched = client.launch_from_template(template, spec)  # all or nothing: a failed start deletes it
             if no_wait:
                 out.print(f"[bold]{spec.name}[/] started")
                 return
             info = client.wait_ready(spec.name, timeout)
         addr = f", {', '.join(info.addresses)}" if info.addresses else ""
-        out.print(f"[bold]{spec.name}[/] ready in {time.monotonic() - t0:.2f}s (from template {template}, "
+        source = f"the warm pool of template {template}" if launched.agent_ready else f"template {template}"
+        out.print(f"[bold]{spec.name}[/] ready in {time.monotonic() - t0:.2f}s (from {source}, "
                   f"{info.accel}{addr})")
         return
     with api() as client:

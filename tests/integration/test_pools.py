@@ -68,6 +68,7 @@ def test_pool_fills_hands_out_with_own_identity_and_refills(corral: CorralEnv) -
     r = corral.cli("launch", "web", "--template", "base", "-p", f"{port}:80", "--label", "team=x")
     assert r.returncode == 0, r.stderr
     took = time.monotonic() - t0
+    assert "web ready in" in r.stdout and "from the warm pool of template base" in r.stdout, r.stdout
     info = show(corral, "web")
     assert info["state"] == "running" and info["agent_ready"] and info["spec"]["labels"] == {"team": "x"}, info
     assert info["spec"]["owner"] != "corrald" and info["spec"]["project"] == "default"
