@@ -91,10 +91,12 @@ def template_launch(ctx: Context) -> BenchResult:
     cold = Row(f"cold launch: create_vm + start_vm + wait_ready ({MEMORY} MiB tiny, boots the kernel)",
                baseline=True)
     warm = Row("template launch: launch_from_template + wait_ready (state loaded, own identity, provisioned)")
+    pool = Row("pool launch: launch_from_template + wait_ready with a ready member in the template's warm pool "
+               "(renamed, continued, hostname and clock set)")
     res = BenchResult(
         key="template_launch",
         title=f"3. Template launch-to-ready vs cold launch-to-ready, `tiny` {MEMORY} MiB",
-        rows=[cold, warm],
+        rows=[cold, warm, pool],
         how=(
             f"A {MEMORY} MiB `tiny` VM is launched, left 2 s, and captured with `template create` (the capture "
             f"time is below), then deleted. Each of {runs} rounds runs a cold launch through the Python client "
@@ -104,7 +106,11 @@ def template_launch(ctx: Context) -> BenchResult:
             f"guest gets its own MAC, hostname, machine-id, entropy, clock and SSH host key and Corral's SSH key in "
             f"one guest command; ready), interleaved, each VM deleted before the next with a {SETTLE:g} s pause. "
             f"Both are the same client calls a `corral launch` makes, timed from the first call until wait_ready "
-            f"returns. Target: the ratio of medians template / cold <= {TEMPLATE_RATIO_TARGET:g}."
+            f"returns. Target: the ratio of medians template / cold <= {TEMPLATE_RATIO_TARGET:g}. Then, in the "
+            f"same run, a warm pool of one member of the template (`corral pool create --template {TEMPLATE} "
+            f"--size 1`): each of {runs} rounds waits (untimed) until its member is paused and ready, then times "
+            f"launch_from_template + wait_ready, which hands the member out (validated, renamed, its forwards "
+            f"added, continued, hostname and clock set in one guest command); the pool refills after."
         ),
     )
     res.details["template_capture_s"] = ensure_template(bh, log)
@@ -120,6 +126,7 @@ def template_launch(ctx: Context) -> BenchResult:
             _delete(bh, [name])
             time.sleep(SETTLE)
         log(f"round {i + 1}/{runs}: cold {cold.samples[-1]:.2f}s template {warm.samples[-1]:.2f}s")
+    _pool_rounds(bh, pool, runs, log)
     r = ratio(warm.median, cold.median)
     res.summary["ratio of medians, template / cold"] = (
         f"{r:.3f} (target <= {TEMPLATE_RATIO_TARGET:g}: {'met' if r <= TEMPLATE_RATIO_TARGET else 'NOT met'})"
@@ -127,7 +134,35 @@ def template_launch(ctx: Context) -> BenchResult:
     r_min = ratio(warm.min, cold.min)
     res.summary["ratio of mins, template / cold"] = f"{r_min:.3f}" if r_min is not None else "–"
     res.details.update({"ratio": r, "ratio_min": r_min, "target": TEMPLATE_RATIO_TARGET})
+    r_pool = ratio(pool.median, cold.median)
+    res.summary["ratio of medians, pool / cold"] = f"{r_pool:.3f}" if r_pool is not None else "–"
+    r_pool_t = ratio(pool.median, warm.median)
+    res.summary["ratio of medians, pool / template"] = f"{r_pool_t:.3f}" if r_pool_t is not None else "–"
+    res.details.update({"ratio_pool": r_pool, "ratio_pool_template": r_pool_t})
     return res
+
+
+def _pool_rounds(bh: BenchHome, row: Row, runs: int, log: Callable[[str], None]) -> None:
+    """A warm pool of one member of the template; each round waits (untimed) until it is ready, then times a launch
+    from the template (which hands the member out) until ready. The pool is removed at the end."""
+    c = bh.client
+    c.create_pool(TEMPLATE, 1)
+    try:
+        for i in range(runs):
+            deadline = time.monotonic() + READY_TIMEOUT
+            while c.get_pool(TEMPLATE).ready < 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the pool of '{TEMPLATE}' was not filled within {READY_TIMEOUT:.0f}s")
+                time.sleep(0.2)
+            time.sleep(SETTLE)
+            name = f"tp{i}"
+            t0 = time.monotonic()
+            _warm(c, name)
+            row.samples.append(time.monotonic() - t0)
+            _delete(bh, [name])
+            log(f"pool round {i + 1}/{runs}: {row.samples[-1]:.2f}s")
+    finally:
+        c.delete_pool(TEMPLATE)
 
 
 # ------------------------------------------------------------------------------------- memory per VM (PSS) --

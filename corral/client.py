@@ -49,6 +49,9 @@ from corral.api.models import (
     LabelsRequest,
     NetworkCreate,
     NetworkInfo,
+    PoolCreate,
+    PoolInfo,
+    PoolResize,
     PortableEvent,
     PortRequest,
     ProjectInfo,
@@ -222,6 +225,25 @@ class Client:
 
     def delete_template(self, name: str) -> None:
         self._req("DELETE", f"/templates/{name}")
+
+    def list_pools(self) -> list[PoolInfo]:
+        return [PoolInfo.model_validate(p) for p in self._req("GET", "/pools").json()]
+
+    def get_pool(self, template: str) -> PoolInfo:
+        return PoolInfo.model_validate(self._req("GET", f"/pools/{template}").json())
+
+    def create_pool(self, template: str, size: int) -> PoolInfo:
+        """A warm pool of ``size`` paused VMs from ``template`` (filled in the background)."""
+        body = PoolCreate(template=template, size=size).model_dump()
+        return PoolInfo.model_validate(self._req("POST", "/pools", json=body).json())
+
+    def resize_pool(self, template: str, size: int) -> PoolInfo:
+        body = PoolResize(size=size).model_dump()
+        return PoolInfo.model_validate(self._req("PUT", f"/pools/{template}", json=body).json())
+
+    def delete_pool(self, template: str) -> list[str]:
+        """Remove the pool and delete its members; the names deleted."""
+        return list(self._req("DELETE", f"/pools/{template}").json())
 
     def start_vm(self, name: str) -> VMInfo:
         return VMInfo.model_validate(self._req("POST", f"/vms/{name}/start").json())

@@ -19,6 +19,7 @@ from corral.api.routes import (
     idle,
     images,
     networks,
+    pools,
     portable,
     ports,
     projects,
@@ -36,6 +37,6 @@ def create_app(svc: Services | None = None) -> FastAPI:
     app.add_middleware(AuditMiddleware)
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
               files.router, images.router, daemon.router, snapshots.router, portable.router, backups.router,
-              idle.router, templates.router, balloon.router):
+              idle.router, templates.router, balloon.router, pools.router):
         app.include_router(r, prefix=API_PREFIX)
     return app

@@ -11,6 +11,7 @@ from fastapi import Request
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
+from corral.pools.service import PoolService
 from corral.portable.service import PortableService
 from corral.settings import Settings
 from corral.storage.disks import DiskService
@@ -36,6 +37,7 @@ class Services:
     idle: IdleService | None = None  # idle control (the daemon always has it)
     templates: TemplateService | None = None
     balloon: BalloonService | None = None
+    pools: PoolService | None = None  # warm pools (the daemon always has them)
 
 
 def using(svc: Services, name: str) -> contextlib.AbstractContextManager[None]:

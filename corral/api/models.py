@@ -359,6 +359,41 @@ class PortableEvent(BaseModel):
     error: str | None = Field(default=None, description="the error class, on kind=error")
 
 
+class PoolCreate(BaseModel):
+    """Keep ``size`` paused VMs from ``template`` ready to hand out (1 to corral.pools.plan.MAX_SIZE; checked by the
+    service, which says what is wrong)."""
+
+    template: str
+    size: int
+
+
+class PoolResize(BaseModel):
+    size: int
+
+
+class PoolMemberInfo(BaseModel):
+    name: str
+    condition: str = Field(description="ready (paused, to hand out), filling, broken (to be replaced), unknown "
+                           "(its state is unknown: left alone) or gone")
+    state: str = Field(description="the VM's state")
+    memory: int = Field(description="MiB it holds against the host (0 without a QEMU)")
+    rss: int = Field(description="bytes its QEMU holds resident")
+
+
+class PoolInfo(BaseModel):
+    """A warm pool: its template, its size, its members and what they hold."""
+
+    template: str
+    size: int
+    ready: int
+    filling: int
+    created_at: float
+    members: list[PoolMemberInfo] = Field(default_factory=list)
+    memory: int = Field(description="MiB its members hold against the host's capacity")
+    rss: int = Field(description="bytes its members' QEMUs hold resident")
+    note: str = Field(default="", description="why the pool is short, if its last fill failed")
+
+
 class TemplateCreate(BaseModel):
     """Capture the running, ready VM ``source`` as template ``name`` (the source keeps running)."""
 

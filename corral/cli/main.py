@@ -16,6 +16,7 @@ from corral.cli import (
     idle,
     images,
     network,
+    pool,
     port,
     portable,
     project,
@@ -53,6 +54,7 @@ app.add_typer(snapshot.app, name="snapshot")
 app.add_typer(backup.app, name="backup")
 app.add_typer(idle.app, name="idle")
 app.add_typer(template.app, name="template")
+app.add_typer(pool.app, name="pool")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from corral.cli import idle as idle_cli
 from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
 from corral.cli.images import build_with_progress
 from corral.client import APIError, Client
+from corral.pools.plan import LABEL as POOL_LABEL
 from corral.vm import labels as lbl
 from corral.vm.expiry import ExpiryAction, format_duration, parse_duration, parse_time
 from corral.vm.sizes import format_size
@@ -158,13 +159,14 @@ def launch(
     t0 = time.monotonic()
     if template is not None:
         with api() as client:
-            client.launch_from_template(template, spec)  # all or nothing: a failed start deletes it
+            launched = client.launch_from_template(template, spec)  # all or nothing: a failed start deletes it
             if no_wait:
                 out.print(f"[bold]{spec.name}[/] started")
                 return
             info = client.wait_ready(spec.name, timeout)
         addr = f", {', '.join(info.addresses)}" if info.addresses else ""
-        out.print(f"[bold]{spec.name}[/] ready in {time.monotonic() - t0:.2f}s (from template {template}, "
+        source = f"the warm pool of template {template}" if launched.agent_ready else f"template {template}"
+        out.print(f"[bold]{spec.name}[/] ready in {time.monotonic() - t0:.2f}s (from {source}, "
                   f"{info.accel}{addr})")
         return
     with api() as client:
@@ -195,14 +197,18 @@ def ls(
     owner: str | None = typer.Option(None, "--owner", help="only this owner's VMs"),
     project: str | None = typer.Option(None, "--project", help="only this project's VMs"),
     show_labels: bool = typer.Option(False, "--show-labels", help="add a LABELS column"),
+    all_: bool = typer.Option(False, "--all", "-a", help="also the members of warm pools (`corral pool ls`), "
+                              "hidden by default"),
 ) -> None:
-    """List VMs (all of them, or those matching every filter)."""
+    """List VMs (all of them, or those matching every filter; warm pools' members with --all)."""
     try:
         lbl.parse_selector(label)  # refuse a bad selector here, with the flag's name
     except ValueError as exc:
         fail(f"--label: {exc}", EXIT_INVALID)
     with api() as client:
         vms = client.list_vms(labels=label, owner=owner, project=project)
+    if not all_:
+        vms = [v for v in vms if POOL_LABEL not in v.spec.labels]
     if json_:
         print_json(vms)
         return

@@ -30,6 +30,7 @@ from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
+from corral.pools.service import PoolService
 from corral.portable.service import PortableService
 from corral.settings import Settings, load_settings
 from corral.storage import full
@@ -80,10 +81,11 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     """Every domain service, composed over the VM service: the one place they are wired together."""
     vms = VMService(settings, store, images)
     storage = StorageService(vms)
+    templates = TemplateService(vms)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
                     portable=PortableService(storage), disks=DiskService(vms),
                     backups=BackupService(vms, settings, storage), idle=IdleService(vms, settings.idle_interval),
-                    templates=TemplateService(vms), balloon=BalloonService(vms))
+                    templates=templates, pools=PoolService(templates), balloon=BalloonService(vms))
 
 
 async def serve(settings: Settings) -> None:
@@ -91,8 +93,8 @@ async def serve(settings: Settings) -> None:
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
     svc = build_services(settings, store, images)
-    vms, backups, idle = svc.vms, svc.backups, svc.idle
-    assert backups is not None and idle is not None
+    vms, backups, idle, pools = svc.vms, svc.backups, svc.idle, svc.pools
+    assert backups is not None and idle is not None and pools is not None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +106,7 @@ async def serve(settings: Settings) -> None:
         scheduled = asyncio.create_task(_backup_schedules(backups, settings.backup_check_interval))
         await idle.reconcile()  # hold the forwarded ports of VMs suspended with an idle policy again
         idle_loop = asyncio.create_task(idle.run())
+        pool_fill = asyncio.create_task(pools.run())  # after recover: members re-attached like any VM
         try:
             yield
         finally:
@@ -112,6 +115,7 @@ async def serve(settings: Settings) -> None:
             disk_full.cancel()
             scheduled.cancel()
             idle_loop.cancel()
+            pool_fill.cancel()
             await idle.close()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")

@@ -261,6 +261,12 @@ class SnapshotRecord:
     created_at: float
 
 
+#: Every (table, column) holding a VM's name, besides vms.name: what :meth:`Store.rename_vm` moves. Tables of other
+#: modules (backup schedules, pool members) are listed too and skipped where they do not exist.
+VM_NAME_COLUMNS = (("runtime", "name"), ("events", "vm"), ("attachments", "vm"), ("disks", "vm"), ("layers", "vm"),
+                   ("snapshots", "vm"), ("snapshot_current", "vm"), ("template_vms", "vm"),
+                   ("backup_schedules", "vm"), ("pool_members", "vm"))
+
 #: Columns added to tables after their first release (ALTER TABLE on open), table -> column -> declaration.
 ADDED_COLUMNS = {
     "events": {"actor": "TEXT NOT NULL DEFAULT ''", "owner": "TEXT NOT NULL DEFAULT ''",
@@ -618,6 +624,25 @@ class Store:
     def template_users(self, template: str) -> list[str]:
         return [r["vm"] for r in self._db.execute(
             "SELECT vm FROM template_vms WHERE template = ? ORDER BY vm", (template,))]
+
+    # --- renaming ---------------------------------------------------------------------------------------------
+    def rename_vm(self, old: str, new: str, spec: VMSpec) -> None:
+        """VM ``old`` becomes ``new`` (``spec.name``) with ``spec``, in every table keyed by a VM's name, in one
+        transaction: all rows move, or none."""
+        assert spec.name == new
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("PRAGMA defer_foreign_keys = ON")  # children follow the parent within the transaction
+            self._db.execute("UPDATE vms SET name = ?, spec = ? WHERE name = ?", (new, spec.model_dump_json(), old))
+            for table, column in VM_NAME_COLUMNS:
+                if table in tables:
+                    self._db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (new, old))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
 
 
 def _project(r: sqlite3.Row) -> ProjectRecord:

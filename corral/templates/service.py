@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from corral.engine import guest_channel, migration, process, qemu_img
@@ -75,6 +76,8 @@ class TemplateService:
         #: Connections to new VMs' guest channels, made before their state loaded, by VM name (for _personalize).
         self._channels: dict[str, guest_channel.GuestChannel] = {}
         vms.origin_of = self._origin_of
+        #: Set by corral.pools: does this template have a warm pool (then it cannot be removed)?
+        self.pooled: Callable[[str], bool] | None = None
 
     # ------------------------------------------------------------------------------------------------ queries --
     @property
@@ -303,6 +306,9 @@ class TemplateService:
     async def delete(self, name: str) -> None:
         async with self._lock:
             self.get(name)
+            if self.pooled is not None and self.pooled(name):
+                raise Conflict(f"template '{name}' has a warm pool: remove it first (`corral pool rm --template "
+                               f"{name}`)")
             users = self.users(name)
             if users:
                 raise Conflict(f"template '{name}' is used by {len(users)} VM(s) ({', '.join(users[:10])}"

@@ -700,10 +700,10 @@ class VMService:
         await m.monitor.execute(cmd, args)
         return m
 
-    async def pause(self, name: str) -> VMRecord:
+    async def pause(self, name: str, reason: str = "paused by user") -> VMRecord:
         async with self._lock(name):
             await self._qmp(name, "pause", "stop")
-            await self._set_state(name, VMState.PAUSED, "paused by user")
+            await self._set_state(name, VMState.PAUSED, reason)
             return self._get(name)
 
     async def resume(self, name: str) -> VMRecord:

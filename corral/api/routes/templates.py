@@ -53,5 +53,8 @@ async def delete_template(name: str, svc: Svc) -> None:
 @router.post("/{name}/launch", response_model=VMInfo, status_code=201)
 async def launch_from_template(name: str, spec: VMSpec, svc: Svc) -> VMInfo:
     """Create and start a VM from the template (image, vCPUs, memory and disk are the template's): it runs from the
-    template's saved state; wait for it with ``POST /vms/{name}/wait-ready``."""
+    template's saved state, or a ready member of the template's warm pool is handed out (ready at once); wait for
+    it with ``POST /vms/{name}/wait-ready``."""
+    if svc.pools is not None:  # a ready member of the template's warm pool, if it has one
+        return to_info(svc, await svc.pools.launch(name, owned(spec)))
     return to_info(svc, await _templates(svc).launch(name, owned(spec)))

@@ -93,3 +93,41 @@ def test_template_links_go_with_their_vm(tmp_path: Path) -> None:
         assert store.get_template("t") is None
     finally:
         store.close()
+
+
+def test_rename_vm_moves_every_row_in_one_transaction(tmp_path: Path) -> None:
+    from corral.pools.store import PoolStore
+    from corral.store.db import VMRecord
+    from corral.vm.spec import VMSpec
+    from corral.vm.states import VMState
+
+    store = Store(tmp_path / "corral.db")
+    pools = PoolStore(store)
+    try:
+        store.insert_vm(VMRecord(spec=VMSpec(name="pool-t-abc"), id="id-1", state=VMState.PAUSED, state_reason="",
+                                 mac="52:54:00:00:00:01", created_at=0.0, last_exit_reason="", restart_count=0))
+        store.put_runtime(RuntimeRecord("pool-t-abc", 123, 456, 0.0, "tcg", 2222))
+        store._db.execute("INSERT INTO templates (name, source, image, vcpus, memory, disk, created_at) VALUES "
+                          "('t', 's', 'tiny', 1, 128, 1, 0)")
+        store.link_template_vm("pool-t-abc", "t")
+        store.add_event("pool-t-abc", "pool", "filled")
+        pools.add_member("pool-t-abc", "t")
+
+        # Another VM already has the name: nothing moves.
+        store.insert_vm(VMRecord(spec=VMSpec(name="taken"), id="id-2", state=VMState.STOPPED, state_reason="",
+                                 mac="52:54:00:00:00:02", created_at=0.0, last_exit_reason="", restart_count=0))
+        with pytest.raises(sqlite3.IntegrityError):
+            store.rename_vm("pool-t-abc", "taken", VMSpec(name="taken"))
+        assert store.get_vm("pool-t-abc") is not None and store.get_runtime("pool-t-abc") is not None
+
+        store.rename_vm("pool-t-abc", "web", VMSpec(name="web", labels={"team": "x"}))
+        assert store.get_vm("pool-t-abc") is None
+        rec = store.get_vm("web")
+        assert rec is not None and rec.id == "id-1" and rec.spec.labels == {"team": "x"}
+        rt = store.get_runtime("web")
+        assert rt is not None and rt.pid == 123
+        assert store.template_of("web") == ("t", True)
+        assert [e.message for e in store.events(vm="web")] == ["filled"]
+        assert pools.member("web") is not None and pools.member("pool-t-abc") is None
+    finally:
+        store.close()

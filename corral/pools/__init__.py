@@ -1,0 +1,1 @@
+"""Warm pools: paused VMs from a template, kept ready to hand out (corral.pools.service)."""
