@@ -95,6 +95,11 @@ if [ -n "$mac" ]; then
         echo 1 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
         echo 0 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
     fi
+    # systemd-networkd asks for a new lease when the MAC changes, and QEMU's NAT gives the new MAC another address
+    # (its old one stays leased to the old MAC): the host is told, and points its forwards at the new address.
+    for l in /run/systemd/netif/leases/*; do
+        [ -e "$l" ] && { echo lease-renewal; break; }
+    done
 fi
 key=/etc/dropbear/dropbear_ed25519_host_key
 restart_dropbear=

@@ -273,7 +273,7 @@ class StorageService:
                     await m.agent.execute("guest-fsfreeze-thaw", timeout=THAW_TIMEOUT)
                 except CorralError as exc:
                     log.warning("%s: thawing the guest's file systems failed: %s", m.name, exc.message)
-                    self.vms._spawn_background(self._thaw_later(m), f"thaw-{m.name}")
+                    self.vms.spawn_background(self._thaw_later(m), f"thaw-{m.name}")
 
     async def _thaw_later(self, m: Machine) -> None:
         """Keep asking a guest agent that did not answer to thaw, until it does (the agent handles requests in

@@ -371,20 +371,32 @@ class TemplateService:
         10.0.2.15 leased to the template's MAC and gives the guest another address, so the forwards (which point
         at 10.0.2.15) are pointed at the guest's address. Best effort, for up to a minute (the guest's DHCP client
         runs in the background of its boot)."""
+        await self._point_forwards(m, NAT_GUEST, until_changed=False, seconds=60.0)
+
+    async def _follow_lease(self, m: Machine) -> None:
+        """After the identity change of a guest whose DHCP client renews its lease when the MAC changes (systemd-
+        networkd, dhclient: unlike the tiny image's udhcpc, which the identity script stops): the NAT gives the new
+        MAC another address a moment later, and the forwards follow it."""
+        await self._point_forwards(m, NAT_GUEST, until_changed=True, seconds=60.0)
+
+    async def _point_forwards(self, m: Machine, current: str, *, until_changed: bool, seconds: float) -> None:
+        """Watch the guest's IPv4 address (every 0.5 s, for up to ``seconds``) and point the VM's forwards (SSH,
+        ports) at it when it is not ``current``. Without ``until_changed`` the first address seen decides; with it,
+        the watch goes on until the address changed once."""
         rec = self.vms.get(m.name)
-        for _ in range(120):
+        for _ in range(int(seconds / 0.5)):
             if m.exited.is_set() or m.monitor is None:
                 return
             with contextlib.suppress(CorralError):
                 await self.vms.refresh_addresses(m.name)
             v4 = [a for a in m.addresses if a.count(".") == 3]
-            if v4:
+            if v4 and (v4[0] != current or not until_changed):
                 break
             await asyncio.sleep(0.5)
         else:
             return
         addr = v4[0]
-        if addr == NAT_GUEST:
+        if addr == current:
             return
         rules = [(f"tcp:{ssh.SSH_HOST}:{m.ssh_port}", 22, "tcp")] if m.ssh_port else []
         rules += [(f"{f.proto}:{f.host_addr}:{f.host_port}", f.guest_port, f.proto) for f in rec.spec.ports]
@@ -398,8 +410,8 @@ class TemplateService:
             except CorralError as exc:
                 self.vms.event(m.name, "port", f"could not point the forward {host} at {addr}: {exc.message}")
                 return
-        self.vms.event(m.name, "port", f"forwards pointed at the guest's address {addr} (QEMU's NAT gave it a new "
-                       "one after a reboot: it keeps the template's lease)", address=addr)
+        self.vms.event(m.name, "port", f"forwards pointed at the guest's address {addr} (QEMU's NAT, whose state "
+                       "came from the template, leased it another one than the template's)", address=addr)
 
     async def _set_clock(self, m: Machine) -> None:
         try:
@@ -441,6 +453,8 @@ class TemplateService:
         self.vms.event(m.name, "identity", f"took its own identity through {how}")
         text = out.decode(errors="replace")
         boot_id = next((ln.split()[1] for ln in text.splitlines() if ln.startswith("boot_id ")), "")
+        if any(ln.strip() == "lease-renewal" for ln in text.splitlines()):
+            self.vms.spawn_background(self._follow_lease(m), f"follow-lease-{m.name}")
         paths.known_hosts.unlink(missing_ok=True)
         host_keys = ssh.parse_host_keys(text) or ssh.parse_host_keys(host_key.public)
         if m.ssh_port is not None and host_keys:

@@ -203,7 +203,7 @@ class VMService:
         async with self._changed:
             self._changed.notify_all()
 
-    def _spawn_background(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def spawn_background(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = system_task(coro, name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -477,7 +477,7 @@ class VMService:
                 self.event(m.name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
             await self.refresh_addresses(m.name)
             if m.after_ready is not None:
-                self._spawn_background(m.after_ready(m), f"after-ready-{m.name}")
+                self.spawn_background(m.after_ready(m), f"after-ready-{m.name}")
         except asyncio.CancelledError:
             raise
         except CorralError as exc:
@@ -599,7 +599,7 @@ class VMService:
         if rec is not None and not m.requested:
             policy = rec.spec.restart
             if policy == RestartPolicy.ALWAYS or (policy == RestartPolicy.ON_FAILURE and failed):
-                self._spawn_background(self._restart_later(name, m.started_at), f"restart-{name}")
+                self.spawn_background(self._restart_later(name, m.started_at), f"restart-{name}")
 
     async def _release_nics(self, name: str) -> None:
         """The VM's host-side NICs (tap devices on bridges) are deleted; a failure is logged, never raised."""
@@ -1169,7 +1169,7 @@ class VMService:
                 self.store.set_exit_reason(name, reason)
                 await self._set_state(name, VMState.CRASHED, reason)
                 if rec.spec.restart != RestartPolicy.NEVER:
-                    self._spawn_background(self._restart_later(name, 0.0), f"restart-{name}")
+                    self.spawn_background(self._restart_later(name, 0.0), f"restart-{name}")
             return
         paths = self.paths(name)
         accel = rt.accel if rt else "unknown"
@@ -1187,7 +1187,7 @@ class VMService:
             self._attach(m)
             await self._set_state(name, VMState.UNKNOWN, f"QEMU pid {ident.pid} runs but its monitor does not "
                                   f"answer: {exc.message}")
-            self._spawn_background(self._reconnect(m), f"reconnect-{name}")
+            self.spawn_background(self._reconnect(m), f"reconnect-{name}")
             return
         m.monitor = monitor
         self._attach(m)

@@ -39,7 +39,7 @@ class FakeVMs:
         self.background: list[asyncio.Task[Any]] = []
         self.events: list[str] = []
 
-    def _spawn_background(self, coro: Any, name: str) -> None:
+    def spawn_background(self, coro: Any, name: str) -> None:
         self.background.append(asyncio.get_running_loop().create_task(coro, name=name))
 
     def event(self, vm: str, type_: str, message: str, **kw: Any) -> None:
