@@ -12,19 +12,12 @@ from rich.table import Table
 from corral.api.models import PoolInfo
 from corral.cli.common import EXIT_ENGINE, api, fail, out, print_json
 from corral.client import Client
+from corral.vm.sizes import format_size
 
 app = typer.Typer(help="Warm pools: paused VMs from a template, ready to hand out to `corral launch NAME --template "
                   "T` (create, ls, resize, rm).", no_args_is_help=True)
 
 TEMPLATE = typer.Option(..., "--template", "-t", help="the template whose pool it is (`corral template ls`)")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def _wait_filled(client: Client, template: str, timeout: float) -> PoolInfo:
@@ -90,10 +83,11 @@ def ls(
     for col in ("TEMPLATE", "SIZE", "READY", "FILLING", "MEMORY", "RSS", "NOTE"):
         t.add_column(col)
     for p in pools:
-        t.add_row(p.template, str(p.size), str(p.ready), str(p.filling), f"{p.memory}M", _size(p.rss), p.note or "-")
+        t.add_row(p.template, str(p.size), str(p.ready), str(p.filling), f"{p.memory}M", format_size(p.rss),
+                  p.note or "-")
         if members:
             for m in p.members:
-                t.add_row(f"  {m.name}", "", m.condition, m.state or "-", f"{m.memory}M", _size(m.rss), "")
+                t.add_row(f"  {m.name}", "", m.condition, m.state or "-", f"{m.memory}M", format_size(m.rss), "")
     out.print(t, highlight=False)
 
 

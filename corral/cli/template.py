@@ -11,17 +11,10 @@ import typer
 from rich.table import Table
 
 from corral.cli.common import api, out, print_json
+from corral.vm.sizes import format_size
 
 app = typer.Typer(help="Templates: running VMs captured to launch new VMs from in a fraction of a boot "
                   "(create, ls, rm).", no_args_is_help=True)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 @app.command("create")
@@ -35,7 +28,7 @@ def create(
                                      spinner="dots"):
         t = client.create_template(name, source)
     out.print(f"template [bold]{t.name}[/] created from {t.source} in {time.monotonic() - t0:.1f}s "
-              f"({t.image}, {t.vcpus} vCPU, {t.memory}M, {_size(t.size)} on disk): "
+              f"({t.image}, {t.vcpus} vCPU, {t.memory}M, {format_size(t.size)} on disk): "
               f"`corral launch NAME --template {t.name}`", highlight=False)
 
 
@@ -51,7 +44,7 @@ def ls(json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     for col in ("NAME", "SOURCE", "IMAGE", "CPUS", "MEMORY", "SIZE", "VMS", "CREATED"):
         t.add_column(col)
     for x in templates:
-        t.add_row(x.name, x.source, x.image, str(x.vcpus), f"{x.memory}M", _size(x.size), str(len(x.vms)),
+        t.add_row(x.name, x.source, x.image, str(x.vcpus), f"{x.memory}M", format_size(x.size), str(len(x.vms)),
                   datetime.fromtimestamp(x.created_at).strftime("%Y-%m-%d %H:%M"))
     out.print(t, highlight=False)
 

@@ -41,6 +41,21 @@ ENTROPY_BYTES = 256
 FIRST_POLL = 0.03
 POLL = 0.01
 
+#: The hostname becomes ``$name`` (``/proc/sys/kernel/hostname``, ``/etc/hostname``, the ``127.0.1.1`` line of
+#: ``/etc/hosts``), with shell builtins only; exit 10 if it cannot be written. Part of IDENTITY_SCRIPT, and all a
+#: warm pool's member needs when it is handed out under a new name.
+HOSTNAME_SCRIPT = r"""
+echo "$name" > /proc/sys/kernel/hostname && echo "$name" > /etc/hostname || exit 10
+if [ -f /etc/hosts ]; then
+    h=
+    while IFS= read -r l; do
+        case $l in 127.0.1.1[[:space:]]*) ;; *) h="$h$l
+" ;; esac
+    done < /etc/hosts
+    printf '%s127.0.1.1\t%s\n' "$h" "$name" > /etc/hosts || exit 10
+fi
+"""
+
 #: Every fork and exec costs 5-30 ms under TCG in a QEMU that has not run the code yet (dropbearkey ~80 ms), so the
 #: script runs shell builtins only, but for `ip` and, without a host key from the host, the SSH key tools: daemons
 #: are found through their pidfiles (the tiny image writes them), the gratuitous ARP comes from the kernel
@@ -69,16 +84,7 @@ stop_daemon() {
     return 0
 }
 printf "$entropy" > /dev/urandom
-echo "$name" > /proc/sys/kernel/hostname && echo "$name" > /etc/hostname || exit 10
-if [ -f /etc/hosts ]; then
-    h=
-    while IFS= read -r l; do
-        case $l in 127.0.1.1[[:space:]]*) ;; *) h="$h$l
-" ;; esac
-    done < /etc/hosts
-    printf '%s127.0.1.1\t%s\n' "$h" "$name" > /etc/hosts
-fi
-echo "$mid" > /etc/machine-id || exit 11
+""" + HOSTNAME_SCRIPT + r"""echo "$mid" > /etc/machine-id || exit 11
 [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ] && echo "$mid" > /var/lib/dbus/machine-id
 if [ -n "$mac" ]; then
     # QEMU's NAT (user networking) has the address leased to the old MAC, and its DHCP server answers a request

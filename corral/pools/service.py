@@ -51,20 +51,8 @@ HANDOUT_TIMEOUT = 20.0
 #: The state reason of a ready member.
 READY_REASON = "warm pool member, ready to hand out"
 
-#: Run at hand-out, in one guest command (shell builtins only): the hostname becomes the VM's new name
-#: (``/proc/sys/kernel/hostname``, ``/etc/hostname``, the ``127.0.1.1`` line of ``/etc/hosts``).
-HANDOUT_SCRIPT = r"""
-name=$1
-echo "$name" > /proc/sys/kernel/hostname && echo "$name" > /etc/hostname || exit 10
-if [ -f /etc/hosts ]; then
-    h=
-    while IFS= read -r l; do
-        case $l in 127.0.1.1[[:space:]]*) ;; *) h="$h$l
-" ;; esac
-    done < /etc/hosts
-    printf '%s127.0.1.1\t%s\n' "$h" "$name" > /etc/hosts || exit 10
-fi
-"""
+#: Run at hand-out, in one guest command (shell builtins only): the hostname becomes the VM's new name.
+HANDOUT_SCRIPT = "name=$1\n" + identity.HOSTNAME_SCRIPT
 
 
 @dataclass(frozen=True)
