@@ -63,7 +63,7 @@ fi
 #: machine-id, entropy and the dropbear host key file (both as printf octal escapes; "" to make the key in the
 #: guest).
 IDENTITY_SCRIPT = r"""
-name=$1 mac=$2 nic=$3 mid=$4 entropy=$5 dbkey=$6
+name=$1 mac=$2 nic=$3 mid=$4 entropy=$5 dbkey=$6 renew_ipv6= restart_dropbear=
 # stop_daemon NAME PIDFILE [only-if-parent-is-init]: kill the process NAME, found through its pidfile when it has
 # one that names a live NAME (builtins only: no fork), else through pidof.
 stop_daemon() {
@@ -96,11 +96,7 @@ if [ -n "$mac" ]; then
     # for each IPv4 address when the address changes.
     [ -w "/proc/sys/net/ipv4/conf/$nic/arp_notify" ] && echo 1 > "/proc/sys/net/ipv4/conf/$nic/arp_notify"
     ip link set dev "$nic" address "$mac" || exit 12
-    # IPv6 addresses derived from the old MAC go; re-enabling makes them again from the new one.
-    if [ -w "/proc/sys/net/ipv6/conf/$nic/disable_ipv6" ]; then
-        echo 1 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
-        echo 0 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
-    fi
+    renew_ipv6=1  # at the end (IDENTITY_FINISH)
     # systemd-networkd asks for a new lease when the MAC changes, and QEMU's NAT gives the new MAC another address
     # (its old one stays leased to the old MAC): the host is told, and points its forwards at the new address.
     for l in /run/systemd/netif/leases/*; do
@@ -128,9 +124,15 @@ if [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null 2>&1; then
 fi
 """
 
-#: The end of a script that began with IDENTITY_SCRIPT: dropbear's listener is killed (init respawns it with the
-#: new key; sessions stay), after everything else, so that the respawn does not delay the script.
-RESTART_DROPBEAR = r"""
+#: The end of a script that began with IDENTITY_SCRIPT (possibly sent later, to the same shell): the work whose
+#: consequences run on in the guest's background, after everything else so that they do not slow it down. IPv6
+#: addresses derived from the old MAC go (re-enabling IPv6 makes them again from the new one), and dropbear's
+#: listener is killed (init respawns it with the new key; sessions stay).
+IDENTITY_FINISH = r"""
+if [ -n "$renew_ipv6" ] && [ -w "/proc/sys/net/ipv6/conf/$nic/disable_ipv6" ]; then
+    echo 1 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
+    echo 0 > "/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
+fi
 [ -n "$restart_dropbear" ] && stop_daemon dropbear /run/dropbear.pid listener
 exit 0
 """
@@ -245,7 +247,7 @@ async def reset_identity(agent: GuestAgent, *, hostname: str, mac: str | None = 
     """Give the guest behind ``agent`` its own identity (see the module's doc); raises GuestAgentError if a step
     failed."""
     host_key = await asyncio.to_thread(new_host_key)
-    pid = await start_script(agent, IDENTITY_SCRIPT + RESTART_DROPBEAR, identity_args(hostname, mac, nic, host_key))
+    pid = await start_script(agent, IDENTITY_SCRIPT + IDENTITY_FINISH, identity_args(hostname, mac, nic, host_key))
     if set_clock:  # while the script runs: the agent answers meanwhile
         await set_time(agent)
     code, _, err = await wait_script(agent, pid)

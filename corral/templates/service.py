@@ -426,15 +426,18 @@ class TemplateService:
         keys = "\n".join([ssh.ensure_keypair(paths), *rec.spec.ssh_keys]) + "\n"
         pending = self._host_keys.pop(m.name, None)
         host_key = await pending if pending is not None else await asyncio.to_thread(identity.new_host_key)
-        script = "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT + identity.RESTART_DROPBEAR
+        script = "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT
         args = [*identity.identity_args(rec.spec.guest_hostname, rec.mac, "eth0", host_key), keys]
         channel = self._channels.pop(m.name, None)
         if channel is not None:  # a shell is waiting in the guest: the script goes at once
-            run = asyncio.ensure_future(channel.run(script, args))
+            run = asyncio.ensure_future(channel.run(script, args, keep=True))
             try:  # meanwhile the agent: it must answer before the VM is ready, and it sets the clock
                 await m.agent.wait_ready(READY_TIMEOUT)
                 await self._set_clock(m)
                 code, out = await run
+                if code == 0:  # then what goes on in the guest's background (IPv6 again, dropbear's restart)
+                    code, more = await channel.run(identity.IDENTITY_FINISH, [])
+                    out += more
             finally:
                 run.cancel()
                 await channel.close()
@@ -442,7 +445,7 @@ class TemplateService:
             how = "the guest channel (a shell waiting since the template's capture)"
         else:
             await m.agent.wait_ready(READY_TIMEOUT)
-            pid = await identity.start_script(m.agent, script, args)
+            pid = await identity.start_script(m.agent, script + identity.IDENTITY_FINISH, args)
             await self._set_clock(m)  # while the script runs: the agent answers meanwhile
             code, out, err = await identity.wait_script(m.agent, pid)
             how = "the guest agent"

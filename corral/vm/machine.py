@@ -43,6 +43,8 @@ class Machine:
     ready_error: str | None = None
     ssh_port: int | None = None
     addresses: list[str] = field(default_factory=list)
+    addresses_at: float = 0.0  #: monotonic time of the last answer (VMService.refresh_addresses)
+    addresses_task: asyncio.Future[None] | None = None  #: the question being asked, shared by all who ask
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set by each RESET event (the guest rebooted); cleared by whoever waits for the next one.
     reset: asyncio.Event = field(default_factory=asyncio.Event)

@@ -1098,11 +1098,23 @@ class VMService:
         async for item in m.agent.exec_stream(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout):
             yield item
 
-    async def refresh_addresses(self, name: str) -> None:
-        """Ask the guest agent for the guest's addresses (kept for `ls`)."""
+    async def refresh_addresses(self, name: str, max_age: float = 0.0, join: bool = True) -> None:
+        """Ask the guest agent for the guest's addresses (kept for `ls`). One question at a time per VM: a caller
+        that comes while one is asked gets its answer (without ``join``: returns at once); with ``max_age``, an
+        answer that recent is enough (each question costs the guest's vCPU time, and every launch asks right after
+        "ready")."""
         m = self._machines.get(name)
         if m is None or not m.agent_ready:
             return
+        if m.addresses_task is not None and not m.addresses_task.done() and not join:
+            return
+        if m.addresses_task is None or m.addresses_task.done():
+            if max_age and time.monotonic() - m.addresses_at <= max_age:
+                return
+            m.addresses_task = asyncio.ensure_future(self._read_addresses(m))
+        await asyncio.shield(m.addresses_task)
+
+    async def _read_addresses(self, m: Machine) -> None:
         ifaces = await m.agent.execute("guest-network-get-interfaces", timeout=2.0)
         m.addresses = [
             ip["ip-address"]
@@ -1110,6 +1122,7 @@ class VMService:
             for ip in iface.get("ip-addresses", [])
             if not str(ip.get("ip-address", "")).startswith("fe80")
         ]
+        m.addresses_at = time.monotonic()
 
     # --------------------------------------------------------------------------------------------- queries --
     def list(self) -> list[VMRecord]:

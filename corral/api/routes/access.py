@@ -78,5 +78,5 @@ async def wait_for(name: str, req: WaitForRequest, svc: Svc) -> VMInfo:
     if req.ready or req.state is None:
         await until_ready(svc, name, max(deadline - loop.time(), 0.0))
         with contextlib.suppress(CorralError, asyncio.TimeoutError):
-            await asyncio.wait_for(svc.vms.refresh_addresses(name), 3.0)
+            await asyncio.wait_for(svc.vms.refresh_addresses(name, max_age=2.0), 3.0)
     return to_info(svc, svc.vms.get(name))

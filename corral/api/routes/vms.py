@@ -194,7 +194,7 @@ async def extend_vm(name: str, req: ExtendRequest, svc: Svc) -> VMInfo:
 async def show_vm(name: str, svc: Svc) -> VMInfo:
     rec = svc.vms.get(name)
     with contextlib.suppress(CorralError, asyncio.TimeoutError):
-        await asyncio.wait_for(svc.vms.refresh_addresses(name), 3.0)
+        await asyncio.wait_for(svc.vms.refresh_addresses(name, max_age=2.0), 3.0)
     info = to_info(svc, svc.vms.get(name))
     info.disks = await _disks(svc, rec.name)
     info.disks += [DiskInfo(name=d.name, path=d.file, format=d.format, virtual_size=d.size)
@@ -250,8 +250,9 @@ async def suspend_vm(name: str, svc: Svc) -> VMInfo:
 @router.post("/{name}/wait-ready", response_model=VMInfo)
 async def wait_ready(name: str, req: WaitRequest, svc: Svc) -> VMInfo:
     await svc.vms.wait_ready(name, req.timeout)
+    # The addresses as known: a VM just made ready is being asked for them already (not waited for here).
     with contextlib.suppress(CorralError, asyncio.TimeoutError):
-        await asyncio.wait_for(svc.vms.refresh_addresses(name), 3.0)
+        await asyncio.wait_for(svc.vms.refresh_addresses(name, max_age=2.0, join=False), 3.0)
     return to_info(svc, svc.vms.get(name))
 
 
