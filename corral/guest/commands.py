@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
-from corral.errors import GuestAgentError
+from corral.engine.guest_agent import GuestAgent
+from corral.errors import GuestAgentError, GuestAgentTimeout
 
 
 async def run(agent: GuestAgent, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0,
               check: bool = True) -> tuple[int | None, bytes, bytes]:
-    """(exit code, stdout, stderr); with ``check``, a non-zero exit raises GuestAgentError naming the command."""
-    out, err, code = bytearray(), bytearray(), None
-    async for item in agent.exec_stream(argv, stdin=stdin, timeout=timeout):
-        if isinstance(item, ExecOutput):
-            (out if item.stream == "stdout" else err).extend(item.data)
-        elif isinstance(item, ExecExit):
-            code = item.exit_code
-            if item.timed_out:
-                raise GuestAgentError(f"guest command {argv[0]!r} timed out after {timeout:.0f}s")
+    """(exit code, stdout, stderr); with ``check``, a non-zero exit raises GuestAgentError naming the command.
+    The output is captured by the agent (small outputs: these are Corral's own short commands)."""
+    try:
+        code, out, err = await agent.exec_captured(argv, stdin=stdin, timeout=timeout)
+    except GuestAgentTimeout as exc:
+        raise GuestAgentError(f"guest command {argv[0]!r} timed out after {timeout:.0f}s") from exc
     if check and code != 0:
         detail = err.decode(errors="replace").strip()
         raise GuestAgentError(f"guest command {' '.join(argv)!r} failed ({code}): {detail}")
-    return code, bytes(out), bytes(err)
+    return code, out, err

@@ -10,7 +10,7 @@ import os
 import subprocess
 
 from corral.engine.guest_agent import GuestAgent
-from corral.errors import EngineError
+from corral.errors import EngineError, GuestAgentError
 from corral.guest.commands import run
 from corral.paths import VMPaths
 from corral.vm.spec import VMSpec
@@ -38,11 +38,6 @@ def ensure_keypair(paths: VMPaths) -> str:
     return pub.read_text().strip()
 
 
-async def provision(agent: GuestAgent, spec: VMSpec, public_key: str) -> None:
-    """Authorize Corral's key (and the spec's keys) for root in the guest."""
-    keys = "\n".join([public_key, *spec.ssh_keys]) + "\n"
-    await run(agent, ["/bin/sh", "-c", "umask 077 && mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys"],
-              stdin=keys.encode())
 
 
 # -- host keys: read through the agent, pinned in known_hosts ----------------------------------------------------
@@ -72,6 +67,43 @@ while :; do
     i=$((i+1))
 done
 """
+
+
+#: Every boot's provisioning in one guest command (each one costs the guest a fork and an exec): Corral's key and the
+#: spec's ($1) authorized for root, then with $2 = "pin" the host key printed (HOST_KEY_SCRIPT). Exit 20: the keys
+#: could not be written.
+PROVISION_SCRIPT = r"""
+umask 077
+[ -d /root/.ssh ] || mkdir -p /root/.ssh || exit 20
+printf '%s' "$1" > /root/.ssh/authorized_keys || exit 20
+[ "$2" = pin ] || exit 0
+""" + HOST_KEY_SCRIPT
+
+
+async def provision(agent: GuestAgent, spec: VMSpec, public_key: str, paths: VMPaths, port: int | None) -> str | None:
+    """Authorize Corral's key (and the spec's keys) for root in the guest and, with a forwarded SSH ``port``, read
+    the guest's host key and pin it for that port (before "ready", so `corral shell` never trusts a host key on
+    first use); why the host key could not be pinned, or None. Raises GuestAgentError if the keys could not be
+    written.
+
+    Not being able to pin is not an error of the boot (an image may have no SSH server): the VM is still ready, the
+    known_hosts file is removed, and `corral shell` says why it cannot connect.
+    """
+    keys = "\n".join([public_key, *spec.ssh_keys]) + "\n"
+    paths.known_hosts.unlink(missing_ok=True)
+    code, out, err = await run(agent, ["/bin/sh", "-c", PROVISION_SCRIPT, "sh", keys, "pin" if port else ""],
+                               timeout=120.0, check=False)
+    if code == 20 or (code != 0 and port is None):
+        raise GuestAgentError(f"the guest could not authorize Corral's SSH key: {err.decode(errors='replace').strip()}")
+    if port is None:
+        return None
+    if code != 0:
+        return f"no SSH host key read from the guest: {err.decode(errors='replace').strip() or f'exit {code}'}"
+    host_keys = parse_host_keys(out.decode(errors="replace"))
+    if not host_keys:
+        return f"no {HOST_KEY_TYPE} host key in what the guest printed: {out[:200]!r}"
+    await asyncio.to_thread(write_known_hosts, paths, port, host_keys)
+    return None
 
 
 def parse_host_keys(text: str) -> list[str]:
@@ -126,23 +158,6 @@ def write_known_hosts(paths: VMPaths, port: int, keys: list[str]) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(known_hosts_text(port, keys))
     tmp.replace(paths.known_hosts)
-
-
-async def pin_host_keys(agent: GuestAgent, paths: VMPaths, port: int) -> str | None:
-    """Read the guest's host key through the agent and pin it for ``port``; the reason it could not, or None.
-
-    Not being able to is not an error of the boot (an image may have no SSH server): the VM is still ready, the
-    known_hosts file is removed, and `corral shell` says why it cannot connect.
-    """
-    paths.known_hosts.unlink(missing_ok=True)
-    code, out, err = await run(agent, ["/bin/sh", "-c", HOST_KEY_SCRIPT], timeout=120.0, check=False)
-    if code != 0:
-        return f"no SSH host key read from the guest: {err.decode(errors='replace').strip() or f'exit {code}'}"
-    keys = parse_host_keys(out.decode(errors="replace"))
-    if not keys:
-        return f"no {HOST_KEY_TYPE} host key in what the guest printed: {out[:200]!r}"
-    await asyncio.to_thread(write_known_hosts, paths, port, keys)
-    return None
 
 
 async def wait_ssh_banner(port: int, timeout: float, host: str = SSH_HOST) -> None:

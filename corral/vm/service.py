@@ -500,12 +500,10 @@ class VMService:
         for hook in self.provision_hooks:
             await hook(m.name, m.agent)
         public_key = await asyncio.to_thread(ssh.ensure_keypair, self.paths(m.name))
-        await ssh.provision(m.agent, rec.spec, public_key)
         await self.networks.configure_guest(rec, m.agent)  # first: fast, and other VMs wait for its address
-        if m.ssh_port is not None:  # pinned before "ready", so `corral shell` never trusts a host key on first use
-            problem = await ssh.pin_host_keys(m.agent, self.paths(m.name), m.ssh_port)
-            if problem:
-                self.event(m.name, "ssh", problem)
+        problem = await ssh.provision(m.agent, rec.spec, public_key, self.paths(m.name), m.ssh_port)
+        if problem:
+            self.event(m.name, "ssh", problem)
 
     async def _on_qmp_event(self, m: Machine, event: str, data: dict[str, Any]) -> None:
         ACTOR.set(SYSTEM_ACTOR)  # QEMU's doing, even in a monitor task a request started

@@ -37,6 +37,7 @@ class FakeAgent:
         self.silent: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.captured: dict[int, asyncio.Future[tuple[bytes, bytes]]] = {}
         self.files: dict[int, IO[bytes]] = {}
         self.next_handle = 1000
         self.server: asyncio.AbstractServer | None = None
@@ -53,6 +54,7 @@ class FakeAgent:
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+        await asyncio.gather(*self.captured.values(), return_exceptions=True)
         for f in self.files.values():
             f.close()
 
@@ -133,8 +135,8 @@ class FakeAgent:
             *(arg or []),
             env=environment,
             stdin=asyncio.subprocess.PIPE if input_data is not None else None,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if capture_output else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE if capture_output else asyncio.subprocess.DEVNULL,
         )
         if input_data is not None:
             assert proc.stdin is not None
@@ -142,16 +144,24 @@ class FakeAgent:
             await proc.stdin.drain()
             proc.stdin.close()
         self.procs[proc.pid] = proc
+        if capture_output:  # like QGA: the output is collected while it runs, handed over with the exit status
+            self.captured[proc.pid] = asyncio.ensure_future(proc.communicate())
         return {"pid": proc.pid}
 
     async def cmd_guest_exec_status(self, pid: int) -> dict[str, Any]:
         proc = self.procs[pid]
-        if proc.returncode is None:
+        captured = self.captured.get(pid)
+        if proc.returncode is None or (captured is not None and not captured.done()):
             return {"exited": False}
         del self.procs[pid]
+        result: dict[str, Any] = {"exited": True}
+        if captured is not None:
+            out, err = captured.result()
+            del self.captured[pid]
+            result |= {"out-data": base64.b64encode(out).decode(), "err-data": base64.b64encode(err).decode()}
         if proc.returncode < 0:
-            return {"exited": True, "signal": -proc.returncode}
-        return {"exited": True, "exitcode": proc.returncode}
+            return result | {"signal": -proc.returncode}
+        return result | {"exitcode": proc.returncode}
 
     async def cmd_guest_file_open(self, path: str, mode: str = "r") -> int:
         self.next_handle += 1
@@ -496,5 +506,20 @@ def test_exec_guest_error_propagates(tmp_path: Path) -> None:
             assert info.value.command == "guest-file-open"
         finally:
             await bad.close()
+
+    run_with_agent(tmp_path, body)
+
+
+def test_exec_captured_output_status_stdin_and_timeout(tmp_path: Path) -> None:
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        assert await agent.exec_captured(["/bin/sh", "-c", 'echo out; echo err >&2; exit 3']) == (3, b"out\n", b"err\n")
+        assert await agent.exec_captured(["cat"], stdin=b"in\x00put") == (0, b"in\x00put", b"")
+        assert (await agent.exec_captured(["/bin/sh", "-c", "kill -9 $$"]))[0] == 128 + 9
+        # No files in the guest, no streaming: one guest-exec, then status questions only.
+        assert {r["execute"] for r in fake.requests[-3:]} <= {"guest-exec", "guest-exec-status"}
+        with pytest.raises(GuestAgentTimeout, match="did not finish within"):
+            await agent.exec_captured(["sleep", "30"], timeout=0.3)
+        # It was killed: it ends long before its 30 s.
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in fake.procs.values())), 5)
 
     run_with_agent(tmp_path, body)
