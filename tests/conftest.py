@@ -99,6 +99,26 @@ def show(c: CorralEnv, name: str) -> dict[str, Any]:
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
+def ok(c: CorralEnv, *args: str, timeout: float = 300) -> str:
+    """`corral ARGS...`, which must succeed; its stdout."""
+    r = c.cli(*args, timeout=timeout)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout
+
+
+def guest(c: CorralEnv, name: str, script: str) -> str:
+    """The stdout of ``sh -c SCRIPT`` run in the guest by `corral exec`, which must succeed."""
+    return ok(c, "exec", name, "--", "sh", "-c", script)
+
+
+def start_daemon_with(home: CorralEnv, env: dict[str, str]) -> CorralEnv:
+    """Start ``home``'s daemon with ``env`` added to its environment (short intervals for a test), tiny built."""
+    home.env.update(env)
+    home.start_daemon()
+    home.client.build_image("tiny")
+    return home
+
+
 def until(what: Callable[[], object], timeout: float, desc: str) -> object:
     """Poll ``what`` until it returns something true (returned), or fail naming ``desc`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -31,6 +31,7 @@ from typing import IO
 from corral.backup import chunks
 from corral.backup.models import BackupIndex, ChunkProblem, RepoInfo, VerifyReport
 from corral.errors import CorralError, InvalidInput, NotFound
+from corral.fileio import fsync_dir
 
 MARKER = "corral-backup.json"
 FORMAT = "corral-backup"
@@ -60,14 +61,6 @@ def _write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Repository:
@@ -202,10 +195,10 @@ class Repository:
         """Written whole or not at all, after every chunk it names (those are already renamed into place)."""
         for sub in self.chunks_dir.iterdir():
             if sub.is_dir():
-                _fsync_dir(sub)
+                fsync_dir(sub)
         _write_atomic(self.indexes_dir / f"{index.id}.json", index.model_dump_json(indent=1).encode() + b"\n",
                       self.tmp_dir)
-        _fsync_dir(self.indexes_dir)
+        fsync_dir(self.indexes_dir)
 
     def load_index(self, bid: str) -> BackupIndex:
         path = self.indexes_dir / f"{bid}.json"

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import EngineError
+from corral.fileio import fsync_dir
 
 #: Saving with this capability leaves out RAM that is a shared file mapping (a template's memory file): the stream
 #: holds the devices only, and the loading QEMU maps the RAM from the same file (privately: QEMU >= 4.1 allows it).
@@ -87,14 +88,6 @@ async def _poll(monitor: Monitor, timeout: float, alive: Callable[[], bool] | No
         await asyncio.sleep(interval)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 async def _set_capabilities(monitor: Monitor, capabilities: dict[str, bool] | None) -> None:
     if capabilities:
         await monitor.execute("migrate-set-capabilities", {"capabilities": [
@@ -126,7 +119,7 @@ async def save_state(monitor: Monitor, path: Path, *, was_running: bool, timeout
         os.close(fd)
         fd = -1
         os.replace(partial, path)
-        await asyncio.to_thread(_fsync_dir, path.parent)
+        await asyncio.to_thread(fsync_dir, path.parent)
     except BaseException as exc:
         if fd >= 0:
             os.close(fd)

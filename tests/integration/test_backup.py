@@ -21,22 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, guest, ok, start_daemon_with, until
 
 pytestmark = pytest.mark.vm
 
 MIB = 1 << 20
 CHUNK = 4 * MIB
-
-
-def ok(c: CorralEnv, *args: str, timeout: float = 300) -> str:
-    r = c.cli(*args, timeout=timeout)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout
-
-
-def guest(c: CorralEnv, name: str, script: str) -> str:
-    return ok(c, "exec", name, "--", "sh", "-c", script)
 
 
 def backup(c: CorralEnv, name: str, *args: str) -> dict:  # type: ignore[type-arg]
@@ -199,20 +189,7 @@ def test_restore_in_place_and_to_a_new_vm_that_boots(corral: CorralEnv) -> None:
 
 @pytest.fixture
 def fast(corral_home: CorralEnv) -> CorralEnv:
-    corral_home.env["CORRAL_BACKUP_CHECK_INTERVAL"] = "0.5"
-    corral_home.env["CORRAL_EXPIRY_INTERVAL"] = "0.5"
-    corral_home.start_daemon()
-    corral_home.client.build_image("tiny")
-    return corral_home
-
-
-def until(what, timeout: float, desc: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if v := what():
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {desc}")
+    return start_daemon_with(corral_home, {"CORRAL_BACKUP_CHECK_INTERVAL": "0.5", "CORRAL_EXPIRY_INTERVAL": "0.5"})
 
 
 def test_schedule_and_final_backup_before_expiry_delete(fast: CorralEnv) -> None:

@@ -9,19 +9,9 @@ import statistics
 
 import pytest
 
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, guest, ok
 
 pytestmark = pytest.mark.vm
-
-
-def ok(c: CorralEnv, *args: str) -> str:
-    r = c.cli(*args)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout
-
-
-def guest(c: CorralEnv, name: str, script: str) -> str:
-    return ok(c, "exec", name, "--", "sh", "-c", script)
 
 
 def identity(c: CorralEnv, name: str) -> dict[str, str]:

@@ -15,23 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, guest, ok, show
 
 pytestmark = pytest.mark.vm
-
-
-def ok(c: CorralEnv, *args: str) -> str:
-    r = c.cli(*args)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout
-
-
-def guest(c: CorralEnv, vm: str, script: str) -> str:
-    return ok(c, "exec", vm, "--", "sh", "-c", script)
-
-
-def show(c: CorralEnv, vm: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(ok(c, "show", vm, "--json"))  # type: ignore[no-any-return]
 
 
 def wait_state(c: CorralEnv, vm: str, state: str, timeout: float = 90) -> dict:  # type: ignore[type-arg]

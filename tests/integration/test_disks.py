@@ -9,19 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, guest, ok
 
 pytestmark = pytest.mark.vm
-
-
-def ok(c: CorralEnv, *args: str, timeout: float = 300) -> str:
-    r = c.cli(*args, timeout=timeout)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout
-
-
-def guest(c: CorralEnv, vm: str, script: str) -> str:
-    return ok(c, "exec", vm, "--", "sh", "-c", script)
 
 
 def dev_of(c: CorralEnv, vm: str, serial: str) -> str:

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from corral.network.ports import free_port
-from tests.conftest import CorralEnv, show, until
+from tests.conftest import CorralEnv, show, start_daemon_with, until
 
 pytestmark = pytest.mark.vm
 
@@ -21,11 +21,7 @@ pytestmark = pytest.mark.vm
 @pytest.fixture
 def fast(corral_home: CorralEnv) -> CorralEnv:
     """A daemon sampling activity every 0.5 s, with `corral ls` in full."""
-    corral_home.env["CORRAL_IDLE_INTERVAL"] = "0.5"
-    corral_home.env["COLUMNS"] = "200"
-    corral_home.start_daemon()
-    corral_home.client.build_image("tiny")
-    return corral_home
+    return start_daemon_with(corral_home, {"CORRAL_IDLE_INTERVAL": "0.5", "COLUMNS": "200"})
 
 
 def guest(c: CorralEnv, name: str, *cmd: str) -> str:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from corral.client import APIError, Client
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, ok
 
 pytestmark = pytest.mark.vm
 
@@ -30,12 +30,6 @@ def refused(c: CorralEnv, name: str, message: str, *args: str) -> None:
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert vm_names(c) == before
     assert not (c.settings.vms_dir / name).exists()
-
-
-def ok(c: CorralEnv, *args: str) -> str:
-    r = c.cli(*args)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def test_each_quota_blocks_the_launch_that_exceeds_it(corral: CorralEnv) -> None:

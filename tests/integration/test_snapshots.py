@@ -9,21 +9,11 @@ import time
 
 import pytest
 
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, guest, ok
 
 pytestmark = pytest.mark.vm
 
 COUNTER = "i=0; while :; do echo $i > /root/count; i=$((i+1)); sleep 0.2; done"
-
-
-def ok(c: CorralEnv, *args: str) -> str:
-    r = c.cli(*args)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout
-
-
-def guest(c: CorralEnv, name: str, script: str) -> str:
-    return ok(c, "exec", name, "--", "sh", "-c", script)
 
 
 def snapshots(c: CorralEnv, vm: str) -> list[dict]:  # type: ignore[type-arg]

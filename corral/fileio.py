@@ -1,0 +1,15 @@
+"""Small file-system helpers shared by the layers that make files durable (machine states, backup indexes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory entries of ``path`` durable (a file renamed or created into it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
