@@ -360,11 +360,15 @@ class TemplateService:
                       after_ready=self._follow_address, before_load=before_load)
 
     async def _open_channel(self, name: str) -> None:
-        """Before the state loads: connect to the new QEMU's channel socket (see GuestChannel), for _personalize."""
+        """Before the state loads: connect to the new QEMU's channel socket (see GuestChannel), for _personalize.
+        If that fails the VM still starts, and takes its identity through the agent."""
         old = self._channels.pop(name, None)
         if old is not None:
             await old.close()
-        self._channels[name] = await guest_channel.GuestChannel.connect(self.vms.paths(name).channel_socket)
+        try:
+            self._channels[name] = await guest_channel.GuestChannel.connect(self.vms.paths(name).channel_socket)
+        except GuestAgentError as exc:
+            self.vms.event(name, "identity", f"no guest channel ({exc.message}): the identity goes through the agent")
 
     async def _follow_address(self, m: Machine) -> None:
         """After a guest reboot in a QEMU whose NAT state came from the template: that NAT's DHCP server still has

@@ -5,6 +5,7 @@ the template from being removed while they exist; bad input is a one-line error 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -69,6 +70,16 @@ def test_template_create_launch_identity_and_rm(corral: CorralEnv) -> None:
         assert r.returncode == 0 and r.stdout.strip() == name, r.stderr
         ids[name] = (mac, machine_id, host_key)
         assert time.monotonic() - t0 < 120
+    # A template without the channel (captured by an older Corral): the identity goes through the agent.
+    with sqlite3.connect(corral.settings.home / "corral.db") as db:
+        db.execute("UPDATE templates SET channel = 0 WHERE name = 'base'")
+    r = corral.cli("launch", "a3", "--template", "base")
+    assert r.returncode == 0, r.stderr
+    assert any("through the guest agent" in e.message for e in corral.client.events(vm="a3"))
+    assert guest(corral, "a3", "hostname") == "a3"
+    r = corral.cli("shell", "a3", "--", "hostname")
+    assert r.returncode == 0 and r.stdout.strip() == "a3", r.stderr
+    assert corral.cli("rm", "--force", "a3").returncode == 0
     # No two alike, and none like the source.
     for i in range(3):
         values = [ids["a1"][i], ids["a2"][i], src_id[i + 1]]
