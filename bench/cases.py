@@ -288,8 +288,8 @@ def linked_clone(ctx: Context) -> BenchResult:
         ),
     )
     try:
-        c.create_vm(VMSpec(name="clone-1g", image="tiny", disk="1G"))
-        c.create_vm(VMSpec(name="clone-100g", image="tiny", disk="100G"))
+        c.create_vm(VMSpec(name="clone-1g", image="tiny", disk=1 << 30))
+        c.create_vm(VMSpec(name="clone-100g", image="tiny", disk=100 << 30))
         c.clone_vm("clone-1g", "warm-clone")  # untimed: first use of the layers directory and qemu-img's cache
         for i in range(n):
             for src, row, api in (("clone-1g", small, small_api), ("clone-100g", big, big_api)):
