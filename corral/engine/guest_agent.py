@@ -469,28 +469,13 @@ class GuestAgent:
         guest-exec, then guest-exec-status asked often at first and less often later (every question interrupts the
         guest), no files. On ``timeout`` the process is killed (not what it started: these are short scripts) and
         GuestAgentTimeout raised."""
-        if not argv:
-            raise InvalidInput("exec needs a command")
-        arguments: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True,
-                                     "env": [f"PATH={DEFAULT_PATH}", f"HOME={DEFAULT_HOME}"]}
-        if stdin:
-            arguments["input-data"] = base64.b64encode(stdin).decode()
-        pid = int((await self.execute("guest-exec", arguments))["pid"])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        interval = CAPTURED_FIRST_POLL
-        while True:
-            await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
-            status = await self.execute("guest-exec-status", {"pid": pid})
-            if status.get("exited"):
-                code = status.get("exitcode")
-                return ((code if code is not None else 128 + int(status.get("signal", 0))),
-                        base64.b64decode(status.get("out-data", "")), base64.b64decode(status.get("err-data", "")))
-            if loop.time() >= deadline:
-                with contextlib.suppress(GuestAgentError):
-                    await self._run_helper(KILL_SCRIPT, str(pid))
-                raise GuestAgentTimeout(f"guest command {argv[0]!r} did not finish within {timeout:g}s (killed)")
-            interval = min(interval * 1.5, CAPTURED_MAX_POLL)
+        pid = await start_captured(self, argv, stdin=stdin)
+        try:
+            return await wait_captured(self, pid, timeout)
+        except GuestAgentTimeout:
+            with contextlib.suppress(GuestAgentError):
+                await self._run_helper(KILL_SCRIPT, str(pid))
+            raise GuestAgentTimeout(f"guest command {argv[0]!r} did not finish within {timeout:g}s (killed)") from None
 
     async def exec_stream(
         self,
@@ -601,3 +586,35 @@ class GuestAgent:
                 await self._run_helper('rm -f "$@"', *paths)
             except GuestAgentError as exc:
                 log.warning("guest agent: could not delete %s: %s", " ".join(paths), exc)
+
+
+async def start_captured(agent: GuestAgent, argv: list[str], *, stdin: bytes | None = None) -> int:
+    """Start ``argv`` in the guest with its output captured by the agent (one guest-exec, PATH and HOME set); its
+    pid, for :func:`wait_captured`. Uses only ``agent.execute``."""
+    if not argv:
+        raise InvalidInput("exec needs a command")
+    arguments: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True,
+                                 "env": [f"PATH={DEFAULT_PATH}", f"HOME={DEFAULT_HOME}"]}
+    if stdin:
+        arguments["input-data"] = base64.b64encode(stdin).decode()
+    return int((await agent.execute("guest-exec", arguments))["pid"])
+
+
+async def wait_captured(agent: GuestAgent, pid: int, timeout: float, *, first_poll: float = CAPTURED_FIRST_POLL,
+                        growth: float = 1.5, max_poll: float = CAPTURED_MAX_POLL) -> tuple[int, bytes, bytes]:
+    """Wait for a command :func:`start_captured` started: (exit code, or 128 + the signal; stdout; stderr). The
+    status is asked after ``first_poll``, then at intervals growing by ``growth`` up to ``max_poll`` (every question
+    interrupts the guest); GuestAgentTimeout after ``timeout`` seconds (the command is left running)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    interval = first_poll
+    while True:
+        await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+        status = await agent.execute("guest-exec-status", {"pid": pid})
+        if status.get("exited"):
+            code = status.get("exitcode")
+            return ((code if code is not None else 128 + int(status.get("signal", 0))),
+                    base64.b64decode(status.get("out-data", "")), base64.b64decode(status.get("err-data", "")))
+        if loop.time() >= deadline:
+            raise GuestAgentTimeout(f"a guest command did not finish within {timeout:.0f}s")
+        interval = min(interval * growth, max_poll)

@@ -31,8 +31,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.engine.guest_agent import GuestAgent
-from corral.errors import EngineError, GuestAgentError, GuestAgentTimeout
+from corral.engine.guest_agent import GuestAgent, start_captured, wait_captured
+from corral.errors import EngineError, GuestAgentError
 
 #: Bytes of host randomness written into the guest's /dev/urandom.
 ENTROPY_BYTES = 256
@@ -205,30 +205,13 @@ def identity_args(hostname: str, mac: str | None, nic: str, host_key: HostKey | 
 
 async def start_script(agent: GuestAgent, script: str, args: list[str], *, stdin: bytes = b"") -> int:
     """Start a shell script in the guest with its output captured by the agent (one guest-exec); its pid."""
-    arguments: dict[str, object] = {
-        "path": "/bin/sh", "arg": ["-c", script, "sh", *args], "capture-output": True,
-        "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"]}
-    if stdin:
-        arguments["input-data"] = base64.b64encode(stdin).decode()
-    return int((await agent.execute("guest-exec", arguments))["pid"])
+    return await start_captured(agent, ["/bin/sh", "-c", script, "sh", *args], stdin=stdin or None)
 
 
 async def wait_script(agent: GuestAgent, pid: int, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
-    """Wait for a script :func:`start_script` started, asking every few milliseconds (no files, no clean-up
-    calls): (exit code, stdout, stderr)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    await asyncio.sleep(FIRST_POLL)
-    while True:
-        status = await agent.execute("guest-exec-status", {"pid": pid})
-        if status.get("exited"):
-            out = base64.b64decode(status.get("out-data", ""))
-            err = base64.b64decode(status.get("err-data", ""))
-            code = status.get("exitcode")
-            return (code if code is not None else 128 + int(status.get("signal", 0))), out, err
-        if loop.time() >= deadline:
-            raise GuestAgentTimeout(f"a guest command did not finish within {timeout:.0f}s")
-        await asyncio.sleep(POLL)
+    """Wait for a script :func:`start_script` started, asking after FIRST_POLL and then every POLL (no files, no
+    clean-up calls): (exit code, stdout, stderr)."""
+    return await wait_captured(agent, pid, timeout, first_poll=FIRST_POLL, growth=1.0, max_poll=POLL)
 
 
 async def run_script(agent: GuestAgent, script: str, args: list[str], *, stdin: bytes = b"",
