@@ -69,15 +69,18 @@ done
 """
 
 
+#: The keys in ``$keys`` authorized for root (shell builtins but for a first mkdir); exit 20 if they cannot be
+#: written. Part of every boot's provisioning, and of a template VM's identity command.
+AUTHORIZE_KEYS_SCRIPT = r"""
+umask 077
+[ -d /root/.ssh ] || mkdir -p /root/.ssh || exit 20
+printf '%s' "$keys" > /root/.ssh/authorized_keys || exit 20
+"""
+
 #: Every boot's provisioning in one guest command (each one costs the guest a fork and an exec): Corral's key and the
 #: spec's ($1) authorized for root, then with $2 = "pin" the host key printed (HOST_KEY_SCRIPT). Exit 20: the keys
 #: could not be written.
-PROVISION_SCRIPT = r"""
-umask 077
-[ -d /root/.ssh ] || mkdir -p /root/.ssh || exit 20
-printf '%s' "$1" > /root/.ssh/authorized_keys || exit 20
-[ "$2" = pin ] || exit 0
-""" + HOST_KEY_SCRIPT
+PROVISION_SCRIPT = 'keys=$1\n' + AUTHORIZE_KEYS_SCRIPT + '[ "$2" = pin ] || exit 0\n' + HOST_KEY_SCRIPT
 
 
 async def provision(agent: GuestAgent, spec: VMSpec, public_key: str, paths: VMPaths, port: int | None) -> str | None:

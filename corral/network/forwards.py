@@ -14,8 +14,9 @@ from corral.vm.spec import PortForward
 NETDEV = "net0"
 
 
-def add_command(f: PortForward) -> str:
-    return f"hostfwd_add {NETDEV} {f.proto}:{f.host_addr}:{f.host_port}-:{f.guest_port}"
+def add_command(f: PortForward, guest_addr: str = "") -> str:
+    """``guest_addr`` empty: the NAT's first guest address (10.0.2.15)."""
+    return f"hostfwd_add {NETDEV} {f.proto}:{f.host_addr}:{f.host_port}-{guest_addr}:{f.guest_port}"
 
 
 def remove_command(f: PortForward) -> str:
@@ -42,8 +43,8 @@ def check_remove_output(f: PortForward, output: str) -> bool:
     raise EngineError(f"QEMU could not remove the forward {f}: {text or 'no answer'}")
 
 
-async def add(monitor: Monitor, f: PortForward) -> None:
-    out = await monitor.execute("human-monitor-command", {"command-line": add_command(f)})
+async def add(monitor: Monitor, f: PortForward, guest_addr: str = "") -> None:
+    out = await monitor.execute("human-monitor-command", {"command-line": add_command(f, guest_addr)})
     check_add_output(f, str(out or ""))
 
 

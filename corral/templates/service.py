@@ -34,11 +34,12 @@ from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, InvalidInput, NotFound
 from corral.guest import identity, ssh
 from corral.images.boot import boot_source
+from corral.network import forwards
 from corral.paths import TEMPLATES_DIR, TemplatePaths, VMPaths
 from corral.store.db import TemplateRecord, VMRecord
 from corral.vm.machine import Machine, Origin
 from corral.vm.service import READY_TIMEOUT, VMService
-from corral.vm.spec import NAME_RE, VMSpec
+from corral.vm.spec import NAME_RE, PortForward, VMSpec
 from corral.vm.states import VMState
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,7 @@ BUILD_TIMEOUT = 300.0
 #: Run after the identity script, in the same guest command (builtins only): Corral's SSH key authorized for root
 #: (``$keys``), then the guest's boot_id, and OpenSSH's new host key if the guest has no dropbear (whose key the host
 #: made), printed for the host.
-PROVISION_SCRIPT = r"""
-umask 077
-[ -d /root/.ssh ] || mkdir -p /root/.ssh || exit 20
-printf '%s' "$keys" > /root/.ssh/authorized_keys || exit 20
+PROVISION_SCRIPT = ssh.AUTHORIZE_KEYS_SCRIPT + r"""
 read -r boot_id < /proc/sys/kernel/random/boot_id
 echo "boot_id $boot_id"
 if [ ! -d /etc/dropbear ] && [ -s /etc/ssh/ssh_host_ed25519_key.pub ]; then
@@ -402,17 +400,13 @@ class TemplateService:
         addr = v4[0]
         if addr == current:
             return
-        rules = [(f"tcp:{ssh.SSH_HOST}:{m.ssh_port}", 22, "tcp")] if m.ssh_port else []
-        rules += [(f"{f.proto}:{f.host_addr}:{f.host_port}", f.guest_port, f.proto) for f in rec.spec.ports]
-        for host, guest_port, _ in rules:
+        rules = [PortForward(host_addr=ssh.SSH_HOST, host_port=m.ssh_port, guest_port=22)] if m.ssh_port else []
+        for f in [*rules, *rec.spec.ports]:
             try:
-                await m.monitor.execute("human-monitor-command", {"command-line": f"hostfwd_remove net0 {host}"})
-                out = await m.monitor.execute("human-monitor-command",
-                                              {"command-line": f"hostfwd_add net0 {host}-{addr}:{guest_port}"})
-                if str(out or "").strip():
-                    raise EngineError(str(out).strip())
+                await forwards.remove(m.monitor, f)
+                await forwards.add(m.monitor, f, guest_addr=addr)
             except CorralError as exc:
-                self.vms.event(m.name, "port", f"could not point the forward {host} at {addr}: {exc.message}")
+                self.vms.event(m.name, "port", f"could not point the forward {f} at {addr}: {exc.message}")
                 return
         self.vms.event(m.name, "port", f"forwards pointed at the guest's address {addr} (QEMU's NAT, whose state "
                        "came from the template, leased it another one than the template's)", address=addr)

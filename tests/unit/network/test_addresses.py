@@ -40,6 +40,7 @@ def test_hosts_block_is_replaced_not_appended_twice() -> None:
 def test_hmp_commands_and_outputs() -> None:
     f = PortForward.parse("8080:80")
     assert forwards.add_command(f) == "hostfwd_add net0 tcp:127.0.0.1:8080-:80"
+    assert forwards.add_command(f, "10.0.2.16") == "hostfwd_add net0 tcp:127.0.0.1:8080-10.0.2.16:80"
     assert forwards.remove_command(f) == "hostfwd_remove net0 tcp:127.0.0.1:8080"
     forwards.check_add_output(f, "")
     with pytest.raises(Conflict):
