@@ -20,7 +20,7 @@ from corral.errors import ImageError
 from corral.images.archive import DebianArchive, Package, Progress, parse_relation
 from corral.images.artifacts import BuiltImage, SourcePackage
 
-BUILDER_VERSION = "6"
+BUILDER_VERSION = "7"
 SUITE = "bookworm"
 KERNEL_META = "linux-image-cloud-amd64"
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0 quiet loglevel=3 tsc=reliable no_timer_check i8042.noaux"
@@ -272,6 +272,9 @@ done
 read -r old < /etc/hostname
 if [ -n "$name" ] && [ "$name" != "$old" ]; then echo "$name" > /etc/hostname; else name="$old"; fi
 hostname "$name"
+# Here, before the agent starts, not in part 2: Corral adds its private networks' names to /etc/hosts once the agent
+# answers, and a rewrite behind its back would drop them.
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" > /etc/hosts
 exit 0
 """,
     ),
@@ -292,7 +295,6 @@ ip link set eth0 up 2>/dev/null && \
     udhcpc -i eth0 -f -S -p /run/udhcpc.eth0.pid -s /usr/share/udhcpc/default.script -x "hostname:$name" \
         >/dev/null 2>&1 &
 acpid -c /etc/acpi -l /dev/null
-printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" > /etc/hosts
 [ -s /etc/machine-id ] || tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
 read -r cmdline < /proc/cmdline
 root=/dev/vda
