@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (README): `make run` and `make test`.
-.PHONY: setup run test unit lint bench images clean-cache
+.PHONY: setup run test test-faults unit lint bench images clean-cache
 
 setup:
 	@scripts/setup.sh
@@ -13,7 +13,12 @@ test: setup
 	.venv/bin/mypy
 	.venv/bin/python -m pytest tests/unit -q
 	.venv/bin/python scripts/prepare_images.py tiny debian-12
-	.venv/bin/python -m pytest tests/integration -q -n 2 --dist loadgroup
+	.venv/bin/python -m pytest tests/integration tests/faults -m 'not soak' -q -n 2 --dist loadgroup
+
+# The whole fault and load suite (tests/faults): make test runs its quick part; this adds the long runs (soak).
+test-faults: setup
+	.venv/bin/python scripts/prepare_images.py tiny
+	.venv/bin/python -m pytest tests/faults -q -n 2 --dist loadgroup
 
 unit: setup
 	.venv/bin/python -m pytest tests/unit -q
