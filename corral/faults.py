@@ -33,11 +33,10 @@ POINTS: dict[str, str] = {
     "backup.before-index": "a backup's chunks stored, its index not yet written",
     "template.after-pause": "template create: the source VM stopped for the capture",
     "export.after-freeze": "export of a running VM: its disk frozen",
-    "disk.after-create": "disk add: the file made, no row yet",
+    "disk.after-plug": "disk add: the file made and hot-plugged, no row yet",
     "disk.resize.before-record": "disk resize: QEMU resized it, the store not yet",
     "suspend.during-save": "suspend: the machine state being written",
     "launch.after-spawn": "launch: QEMU spawned, the VM not yet ready",
-    "apply.between-vms": "fleet apply: some VMs changed, others not yet",
 }
 
 _armed = frozenset(n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip())

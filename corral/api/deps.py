@@ -11,6 +11,7 @@ from fastapi import Request
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
+from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
 from corral.portable.service import PortableService
 from corral.settings import Settings
@@ -38,6 +39,7 @@ class Services:
     templates: TemplateService | None = None
     balloon: BalloonService | None = None
     pools: PoolService | None = None  # warm pools (the daemon always has them)
+    recovery: Recovery | None = None  # what a dead daemon left mid-operation: finished or rolled back at start
 
 
 def using(svc: Services, name: str) -> contextlib.AbstractContextManager[None]:

@@ -32,10 +32,12 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from corral import faults
 from corral.backup import chunks, retention
 from corral.backup.models import (
     BackupIndex,
@@ -51,9 +53,11 @@ from corral.backup.repo import CorruptBackup, Repository
 from corral.backup.schedule import ScheduleStore, next_run
 from corral.engine import disk_backup
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
+from corral.operations.recovery import Outcome, Recovery
 from corral.paths import BACKUPS_DIR
 from corral.settings import Settings
 from corral.storage.service import StorageService
+from corral.store.db import OperationRecord, VMRecord
 from corral.vm.service import VMService
 from corral.vm.states import VMState
 
@@ -62,6 +66,15 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int | None], None]
 RUNNING = (VMState.RUNNING, VMState.PAUSED)
 AT_REST = (VMState.STOPPED, VMState.CRASHED, VMState.SUSPENDED)
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A backup copied and stored, its index not yet written."""
+
+    index: BackupIndex
+    keep_bitmap: bool
+    top_file: str
 
 
 def _noop(stage: str, done: int, total: int | None) -> None:
@@ -141,9 +154,23 @@ class BackupService:
         parent = history[-1] if history else None
         target = paths.backup_target(secrets.token_hex(4))
         state_file = paths.backup_bitmap
-        keep_bitmap = True
         for stale in paths.root.glob("backup-*.qcow2"):
             stale.unlink(missing_ok=True)  # left by a daemon that died mid-backup (we hold the VM's lock)
+        with self.vms.journal.run("backup", name, repo=str(r.path), files=[str(target)]):
+            made = await self._copy_and_store(name, rec, r, full, progress, parent, target, state_file, created, t0)
+            faults.point("backup.before-index")
+            await asyncio.to_thread(r.write_index, made.index)
+            if made.keep_bitmap:
+                state = {"repo": str(r.path), "backup": made.index.id, "top_file": made.top_file, "vm_id": rec.id}
+                await asyncio.to_thread(state_file.write_text, json.dumps(state) + "\n")
+        return made.index
+
+    async def _copy_and_store(self, name: str, rec: VMRecord, r: Repository, full: bool, progress: Progress,
+                              parent: BackupIndex | None, target: Path, state_file: Path, created: datetime,
+                              t0: float) -> _Made:
+        """Copy the disk into ``target`` (QEMU's backup job, or qemu-img for a VM at rest), then its chunks into the
+        repository; ``target`` is removed whatever happens. The index is not written yet."""
+        keep_bitmap = True
         try:
             if rec.state in RUNNING:
                 m = self.vms.machine(name)
@@ -154,9 +181,12 @@ class BackupService:
                 disk = await disk_backup.root_node(m.monitor)
                 reason = "--full asked" if full else self._why_full(disk, parent, state_file, r)
                 state_file.unlink(missing_ok=True)  # from here the bitmap matches no backup until this one is done
-                copied = await disk_backup.backup_to_target(
-                    m.monitor, disk, target, incremental=not reason,
-                    progress=lambda done, total: progress("copy", done, total or None))
+                def copying(done: int, total: int) -> None:
+                    faults.point("backup.during-copy")
+                    progress("copy", done, total or None)
+
+                copied = await disk_backup.backup_to_target(m.monitor, disk, target, incremental=not reason,
+                                                            progress=copying)
                 size, top_file = disk.virtual_size, disk.filename
             elif rec.state in AT_REST:
                 top = self.top_disk(name)
@@ -190,11 +220,7 @@ class BackupService:
             stored_bytes=stats["stored_bytes"], data_bytes=stats["data_bytes"],
             seconds=round(time.monotonic() - t0, 3), spec=rec.spec.model_dump(mode="json"), chunks=stats["chunks"],
         )
-        await asyncio.to_thread(r.write_index, index)
-        if keep_bitmap:
-            state = {"repo": str(r.path), "backup": index.id, "top_file": top_file, "vm_id": rec.id}
-            await asyncio.to_thread(state_file.write_text, json.dumps(state) + "\n")
-        return index
+        return _Made(index, keep_bitmap, top_file)
 
     def _why_full(self, disk: disk_backup.DiskNode, parent: BackupIndex | None, state_file: Path,
                   r: Repository) -> str:
@@ -221,6 +247,39 @@ class BackupService:
         if disk.virtual_size != parent.virtual_size:
             return "the disk's size changed"
         return ""
+
+    # ---------------------------------------------------------------------------------------------- recovery --
+    def register_recovery(self, recovery: Recovery) -> None:
+        recovery.kinds["backup"] = self._recover
+        recovery.sweepers.append(self._sweep)
+
+    async def _recover(self, op: OperationRecord) -> Outcome:
+        """A backup a dead daemon left: finished if its index was written, else rolled back (QEMU's job and target
+        node go with the sweep; the chunks it stored are shared, content-addressed, and `backup prune` keeps the
+        repository's garbage collected)."""
+        name = str(op.vm)
+        rec = self.vms.store.get_vm(name)
+        try:
+            r = await asyncio.to_thread(self.open_repo, str(op.data.get("repo")))
+            done = [i for i in await asyncio.to_thread(r.indexes)
+                    if rec is not None and i.vm_id == rec.id and i.created.timestamp() >= op.started_at - 1]
+        except CorralError:
+            done = []
+        if done:
+            return Outcome(True, f"backup {done[-1].id} recorded")
+        return Outcome(False, "no backup recorded")
+
+    async def _sweep(self) -> list[str]:
+        """What interrupted backups left: QEMU's backup jobs and target nodes, and the target files."""
+        removed = []
+        for rec in self.vms.store.list_vms():
+            m = self.vms.machine(rec.name)
+            if m is not None and m.monitor is not None and await disk_backup.sweep(m.monitor):
+                self.vms.event(rec.name, "backup", "removed the job and target of an interrupted backup from QEMU")
+            for stale in self.vms.paths(rec.name).root.glob("backup-*.qcow2"):
+                stale.unlink(missing_ok=True)
+                removed.append(str(stale))
+        return removed
 
     def top_disk(self, name: str) -> Path:
         """The top qcow2 of a stopped VM's root disk chain (what QEMU opens as the root disk)."""

@@ -30,11 +30,13 @@ from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
+from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
 from corral.portable.service import PortableService
 from corral.settings import Settings, load_settings
 from corral.storage import full
 from corral.storage.disks import DiskService
+from corral.storage.recovery import StorageRecovery
 from corral.storage.service import StorageService
 from corral.store.db import Store
 from corral.templates.service import TemplateService
@@ -80,12 +82,19 @@ def bind_socket(settings: Settings) -> socket.socket:
 def build_services(settings: Settings, store: Store, images: ImageStore) -> Services:
     """Every domain service, composed over the VM service: the one place they are wired together."""
     vms = VMService(settings, store, images)
+    recovery = Recovery(vms, vms.journal)
     storage = StorageService(vms)
     templates = TemplateService(vms)
+    backups = BackupService(vms, settings, storage)
+    StorageRecovery(storage).register(recovery)
+    disks = DiskService(vms)
+    for service in (templates, backups, disks):
+        service.register_recovery(recovery)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                    portable=PortableService(storage), disks=DiskService(vms),
-                    backups=BackupService(vms, settings, storage), idle=IdleService(vms, settings.idle_interval),
-                    templates=templates, pools=PoolService(templates), balloon=BalloonService(vms))
+                    portable=PortableService(storage), disks=disks,
+                    backups=backups, idle=IdleService(vms, settings.idle_interval),
+                    templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
+                    recovery=recovery)
 
 
 async def serve(settings: Settings) -> None:
@@ -93,13 +102,14 @@ async def serve(settings: Settings) -> None:
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
     svc = build_services(settings, store, images)
-    vms, backups, idle, pools = svc.vms, svc.backups, svc.idle, svc.pools
-    assert backups is not None and idle is not None and pools is not None
+    vms, backups, idle, pools, recovery = svc.vms, svc.backups, svc.idle, svc.pools, svc.recovery
+    assert backups is not None and idle is not None and pools is not None and recovery is not None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         vms.event(None, "daemon", f"corrald started (pid {os.getpid()})")
         await vms.recover()
+        await recovery.run()  # operations a dead daemon left half done: finished or rolled back, then swept
         housekeeping = asyncio.create_task(_housekeeping(vms))
         expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
         disk_full = asyncio.create_task(_disk_full(vms))

@@ -114,7 +114,7 @@ async def sweep(monitor: Monitor) -> int:
     removed = 0
     for job in await monitor.execute("query-jobs"):
         if str(job.get("id", "")).startswith("corral-backup-"):
-            await _cancel_job(monitor, str(job["id"]))
+            await cancel_job(monitor, str(job["id"]))
             removed += 1
     for node in await monitor.execute("query-named-block-nodes", {"flat": True}):
         name = str(node.get("node-name", ""))
@@ -166,7 +166,7 @@ async def backup_to_target(
         copied = await _wait_job(monitor, job, progress, timeout)
     except BaseException:
         if added:
-            await _cancel_job(monitor, job)
+            await cancel_job(monitor, job)
         raise
     finally:
         if added:
@@ -198,7 +198,7 @@ async def _wait_job(monitor: Monitor, job: str, progress: Callable[[int, int], N
         await asyncio.sleep(0.2)
 
 
-async def _cancel_job(monitor: Monitor, job: str) -> None:
+async def cancel_job(monitor: Monitor, job: str) -> None:
     try:
         jobs = await monitor.execute("query-jobs")
         info = next((j for j in jobs if j.get("id") == job), None)

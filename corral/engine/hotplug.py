@@ -121,3 +121,17 @@ async def resize(monitor: Monitor, disk: str, size: int) -> None:
 async def set_limits(monitor: Monitor, disk: str, limits: dict[str, int]) -> None:
     """Change the disk's I/O limits at once: every field is set (0 = unlimited), so removed limits go away."""
     await monitor.execute("qom-set", {"path": DiskNodes.of(disk).group, "property": "limits", "value": limits})
+
+
+async def is_plugged(monitor: Monitor, disk: str) -> bool:
+    """Is the device of ``disk`` in the running VM (hot-plugged, or on its command line)?"""
+    return await _device_present(monitor, DiskNodes.of(disk).device)
+
+
+async def virtual_size(monitor: Monitor, disk: str) -> int:
+    """The size the running QEMU sees for ``disk``, in bytes."""
+    top = DiskNodes.of(disk).top
+    for n in await monitor.execute("query-named-block-nodes", {"flat": True}):
+        if n.get("node-name") == top:
+            return int(n["image"]["virtual-size"])
+    raise MonitorError(f"disk '{disk}' is not in the block graph of '{monitor.name}'")

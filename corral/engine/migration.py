@@ -94,6 +94,10 @@ async def _set_capabilities(monitor: Monitor, capabilities: dict[str, bool] | No
             {"capability": k, "state": v} for k, v in capabilities.items()]})
 
 
+#: Migration states in which a save is still under way.
+ACTIVE = frozenset({"setup", "active", "pre-switchover", "device", "cancelling", "wait-unplug", "postcopy-active"})
+
+
 async def save_state(monitor: Monitor, path: Path, *, was_running: bool, timeout: float = 600.0,
                      capabilities: dict[str, bool] | None = None) -> Transfer:
     """Write the machine state (memory and devices) of the QEMU behind ``monitor`` to ``path``.
@@ -132,6 +136,22 @@ async def save_state(monitor: Monitor, path: Path, *, was_running: bool, timeout
         raise MigrationError(f"saving the state of '{monitor.name}' failed: "
                              f"{getattr(exc, 'message', None) or exc}") from exc
     return Transfer(path.stat().st_size, time.monotonic() - t0)
+
+
+async def cancel(monitor: Monitor, timeout: float = 10.0) -> None:
+    """Cancel a state save under way (one a dead daemon started goes on inside QEMU) and wait until QEMU says
+    it is over; nothing happens if none runs."""
+    info = await monitor.execute("query-migrate")
+    if info.get("status") not in ACTIVE:
+        return
+    with contextlib.suppress(MonitorError):
+        await monitor.execute("migrate_cancel")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await monitor.execute("query-migrate")).get("status") not in ACTIVE:
+            return
+        await asyncio.sleep(0.05)
+    raise MigrationError(f"the state save of '{monitor.name}' did not stop within {timeout:g}s")
 
 
 async def load_state(monitor: Monitor, path: Path, *, alive: Callable[[], bool] | None = None,

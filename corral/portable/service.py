@@ -28,12 +28,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from corral import faults
 from corral import paths as P
 from corral.engine import qemu_img
 from corral.errors import Conflict, CorralError, InvalidInput, NotFound
 from corral.images.artifacts import Manifest, sha256_file
 from corral.images.boot import VM_EFI_VARS
 from corral.images.inspect import inspect
+from corral.operations import journal
 from corral.portable import archive
 from corral.portable.archive import ArchiveError, ArchiveProgress, Member
 from corral.storage import check as image_check
@@ -100,24 +102,28 @@ class PortableService:
                                f"contents would change while they are copied): `corral stop {name}` first")
             tmp_state: Path | None = None
             frozen: LayerRecord | None = None
-            try:
-                if live:
-                    if state:
-                        self.storage.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                        tmp_state = self.storage.dir / f".export-{secrets.token_hex(4)}.state"
-                    frozen, _ = await self.storage._freeze_top(rec, state_file=tmp_state)
-                    top = frozen
-                else:
-                    top = self.storage._adopt(rec)
-                    if state:
-                        tmp_state = self.vms.paths(name).state_file
-                members, meta = self._describe(self.vms.get(name), top, tmp_state)
-                manifest = await asyncio.to_thread(archive.write, dest, members, meta, progress)
-            finally:
-                if tmp_state is not None and live:
-                    tmp_state.unlink(missing_ok=True)
-                if frozen is not None:
-                    await self._merge_back(name, frozen)
+            partial = dest.with_name(dest.name + ".partial")
+            with self.vms.journal.run("export", name, path=str(dest), files=[str(partial)]):
+                try:
+                    if live:
+                        if state:
+                            self.storage.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                            tmp_state = self.storage.dir / f".export-{secrets.token_hex(4)}.state"
+                            journal.current().add("files", str(tmp_state))
+                        frozen, _ = await self.storage._freeze_top(rec, state_file=tmp_state)
+                        faults.point("export.after-freeze")
+                        top = frozen
+                    else:
+                        top = self.storage._adopt(rec)
+                        if state:
+                            tmp_state = self.vms.paths(name).state_file
+                    members, meta = self._describe(self.vms.get(name), top, tmp_state)
+                    manifest = await asyncio.to_thread(archive.write, dest, members, meta, progress)
+                finally:
+                    if tmp_state is not None and live:
+                        tmp_state.unlink(missing_ok=True)
+                    if frozen is not None:
+                        await self._merge_back(name, frozen)
             size = dest.stat().st_size
             self.vms.event(name, "export", f"exported to {dest} ({size >> 20} MiB, {len(meta['layers'])} layer(s), "
                            f"{len(meta['snapshots'])} snapshot(s){', machine state' if tmp_state else ''})",

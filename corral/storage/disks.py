@@ -14,6 +14,7 @@ release in time: say so, try again); the old size (``resize``); the old limits (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Mapping
@@ -21,13 +22,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from corral import faults
 from corral.engine import hotplug, qemu_img
 from corral.engine.cmdline import HOTPLUG_PORTS, DiskAttachment
 from corral.engine.monitor import Monitor
 from corral.errors import CapacityError, Conflict, EngineError, InvalidInput, NotFound, StateError
+from corral.operations.recovery import Outcome, Recovery
 from corral.storage import check, throttle
 from corral.storage.check import CheckResult
-from corral.store.db import DiskRecord, VMRecord
+from corral.store.db import DiskRecord, OperationRecord, VMRecord
 from corral.vm.sizes import format_size
 from corral.vm.states import VMState
 
@@ -113,6 +116,40 @@ class DiskService:
             return "hot-plugged, the guest has it"
         return "hot-plugged"
 
+    # ---------------------------------------------------------------------------------------------- recovery --
+    def register_recovery(self, recovery: Recovery) -> None:
+        recovery.kinds.update({"disk": self._recover_add, "disk-resize": self._recover_resize})
+
+    async def _recover_add(self, op: OperationRecord) -> Outcome:
+        """A disk add a dead daemon left: finished (its row written) if the VM's QEMU has the disk plugged in (the
+        guest may already use it), else rolled back (its file is removed with the journal's ``files``)."""
+        d = DiskRecord(**op.data["disk"])
+        if self.store.get_disk(d.vm, d.name) is not None:
+            return Outcome(True, f"disk '{d.name}' added")
+        m = self.vms.machine(d.vm)
+        if d.port is not None and m is not None and m.monitor is not None and \
+                await hotplug.is_plugged(m.monitor, d.name):
+            self.store.insert_disk(d)
+            return Outcome(True, f"disk '{d.name}' added (QEMU had it plugged in)")
+        return Outcome(False, f"disk '{d.name}' not added")
+
+    async def _recover_resize(self, op: OperationRecord) -> Outcome:
+        """A resize a dead daemon left: the store takes the size the image really has now."""
+        name, want = str(op.data["disk"]), int(op.data["size"])
+        d = self.store.get_disk(str(op.vm), name)
+        if d is None:
+            return Outcome(False, f"disk '{name}' is gone")
+        m = self.vms.machine(d.vm)
+        if d.attached and m is not None and m.monitor is not None:
+            size = await hotplug.virtual_size(m.monitor, name)
+        else:
+            size = int((await qemu_img.info(Path(d.file)))["virtual-size"])
+        if size != d.size:
+            self.store.update_disk(replace(d, size=size))
+        if size == want:
+            return Outcome(True, f"disk '{name}' is {format_size(size)}")
+        return Outcome(False, f"disk '{name}' stays {format_size(size)}")
+
     def _lock(self, vm: str) -> asyncio.Lock:
         return self.vms._lock(vm)  # the VM's own operation lock: disk changes never race a start or a stop
 
@@ -144,14 +181,16 @@ class DiskService:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             d = DiskRecord(vm=vm, name=name, file=str(path), size=size, serial=name, created_at=time.time(),
                            limits=new_limits, port=port)
-            try:
-                await qemu_img.create(path, size)
-                if monitor is not None:
-                    await self._plug(monitor, vm, d)
-                self.store.insert_disk(d)
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
+            with self.vms.journal.run("disk", vm, disk=dataclasses.asdict(d), files=[str(path)]):
+                try:
+                    await qemu_img.create(path, size)
+                    if monitor is not None:
+                        await self._plug(monitor, vm, d)
+                        faults.point("disk.after-plug")
+                    self.store.insert_disk(d)
+                except BaseException:
+                    path.unlink(missing_ok=True)
+                    raise
             how = await self._taken_up(monitor, rec, name) if monitor else "attached"
             self.vms.event(vm, "disk", f"disk '{name}' added ({format_size(size)}, {how}, "
                            f"limits {throttle.describe(new_limits)})", disk=name, size=size, limits=new_limits)
@@ -230,12 +269,14 @@ class DiskService:
             rec = self.vms.get(vm)
             monitor = self._monitor(rec, "resize its disk") if d.attached else None
             self.vms.check_quotas(rec.spec, self.vms.disk_size(rec.spec) + size - d.size)
-            if monitor is not None:
-                await hotplug.resize(monitor, name, size)
-            else:
-                await qemu_img.resize(Path(d.file), size)
-            new = replace(d, size=size)
-            self.store.update_disk(new)
+            with self.vms.journal.run("disk-resize", vm, disk=name, size=size):
+                if monitor is not None:
+                    await hotplug.resize(monitor, name, size)
+                else:
+                    await qemu_img.resize(Path(d.file), size)
+                faults.point("disk.resize.before-record")
+                new = replace(d, size=size)
+                self.store.update_disk(new)
             self.vms.event(vm, "disk", f"disk '{name}' grown {format_size(d.size)} -> {format_size(size)}"
                            f"{' online' if monitor else ''}", disk=name, old=d.size, new=size)
             return new

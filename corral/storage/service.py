@@ -36,6 +36,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from corral import faults
 from corral import paths as P
 from corral.engine import blockjobs, migration, qemu_img
 from corral.engine.blockjobs import inode
@@ -43,6 +44,7 @@ from corral.engine.cmdline import BootSource
 from corral.engine.guest_agent import GuestAgent
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
 from corral.guest.identity import reset_identity
+from corral.operations import journal
 from corral.paths import TemplatePaths
 from corral.storage import qcow2
 from corral.storage.chain import Chain, ChainLayer
@@ -260,6 +262,7 @@ class StorageService:
             note = ["file systems not frozen: the guest agent is not ready"]
         elif wanted:
             asked = True
+            journal.current().note(frozen=True)
             try:
                 n = await m.agent.execute("guest-fsfreeze-freeze", timeout=FREEZE_TIMEOUT)
                 note = [f"{n} file system(s) frozen"]
@@ -271,6 +274,7 @@ class StorageService:
             if asked:  # thaw even after a failed freeze: it may have frozen some, or may yet act on it
                 try:
                     await m.agent.execute("guest-fsfreeze-thaw", timeout=THAW_TIMEOUT)
+                    journal.current().note(frozen=None)
                 except CorralError as exc:
                     log.warning("%s: thawing the guest's file systems failed: %s", m.name, exc.message)
                     self.vms.spawn_background(self._thaw_later(m), f"thaw-{m.name}")
@@ -300,12 +304,24 @@ class StorageService:
                              sorted(s.value for s in (*LIVE_DISK, *OFFLINE_DISK)))
         m = self._machine(rec.name) if rec.state in LIVE_DISK else None
         old = self._adopt(rec)
-        new_id, new_path = await self._create_layer(Path(old.path))
+        op = journal.current()
+        new_id, new_path = self._new_path()
+        # Written down before the file exists: a daemon dying from here on leaves a disk between two tops, settled
+        # at the next start by :meth:`_recover_overlay` (adopted if QEMU writes into it, else removed).
+        overlay = {"vm": rec.name, "old": old.id, "new": new_id, "path": str(new_path), "live": m is not None}
+        op.note(overlay=overlay)
+        try:
+            await qemu_img.create_layer(new_path, Path(old.path), qcow2.virtual_size(Path(old.path)))
+        except BaseException:
+            new_path.unlink(missing_ok=True)
+            op.note(overlay=None)
+            raise
 
         def commit() -> None:
             self.store.update_layer(old.id, purpose="frozen")
             self.store.insert_layer(LayerRecord(new_id, str(new_path), old.id, None, rec.name, "top", time.time()))
             self._point_disk(rec.name)
+            op.note(overlay=overlay | {"committed": True})
 
         if m is None:
             commit()
@@ -318,6 +334,7 @@ class StorageService:
             await blockjobs.add_overlay(monitor, node, new_path)
         except BaseException:
             new_path.unlink(missing_ok=True)
+            op.note(overlay=None)
             raise
         async def freeze() -> None:
             """The new overlay takes the top's place; if that fails, it is removed and the top goes on as it was."""
@@ -326,23 +343,33 @@ class StorageService:
             except BaseException:
                 await blockjobs.remove_node(monitor, node)
                 new_path.unlink(missing_ok=True)
+                op.note(overlay=None)
                 raise
+            faults.point("snapshot.after-overlay")
 
         if state_file is None:
             async with self._fs_frozen(m, fsfreeze) as note:
+                faults.point("snapshot.after-freeze")
                 await freeze()
             commit()
             return old, note[0]
         # Whole machine: vCPUs stopped, disk frozen and memory saved at the same instant, then the VM runs on.
         was_running = rec.state == VMState.RUNNING
+        if was_running:
+            op.note(paused=True)
         await monitor.execute("stop")
         try:
+            faults.point("snapshot.memory-paused")
             await freeze()
             commit()
+            op.add("files", str(state_file.with_name(state_file.name + ".partial")))
+            op.note(migrating=True)
             saved = await migration.save_state(monitor, state_file, was_running=False)
+            op.note(migrating=None)
         finally:
             if was_running:
                 await monitor.execute("cont")  # from postmigrate too: QEMU takes its disks back
+                op.note(paused=None)
         return old, f"machine state saved ({saved.size >> 20} MiB in {saved.seconds:.1f}s)"
 
     # -------------------------------------------------------------------------------------------- snapshots --
@@ -390,15 +417,24 @@ class StorageService:
             state_file = self.dir / f"{snap_id}.state" if memory else None
             if state_file is not None:
                 self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            frozen, note = await self._freeze_top(rec, fsfreeze=freeze, state_file=state_file)
-            snap = SnapshotRecord(snap_id, vm, name, self.store.current_snapshot(vm), frozen.id,
-                                  str(state_file) if state_file else None, note, time.time())
-            self.store.insert_snapshot(snap)
-            self.store.set_current_snapshot(vm, snap_id)
+            with self.vms.journal.run("snapshot", vm, snapshot=name, id=snap_id,
+                                      state_file=str(state_file) if state_file else None) as op:
+                if state_file is not None:
+                    op.add("files", str(state_file))
+                frozen, note = await self._freeze_top(rec, fsfreeze=freeze, state_file=state_file)
+                faults.point("snapshot.before-record")
+                self._record_snapshot(vm, name, snap_id, frozen.id, state_file, note)
             kind = "whole-machine" if memory else "disk"
             self.vms.event(vm, "snapshot", f"{kind} snapshot '{name}' taken ({note})", snapshot=name,
                            memory=memory, note=note, layer=frozen.id)
         return next(v for v in self.list_snapshots(vm) if v.rec.id == snap_id)
+
+    def _record_snapshot(self, vm: str, name: str, snap_id: str, layer: str, state_file: Path | None,
+                         note: str) -> None:
+        snap = SnapshotRecord(snap_id, vm, name, self.store.current_snapshot(vm), layer,
+                              str(state_file) if state_file else None, note, time.time())
+        self.store.insert_snapshot(snap)
+        self.store.set_current_snapshot(vm, snap_id)
 
     async def revert(self, vm: str, name: str, *, force: bool = False) -> VMRecord:
         """Put the VM back to snapshot ``name``: its disk (a new empty top on the snapshot's layer) and, for a
@@ -412,27 +448,35 @@ class StorageService:
             if rec.state not in (VMState.STOPPED, VMState.CRASHED) and not force:
                 raise Conflict(f"VM '{vm}' is {rec.state}: reverting to '{name}' discards its current state; stop "
                                f"it first (`corral stop {vm}`) or pass --force")
-            if rec.state in LIVE_DISK:
-                await self._quit(self._machine(vm))
-            elif rec.state == VMState.SUSPENDED:
-                self.vms.paths(vm).state_file.unlink(missing_ok=True)
-                await self.vms._set_state(vm, VMState.STOPPED, f"saved state discarded: reverting to '{name}'")
-            old = self._adopt(rec)
-            new_id, new_path = await self._create_layer(Path(self._layer(snap.layer).path))
-            self.store.delete_layer(old.id)
-            self.store.insert_layer(LayerRecord(new_id, str(new_path), snap.layer, None, vm, "top", time.time()))
-            self._remove_file(old, vm)
-            self._point_disk(vm)
-            self.store.set_current_snapshot(vm, snap.id)
-            self._collect()
-            self.vms.event(vm, "snapshot", f"reverted to snapshot '{name}'", snapshot=name)
-            if snap.state_file:
-                state = self.vms.paths(vm).state_file
-                state.unlink(missing_ok=True)
-                os.link(snap.state_file, state)  # the load removes this name; the snapshot keeps its own
-                await self.vms._set_state(vm, VMState.SUSPENDED, f"reverted to whole-machine snapshot '{name}'")
-                await self.vms._start(vm)
-            return self.vms.get(vm)
+            with self.vms.journal.run("revert", vm, snapshot=name):
+                return await self._revert(rec, snap)
+
+    async def _revert(self, rec: VMRecord, snap: SnapshotRecord) -> VMRecord:
+        """The revert itself, under the VM's lock. Each step can be done again: a revert a crash interrupted is
+        finished at the next start by doing it once more (corral.storage.recovery)."""
+        vm, name = rec.name, snap.name
+        if rec.state in LIVE_DISK:
+            await self._quit(self._machine(vm))
+            faults.point("revert.after-quit")
+        elif rec.state == VMState.SUSPENDED:
+            self.vms.paths(vm).state_file.unlink(missing_ok=True)
+            await self.vms._set_state(vm, VMState.STOPPED, f"saved state discarded: reverting to '{name}'")
+        old = self._adopt(rec)
+        new_id, new_path = await self._create_layer(Path(self._layer(snap.layer).path))
+        self.store.delete_layer(old.id)
+        self.store.insert_layer(LayerRecord(new_id, str(new_path), snap.layer, None, vm, "top", time.time()))
+        self._remove_file(old, vm)
+        self._point_disk(vm)
+        self.store.set_current_snapshot(vm, snap.id)
+        self._collect()
+        self.vms.event(vm, "snapshot", f"reverted to snapshot '{name}'", snapshot=name)
+        if snap.state_file:
+            state = self.vms.paths(vm).state_file
+            state.unlink(missing_ok=True)
+            os.link(snap.state_file, state)  # the load removes this name; the snapshot keeps its own
+            await self.vms._set_state(vm, VMState.SUSPENDED, f"reverted to whole-machine snapshot '{name}'")
+            await self.vms._start(vm)
+        return self.vms.get(vm)
 
     async def _quit(self, m: Machine) -> None:
         """End the VM's QEMU at once, its state discarded, but its images closed cleanly (flushed), unlike a kill."""
@@ -532,26 +576,10 @@ class StorageService:
             self.vms._creating[new] = spec
             t0 = time.monotonic()
             try:
-                try:
-                    top = await (self._full(rec, snap, new, progress) if full else self._linked(rec, snap, new))
-                except CorralError as exc:
-                    self.vms.event(src, "clone", f"clone '{new}' failed: {exc.message}", result="error", clone=new)
-                    raise
-                try:
-                    paths.root.parent.mkdir(parents=True, exist_ok=True)
-                    paths.root.mkdir(mode=0o700)
-                    paths.identity_reset.write_text(f"cloned from {src}\n")
-                    mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-                    clone = VMRecord(spec=spec, id=str(uuid.uuid4()), state=VMState.STOPPED, state_reason="",
-                                     mac=mac, created_at=time.time(), last_exit_reason="", restart_count=0)
-                    self.store.insert_vm(clone)
-                    self.store.insert_layer(top)
-                    self._point_disk(new)
-                except BaseException:
-                    self.store.delete_vm(new)
-                    Path(top.path).unlink(missing_ok=True)
-                    shutil.rmtree(paths.root, ignore_errors=True)
-                    raise
+                with self.vms.journal.run("clone", src, clone=new, full=full, dirs=[str(paths.root)]):
+                    top = await self._clone_disk(rec, snap, new, full, progress)
+                    faults.point("clone.before-record")
+                    self._record_clone(src, spec, paths, top)
             finally:
                 self.vms._creating.pop(new, None)
             kind = "full" if full else "linked"
@@ -562,6 +590,32 @@ class StorageService:
                            snapshot=snapshot, spec=spec.model_dump(mode="json"))
             return self.vms.get(new)
 
+    async def _clone_disk(self, src: VMRecord, snap: SnapshotRecord | None, new: str, full: bool,
+                          progress: Progress | None) -> LayerRecord:
+        try:
+            return await (self._full(src, snap, new, progress) if full else self._linked(src, snap, new))
+        except CorralError as exc:
+            self.vms.event(src.name, "clone", f"clone '{new}' failed: {exc.message}", result="error", clone=new)
+            raise
+
+    def _record_clone(self, src: str, spec: VMSpec, paths: P.VMPaths, top: LayerRecord) -> None:
+        """The clone's directory and rows, its disk made; if this fails, nothing of the clone is left."""
+        try:
+            paths.root.parent.mkdir(parents=True, exist_ok=True)
+            paths.root.mkdir(mode=0o700)
+            paths.identity_reset.write_text(f"cloned from {src}\n")
+            mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+            clone = VMRecord(spec=spec, id=str(uuid.uuid4()), state=VMState.STOPPED, state_reason="",
+                             mac=mac, created_at=time.time(), last_exit_reason="", restart_count=0)
+            self.store.insert_vm(clone)
+            self.store.insert_layer(top)
+            self._point_disk(spec.name)
+        except BaseException:
+            self.store.delete_vm(spec.name)
+            Path(top.path).unlink(missing_ok=True)
+            shutil.rmtree(paths.root, ignore_errors=True)
+            raise
+
     async def _linked(self, src: VMRecord, snap: SnapshotRecord | None, new: str) -> LayerRecord:
         if snap is not None:
             base = self._layer(snap.layer)
@@ -570,6 +624,7 @@ class StorageService:
         else:
             base = (await self._freeze_top(src))[0]
         id_, path = await self._create_layer(Path(base.path))
+        journal.current().add("files", str(path))
         return LayerRecord(id_, str(path), base.id, None, new, "top", time.time())
 
     def _unchanged_since_freeze(self, src: VMRecord) -> LayerRecord | None:
@@ -586,6 +641,7 @@ class StorageService:
     async def _full(self, src: VMRecord, snap: SnapshotRecord | None, new: str,
                     progress: Progress | None) -> LayerRecord:
         id_, path = self._new_path()
+        journal.current().add("files", str(path))
         try:
             if snap is not None:  # a frozen layer: nobody writes it
                 await qemu_img.convert(Path(self._layer(snap.layer).path), path, progress)
@@ -609,10 +665,15 @@ class StorageService:
                     if blockjobs.ROOT_DEVICE in str(d.get("qdev", "")) and "inserted" in d)
         await qemu_img.create(path, size)
         node, job = f"c-{id_}", f"clone-{id_}"
+        op = journal.current()
+        op.add("nodes", node)
         await blockjobs.add_target(monitor, node, path)
         try:
             async with self._fs_frozen(m, True):
+                op.add("jobs", job)
                 await blockjobs.start_backup(monitor, job, top, node)  # the point in time: file systems frozen
+                faults.point("clone.after-freeze")
+            faults.point("clone.during-copy")
             await blockjobs.wait_job(monitor, job, None if progress is None else
                                      lambda done, total: progress(100.0 * done / total if total else 0.0))
         finally:

@@ -23,6 +23,8 @@ Tables:
                   (image, vCPUs, memory MiB, disk bytes), creation time and size on disk
     template_vms  one row per VM made from a template (deleted with the VM); ``fresh`` = 1 until its first start
                   has loaded the template's state (later starts boot from its disk)
+    operations    the journal of long operations under way (corral.operations): kind, VM, start time and what the
+                  operation did so far (JSON); a row left at start-up is an operation a dead daemon did not finish
 """
 
 from __future__ import annotations
@@ -141,6 +143,13 @@ CREATE TABLE IF NOT EXISTS templates (
     disk INTEGER NOT NULL,
     created_at REAL NOT NULL,
     size INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS operations (
+    id TEXT PRIMARY KEY,
+    vm TEXT,
+    kind TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS template_vms (
     vm TEXT PRIMARY KEY REFERENCES vms(name) ON DELETE CASCADE,
@@ -261,10 +270,19 @@ class SnapshotRecord:
     created_at: float
 
 
+@dataclass
+class OperationRecord:
+    id: str
+    vm: str | None
+    kind: str
+    started_at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 #: Every (table, column) holding a VM's name, besides vms.name: what :meth:`Store.rename_vm` moves. Tables of other
 #: modules (backup schedules, pool members) are listed too and skipped where they do not exist.
 VM_NAME_COLUMNS = (("runtime", "name"), ("events", "vm"), ("attachments", "vm"), ("disks", "vm"), ("layers", "vm"),
-                   ("snapshots", "vm"), ("snapshot_current", "vm"), ("template_vms", "vm"),
+                   ("snapshots", "vm"), ("snapshot_current", "vm"), ("template_vms", "vm"), ("operations", "vm"),
                    ("backup_schedules", "vm"), ("pool_members", "vm"))
 
 #: Columns added to tables after their first release (ALTER TABLE on open), table -> column -> declaration.
@@ -624,6 +642,18 @@ class Store:
     def template_users(self, template: str) -> list[str]:
         return [r["vm"] for r in self._db.execute(
             "SELECT vm FROM template_vms WHERE template = ? ORDER BY vm", (template,))]
+
+    # --- the operations journal (corral.operations) ------------------------------------------------------------
+    def put_operation(self, rec: OperationRecord) -> None:
+        self._db.execute("INSERT OR REPLACE INTO operations (id, vm, kind, started_at, data) VALUES (?,?,?,?,?)",
+                         (rec.id, rec.vm, rec.kind, rec.started_at, json.dumps(rec.data)))
+
+    def delete_operation(self, id_: str) -> None:
+        self._db.execute("DELETE FROM operations WHERE id = ?", (id_,))
+
+    def list_operations(self) -> list[OperationRecord]:
+        return [OperationRecord(r["id"], r["vm"], r["kind"], r["started_at"], json.loads(r["data"]))
+                for r in self._db.execute("SELECT * FROM operations ORDER BY started_at")]
 
     # --- renaming ---------------------------------------------------------------------------------------------
     def rename_vm(self, old: str, new: str, spec: VMSpec) -> None:

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from corral import faults
 from corral.engine import guest_channel, migration, process, qemu_img
 from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv
 from corral.engine.monitor import Monitor, MonitorError
@@ -35,8 +36,10 @@ from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, I
 from corral.guest import identity, ssh
 from corral.images.boot import boot_source
 from corral.network import forwards
+from corral.operations import journal
+from corral.operations.recovery import Outcome, Recovery
 from corral.paths import TEMPLATES_DIR, TemplatePaths, VMPaths
-from corral.store.db import TemplateRecord, VMRecord
+from corral.store.db import OperationRecord, TemplateRecord, VMRecord
 from corral.vm.machine import Machine, Origin
 from corral.vm.service import READY_TIMEOUT, VMService
 from corral.vm.spec import NAME_RE, PortForward, VMSpec
@@ -131,26 +134,35 @@ class TemplateService:
             work.root.mkdir(mode=0o700)
             full_state = work.root / "full-state.bin"
             t0 = time.monotonic()
+            op = self.vms.journal.run("template", source, template=name, dirs=[str(work.root)])
             try:
-                channel = await self._capture(rec, work, full_state)
-                disk_info = await qemu_img.info(work.disk)
-                await self._build(spec, rec, work, full_state, channel)
-                full_state.unlink()
-                tpl = TemplateRecord(name=name, source=source, image=spec.image, vcpus=spec.vcpus,
-                                     memory=spec.memory, disk=int(disk_info["virtual-size"]), created_at=time.time(),
-                                     channel=channel)
-                work.spec.write_text(json.dumps(dataclasses.asdict(tpl), indent=2) + "\n")
-                work.disk.chmod(0o444)
-                work.state.chmod(0o444)
-                work.memory.chmod(0o600)  # QEMU opens it read-write even for a private (copy-on-write) mapping
-                tpl = dataclasses.replace(tpl, size=sum(p.stat().st_blocks * 512 for p in work.root.iterdir()))
-                os.rename(work.root, final.root)
+                with op:
+                    tpl = await self._make(name, source, rec, spec, work, full_state)
             except BaseException:
                 shutil.rmtree(work.root, ignore_errors=True)
                 raise
             self.store.insert_template(tpl)
         self.vms.event(source, "template", f"captured as template '{name}' in {time.monotonic() - t0:.1f}s "
                        f"({tpl.size >> 20} MiB on disk)", template=name)
+        return tpl
+
+    async def _make(self, name: str, source: str, rec: VMRecord, spec: VMSpec, work: TemplatePaths,
+                    full_state: Path) -> TemplateRecord:
+        """Capture, build and move the template into place; the caller removes ``work`` if this fails."""
+        final = self.paths(name)
+        channel = await self._capture(rec, work, full_state)
+        disk_info = await qemu_img.info(work.disk)
+        await self._build(spec, rec, work, full_state, channel)
+        full_state.unlink()
+        tpl = TemplateRecord(name=name, source=source, image=spec.image, vcpus=spec.vcpus,
+                             memory=spec.memory, disk=int(disk_info["virtual-size"]), created_at=time.time(),
+                             channel=channel)
+        work.spec.write_text(json.dumps(dataclasses.asdict(tpl), indent=2) + "\n")
+        work.disk.chmod(0o444)
+        work.state.chmod(0o444)
+        work.memory.chmod(0o600)  # QEMU opens it read-write even for a private (copy-on-write) mapping
+        tpl = dataclasses.replace(tpl, size=sum(p.stat().st_blocks * 512 for p in work.root.iterdir()))
+        os.rename(work.root, final.root)
         return tpl
 
     def _check_source(self, rec: VMRecord) -> VMSpec:
@@ -190,8 +202,12 @@ class TemplateService:
             if m is None or m.monitor is None or self.vms.get(rec.name).state != VMState.RUNNING:
                 raise Conflict(f"VM '{rec.name}' stopped running before its capture")
             channel = await self._listen(rec.name, m)
+            op = journal.current()
+            op.note(paused=True, migrating=True)
             try:
                 await migration.save_state(m.monitor, full_state, was_running=True)
+                op.note(migrating=None)
+                faults.point("template.after-pause")
             except BaseException:
                 if channel is not None:
                     await channel.close()  # the listener reads end-of-file and ends
@@ -203,6 +219,7 @@ class TemplateService:
             finally:
                 with contextlib.suppress(MonitorError):
                     await m.monitor.execute("cont")  # from postmigrate too: QEMU takes its disks back
+                op.note(paused=None)
                 if channel is not None:  # the source's own listener is not needed: only the template's copy is
                     try:
                         await channel.end_listener()
@@ -263,6 +280,7 @@ class TemplateService:
                 spec.model_copy(update={"ports": []}), boot, build, host, Identity(str(uuid.uuid4()), rec.mac),
                 Attachments(), memory=MemoryFile(work.memory, share=True)))
             child = await process.spawn(argv, build.qemu_log, build.root)
+            journal.current().add("pids", [child.pid, process.start_ticks(child.pid)])
             monitor = Monitor(f"template-build-{rec.name}", build.qmp_socket)
             try:
                 alive = lambda: child.returncode is None  # noqa: E731
@@ -299,6 +317,32 @@ class TemplateService:
                 os.close(fd)
         finally:
             shutil.rmtree(build.root, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------------- recovery --
+    def register_recovery(self, recovery: Recovery) -> None:
+        recovery.kinds["template"] = self._recover
+        recovery.sweepers.append(self._sweep)
+
+    async def _recover(self, op: OperationRecord) -> Outcome:
+        """A capture a dead daemon left: the source runs on (the journal's ``paused``), the builder QEMU is killed
+        (``pids``) and the work directory removed (``dirs``); a template moved into place without its row is
+        removed too: a template is whole only once its row is written."""
+        name = str(op.data.get("template"))
+        if self.store.get_template(name) is not None:
+            return Outcome(True, f"template '{name}' made")
+        final = self.paths(name).root
+        if final.is_dir():
+            await asyncio.to_thread(shutil.rmtree, final, True)
+        return Outcome(False, f"template '{name}' not made")
+
+    async def _sweep(self) -> list[str]:
+        """Work directories of captures no daemon runs any more (only one capture runs at a time, none at start)."""
+        removed = []
+        if self.root.is_dir():
+            for work in self.root.glob(".*.partial"):
+                await asyncio.to_thread(shutil.rmtree, work, True)
+                removed.append(str(work))
+        return removed
 
     # ------------------------------------------------------------------------------------------------- delete --
     async def delete(self, name: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from corral import faults
 from corral.engine import migration, process, qemu_img
 from corral.engine.accel import Accelerator, probe_accelerator
 from corral.engine.cmdline import Attachments, BootSource, HostConfig, Identity, MemoryFile, build_argv
@@ -42,6 +43,7 @@ from corral.images.boot import boot_source, probe_kernel
 from corral.images.store import ImageStore
 from corral.network import forwards, ports
 from corral.network.private import NetworkService
+from corral.operations.journal import Journal
 from corral.paths import VMPaths
 from corral.settings import Settings
 from corral.storage import check as image_check
@@ -117,6 +119,9 @@ class VMService:
         self.networks.agent_of = lambda n: m.agent if (m := self._machines.get(n)) and m.agent_ready else None
         self._locks: dict[str, asyncio.Lock] = {}
         self._machines: dict[str, Machine] = {}
+        #: Long operations under way, written down before they act (corral.operations): what a crash left is
+        #: finished or rolled back at the next start.
+        self.journal = Journal(store)
         self._accel: Accelerator | None = None
         self._accel_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
@@ -353,6 +358,7 @@ class VMService:
             ident = process.identify(child.pid)
             self.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, time.time(), accel.name,
                                                  att.ssh_port))
+            faults.point("launch.after-spawn")
             monitor = Monitor(name, paths.qmp_socket)
             await monitor.connect(timeout=15.0, alive=lambda: child is not None and child.returncode is None
                                   and process.is_alive(ident.pid))
@@ -460,6 +466,8 @@ class VMService:
                 await self.refresh_addresses(m.name)
                 return
             await m.agent.wait_ready(READY_TIMEOUT)
+            if m.child is None:  # re-attached: a dead daemon may have left its file systems frozen
+                await self._thaw_if_frozen(m)
             m.agent_ready = True
             if m.resumed:  # the guest's clock stood still while it was suspended: set it (best effort)
                 try:
@@ -486,6 +494,22 @@ class VMService:
         finally:
             if m.agent_ready or m.ready_error:
                 m.ready.set()
+
+    async def _thaw_if_frozen(self, m: Machine) -> None:
+        """Thaw a guest found frozen. Only Corral freezes its guests' file systems (around a snapshot, a clone or an
+        export, always thawing after): a re-attached guest that is frozen was left so by a daemon that died in
+        between, and every write in it hangs until it is thawed."""
+        try:
+            status = await m.agent.execute("guest-fsfreeze-status", timeout=10.0)
+            if status != "frozen":
+                return
+            n = await m.agent.execute("guest-fsfreeze-thaw", timeout=30.0)
+        except CorralError as exc:
+            self.event(m.name, "reattach", f"could not check whether its file systems are frozen: {exc.message}",
+                       result="error")
+            return
+        self.event(m.name, "reattach", f"its file systems were left frozen by an interrupted operation: {n} thawed",
+                   thawed=n)
 
     async def _boot_id(self, m: Machine) -> str:
         """The guest kernel's boot_id ('' if it cannot be read): tells a re-attach whether the guest rebooted."""
@@ -730,6 +754,7 @@ class VMService:
             raise EngineError(f"the monitor of VM '{name}' is not connected")
         paths = self.paths(name)
         await self._set_state(name, VMState.SUSPENDING)
+        faults.point("suspend.during-save")
         try:
             saved = await migration.save_state(m.monitor, paths.state_file,
                                                was_running=rec.state == VMState.RUNNING, timeout=timeout)
@@ -1218,6 +1243,7 @@ class VMService:
                 await monitor.execute("quit")
             self.event(m.name, "reattach", f"finished suspending (QEMU pid {m.ident.pid} quit)")
             return
+        await migration.cancel(monitor)  # a save still under way would leave the VM paused once it completes
         paths.state_file.with_name(paths.state_file.name + ".partial").unlink(missing_ok=True)
         with contextlib.suppress(MonitorError):
             await monitor.execute("cont")

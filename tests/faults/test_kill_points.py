@@ -1,0 +1,117 @@
+"""corrald killed at each named fault point (corral.faults) of every long operation on a running tiny VM, then
+started again: the operation is finished or rolled back with an event saying which, the guest is usable (never
+left frozen or paused), no lock is stale, and the store and the files agree (tests/faults/invariants.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from corral import faults
+from corral.client import start_daemon
+from tests.conftest import CorralEnv, guest, ok, show
+from tests.faults.invariants import check_after_restart, run_killed
+
+pytestmark = pytest.mark.vm
+
+
+@dataclass(frozen=True)
+class Case:
+    point: str
+    command: tuple[str, ...]
+    kind: str | None  # the event type of the operation's recovery (None: not journaled, re-attach settles it)
+    outcome: str | None  # finished or rolled back
+    before: tuple[tuple[str, ...], ...] = ()  # commands run first (the daemon armed, but not on this path)
+    vm: bool = True  # launch the VM f first
+    after: Callable[[CorralEnv], None] | None = field(default=None, compare=False)
+
+
+def _snapshot_there(c: CorralEnv) -> None:
+    assert "s1" in ok(c, "snapshot", "ls", "f")
+
+
+def _snapshot_absent(c: CorralEnv) -> None:
+    assert "s1" not in ok(c, "snapshot", "ls", "f")
+
+
+def _no_clone(c: CorralEnv) -> None:
+    assert c.cli("show", "f2").returncode != 0
+
+
+def _no_backup(c: CorralEnv) -> None:
+    assert c.client.list_backups(vm="f") == []
+
+
+def _no_template(c: CorralEnv) -> None:
+    assert "t1" not in ok(c, "template", "ls")
+
+
+def _disk_of(size: str) -> Callable[[CorralEnv], None]:
+    def check(c: CorralEnv) -> None:
+        listing = ok(c, "disk", "ls", "f")
+        assert "data" in listing and size in listing, listing
+    return check
+
+
+def _launched(c: CorralEnv) -> None:
+    ok(c, "start", "g")
+    assert guest(c, "g", "echo up").strip() == "up"
+
+
+def _reverted(c: CorralEnv) -> None:
+    ok(c, "start", "f")
+    assert guest(c, "f", "cat /root/marker 2>/dev/null || echo none").strip() == "none"
+
+
+CASES = [
+    Case("snapshot.after-freeze", ("snapshot", "create", "f", "s1"), "snapshot", "rolled back", after=_snapshot_absent),
+    Case("snapshot.after-overlay", ("snapshot", "create", "f", "s1"), "snapshot", "finished", after=_snapshot_there),
+    Case("snapshot.memory-paused", ("snapshot", "create", "f", "s1", "--memory"), "snapshot", "rolled back",
+         after=_snapshot_absent),
+    Case("snapshot.before-record", ("snapshot", "create", "f", "s1", "--memory"), "snapshot", "finished",
+         after=_snapshot_there),
+    Case("clone.after-freeze", ("clone", "f", "f2", "--full"), "clone", "rolled back", after=_no_clone),
+    Case("clone.during-copy", ("clone", "f", "f2", "--full"), "clone", "rolled back", after=_no_clone),
+    Case("clone.before-record", ("clone", "f", "f2"), "clone", "rolled back", after=_no_clone),
+    Case("backup.during-copy", ("backup", "create", "f"), "backup", "rolled back", after=_no_backup),
+    Case("backup.before-index", ("backup", "create", "f"), "backup", "rolled back", after=_no_backup),
+    Case("template.after-pause", ("template", "create", "t1", "--from", "f"), "template", "rolled back",
+         after=_no_template),
+    Case("export.after-freeze", ("export", "f", "{home}/f.tar.gz"), "export", "rolled back"),
+    Case("revert.after-quit", ("snapshot", "revert", "f", "s0", "--force"), "revert", "finished",
+         before=(("snapshot", "create", "f", "s0"), ("exec", "f", "--", "sh", "-c", "echo x > /root/marker; sync")),
+         after=_reverted),
+    Case("disk.after-plug", ("disk", "add", "f", "data", "--size", "64M"), "disk", "finished",
+         after=_disk_of("64M")),
+    Case("disk.resize.before-record", ("disk", "resize", "f", "data", "128M"), "disk-resize", "finished",
+         before=(("disk", "add", "f", "data", "--size", "64M"),), after=_disk_of("128M")),
+    Case("launch.after-spawn", ("launch", "g", "--memory", "128M"), None, None, vm=False, after=_launched),
+    Case("suspend.during-save", ("suspend", "f"), None, None),
+]
+
+
+def test_every_fault_point_has_a_case() -> None:
+    assert {c.point for c in CASES} == set(faults.POINTS)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.point for c in CASES])
+def test_killed_at_fault_point(corral_home: CorralEnv, case: Case) -> None:
+    assert case.point in faults.POINTS
+    c = corral_home
+    c.start_daemon()  # to import the image; then armed
+    c.client.build_image("tiny")
+    c.kill_daemon()
+    start_daemon(c.settings, environ=dict(c.env, CORRAL_FAULT=case.point))  # armed: the daemon, not the CLI
+    if case.vm:
+        ok(c, "launch", "f", "--memory", "256M")
+    for cmd in case.before:
+        ok(c, *cmd)
+    run_killed(c, *(a.replace("{home}", str(c.home)) for a in case.command))
+    verdict = check_after_restart(c, interrupted=case.kind)
+    assert verdict.outcomes == ([case.outcome] if case.outcome else []), verdict
+    if case.after is not None:
+        case.after(c)
+    if case.vm:
+        assert show(c, "f")["state"] in ("stopped", "running")
