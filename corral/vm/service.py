@@ -45,8 +45,8 @@ from corral.network.private import NetworkService
 from corral.paths import VMPaths
 from corral.settings import Settings
 from corral.storage import check as image_check
-from corral.storage import disks as extra_disks
 from corral.storage import full
+from corral.storage.attachments import attachments
 from corral.storage.chain import Chain
 from corral.store.db import EventQuery, EventRecord, ProjectRecord, RuntimeRecord, Store, VMRecord
 from corral.vm import expiry, host, labels, logs, quota
@@ -425,7 +425,7 @@ class VMService:
         try:
             seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)
             return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed,
-                               disks=extra_disks.attachments(self.store.list_disks(rec.name)))
+                               disks=attachments(self.store.list_disks(rec.name)))
         except BaseException:
             await self.networks.release(rec)
             raise
