@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench import density, memory
@@ -21,6 +20,7 @@ from bench.harness import (
     BASELINE_CONNECT_RETRY,
     BASELINE_SYNC_RESEND,
     BenchHome,
+    Context,
     ImageFiles,
     baseline_argv,
     make_overlay,
@@ -35,15 +35,6 @@ CORRAL_CLI = str(Path(sys.executable).parent / "corral")
 READY_TIMEOUT = 600.0
 #: Pause between measured launches, so the previous VM's teardown does not overlap the next measurement.
 SETTLE = 1.0
-
-
-@dataclass
-class Context:
-    bh: BenchHome
-    quick: bool
-    runs: int
-    accel: str
-    log: Callable[[str], None]
 
 
 def _wait_gone(pid: int | None, timeout: float = 30.0) -> None:

@@ -12,11 +12,19 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
-from bench.harness import BenchHome, ImageFiles, baseline_argv, make_overlay, qga_wait_ready, spawn_qemu
+from bench.harness import (
+    BenchHome,
+    Context,
+    ImageFiles,
+    baseline_argv,
+    make_overlay,
+    pss_mib,
+    qga_wait_ready,
+    spawn_qemu,
+)
 from bench.report import BenchResult, Row, ratio
 from corral.api.models import API_PREFIX
 from corral.client import Client
@@ -24,9 +32,6 @@ from corral.engine import process
 from corral.store.db import Store, VMRecord
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
-
-if TYPE_CHECKING:
-    from bench.cases import Context
 
 READY_TIMEOUT = 600.0
 MEMORY = 128  # MiB, every VM of these benchmarks (the template's size)
@@ -166,14 +171,6 @@ def _pool_rounds(bh: BenchHome, row: Row, runs: int, log: Callable[[str], None])
 
 
 # ------------------------------------------------------------------------------------- memory per VM (PSS) --
-def pss_mib(pid: int) -> float:
-    """Proportional set size of a process, MiB (shared pages divided among the processes mapping them)."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
-
-
 def _start_parallel(fn: Callable[[Client, str], None], bh: BenchHome, names: list[str], workers: int) -> float:
     def one(name: str) -> None:
         with Client(bh.settings.socket) as c:

@@ -1,4 +1,6 @@
-"""The isolated Corral every benchmark runs against, the host facts, and the hand-written QEMU baseline.
+"""The isolated Corral every benchmark runs against, the host facts, the hand-written QEMU baseline, and what every
+benchmark module shares (its :class:`Context`, :func:`pss_mib`): the benchmark modules import this one, never each
+other, except ``bench.cases``, which registers them all.
 
 Everything started here is tracked by pid and killed by pid in :meth:`BenchHome.cleanup` (never by name: other
 VMs run on the same machine).
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,25 @@ def host_facts(bh: BenchHome, quick: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ hand-written baseline --
+@dataclass
+class Context:
+    """What each benchmark gets: the Corral it runs against, the run's options, and where to log progress."""
+
+    bh: BenchHome
+    quick: bool
+    runs: int
+    accel: str
+    log: Callable[[str], None]
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size of a process, MiB (shared pages divided among the processes mapping them)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
 #: The baseline's polling: as tight as a careful hand-written script would reasonably poll.
 BASELINE_CONNECT_RETRY = 0.05
 BASELINE_SYNC_RESEND = 0.5

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from bench.density import pss_mib
-from bench.harness import BenchHome
+from bench.harness import BenchHome, Context, pss_mib
 from bench.report import BenchResult, Row, ratio
 from corral.vm.spec import VMSpec
-
-if TYPE_CHECKING:
-    from bench.cases import Context
 
 READY_TIMEOUT = 600.0
 MEMORY = 512  # MiB: /dev/shm (half the guest's memory) holds the largest N

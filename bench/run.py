@@ -15,8 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.cases import BENCHMARKS, Context, delete_all_vms, warm_up
-from bench.harness import BenchHome, host_facts, load_average
+from bench.cases import BENCHMARKS, delete_all_vms, warm_up
+from bench.harness import BenchHome, Context, host_facts, load_average
 from bench.report import BenchResult, Row, render_markdown, write_json
 
 ROOT = Path(__file__).resolve().parent.parent

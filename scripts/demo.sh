@@ -4,7 +4,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 corral=.venv/bin/corral
 $corral daemon start
-state=$($corral show demo --json 2>/dev/null | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["state"])' || echo absent)
+# The VM's state, or "absent" when there is no VM named demo yet (a first run: `corral show` exits 3, not found).
+# Its JSON is parsed only when `corral show` succeeded; any other failure is shown as corral said it, and stops here.
+err=$(mktemp)
+trap 'rm -f "$err"' EXIT
+rc=0
+shown=$($corral show demo --json 2>"$err") || rc=$?
+case "$rc" in
+  0) state=$(printf '%s\n' "$shown" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["state"])') ;;
+  3) state=absent ;;
+  *) cat "$err" >&2; exit "$rc" ;;
+esac
 case "$state" in
   absent) $corral launch demo ;;
   running) ;;

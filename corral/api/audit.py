@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.models import API_PREFIX, USER_HEADER
-from corral.vm.service import ACTOR
+from corral.vm.actor import ACTOR
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 NOT_CHANGES = {"wait", "wait-ready"}  # POSTs that only wait

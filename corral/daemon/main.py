@@ -40,6 +40,7 @@ from corral.storage.recovery import StorageRecovery
 from corral.storage.service import StorageService
 from corral.store.db import Store
 from corral.templates.service import TemplateService
+from corral.vm.eventlog import EventLog
 from corral.vm.service import VMService
 
 log = logging.getLogger("corrald")
@@ -108,7 +109,7 @@ async def serve(settings: Settings) -> None:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         vms.event(None, "daemon", f"corrald started (pid {os.getpid()})")
-        await vms.recover()
+        await vms.recovery.recover()
         await recovery.run()  # operations a dead daemon left half done: finished or rolled back, then swept
         housekeeping = asyncio.create_task(_housekeeping(vms))
         expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
@@ -135,7 +136,7 @@ async def serve(settings: Settings) -> None:
     app.router.lifespan_context = lifespan
     sock = bind_socket(settings)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-    server = _Server(config, vms)
+    server = _Server(config, vms.events)
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -156,9 +157,9 @@ class _Server(uvicorn.Server):
     or absent); the kernel drops the pidfile lock with the process.
     """
 
-    def __init__(self, config: uvicorn.Config, vms: VMService, grace: float = SHUTDOWN_GRACE) -> None:
+    def __init__(self, config: uvicorn.Config, events: EventLog, grace: float = SHUTDOWN_GRACE) -> None:
         super().__init__(config)
-        self.vms = vms
+        self.events = events
         self.grace = grace
         self._watchdog: threading.Timer | None = None
 
@@ -170,7 +171,7 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.vms.end_event_streams()
+        self.events.end_streams()
         await super().shutdown(sockets)
 
 
@@ -191,7 +192,7 @@ async def _expiry(vms: VMService, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await vms.check_expiry()
+            await vms.expiry.check_expiry()
         except Exception:
             log.exception("expiry check failed")
 

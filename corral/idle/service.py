@@ -34,8 +34,9 @@ from corral.idle.holder import PortHolder
 from corral.idle.policy import IDLE_REASON, IdlePolicy, IdleStatus, effective, format_rate
 from corral.store.db import EventQuery, ProjectRecord, VMRecord
 from corral.vm import labels
+from corral.vm.actor import ACTOR, SYSTEM_ACTOR, system_task
 from corral.vm.expiry import format_duration
-from corral.vm.service import ACTOR, SYSTEM_ACTOR, VMService, system_task
+from corral.vm.service import VMService
 from corral.vm.states import VMState
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class IdleService:
 
     async def set_policy(self, name: str, policy: IdlePolicy | None) -> VMRecord:
         """Set a VM's own policy (a policy that is off overrides its project's; None: follow the project's)."""
-        rec = await self.vms.update_spec(name, {"idle": policy})
+        rec = await self.vms.specs.update(name, {"idle": policy})
         await self.reconcile()
         return rec
 
@@ -137,7 +138,7 @@ class IdleService:
 
     async def _follow_events(self) -> None:
         while True:
-            sub = self.vms.subscribe(EventQuery())
+            sub = self.vms.events.subscribe(EventQuery())
             try:
                 while (ev := await sub.next()) is not None:
                     if ev.type in RECONCILE_ON:
@@ -146,7 +147,7 @@ class IdleService:
                         except Exception:
                             log.exception("holding ports failed")
             finally:
-                self.vms.unsubscribe(sub)
+                self.vms.events.unsubscribe(sub)
             if not sub.overflowed:
                 return  # the daemon is shutting down
             await self.reconcile()  # fell behind: catch up, and follow again

@@ -248,7 +248,7 @@ class PoolService:
         t0 = time.monotonic()
         try:
             await self.templates.launch(template, spec)  # all or nothing
-            await self.vms.wait_ready(name, timeout=FILL_READY_TIMEOUT)
+            await self.vms.readiness.wait_ready(name, timeout=FILL_READY_TIMEOUT)
             m = self.vms.machine(name)
             if m is not None and m.ready_task is not None:
                 # Its addresses are read just after "ready": a guest paused while its agent answers leaves the agent
@@ -320,8 +320,8 @@ class PoolService:
                 if vms.paths(new).root.exists():
                     raise Conflict(f"{vms.paths(new).root} already exists but no VM '{new}' is defined: move it "
                                    "away first")
-                spec = vms._with_expiry(spec)  # noqa: SLF001 - the same expiry as any create
-                vms._check_ports_unclaimed(new, spec.ports)  # noqa: SLF001 - the same check as any create
+                spec = vms.expiry.with_expiry(spec)  # the same expiry as any create
+                vms.forwards.check_unclaimed(new, spec.ports)  # the same check as any create
                 ports.check_free(spec.ports, new)
                 others = [(r.spec, vms.disk_size(r.spec)) for r in vms.store.list_vms() if r.name != member]
                 quota.check(spec, spec.disk or 0, others, vms.store.list_quotas())
@@ -352,7 +352,7 @@ class PoolService:
         waiting = m.ready_task is not None and not m.ready_task.done()  # re-attached paused: its agent never answered
         await self.vms.resume(name)
         if waiting:
-            await self.vms.wait_ready(name, timeout=60.0)
+            await self.vms.readiness.wait_ready(name, timeout=60.0)
         pid = await identity.start_script(m.agent, HANDOUT_SCRIPT, [name])
         try:  # while the script runs: the clock stood still while the member was paused
             await identity.set_time(m.agent)
@@ -366,7 +366,7 @@ class PoolService:
         self.vms.event(name, "ready", f"ready from the warm pool ({time.time() - m.started_at:.0f}s after its QEMU "
                        "started)")
         with contextlib.suppress(CorralError):
-            await self.vms.refresh_addresses(name)
+            await self.vms.readiness.refresh_addresses(name)
 
 
 def _rss(pid: int) -> int:

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 
 from corral import faults
 from corral.engine import hotplug, qemu_img
-from corral.engine.cmdline import HOTPLUG_PORTS, DiskAttachment
+from corral.engine.cmdline import HOTPLUG_PORTS
 from corral.engine.monitor import Monitor
 from corral.errors import CapacityError, Conflict, EngineError, InvalidInput, NotFound, StateError
 from corral.operations.recovery import Outcome, Recovery
 from corral.storage import check, throttle
+from corral.storage.attachments import attachments
 from corral.storage.check import CheckResult
 from corral.store.db import DiskRecord, OperationRecord, VMRecord
 from corral.vm.sizes import format_size
@@ -54,12 +55,6 @@ def check_size(size: int) -> None:
         raise InvalidInput(f"disk size {format_size(size)} is out of range: from 1M to {format_size(MAX_SIZE)}")
     if size % 512:
         raise InvalidInput(f"disk size {size} is not a multiple of 512 bytes")
-
-
-def attachments(disks: list[DiskRecord]) -> tuple[DiskAttachment, ...]:
-    """The attached disks as the command line takes them (pure)."""
-    return tuple(DiskAttachment(name=d.name, file=Path(d.file), port=d.port, limits=tuple(sorted(d.limits.items())))
-                 for d in disks if d.port is not None)
 
 
 def free_port(disks: list[DiskRecord], vm: str) -> int:

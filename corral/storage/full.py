@@ -12,16 +12,14 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from corral.errors import CorralError
+from corral.paths import VMPaths
 from corral.storage.check import written_images
-from corral.store.db import DiskRecord
+from corral.store.db import DiskRecord, EventRecord, Store, VMRecord
 from corral.vm.sizes import format_size
 from corral.vm.states import VMState
-
-if TYPE_CHECKING:
-    from corral.vm.service import VMService
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +28,20 @@ DISK_FULL = "disk full"
 #: Resumed once this much is free on each file system (or a tenth of a small file system).
 RESUME_FREE = 64 << 20
 POLL_SECONDS = 2.0
+
+
+class PausedVMs(Protocol):
+    """What the poll needs of the VM service (which imports this module for :func:`image_of` and :func:`reason`,
+    so this one names only these members, not the service)."""
+
+    store: Store
+
+    def paths(self, name: str) -> VMPaths: ...
+
+    async def resume(self, name: str) -> VMRecord: ...
+
+    def event(self, vm: str | None, type_: str, message: str, *, result: str = "ok", owner: str | None = None,
+              **data: Any) -> EventRecord: ...
 
 
 def mount_point(path: Path) -> Path:
@@ -66,7 +78,7 @@ def reason(vm: str, image: Path) -> str:
             f"it resumes by itself once space is freed there, or `corral resume {vm}`")
 
 
-async def resume_when_freed(vms: VMService) -> None:
+async def resume_when_freed(vms: PausedVMs) -> None:
     """One pass of the daemon's poll: resume every VM paused on a full disk whose file systems have room again."""
     for rec in vms.store.list_vms():
         if rec.state != VMState.PAUSED or not (rec.state_reason.startswith(DISK_FULL)

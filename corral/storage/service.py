@@ -49,8 +49,9 @@ from corral.paths import TemplatePaths
 from corral.storage import qcow2
 from corral.storage.chain import Chain, ChainLayer
 from corral.store.db import LayerRecord, SnapshotRecord, VMRecord
+from corral.vm.actor import ACTOR
 from corral.vm.machine import Machine
-from corral.vm.service import ACTOR, VMService
+from corral.vm.service import VMService
 from corral.vm.spec import VMSpec
 from corral.vm.states import LIVE, VMState
 
@@ -550,7 +551,7 @@ class StorageService:
             e = exc.errors()[0]
             raise InvalidInput(f"{'.'.join(str(x) for x in e['loc'])}: "
                                f"{str(e['msg']).removeprefix('Value error, ')}") from None
-        return self.vms._with_expiry(spec)
+        return self.vms.expiry.with_expiry(spec)
 
     async def clone(self, src: str, new: str, *, full: bool = False, snapshot: str | None = None,
                     progress: Progress | None = None) -> VMRecord:

@@ -41,7 +41,8 @@ from corral.operations.recovery import Outcome, Recovery
 from corral.paths import TEMPLATES_DIR, TemplatePaths, VMPaths
 from corral.store.db import OperationRecord, TemplateRecord, VMRecord
 from corral.vm.machine import Machine, Origin
-from corral.vm.service import READY_TIMEOUT, VMService
+from corral.vm.readiness import READY_TIMEOUT
+from corral.vm.service import VMService
 from corral.vm.spec import NAME_RE, PortForward, VMSpec
 from corral.vm.states import VMState
 
@@ -434,7 +435,7 @@ class TemplateService:
             if m.exited.is_set() or m.monitor is None:
                 return
             with contextlib.suppress(CorralError):
-                await self.vms.refresh_addresses(m.name)
+                await self.vms.readiness.refresh_addresses(m.name)
             v4 = [a for a in m.addresses if a.count(".") == 3]
             if v4 and (v4[0] != current or not until_changed):
                 break

@@ -34,7 +34,7 @@ async def until_ready(svc: Services, name: str, timeout: float) -> None:
         raise Conflict(f"VM '{name}' is paused: resume it first (`corral resume {name}`)")
     if rec.state != VMState.RUNNING:
         raise Conflict(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
-    await svc.vms.wait_ready(name, max(deadline - loop.time(), 0.0))
+    await svc.vms.readiness.wait_ready(name, max(deadline - loop.time(), 0.0))
 
 
 @router.get("/{name}/ssh", response_model=SSHInfo)
@@ -78,5 +78,5 @@ async def wait_for(name: str, req: WaitForRequest, svc: Svc) -> VMInfo:
     if req.ready or req.state is None:
         await until_ready(svc, name, max(deadline - loop.time(), 0.0))
         with contextlib.suppress(CorralError, asyncio.TimeoutError):
-            await asyncio.wait_for(svc.vms.refresh_addresses(name, max_age=2.0), 3.0)
+            await asyncio.wait_for(svc.vms.readiness.refresh_addresses(name, max_age=2.0), 3.0)
     return to_info(svc, svc.vms.get(name))

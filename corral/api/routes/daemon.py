@@ -90,11 +90,11 @@ async def events(svc: Svc, query: Filters, limit: Annotated[int, Query(ge=1, le=
 async def event_stream(svc: Svc, query: Filters) -> StreamingResponse:
     """NDJSON: the events matching the filters as they are recorded (pushed by the VM service, no polling); with
     ``since`` or ``after``, the stored ones first. The stream ends when the daemon stops."""
-    sub = svc.vms.subscribe(query)  # before reading the backlog: nothing falls in between
+    sub = svc.vms.events.subscribe(query)  # before reading the backlog: nothing falls in between
     try:
         backlog = svc.store.events(query=query, limit=10_000) if query.since is not None or query.after else []
     except BaseException:
-        svc.vms.unsubscribe(sub)
+        svc.vms.events.unsubscribe(sub)
         raise
 
     async def stream() -> AsyncIterator[bytes]:
@@ -118,7 +118,7 @@ async def event_stream(svc: Svc, query: Filters) -> StreamingResponse:
                     last = e.id
                     yield _info(e).model_dump_json().encode() + b"\n"
         finally:
-            svc.vms.unsubscribe(sub)
+            svc.vms.events.unsubscribe(sub)
 
     return StreamingResponse(stream(), media_type="application/x-ndjson")
 

@@ -26,10 +26,10 @@ async def add_port(name: str, req: PortRequest, svc: Svc) -> list[PortForward]:
         forward = PortForward.parse(req.forward)
     except ValueError as exc:
         raise InvalidInput(str(exc).splitlines()[0]) from None
-    return list((await svc.vms.add_port(name, forward)).spec.ports)
+    return list((await svc.vms.forwards.add(name, forward)).spec.ports)
 
 
 @router.delete("/{name}/ports/{which:path}", response_model=list[PortForward])
 async def remove_port(name: str, which: str, svc: Svc) -> list[PortForward]:
     """``which``: the host port (`8080`, `8080/udp`, `127.0.0.1:8080`) or the whole forward (`8080:80`)."""
-    return list((await svc.vms.remove_port(name, which)).spec.ports)
+    return list((await svc.vms.forwards.remove(name, which)).spec.ports)

@@ -36,4 +36,4 @@ def project_info(svc: Services, rec: ProjectRecord) -> ProjectInfo:
 @router.put("/{name}", response_model=ProjectInfo)
 async def set_project(name: str, req: ProjectSet, svc: Svc) -> ProjectInfo:
     """Set a project's default TTL (null: none) and expiry action; applies to VMs created from now on."""
-    return project_info(svc, svc.vms.set_project(name, req.default_ttl, req.on_expiry))
+    return project_info(svc, svc.vms.expiry.set_project(name, req.default_ttl, req.on_expiry))

@@ -32,8 +32,8 @@ from corral.engine.guest_agent import ExecExit
 from corral.errors import CorralError, EngineError, InvalidInput
 from corral.store.db import RuntimeRecord, VMRecord
 from corral.vm import labels
+from corral.vm.actor import ACTOR, SYSTEM_ACTOR
 from corral.vm.logs import read_log_from, render_logs
-from corral.vm.service import ACTOR, SYSTEM_ACTOR
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState, check_operation
 
@@ -57,7 +57,7 @@ def info_fields(svc: Services, rec: VMRecord, runtimes: dict[str, RuntimeRecord]
         "started_at": rt.started_at if rt else None, "uptime": now - rt.started_at if rt else None,
         "agent_ready": m.agent_ready if m else False, "addresses": list(m.addresses) if m else [], "disks": [],
         "expires_in": expires_in,
-        "expiring": expires_in is not None and 0 < expires_in <= svc.vms.expiry_window(rec),
+        "expiring": expires_in is not None and 0 < expires_in <= svc.vms.expiry.expiry_window(rec),
         "idle": svc.idle.status(rec) if svc.idle is not None else None,
     }
 
@@ -174,27 +174,27 @@ async def set_labels(name: str, req: LabelsRequest, svc: Svc) -> VMInfo:
         to_remove = [labels.check_key(k) for k in req.remove]
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    return to_info(svc, await svc.vms.set_labels(name, to_set, to_remove))
+    return to_info(svc, await svc.vms.specs.set_labels(name, to_set, to_remove))
 
 
 @router.patch("/{name}", response_model=VMInfo)
 async def update_vm(name: str, req: SpecUpdate, svc: Svc) -> VMInfo:
     """Change spec fields (labels, description, restart policy at once; vcpus and memory from the next start).
     Recorded as an ``update`` event."""
-    return to_info(svc, await svc.vms.update_spec(name, req.model_dump(exclude_unset=True, mode="json")))
+    return to_info(svc, await svc.vms.specs.update(name, req.model_dump(exclude_unset=True, mode="json")))
 
 
 @router.post("/{name}/extend", response_model=VMInfo)
 async def extend_vm(name: str, req: ExtendRequest, svc: Svc) -> VMInfo:
     """Push the VM's expiry out (recorded as an ``extend`` event)."""
-    return to_info(svc, await svc.vms.extend(name, by=req.by, to=req.to))
+    return to_info(svc, await svc.vms.expiry.extend(name, by=req.by, to=req.to))
 
 
 @router.get("/{name}", response_model=VMInfo)
 async def show_vm(name: str, svc: Svc) -> VMInfo:
     rec = svc.vms.get(name)
     with contextlib.suppress(CorralError, asyncio.TimeoutError):
-        await asyncio.wait_for(svc.vms.refresh_addresses(name, max_age=2.0), 3.0)
+        await asyncio.wait_for(svc.vms.readiness.refresh_addresses(name, max_age=2.0), 3.0)
     info = to_info(svc, svc.vms.get(name))
     info.disks = await _disks(svc, rec.name)
     info.disks += [DiskInfo(name=d.name, path=d.file, format=d.format, virtual_size=d.size)
@@ -249,10 +249,10 @@ async def suspend_vm(name: str, svc: Svc) -> VMInfo:
 
 @router.post("/{name}/wait-ready", response_model=VMInfo)
 async def wait_ready(name: str, req: WaitRequest, svc: Svc) -> VMInfo:
-    await svc.vms.wait_ready(name, req.timeout)
+    await svc.vms.readiness.wait_ready(name, req.timeout)
     # The addresses as known: a VM just made ready is being asked for them already (not waited for here).
     with contextlib.suppress(CorralError, asyncio.TimeoutError):
-        await asyncio.wait_for(svc.vms.refresh_addresses(name, max_age=2.0, join=False), 3.0)
+        await asyncio.wait_for(svc.vms.readiness.refresh_addresses(name, max_age=2.0, join=False), 3.0)
     return to_info(svc, svc.vms.get(name))
 
 

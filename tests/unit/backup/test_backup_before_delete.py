@@ -40,7 +40,7 @@ def test_final_backup_then_delete(svc: VMService) -> None:
 
     svc.before_expiry_delete = backup
     put(svc, "a")
-    asyncio.run(svc.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
     assert calls == [("a", True)]
     assert svc.store.get_vm("a") is None
     assert "after a final backup" in svc.store.events(vm="a")[-1].message
@@ -52,7 +52,7 @@ def test_failed_backup_keeps_the_vm(svc: VMService) -> None:
 
     svc.before_expiry_delete = backup
     put(svc, "b")
-    asyncio.run(svc.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
     assert svc.store.get_vm("b") is not None and svc.paths("b").root.exists()
     ev = svc.store.events(vm="b")[-1]
     assert ev.type == "expired" and ev.result == "error" and "repository full" in ev.message

@@ -14,8 +14,8 @@ import uvicorn
 from fastapi import FastAPI
 from corral.daemon.main import _Server
 
-class Vms:
-    def end_event_streams(self): pass
+class Events:
+    def end_streams(self): pass
 
 @contextlib.asynccontextmanager
 async def lifespan(_):
@@ -26,7 +26,7 @@ app = FastAPI(lifespan=lifespan)
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 sock.bind(sys.argv[1]); sock.listen(8)
 config = uvicorn.Config(app, log_level="warning", lifespan="on")
-asyncio.run(_Server(config, Vms(), grace=0.5).serve(sockets=[sock]))
+asyncio.run(_Server(config, Events(), grace=0.5).serve(sockets=[sock]))
 """
 
 

@@ -93,14 +93,14 @@ def test_no_balloon_or_not_running(svc: VMService) -> None:
 
 def test_balloon_changes_through_the_spec_but_not_suspended_nor_from_a_template(svc: VMService) -> None:
     put(svc, "s", VMState.STOPPED, False)
-    assert asyncio.run(svc.update_spec("s", {"balloon": True})).spec.balloon is True
+    assert asyncio.run(svc.specs.update("s", {"balloon": True})).spec.balloon is True
     put(svc, "z", VMState.SUSPENDED, False)
     with pytest.raises(Conflict, match="suspended"):
-        asyncio.run(svc.update_spec("z", {"balloon": True}))
+        asyncio.run(svc.specs.update("z", {"balloon": True}))
     svc.store.insert_template(TemplateRecord("t", "src", "tiny", 1, 256, 1 << 30, 0))
     put(svc, "t1", VMState.STOPPED, False)
     svc.store.link_template_vm("t1", "t")
     with pytest.raises(InvalidInput, match="template"):
-        asyncio.run(svc.update_spec("t1", {"balloon": True}))
+        asyncio.run(svc.specs.update("t1", {"balloon": True}))
     rec = svc.store.get_vm("t1")
     assert rec is not None and rec.spec.balloon is False

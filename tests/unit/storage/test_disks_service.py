@@ -13,7 +13,8 @@ from corral.errors import CapacityError, Conflict, InvalidInput, NotFound
 from corral.images.store import ImageStore
 from corral.settings import load_settings
 from corral.storage import full
-from corral.storage.disks import DiskService, attachments, free_port
+from corral.storage.attachments import attachments
+from corral.storage.disks import DiskService, free_port
 from corral.store.db import DiskRecord, Store, VMRecord
 from corral.vm.quota import Quota
 from corral.vm.service import VMService

@@ -40,30 +40,30 @@ def kinds(svc: VMService, name: str) -> list[str]:
 
 def test_expiry_from_ttl_else_project_default(svc: VMService) -> None:
     now = datetime.now(UTC)
-    s = svc._with_expiry(VMSpec(name="a", ttl=3600))
+    s = svc.expiry.with_expiry(VMSpec(name="a", ttl=3600))
     assert s.expires_at is not None and abs((s.expires_at - now).total_seconds() - 3600) < 5
     assert s.on_expiry == ExpiryAction.STOP
-    assert svc._with_expiry(VMSpec(name="a")).expires_at is None  # no project default: never
+    assert svc.expiry.with_expiry(VMSpec(name="a")).expires_at is None  # no project default: never
     svc.store.put_project(ProjectRecord("short", 60, "delete"))
-    s = svc._with_expiry(VMSpec(name="a", project="short"))
+    s = svc.expiry.with_expiry(VMSpec(name="a", project="short"))
     assert s.expires_at is not None and s.on_expiry == ExpiryAction.DELETE and s.ttl == 60
-    s = svc._with_expiry(VMSpec(name="a", project="short", ttl=7200, on_expiry="suspend"))  # its own wins
+    s = svc.expiry.with_expiry(VMSpec(name="a", project="short", ttl=7200, on_expiry="suspend"))  # its own wins
     assert s.ttl == 7200 and s.on_expiry == ExpiryAction.SUSPEND
     with pytest.raises(InvalidInput):
-        svc._with_expiry(VMSpec(name="a", expires_at=now - timedelta(seconds=1)))
+        svc.expiry.with_expiry(VMSpec(name="a", expires_at=now - timedelta(seconds=1)))
 
 
 def test_warning_once_then_expired_once(svc: VMService) -> None:
     put(svc, "w", VMState.STOPPED, left=5.0)  # inside 10% of a 100 s lifetime
     put(svc, "far", VMState.STOPPED, left=50.0)
-    asyncio.run(svc.check_expiry())
-    asyncio.run(svc.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
     assert kinds(svc, "w") == ["expiring"] and kinds(svc, "far") == []
     rec = svc.store.get_vm("w")
     assert rec is not None and rec.spec.expires_at is not None
     svc.store.update_spec(rec.spec.model_copy(update={"expires_at": datetime.now(UTC) - timedelta(seconds=1)}))
-    asyncio.run(svc.check_expiry())
-    asyncio.run(svc.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
     assert kinds(svc, "w") == ["expiring", "expired"]  # already stopped: nothing to do, said once
     ev = svc.store.events(vm="w")[-1]
     assert ev.result == "ok" and ev.data["action"] == "stop" and ev.actor == "corrald"
@@ -72,7 +72,7 @@ def test_warning_once_then_expired_once(svc: VMService) -> None:
 def test_never_acts_on_unknown_or_between_states(svc: VMService) -> None:
     put(svc, "u", VMState.UNKNOWN, left=-1.0, action="delete")
     put(svc, "s", VMState.SUSPENDING, left=-1.0, action="stop")
-    asyncio.run(svc.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
     assert kinds(svc, "u") == [] and kinds(svc, "s") == []
     assert svc.store.get_vm("u") is not None
 
@@ -80,7 +80,7 @@ def test_never_acts_on_unknown_or_between_states(svc: VMService) -> None:
 def test_delete_of_a_stopped_vm(svc: VMService) -> None:
     put(svc, "d", VMState.STOPPED, left=-1.0, action="delete")
     svc.paths("d").root.mkdir(parents=True)
-    asyncio.run(svc.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
     assert svc.store.get_vm("d") is None and not svc.paths("d").root.exists()
     assert [e.type for e in svc.store.events(vm="d")] == ["delete", "expired"]
 
@@ -89,11 +89,11 @@ def test_extend_and_start_refused_when_expired(svc: VMService) -> None:
     put(svc, "e", VMState.STOPPED, left=-1.0)
     with pytest.raises(Conflict, match="extend"):
         asyncio.run(svc.start("e"))
-    rec = asyncio.run(svc.extend("e", by=3600))
+    rec = asyncio.run(svc.expiry.extend("e", by=3600))
     assert rec.spec.expires_at is not None
     assert 3500 < rec.spec.expires_at.timestamp() - time.time() <= 3600  # from now, as it had passed
-    rec = asyncio.run(svc.extend("e", by=60))
+    rec = asyncio.run(svc.expiry.extend("e", by=60))
     assert rec.spec.expires_at is not None and rec.spec.expires_at.timestamp() - time.time() > 3600
     with pytest.raises(InvalidInput):
-        asyncio.run(svc.extend("e", to=datetime(2000, 1, 1, tzinfo=UTC)))
+        asyncio.run(svc.expiry.extend("e", to=datetime(2000, 1, 1, tzinfo=UTC)))
     assert [e.type for e in svc.store.events(vm="e")] == ["extend", "extend"]

@@ -1,0 +1,182 @@
+"""Starting a VM's QEMU: the admission checks, the host's preparations, the command line, and the start itself,
+which loads a saved state when the VM is suspended (resume) or made from a template.
+
+What holds after a failure:
+- ``start`` leaves no QEMU process behind and the VM ``stopped`` with the reason in ``state_reason``.
+- ``resume`` (and ``start``) of a suspended VM leaves it ``suspended`` with its state file intact and no QEMU process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from datetime import UTC, datetime
+
+from corral import faults
+from corral.engine import migration, process
+from corral.engine.accel import Accelerator
+from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv
+from corral.engine.guest_agent import GuestAgent
+from corral.engine.monitor import Monitor, MonitorError
+from corral.errors import Conflict, CorralError, EngineError
+from corral.guest import cloudinit, ssh
+from corral.images.boot import boot_source, probe_kernel
+from corral.network import ports
+from corral.paths import VMPaths
+from corral.storage import check as image_check
+from corral.storage.attachments import attachments
+from corral.store.db import RuntimeRecord, VMRecord
+from corral.vm import host, logs
+from corral.vm.core import VMCore
+from corral.vm.machine import Machine
+from corral.vm.states import LIVE, VMState, check_operation
+from corral.vm.supervision import Supervisor
+
+
+class Booter:
+    """Boots VMs: each started QEMU is handed to the supervisor once it runs."""
+
+    def __init__(self, vms: VMCore, supervisor: Supervisor) -> None:
+        self.vms = vms
+        self.supervisor = supervisor
+
+    async def boot(self, name: str) -> None:
+        """Start the VM's QEMU (the caller holds its lock, and releases its admission in ``_starting`` after)."""
+        rec = self.vms._get(name)
+        check_operation(name, "start", rec.state)
+        if rec.spec.expires_at is not None and rec.spec.expires_at <= datetime.now(UTC):
+            raise Conflict(f"VM '{name}' expired at {rec.spec.expires_at:%Y-%m-%d %H:%M:%S}Z: push its expiry out "
+                           f"first (`corral extend {name} 1h`)")
+        resuming = rec.state == VMState.SUSPENDED
+        if resuming and not self.vms.paths(name).state_file.is_file():
+            raise EngineError(f"VM '{name}' is suspended but its saved state {self.vms.paths(name).state_file} is "
+                              f"missing: discard it with `corral stop {name}`")
+        spec = rec.spec
+        live = {r.name: r.spec for r in self.vms.store.list_vms() if r.state in LIVE} | self.vms._starting
+        live.pop(name, None)
+        settings = self.vms.settings
+        host.check_start_fits(name, spec.memory, sum(s.memory for s in live.values()), settings.memory_overcommit)
+        host.check_start_cpus(name, spec.vcpus, sum(s.vcpus for s in live.values()), settings.cpu_overcommit)
+        self.vms.check_quotas(spec, self.vms.disk_size(spec))
+        self.vms._starting[name] = spec  # released by _start, when the VM is live or the start failed
+        manifest = self.vms.images.get(spec.image)
+        image_dir = self.vms.images.dir(spec.image)
+        boot = boot_source(image_dir, manifest, self.vms.paths(name).root)
+        accel = await self.vms.accelerator(boot.kernel or probe_kernel(self.vms.images))
+        if accel is None:  # a disk-boot image, and no kernel-boot image installed to probe KVM with
+            accel = Accelerator("tcg", "no kernel installed to probe KVM with (build the tiny image)")
+        paths = self.vms.paths(name)
+        for sock in (paths.qmp_socket, paths.qga_socket, paths.channel_socket, paths.console_socket):
+            sock.unlink(missing_ok=True)
+        if not resuming:  # a resumed guest carries on with the same boot, and the same serial log
+            logs.rotate_stopped(paths.serial_log)
+            paths.state_file.unlink(missing_ok=True)  # stale (the daemon died while resuming): never loaded now
+        logs.rotate_stopped(paths.qemu_log)
+        # After an unclean stop every image is checked (leaks repaired); a corrupt one refuses the start.
+        await image_check.before_start(rec, image_check.written_images(paths.disk, self.vms.store.list_disks(name)),
+                                       self.vms.event, paths.images_open)
+        if self.vms.before_start is not None:
+            self.vms.before_start(name)
+        origin = self.vms.origin_of(rec) if self.vms.origin_of is not None else None
+        if origin is not None:  # made from a template: its disk sits on the template's, its RAM maps the template's
+            boot = dataclasses.replace(boot, base_disk=origin.disk, base_format="qcow2")
+        from_template = origin is not None and origin.state is not None and not resuming
+        att = await self._prepare(rec, paths)
+        if self.vms.root_chain is not None:
+            att = dataclasses.replace(att, chain=self.vms.root_chain(rec, boot))
+        argv = build_argv(spec, boot, paths,
+                          HostConfig(self.vms.settings.qemu_binary, accel.name, self.vms.settings.tcg_tb_size_mib),
+                          Identity(rec.id, rec.mac), att, memory=MemoryFile(origin.memory) if origin else None)
+        if resuming or from_template:
+            argv = migration.incoming_argv(argv)
+        await self.vms._set_state(name, VMState.STARTING, "resuming" if resuming else "")
+        self.vms.event(name, "start", f"{'resuming' if resuming else 'starting'} QEMU ({accel.name})", argv=argv)
+        child: asyncio.subprocess.Process | None = None
+        monitor: Monitor | None = None
+        exited_early = False
+        loaded: migration.Transfer | None = None
+        paths.images_open.touch()  # removed when QEMU exits cleanly (status 0); else the next start checks them
+        try:
+            child = await process.spawn(argv, paths.qemu_log, paths.root)
+            ident = process.identify(child.pid)
+            self.vms.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, time.time(), accel.name,
+                                                     att.ssh_port))
+            faults.point("launch.after-spawn")
+            monitor = Monitor(name, paths.qmp_socket)
+            await monitor.connect(timeout=15.0, alive=lambda: child is not None and child.returncode is None
+                                  and process.is_alive(ident.pid))
+            if resuming:
+                loaded = await migration.load_state(
+                    monitor, paths.state_file, alive=lambda: child is not None and child.returncode is None)
+                if not (await monitor.execute("query-status")).get("running"):
+                    await monitor.execute("cont")
+            elif from_template:
+                assert origin is not None and origin.state is not None
+                if origin.before_load is not None:
+                    await origin.before_load()
+                loaded = await migration.load_state(
+                    monitor, origin.state, alive=lambda: child is not None and child.returncode is None,
+                    capabilities=migration.IGNORE_SHARED)
+                await monitor.execute("cont")
+        except BaseException as exc:
+            if child is not None:
+                if resuming:  # let the exit status arrive if QEMU is exiting on a bad stream
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(child.wait(), 0.5)
+                exited_early = child.returncode is not None
+                if child.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.kill()
+                await child.wait()
+            if monitor is not None and (resuming or from_template):
+                await monitor.close()
+            self.vms.store.delete_runtime(name)
+            with contextlib.suppress(Exception):
+                await self.vms.networks.release(rec)
+            if resuming:
+                # QEMU 7.2 exits on a bad stream and says why in its log; otherwise our own error says it.
+                own = exc.message if isinstance(exc, CorralError) else str(exc) or type(exc).__name__
+                detail = (migration.qemu_last_words(process.tail(paths.qemu_log, 2)) if exited_early else "") or own
+                await self.vms._set_state(name, VMState.SUSPENDED, f"failed to resume: {detail}")
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise migration.MigrationError(f"cannot resume VM '{name}' from {paths.state_file}: {detail} "
+                                               "(it stays suspended, its state file kept)") from exc
+            detail = process.tail(paths.qemu_log) or str(exc)
+            await self.vms._set_state(name, VMState.STOPPED, f"failed to start: {detail}")
+            if isinstance(exc, CorralError) and not isinstance(exc, MonitorError):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise EngineError(f"QEMU for '{name}' failed to start: {detail}") from exc
+        m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel.name, started_at=time.time(),
+                    monitor=monitor, agent=GuestAgent(paths.qga_socket), child=child, ssh_port=att.ssh_port,
+                    resumed=resuming)
+        if from_template and loaded is not None:
+            assert origin is not None
+            origin.loaded()
+            m.personalize = origin.personalize
+            self.vms.event(name, "start", f"template state loaded in {loaded.seconds:.2f}s", seconds=loaded.seconds)
+        elif loaded is not None:
+            paths.state_file.unlink(missing_ok=True)  # the guest moved on: the old state must never load again
+            self.vms.event(name, "resume", f"saved state loaded ({loaded.size >> 20} MiB in {loaded.seconds:.2f}s)",
+                           bytes=loaded.size, seconds=loaded.seconds)
+        if origin is not None:
+            m.after_ready = origin.after_ready
+        self.supervisor.attach(m)
+        await self.vms._set_state(name, VMState.RUNNING)
+
+    async def _prepare(self, rec: VMRecord, paths: VMPaths) -> Attachments:
+        """Everything the host sets up before QEMU starts; refuses (and changes nothing) if a port is taken."""
+        ports.check_free(rec.spec.ports, rec.name)
+        public_key = await asyncio.to_thread(ssh.ensure_keypair, paths)
+        nics = await self.vms.networks.attach(rec)
+        try:
+            seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)
+            return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed,
+                               disks=attachments(self.vms.store.list_disks(rec.name)))
+        except BaseException:
+            await self.vms.networks.release(rec)
+            raise

@@ -1,0 +1,131 @@
+"""Recovery after a daemon restart: re-attach to every VM whose QEMU still runs, settle the ones that died meanwhile.
+
+QEMU runs detached from the daemon, so a restarted daemon finds each VM's process again by its recorded pid and
+start time (or, if it died between spawning QEMU and recording it, by the VM's id on QEMU's command line), reconnects
+to its monitor and supervises it as before.
+
+What holds after a failure:
+- ``recover`` never deletes or recreates a VM it could not see: a live QEMU whose monitor does not answer is
+  shown as ``unknown`` and left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from corral.engine import migration, process
+from corral.engine.guest_agent import GuestAgent
+from corral.engine.monitor import Monitor, MonitorError
+from corral.store.db import RuntimeRecord, VMRecord
+from corral.vm.core import VMCore
+from corral.vm.machine import Machine
+from corral.vm.spec import RestartPolicy
+from corral.vm.states import LIVE, VMState
+from corral.vm.supervision import Supervisor
+
+
+class Recovery:
+    """Re-attaches the daemon to the VMs it finds at start; hands each live one to the supervisor."""
+
+    def __init__(self, vms: VMCore, supervisor: Supervisor) -> None:
+        self.vms = vms
+        self.supervisor = supervisor
+
+    async def recover(self) -> None:
+        """Re-attach to every VM whose QEMU still runs; settle the ones that died while the daemon was away."""
+        await asyncio.gather(*(self._recover_one(rec) for rec in self.vms.store.list_vms()))
+        await self.vms.networks.recover(r for r in self.vms.store.list_vms() if r.state in LIVE)
+
+    async def _recover_one(self, rec: VMRecord) -> None:
+        """Find the VM's QEMU again; attach to it, or settle the state of a VM whose QEMU is gone."""
+        name = rec.name
+        rt = self.vms.store.get_runtime(name)
+        ident: process.ProcessIdentity | None = None
+        if rt is not None:
+            candidate = process.ProcessIdentity(rt.pid, rt.start_ticks)
+            if process.matches(candidate, rec.id):
+                ident = candidate
+        else:
+            ident = process.find_qemu(rec.id)  # spawned but not yet recorded when the daemon died
+        if ident is None:
+            if rec.state == VMState.SUSPENDED:  # a resting state: no QEMU is expected
+                if not self.vms.paths(name).state_file.is_file():
+                    await self.vms._set_state(name, VMState.STOPPED, "its saved state file is gone")
+                return
+            if rec.state == VMState.SUSPENDING and self.vms.paths(name).state_file.is_file():
+                self.vms.store.delete_runtime(name)  # saved whole (renamed), then QEMU quit while the daemon was away
+                await self.vms._set_state(name, VMState.SUSPENDED, "suspended by user")
+                return
+            await self.supervisor.release_nics(name)  # taps left by a QEMU that exited while the daemon was away
+            if rec.state in LIVE or rt is not None:
+                self.vms.store.delete_runtime(name)
+                reason = "QEMU exited while the daemon was away"
+                tail = process.tail(self.vms.paths(name).qemu_log, 2)
+                if tail:
+                    reason += f": {tail}"
+                self.vms.store.set_exit_reason(name, reason)
+                await self.vms._set_state(name, VMState.CRASHED, reason)
+                if rec.spec.restart != RestartPolicy.NEVER:
+                    self.vms.spawn_background(self.supervisor.restart_later(name, 0.0), f"restart-{name}")
+            return
+        paths = self.vms.paths(name)
+        accel = rt.accel if rt else "unknown"
+        started_at = rt.started_at if rt else time.time()
+        if rt is None:
+            self.vms.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, started_at, accel))
+        m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel, started_at=started_at, monitor=None,
+                    agent=GuestAgent(paths.qga_socket), ssh_port=rt.ssh_port if rt else None)
+        monitor = Monitor(name, paths.qmp_socket)
+        try:
+            await monitor.connect(timeout=3.0, alive=lambda: process.is_alive(ident.pid))
+            status = await monitor.execute("query-status", timeout=3.0)
+        except MonitorError as exc:
+            await monitor.close()
+            self.supervisor.attach(m)
+            await self.vms._set_state(name, VMState.UNKNOWN, f"QEMU pid {ident.pid} runs but its monitor does not "
+                                      f"answer: {exc.message}")
+            self.vms.spawn_background(self._reconnect(m), f"reconnect-{name}")
+            return
+        m.monitor = monitor
+        self.supervisor.attach(m)
+        if rec.state == VMState.SUSPENDING:  # the daemon died while suspending this VM: finish or undo it
+            await self._settle_suspending(m, monitor, str(status.get("status")))
+            return
+        running = status.get("running", False)
+        await self.vms._set_state(name, VMState.RUNNING if running else VMState.PAUSED,
+                                  "" if running else f"paused ({status.get('status')})")
+        self.vms.event(name, "reattach", f"re-attached to QEMU pid {ident.pid}")
+
+    async def _settle_suspending(self, m: Machine, monitor: Monitor, status: str) -> None:
+        """Finish a suspend the daemon died in (its state file is whole) or undo it."""
+        paths = self.vms.paths(m.name)
+        if status == "postmigrate" and paths.state_file.is_file():  # saved whole: quit, as suspend would have
+            m.requested = "suspend"
+            with contextlib.suppress(MonitorError):
+                await monitor.execute("quit")
+            self.vms.event(m.name, "reattach", f"finished suspending (QEMU pid {m.ident.pid} quit)")
+            return
+        await migration.cancel(monitor)  # a save still under way would leave the VM paused once it completes
+        paths.state_file.with_name(paths.state_file.name + ".partial").unlink(missing_ok=True)
+        with contextlib.suppress(MonitorError):
+            await monitor.execute("cont")
+        await self.vms._set_state(m.name, VMState.RUNNING, "suspend interrupted by a daemon restart")
+        self.vms.event(m.name, "reattach", f"re-attached to QEMU pid {m.ident.pid}; the interrupted suspend undone")
+
+    async def _reconnect(self, m: Machine) -> None:
+        """Keep trying the monitor of an ``unknown`` VM; re-attach when it answers."""
+        while not m.exited.is_set() and m.monitor is None:
+            await asyncio.sleep(5.0)
+            monitor = Monitor(m.name, self.vms.paths(m.name).qmp_socket)
+            try:
+                await monitor.connect(timeout=3.0, alive=lambda: process.is_alive(m.ident.pid))
+                status = await monitor.execute("query-status", timeout=3.0)
+            except MonitorError:
+                await monitor.close()
+                continue
+            m.monitor = monitor
+            monitor.watch(lambda ev, data: self.supervisor.on_qmp_event(m, ev, data))
+            await self.vms._set_state(m.name, VMState.RUNNING if status.get("running") else VMState.PAUSED)
+            self.vms.event(m.name, "reattach", f"monitor of QEMU pid {m.ident.pid} answers again")
