@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from corral.client import APIError, Client, DaemonUnavailable
-from tests.conftest import CorralEnv, ok
+from tests.conftest import CorralEnv, ok, start_daemon_with
 
 pytestmark = pytest.mark.vm
 
@@ -161,5 +161,7 @@ def test_load_quick(corral: CorralEnv) -> None:
 
 
 @pytest.mark.soak
-def test_load_soak(corral: CorralEnv) -> None:
-    run_load(corral, clients=100, vms=20, seconds=120)
+@pytest.mark.timeout(1500)  # 20 boots under TCG on a shared host come first
+def test_load_soak(corral_home: CorralEnv) -> None:
+    # 20 vCPUs on 2 host threads: the default overcommit allows 8
+    run_load(start_daemon_with(corral_home, {"CORRAL_CPU_OVERCOMMIT": "12"}), clients=100, vms=20, seconds=120)
