@@ -369,7 +369,7 @@ class Client:
             elif chunk.kind == "exit":
                 code = chunk.exit_code
             elif chunk.kind == "error":
-                raise APIError(502, "EngineError", chunk.message or "exec failed")
+                raise APIError(chunk.status or 502, chunk.error or "EngineError", chunk.message or "exec failed")
         return code, bytes(out), bytes(err)
 
     # ------------------------------------------------------------------------------------------------- files --

@@ -142,6 +142,9 @@ class ExecChunk(BaseModel):
     signal: int | None = None
     timed_out: bool = False
     message: str | None = None
+    error: str | None = Field(default=None, description="kind error: the error's class, as in an error response")
+    status: int | None = Field(default=None, description="kind error: the HTTP status it would have had before "
+                               "the stream began (409: the VM's state changed, e.g. paused; 502: the guest agent)")
 
 
 class BuildEvent(BaseModel):

@@ -36,6 +36,11 @@ _BY_ERROR = {
 }
 
 
+def exit_code_for(error: str, default: int = EXIT_ERROR) -> int:
+    """The exit code for an error class name (as the API reports it)."""
+    return _BY_ERROR.get(error, default)
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)

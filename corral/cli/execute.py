@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from corral.cli.common import EXIT_ENGINE, api, fail, parse_env
+from corral.cli.common import EXIT_ENGINE, api, exit_code_for, fail, parse_env
 
 #: Exit code when --timeout killed the command (as coreutils' timeout).
 EXIT_TIMEOUT = 124
@@ -35,7 +35,7 @@ def exec_(
                 stream.write(base64.b64decode(chunk.data_b64 or ""))
                 stream.flush()
             elif chunk.kind == "error":
-                fail(chunk.message or "exec failed", EXIT_ENGINE)
+                fail(chunk.message or "exec failed", exit_code_for(chunk.error or "", EXIT_ENGINE))
             elif chunk.kind == "exit":
                 if chunk.timed_out:
                     print(f"error: command timed out after {timeout}s and was killed", file=sys.stderr)

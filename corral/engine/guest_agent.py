@@ -55,6 +55,11 @@ CLEANUP_CALL_TIMEOUT = 3.0
 #: How long to wait for a killed process to be reported as exited.
 KILL_WAIT = 5.0
 
+#: What qemu-ga answers while the guest's file systems are frozen (its ``ga_freeze_allowlist``); it refuses every
+#: other command (CommandNotFound: "has been disabled") until the thaw.
+FROZEN_ALLOWED = frozenset({"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited",
+                            "guest-fsfreeze-status", "guest-fsfreeze-thaw"})
+
 # The wrapper run by ``/bin/sh -c`` in the guest. Positional parameters: stdout file, stderr file, directory ("" for
 # none), "1" when stdin data is given, then the user's argv. It redirects its own stdout/stderr into the files (so
 # the shell's own messages, "not found" included, land in the stderr file), changes directory, and ``exec``s the
@@ -173,6 +178,12 @@ class GuestAgent:
     Requests are serialized by a lock: one request is on the wire at a time, so answers come back in order. After a
     timeout, a cancellation or a broken answer the connection is dropped, and the next call reconnects and re-syncs;
     an ``{"error": ...}`` answer keeps the connection.
+
+    A freeze (``guest-fsfreeze-freeze``, a snapshot's) is one of these requests: from the moment it is asked until
+    a thaw is answered, a command qemu-ga would refuse while frozen (not in :data:`FROZEN_ALLOWED`) waits (within
+    its own timeout) instead of being sent. So an exec, or a running exec's polls, that meet a snapshot carry on
+    after the thaw rather than fail with "the agent is in frozen state". Requests already queued when the freeze
+    is asked go before it (the lock is FIFO).
     """
 
     def __init__(
@@ -189,6 +200,8 @@ class GuestAgent:
         self.shell = tuple(shell)
         self._lock = asyncio.Lock()
         self._channel: _Channel | None = None
+        self._thawed = asyncio.Event()  # cleared from a freeze request until a thaw is answered
+        self._thawed.set()
 
     # -- connection ---------------------------------------------------------------------------------------------
 
@@ -341,11 +354,26 @@ class GuestAgent:
         GuestAgentError if the socket is missing or broke.
         """
         deadline = asyncio.get_running_loop().time() + timeout
+        if command.startswith("guest-fsfreeze-freeze"):
+            self._thawed.clear()  # before queueing: whatever is queued already goes first, nothing after it
+        elif command not in FROZEN_ALLOWED and not self._thawed.is_set():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._thawed.wait()
+            except TimeoutError:
+                raise GuestAgentTimeout(f"{command} not sent: the guest's file systems stayed frozen") from None
         await self._acquire(deadline, command)
         try:
-            return await self._request(command, arguments, deadline)
+            result = await self._request(command, arguments, deadline)
+        except GuestAgentCommandError:
+            if command == "guest-fsfreeze-thaw":
+                self._thawed.set()  # it answered the thaw: whatever it froze before is undone
+            raise
         finally:
             self._lock.release()
+        if command == "guest-fsfreeze-thaw" or (command == "guest-fsfreeze-status" and result == "thawed"):
+            self._thawed.set()
+        return result
 
     async def _request(self, command: str, arguments: dict[str, Any] | None, deadline: float) -> Any:
         """One request/answer with the lock held."""

@@ -44,10 +44,31 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if f else None
 
 
+def _state(path: Path) -> str | None:
+    try:
+        data = path.read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return data[data.rindex(")") + 2 :].split(maxsplit=1)[0]
+
+
 def is_alive(pid: int) -> bool:
-    """True while ``pid`` exists and has not exited (a zombie has exited)."""
-    f = _stat_fields(pid)
-    return f is not None and f[0] not in ("Z", "X")
+    """True while ``pid`` exists and has not exited (a zombie has exited).
+
+    A process has exited only when all its threads have: a SIGKILLed QEMU's main thread is a zombie at once, while
+    its other threads may still be finishing (an fdatasync in flight, for tens of milliseconds); until the last one
+    ends, the process keeps its files open and its image locks held. So a zombie leader with a live thread is alive.
+    """
+    state = _state(Path(f"/proc/{pid}/stat"))
+    if state is None:
+        return False
+    if state not in ("Z", "X"):
+        return True
+    try:
+        tasks = [t for t in os.listdir(f"/proc/{pid}/task") if t != str(pid)]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return any(_state(Path(f"/proc/{pid}/task/{t}/stat")) not in (None, "Z", "X") for t in tasks)
 
 
 def cmdline(pid: int) -> list[str]:

@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import TypeAdapter
 
 from corral.api.deps import Services, services, using, wake
+from corral.api.errors import status_for
 from corral.api.models import (
     DiskInfo,
     EventInfo,
@@ -275,7 +276,9 @@ async def exec_vm(name: str, req: ExecRequest, svc: Svc) -> StreamingResponse:
                         chunk = ExecChunk(kind=item.stream, data_b64=base64.b64encode(item.data).decode())
                     yield chunk.model_dump_json(exclude_none=True).encode() + b"\n"
         except CorralError as exc:
-            yield ExecChunk(kind="error", message=exc.message).model_dump_json(exclude_none=True).encode() + b"\n"
+            # Found after the 200 (the VM was paused meanwhile, the agent failed): the status it would have had.
+            chunk = ExecChunk(kind="error", message=exc.message, error=type(exc).__name__, status=status_for(exc))
+            yield chunk.model_dump_json(exclude_none=True).encode() + b"\n"
 
     return StreamingResponse(stream(), media_type="application/x-ndjson")
 

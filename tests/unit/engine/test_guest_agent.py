@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import pytest
 
-from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent, GuestAgentCommandError
+from corral.engine.guest_agent import FROZEN_ALLOWED, ExecExit, ExecOutput, GuestAgent, GuestAgentCommandError
 from corral.errors import GuestAgentError, GuestAgentTimeout
 
 SHELLS: list[tuple[str, ...]] = [("/bin/sh",)]
@@ -42,6 +42,8 @@ class FakeAgent:
         self.next_handle = 1000
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
+        self.frozen = False  # like qemu-ga: while frozen, only FROZEN_ALLOWED commands are served
+        self.refused: list[str] = []
 
     async def start(self) -> None:
         self.server = await asyncio.start_unix_server(self._serve, str(self.path))
@@ -108,6 +110,10 @@ class FakeAgent:
                 self.ignore_syncs -= 1
                 return None
             return {"return": args["id"]}
+        if self.frozen and command not in FROZEN_ALLOWED:
+            self.refused.append(command)
+            return {"error": {"class": "CommandNotFound", "desc": f"Command {command} has been disabled: the agent "
+                              "is in frozen state"}}
         handler = getattr(self, "cmd_" + command.replace("-", "_"), None)
         if handler is None:
             return {
@@ -120,6 +126,14 @@ class FakeAgent:
 
     async def cmd_guest_ping(self) -> dict[str, Any]:
         return {}
+
+    async def cmd_guest_fsfreeze_freeze(self) -> int:
+        self.frozen = True
+        return 1
+
+    async def cmd_guest_fsfreeze_thaw(self) -> int:
+        was, self.frozen = self.frozen, False
+        return int(was)
 
     async def cmd_guest_exec(
         self,
@@ -336,6 +350,31 @@ def test_cancelled_request_resets_the_connection(tmp_path: Path) -> None:
             await task
         assert await agent.execute("guest-ping") == {}
         assert fake.connections == 2
+
+    run_with_agent(tmp_path, body)
+
+
+def test_commands_wait_for_the_thaw_of_a_freeze(tmp_path: Path) -> None:
+    """An exec that meets a snapshot's freeze (started during it, or polling through it) waits for the thaw
+    instead of failing: nothing qemu-ga refuses while frozen is sent to it."""
+
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        await agent.wait_ready(5)
+        running = asyncio.ensure_future(collect(agent, ["sh", "-c", "sleep 0.3; echo through"]))
+        await asyncio.sleep(0.1)
+        assert await agent.execute("guest-fsfreeze-freeze") == 1
+        started = asyncio.ensure_future(collect(agent, ["echo", "after"]))
+        await asyncio.sleep(0.6)
+        assert not running.done() and not started.done()
+        assert await agent.execute("guest-fsfreeze-thaw") == 1
+        assert (await running)[0] == b"through\n" and (await started)[0] == b"after\n"
+        # frozen for longer than a command's timeout: it is not sent, and says why
+        await agent.execute("guest-fsfreeze-freeze")
+        with pytest.raises(GuestAgentTimeout, match="stayed frozen"):
+            await agent.execute("guest-file-open", {"path": str(tmp_path / "x"), "mode": "w"}, timeout=0.3)
+        await agent.execute("guest-ping")  # allowed while frozen
+        await agent.execute("guest-fsfreeze-thaw")
+        assert fake.refused == []
 
     run_with_agent(tmp_path, body)
 
