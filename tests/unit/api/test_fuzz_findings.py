@@ -1,0 +1,16 @@
+"""Bad input the API fuzzer (tests/faults/test_api_fuzz.py) found answered with a 500: each must be refused with
+a one-line message naming what is wrong, as a 4xx, before anything changes."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from corral.api.models import IdlePolicy
+
+
+@pytest.mark.parametrize("value", [[{}], {"a": 1}, [60]])
+def test_idle_suspend_after_of_the_wrong_type_is_refused(value: object) -> None:
+    # was: TypeError from float(list) inside the validator, which pydantic does not turn into a 422
+    with pytest.raises(ValidationError, match="is not a duration: use e.g. 30m or 1h, or off"):
+        IdlePolicy.model_validate({"suspend_after": value})
