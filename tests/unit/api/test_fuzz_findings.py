@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from corral.api.models import IdlePolicy
+from corral.api.models import IdlePolicy, QuotaSet
 
 
 @pytest.mark.parametrize("value", [[{}], {"a": 1}, [60]])
@@ -14,3 +14,10 @@ def test_idle_suspend_after_of_the_wrong_type_is_refused(value: object) -> None:
     # was: TypeError from float(list) inside the validator, which pydantic does not turn into a 422
     with pytest.raises(ValidationError, match="is not a duration: use e.g. 30m or 1h, or off"):
         IdlePolicy.model_validate({"suspend_after": value})
+
+
+def test_quota_past_what_the_store_holds_is_refused() -> None:
+    # was: OverflowError from SQLite ("Python int too large to convert to SQLite INTEGER") as a 500
+    with pytest.raises(ValidationError, match="less than or equal to 9223372036854775807"):
+        QuotaSet.model_validate({"memory": 2**64})
+    assert QuotaSet.model_validate({"disk": 2**63 - 1}).disk == 2**63 - 1
