@@ -3,10 +3,15 @@ a one-line message naming what is wrong, as a 4xx, before anything changes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from corral.api.errors import status_for
 from corral.api.models import IdlePolicy, QuotaSet
+from corral.backup.service import given_repo_path
+from corral.errors import InvalidInput
 
 
 @pytest.mark.parametrize("value", [[{}], {"a": 1}, [60]])
@@ -21,3 +26,15 @@ def test_quota_past_what_the_store_holds_is_refused() -> None:
     with pytest.raises(ValidationError, match="less than or equal to 9223372036854775807"):
         QuotaSet.model_validate({"memory": 2**64})
     assert QuotaSet.model_validate({"disk": 2**63 - 1}).disk == 2**63 - 1
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ("backups", "is not absolute: give the whole path"),  # was: a repository made in the daemon's working directory
+    ("~x", "is not absolute"),  # was: RuntimeError from expanduser() in a daemon without a home directory, a 500
+    ("/b\0", "contains a NUL byte"),
+])
+def test_backup_repository_paths_are_absolute(raw: str, words: str) -> None:
+    with pytest.raises(InvalidInput, match=words) as exc:
+        given_repo_path(raw)
+    assert status_for(exc.value) == 422 and "\n" not in exc.value.message
+    assert given_repo_path("/srv/b/") == Path("/srv/b")
