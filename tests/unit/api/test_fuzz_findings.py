@@ -3,15 +3,24 @@ a one-line message naming what is wrong, as a 4xx, before anything changes."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
+from corral.api.app import create_app
 from corral.api.errors import status_for
 from corral.api.models import IdlePolicy, QuotaSet
 from corral.backup.service import given_repo_path
 from corral.errors import InvalidInput
+
+
+async def get(url: str) -> httpx.Response:
+    """A request to the app without a daemon: for what is refused before any service is reached."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), base_url="http://corral") as c:
+        return await c.get(url)
 
 
 @pytest.mark.parametrize("value", [[{}], {"a": 1}, [60]])
@@ -38,3 +47,12 @@ def test_backup_repository_paths_are_absolute(raw: str, words: str) -> None:
         given_repo_path(raw)
     assert status_for(exc.value) == 422 and "\n" not in exc.value.message
     assert given_repo_path("/srv/b/") == Path("/srv/b")
+
+
+@pytest.mark.parametrize("url", ["/v1/events?after=18446744073709551616", "/v1/vms/web/events?after=2e70",
+                                 "/v1/vms/web/events?after=99999999999999999999", "/v1/vms/web/events?after=-1"])
+def test_event_ids_past_what_the_store_holds_are_refused(url: str) -> None:
+    # was: OverflowError from SQLite binding the id, a 500 (and a negative id was taken for the whole log)
+    r = asyncio.run(get(url))
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith("query.after: Input should be")
