@@ -31,7 +31,7 @@ def validation_message(exc: RequestValidationError) -> str:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts) or "invalid request"
+    return e.one_line("; ".join(parts)) or "invalid request"
 
 
 def install(app: FastAPI) -> None:

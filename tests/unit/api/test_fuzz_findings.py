@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,13 +15,13 @@ from corral.api.app import create_app
 from corral.api.errors import status_for
 from corral.api.models import IdlePolicy, QuotaSet
 from corral.backup.service import given_repo_path
-from corral.errors import InvalidInput
+from corral.errors import InvalidInput, NotFound
 
 
-async def get(url: str) -> httpx.Response:
+async def request(method: str, url: str, **kw: Any) -> httpx.Response:
     """A request to the app without a daemon: for what is refused before any service is reached."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), base_url="http://corral") as c:
-        return await c.get(url)
+        return await c.request(method, url, **kw)
 
 
 @pytest.mark.parametrize("value", [[{}], {"a": 1}, [60]])
@@ -53,6 +54,20 @@ def test_backup_repository_paths_are_absolute(raw: str, words: str) -> None:
                                  "/v1/vms/web/events?after=99999999999999999999", "/v1/vms/web/events?after=-1"])
 def test_event_ids_past_what_the_store_holds_are_refused(url: str) -> None:
     # was: OverflowError from SQLite binding the id, a 500 (and a negative id was taken for the whole log)
-    r = asyncio.run(get(url))
+    r = asyncio.run(request("GET", url))
     assert r.status_code == 422, r.text
     assert r.json()["message"].startswith("query.after: Input should be")
+
+
+def test_a_message_quoting_a_name_with_a_newline_stays_one_line() -> None:
+    # was: "no VM named 'a\nb'" split over two lines, in the API's body and in the CLI's error
+    msg = NotFound("no VM named 'a\nb\x1b\u2028c\td' (VMs: web)").message
+    assert msg == "no VM named 'a\\nb\\x1b\\u2028c\\td' (VMs: web)"
+    assert len(msg.splitlines()) == 1
+    assert NotFound("no VM named 'café'").message == "no VM named 'café'"  # printable text is left alone
+
+
+def test_a_refused_field_name_with_a_newline_stays_one_line() -> None:
+    r = asyncio.run(request("PATCH", "/v1/vms/web", json={"\nx": 1}))
+    assert r.status_code == 422, r.text
+    assert r.json() == {"error": "InvalidInput", "message": "\\nx: Extra inputs are not permitted"}
