@@ -71,3 +71,19 @@ def test_a_refused_field_name_with_a_newline_stays_one_line() -> None:
     r = asyncio.run(request("PATCH", "/v1/vms/web", json={"\nx": 1}))
     assert r.status_code == 422, r.text
     assert r.json() == {"error": "InvalidInput", "message": "\\nx: Extra inputs are not permitted"}
+
+
+@pytest.mark.parametrize(("method", "url", "kw", "status", "body"), [
+    # was: FastAPI's own {"detail": "There was an error parsing the body"}, without Corral's error and message
+    ("POST", "/v1/vms", {"content": b"\xd6\xc3A\xa0J", "headers": {"content-type": "application/json"}}, 400,
+     {"error": "InvalidInput",
+      "message": "the request body is not valid JSON: send a JSON object (Content-Type: application/json)"}),
+    ("GET", "/v1/nothing", {}, 404,
+     {"error": "NotFound", "message": "no API route /v1/nothing: see /openapi.json for the routes"}),
+    ("PUT", "/v1/status", {}, 405,
+     {"error": "InvalidInput", "message": "PUT is not allowed on /v1/status: see /openapi.json for its methods"}),
+])
+def test_errors_fastapi_raises_itself_get_corrals_error_body(method: str, url: str, kw: dict[str, Any], status: int,
+                                                             body: dict[str, str]) -> None:
+    r = asyncio.run(request(method, url, **kw))
+    assert (r.status_code, r.json()) == (status, body)
