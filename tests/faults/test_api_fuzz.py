@@ -12,12 +12,18 @@ Checks on every response:
 - no 5xx (schemathesis's ``not_a_server_error``), and no hang (a 30 s read timeout);
 - the response conforms to the schema the document declares (``response_schema_conformance``, on the JSON routes;
   the NDJSON streams and plain-text logs declare no schema to conform to);
+- a refusal says why: its body is Corral's error body (``error``, ``message``), the message one line;
 - a refused request changes nothing: for *every* request answered 4xx (the store is small, so all of them are
   checked, in the quick run as in the soak), the store and the files of the Corral home are the same before and
   after it. The store is compared as a dump of every table but the event log ``events`` (it records refused
   operations by design) and the idle sampler's ``vms.last_active`` (a measurement the daemon updates by itself); the
   home as a listing of paths with sizes and, for files under 1 MiB, a SHA-256, leaving out what changes by itself:
   logs, sockets, the SQLite files (compared as the dump) and the disk contents of the running VM.
+
+Bounds: each operation gets at most ``max_examples`` requests per generation mode (valid, then invalid; the invalid
+mode only where an input can be invalid at all), 4 in the quick run (`make test`), 40 in the soak run (marker
+``soak``, `make test-faults`); Hypothesis is derandomized, so every run sends the same requests. A streamed route
+(NDJSON) that refuses after its 200 says so in an error line: that is not a 4xx, and not compared.
 
 The test prints the figures it measured (operations, requests, responses by status class, refused requests
 checked, failures); docs/reliability.md ("API fuzzing") records them.
@@ -333,11 +339,26 @@ def send(http: httpx.Client, home: Home, case: Any, key: tuple[str, str], mode: 
         found = "; ".join(f"{f.title}: {f.message}"[:300] for f in group.exceptions)
         fig.failures.append(f"{what}: {code} {response.text[:300]!r}: {found}")
     if 400 <= code < 500:
+        if problem := unclear(response):
+            fig.failures.append(f"{what}: refused with {code} {response.text[:200]!r}: {problem}")
         fig.refused_checked += 1
         after = home.state()
         if after != before:
             fig.failures.append(f"{what}: refused with {code} {response.text[:200]!r} but changed: "
                                 f"{diff(before, after)}")
+
+
+def unclear(response: httpx.Response) -> str:
+    """What is wrong with a refusal's body, if anything: it must be Corral's error body, its message one line."""
+    try:
+        body = response.json()
+    except ValueError:
+        return "not a JSON error body"
+    if not isinstance(body, dict) or not isinstance(body.get("message"), str) or not body["message"].strip():
+        return "no one-line message (error body: {error, message})"
+    if "\n" in body["message"]:
+        return "the message is more than one line"
+    return ""
 
 
 def check_the_check(corral: CorralEnv, home: Home) -> None:
