@@ -19,10 +19,21 @@ Every package raises a subclass of :class:`CorralError`; the API maps them to HT
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with each character that is not printable (newline, tab, escape and the other control characters,
+    line and paragraph separators) written as Python escapes it (``\\n``, ``\\x1b``): a message that quotes what a
+    user sent (a name with a newline in it) stays one line, and shows what was sent."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 class CorralError(Exception):
-    """Base of every error Corral raises on purpose. ``message`` is one line, fit to print as is."""
+    """Base of every error Corral raises on purpose. ``message`` is one line, fit to print as is (made so: see
+    :func:`one_line`)."""
 
     def __init__(self, message: str) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
 

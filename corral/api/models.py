@@ -30,6 +30,8 @@ from corral.vm.states import VMState
 API_PREFIX = "/v1"
 #: The header the client sends with the local user name: the actor recorded on events, and a new VM's owner.
 USER_HEADER = "X-Corral-User"
+#: The largest integer the store (SQLite INTEGER) and QEMU (int64) hold: a bound for counts and sizes on the wire.
+MAX_INT64 = 2**63 - 1
 
 
 class DiskInfo(BaseModel):
@@ -267,10 +269,10 @@ class ErrorBody(BaseModel):
 class QuotaSet(BaseModel):
     """Limits to set for a project or owner; a field left out keeps its current value (null: no limit)."""
 
-    vms: int | None = Field(default=None, ge=0)
-    vcpus: int | None = Field(default=None, ge=0)
-    memory: int | None = Field(default=None, ge=0, description="MiB")
-    disk: int | None = Field(default=None, ge=0, description="bytes")
+    vms: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    vcpus: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    memory: int | None = Field(default=None, ge=0, le=MAX_INT64, description="MiB")
+    disk: int | None = Field(default=None, ge=0, le=MAX_INT64, description="bytes")
 
 
 class QuotaUsage(BaseModel):

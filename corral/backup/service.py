@@ -81,6 +81,17 @@ def _noop(stage: str, done: int, total: int | None) -> None:
     pass
 
 
+def given_repo_path(raw: str) -> Path:
+    """A repository path from a request: absolute, since the daemon knows neither the client's working directory
+    nor its home (the CLI sends ``~/b`` and ``./b`` resolved); a relative one would land in the daemon's cwd."""
+    if "\0" in raw:
+        raise InvalidInput(f"repository path {raw!r} contains a NUL byte: give an absolute path")
+    if not os.path.isabs(raw):
+        raise InvalidInput(f"repository path {raw!r} is not absolute: give the whole path (the daemon does not "
+                           "know the client's working directory)")
+    return Path(os.path.normpath(raw))
+
+
 @contextlib.asynccontextmanager
 async def _locked(repo: Repository, exclusive: bool) -> AsyncIterator[None]:
     cm = repo.lock(exclusive)
@@ -101,7 +112,8 @@ class BackupService:
 
     # ------------------------------------------------------------------------------------------ repositories --
     def repo_path(self, repo: str | None) -> Path:
-        return Path(repo).expanduser().absolute() if repo else self.settings.home / BACKUPS_DIR
+        """The repository ``repo`` names (an absolute path), or the default one under the Corral home."""
+        return given_repo_path(repo) if repo else self.settings.home / BACKUPS_DIR
 
     def open_repo(self, repo: str | None) -> Repository:
         """The repository at ``repo``; the default one (under the Corral home) is made on first use."""
@@ -111,7 +123,7 @@ class BackupService:
         return Repository.open(path)
 
     async def init_repo(self, path: str) -> RepoInfo:
-        repo = await asyncio.to_thread(Repository.init, Path(path))
+        repo = await asyncio.to_thread(Repository.init, given_repo_path(path))
         self.vms.event(None, "backup", f"backup repository made at {repo.path}", repo=str(repo.path))
         return await asyncio.to_thread(repo.info)
 

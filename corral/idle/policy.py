@@ -71,7 +71,7 @@ def parse_after(v: Any) -> float | None:
     ``off`` as false)."""
     if v is None or v is False or (isinstance(v, str) and v.strip().lower() in ("off", "never", "none")):
         return None
-    if isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
         raise ValueError(f"{v!r} is not a duration: use e.g. 30m or 1h, or off")
     seconds = parse_duration(v) if isinstance(v, str) else float(v)
     if not MIN_SUSPEND_AFTER <= seconds <= MAX_TTL:

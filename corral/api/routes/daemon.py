@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from corral import __version__
 from corral.api.deps import Services, services
-from corral.api.models import DaemonStatus, EventInfo, Report
+from corral.api.models import MAX_INT64, DaemonStatus, EventInfo, Report
 from corral.api.routes.vms import select
 from corral.errors import CorralError, InvalidInput
 from corral.idle.policy import IDLE_REASON
@@ -60,7 +60,7 @@ def event_query(
     type: Annotated[str | None, Query(description="only this type: state, create, start, label, ...")] = None,
     result: Annotated[str | None, Query(description="ok or error")] = None,
     since: Annotated[str | None, Query(description="a duration ago (10m, 2h), an ISO time or a Unix time")] = None,
-    after: Annotated[int, Query(ge=0, description="only events after this id")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64, description="only events after this id")] = 0,
 ) -> EventQuery:
     try:
         ts = parse_since(since, time.time()) if since else None

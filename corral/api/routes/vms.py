@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from corral.api.deps import Services, services, using, wake
 from corral.api.errors import status_for
 from corral.api.models import (
+    MAX_INT64,
     DiskInfo,
     EventInfo,
     ExecChunk,
@@ -299,7 +300,10 @@ async def logs(
 
 
 @router.get("/{name}/events", response_model=list[EventInfo])
-async def vm_events(name: str, svc: Svc, after: int = 0) -> list[EventInfo]:
+async def vm_events(
+    name: str, svc: Svc,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64, description="only events after this id")] = 0,
+) -> list[EventInfo]:
     svc.vms.get(name)
     return [EventInfo(**e.__dict__) for e in svc.store.events(vm=name, after=after)]
 
