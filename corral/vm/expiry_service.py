@@ -151,12 +151,14 @@ class ExpiryService:
                                 warned=self._expiry_recorded(name, "expiring", at),
                                 expired=self._expiry_recorded(name, "expired", at))
             decision = expiry.decide(check)
-            if decision == Decision.WARN:
+            if decision == Decision.WARN or (decision in (Decision.ACT, Decision.DONE) and not check.warned):
+                # At expiry without a warning yet (the VM's lock was held through its whole warning window, e.g.
+                # by a slow start on a busy host): the warning still comes first, then the action.
                 left = (at - check.now).total_seconds()
-                self.vms.event(name, "expiring", f"expires in {expiry.format_duration(left)} "
-                               f"({at:%Y-%m-%d %H:%M:%S}Z), then: {action.value}; `corral extend {name}` to keep it",
-                               expires_at=at.isoformat(), action=action.value)
-            elif decision == Decision.DONE:
+                when = f"expires in {expiry.format_duration(left)}" if left > 0 else "expires now"
+                self.vms.event(name, "expiring", f"{when} ({at:%Y-%m-%d %H:%M:%S}Z), then: {action.value}; "
+                               f"`corral extend {name}` to keep it", expires_at=at.isoformat(), action=action.value)
+            if decision == Decision.DONE:
                 self.vms.event(name, "expired", f"expired; {action.value}: nothing to do, it is {rec.state}",
                                expires_at=at.isoformat(), action=action.value)
             elif decision == Decision.ACT:

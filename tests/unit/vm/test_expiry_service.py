@@ -64,7 +64,8 @@ def test_warning_once_then_expired_once(svc: VMService) -> None:
     svc.store.update_spec(rec.spec.model_copy(update={"expires_at": datetime.now(UTC) - timedelta(seconds=1)}))
     asyncio.run(svc.expiry.check_expiry())
     asyncio.run(svc.expiry.check_expiry())
-    assert kinds(svc, "w") == ["expiring", "expired"]  # already stopped: nothing to do, said once
+    # The expiry moved (to the past): warned for that one too, then already stopped: nothing to do, said once.
+    assert kinds(svc, "w") == ["expiring", "expiring", "expired"]
     ev = svc.store.events(vm="w")[-1]
     assert ev.result == "ok" and ev.data["action"] == "stop" and ev.actor == "corrald"
 
@@ -82,7 +83,7 @@ def test_delete_of_a_stopped_vm(svc: VMService) -> None:
     svc.paths("d").root.mkdir(parents=True)
     asyncio.run(svc.expiry.check_expiry())
     assert svc.store.get_vm("d") is None and not svc.paths("d").root.exists()
-    assert [e.type for e in svc.store.events(vm="d")] == ["delete", "expired"]
+    assert [e.type for e in svc.store.events(vm="d")] == ["expiring", "delete", "expired"]
 
 
 def test_extend_and_start_refused_when_expired(svc: VMService) -> None:
@@ -97,3 +98,27 @@ def test_extend_and_start_refused_when_expired(svc: VMService) -> None:
     with pytest.raises(InvalidInput):
         asyncio.run(svc.expiry.extend("e", to=datetime(2000, 1, 1, tzinfo=UTC)))
     assert [e.type for e in svc.store.events(vm="e")] == ["extend", "extend"]
+
+
+def test_warned_before_acting_even_when_the_window_was_missed(svc: VMService) -> None:
+    """The VM's lock was held (a slow start on a busy host) through its whole warning window: at expiry the
+    warning still comes first, then the expired event, each once."""
+    put(svc, "late", VMState.STOPPED, left=-1.0)  # already past expiry, never warned
+    asyncio.run(svc.expiry.check_expiry())
+    asyncio.run(svc.expiry.check_expiry())
+    assert kinds(svc, "late") == ["expiring", "expired"]
+    warning = [e for e in svc.store.events(vm="late") if e.type == "expiring"][0]
+    assert warning.message.startswith("expires now")
+
+
+def test_a_held_lock_postpones_the_check(svc: VMService) -> None:
+    put(svc, "busy", VMState.STOPPED, left=-1.0)
+
+    async def held() -> None:
+        async with svc._lock("busy"):
+            await svc.expiry.check_expiry()
+        assert kinds(svc, "busy") == []  # looked again at the next pass, not blocked behind the operation
+        await svc.expiry.check_expiry()
+
+    asyncio.run(held())
+    assert kinds(svc, "busy") == ["expiring", "expired"]
