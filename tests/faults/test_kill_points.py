@@ -25,6 +25,7 @@ class Case:
     outcome: str | None  # finished or rolled back
     before: tuple[tuple[str, ...], ...] = ()  # commands run first (the daemon armed, but not on this path)
     vm: bool = True  # launch the VM f first
+    quick: bool = False  # in make test (one point per operation); the others run in make test-faults
     after: Callable[[CorralEnv], None] | None = field(default=None, compare=False)
 
 
@@ -67,28 +68,29 @@ def _reverted(c: CorralEnv) -> None:
 
 CASES = [
     Case("snapshot.after-freeze", ("snapshot", "create", "f", "s1"), "snapshot", "rolled back", after=_snapshot_absent),
-    Case("snapshot.after-overlay", ("snapshot", "create", "f", "s1"), "snapshot", "finished", after=_snapshot_there),
+    Case("snapshot.after-overlay", ("snapshot", "create", "f", "s1"), "snapshot", "finished", after=_snapshot_there,
+         quick=True),
     Case("snapshot.memory-paused", ("snapshot", "create", "f", "s1", "--memory"), "snapshot", "rolled back",
-         after=_snapshot_absent),
+         after=_snapshot_absent, quick=True),
     Case("snapshot.before-record", ("snapshot", "create", "f", "s1", "--memory"), "snapshot", "finished",
          after=_snapshot_there),
-    Case("clone.after-freeze", ("clone", "f", "f2", "--full"), "clone", "rolled back", after=_no_clone),
+    Case("clone.after-freeze", ("clone", "f", "f2", "--full"), "clone", "rolled back", after=_no_clone, quick=True),
     Case("clone.during-copy", ("clone", "f", "f2", "--full"), "clone", "rolled back", after=_no_clone),
     Case("clone.before-record", ("clone", "f", "f2"), "clone", "rolled back", after=_no_clone),
-    Case("backup.during-copy", ("backup", "create", "f"), "backup", "rolled back", after=_no_backup),
+    Case("backup.during-copy", ("backup", "create", "f"), "backup", "rolled back", after=_no_backup, quick=True),
     Case("backup.before-index", ("backup", "create", "f"), "backup", "rolled back", after=_no_backup),
     Case("template.after-pause", ("template", "create", "t1", "--from", "f"), "template", "rolled back",
-         after=_no_template),
-    Case("export.after-freeze", ("export", "f", "{home}/f.tar.gz"), "export", "rolled back"),
+         after=_no_template, quick=True),
+    Case("export.after-freeze", ("export", "f", "{home}/f.tar.gz"), "export", "rolled back", quick=True),
     Case("revert.after-quit", ("snapshot", "revert", "f", "s0", "--force"), "revert", "finished",
          before=(("snapshot", "create", "f", "s0"), ("exec", "f", "--", "sh", "-c", "echo x > /root/marker; sync")),
-         after=_reverted),
+         after=_reverted, quick=True),
     Case("disk.after-plug", ("disk", "add", "f", "data", "--size", "64M"), "disk", "finished",
-         after=_disk_of("64M")),
+         after=_disk_of("64M"), quick=True),
     Case("disk.resize.before-record", ("disk", "resize", "f", "data", "128M"), "disk-resize", "finished",
          before=(("disk", "add", "f", "data", "--size", "64M"),), after=_disk_of("128M")),
-    Case("launch.after-spawn", ("launch", "g", "--memory", "128M"), None, None, vm=False, after=_launched),
-    Case("suspend.during-save", ("suspend", "f"), None, None),
+    Case("launch.after-spawn", ("launch", "g", "--memory", "128M"), None, None, vm=False, after=_launched, quick=True),
+    Case("suspend.during-save", ("suspend", "f"), None, None, quick=True),
 ]
 
 
@@ -96,7 +98,8 @@ def test_every_fault_point_has_a_case() -> None:
     assert {c.point for c in CASES} == set(faults.POINTS)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.point for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c.quick else pytest.mark.soak) for c in CASES],
+                         ids=[c.point for c in CASES])
 def test_killed_at_fault_point(corral_home: CorralEnv, case: Case) -> None:
     assert case.point in faults.POINTS
     c = corral_home

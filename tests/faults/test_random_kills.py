@@ -65,6 +65,7 @@ def test_reported_case_snapshot_clone_backup_killed_07s_in(corral: CorralEnv) ->
         _running_f(corral)
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("op", sorted(OPERATIONS))
 def test_killed_at_random_moments(corral: CorralEnv, op: str) -> None:
     rng = random.Random(f"corral-{op}")  # the same moments every run: a failure can be replayed
@@ -80,7 +81,7 @@ def test_killed_at_random_moments(corral: CorralEnv, op: str) -> None:
 def test_killed_at_many_random_moments(corral: CorralEnv, op: str) -> None:
     rng = random.Random(f"corral-soak-{op}")
     ok(corral, "launch", "f", "--memory", "256M")
-    for i in range(12):
+    for i in range(10):
         kill_during(corral, OPERATIONS[op](i), rng.uniform(0.0, 4.0))
         check_after_restart(corral)
         _running_f(corral)

@@ -9,11 +9,12 @@ import time
 
 import pytest
 
-from tests.conftest import CorralEnv, guest, ok
+from tests.conftest import CorralEnv, guest, ok, until
 
 pytestmark = pytest.mark.vm
 
-COUNTER = "i=0; while :; do echo $i > /root/count; i=$((i+1)); sleep 0.2; done"
+#: Renamed into place, so that a reader never sees the file empty between its truncation and the write.
+COUNTER = "i=0; while :; do echo $i > /root/count.t; mv /root/count.t /root/count; i=$((i+1)); sleep 0.2; done"
 
 
 def snapshots(c: CorralEnv, vm: str) -> list[dict]:  # type: ignore[type-arg]
@@ -28,7 +29,7 @@ def layer_files(c: CorralEnv) -> set[str]:
 def test_whole_machine_revert_continues_the_counter(corral: CorralEnv) -> None:
     ok(corral, "launch", "cnt")
     guest(corral, "cnt", f"({COUNTER}) >/dev/null 2>&1 &")
-    time.sleep(2.0)
+    until(lambda: int(guest(corral, "cnt", "cat /root/count 2>/dev/null || echo 0")) > 5, 60, "the counter to count")
     before = int(guest(corral, "cnt", "cat /root/count"))
     ok(corral, "snapshot", "create", "cnt", "counting", "--memory")
     at = int(guest(corral, "cnt", "cat /root/count"))  # just after the snapshot: about its value
