@@ -13,7 +13,7 @@ test: setup
 	.venv/bin/mypy
 	.venv/bin/python -m pytest tests/unit -q
 	.venv/bin/python scripts/prepare_images.py tiny debian-12
-	.venv/bin/python -m pytest tests/integration tests/faults -m 'not soak' -q -n 2 --dist loadgroup
+	.venv/bin/python -m pytest tests/integration tests/faults -m 'not soak' -q -n 2 --dist loadgroup --durations=15
 
 # The whole fault and load suite (tests/faults): make test runs its quick part; this adds the long runs (soak).
 test-faults: setup
