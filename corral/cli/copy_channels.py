@@ -40,12 +40,15 @@ class Channel(Protocol):
     name: str  # "ssh" or "agent", for the summary and --verbose
     #: Whether a tree download's ``size`` is exact (the agent packs it first) or an estimate (SSH streams it).
     exact_tree_size: bool
+    #: Whether an uploaded tree's tar must end with a :func:`tree_marker` member (SSH: the guest sees only a
+    #: stream end, not whether the sender finished).
+    needs_tree_marker: bool
 
     def stat(self, path: str) -> FileInfo: ...
 
     def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int) -> None: ...
 
-    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str) -> None: ...
+    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None) -> None: ...
 
     def open(self, path: str) -> contextlib.AbstractContextManager[Download]: ...
 
@@ -55,6 +58,7 @@ class AgentChannel:
 
     name = "agent"
     exact_tree_size = True
+    needs_tree_marker = False  # the daemon sees the HTTP body end early by itself
 
     def __init__(self, client: Client, vm: str) -> None:
         self.client, self.vm = client, vm
@@ -66,8 +70,8 @@ class AgentChannel:
         del size  # the daemon counts what it writes
         self.client.upload(self.vm, path, chunks, kind="file", mode=mode, mtime=mtime)
 
-    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str) -> None:
-        del marker  # the daemon sees the HTTP body end early by itself
+    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None) -> None:
+        del marker
         self.client.upload(self.vm, path, tar_chunks, kind="tar", mode=mode)
 
     def open(self, path: str) -> contextlib.AbstractContextManager[Download]:
@@ -85,6 +89,7 @@ class SSHChannel:
 
     name = "ssh"
     exact_tree_size = False
+    needs_tree_marker = True
 
     def __init__(self, vm: str, info: SSHInfo) -> None:
         self.vm, self.info = vm, info
@@ -144,7 +149,8 @@ class SSHChannel:
         self._feed(self._sh(files.SSH_PUT_FILE_SCRIPT, path, tmp, f"{mode & 0o7777:o}", str(mtime), str(size)),
                    chunks, f"cannot write {path} in the guest")
 
-    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str) -> None:
+    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None) -> None:
+        assert marker, "a tree over SSH ends with its marker"
         self._feed(self._sh(files.SSH_PUT_TREE_SCRIPT, path, files.temp_name(path), f"{mode & 0o7777:o}", marker),
                    tar_chunks, f"cannot unpack into {path} in the guest")
 

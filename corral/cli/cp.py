@@ -86,9 +86,10 @@ def _tree_sizes(root: Path) -> list[int]:
     return sizes
 
 
-def _read_tree(root: Path, progress: Progress, task: int, marker: str) -> Iterator[bytes]:
-    """A tar of ``root``'s content (members ``./...``), built by a thread into a pipe: bounded memory. Its last
-    member is the empty file ``./MARKER``: the guest end of an SSH copy knows the stream is whole by it."""
+def _read_tree(root: Path, progress: Progress, task: int, marker: str | None) -> Iterator[bytes]:
+    """A tar of ``root``'s content (members ``./...``), built by a thread into a pipe: bounded memory. With a
+    ``marker``, its last member is the empty file ``./MARKER``: the guest end of an SSH copy knows by it that the
+    stream is whole."""
     rfd, wfd = os.pipe()
     failure: list[BaseException] = []
 
@@ -96,7 +97,8 @@ def _read_tree(root: Path, progress: Progress, task: int, marker: str) -> Iterat
         try:
             with os.fdopen(wfd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tar:
                 tar.add(str(root), arcname=".", filter=_owned_by_root)
-                tar.addfile(_owned_by_root(tarfile.TarInfo(f"./{marker}")))
+                if marker:
+                    tar.addfile(_owned_by_root(tarfile.TarInfo(f"./{marker}")))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the reading thread
             failure.append(exc)
 
@@ -141,7 +143,7 @@ def upload(channel: Channel, src: Path, vm: str, dest: str, progress: Progress) 
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         task = progress.add_task(f"{src} → {vm}:{target}", total=tar_size_estimate(_tree_sizes(src)))
-        marker = tree_marker()
+        marker = tree_marker() if channel.needs_tree_marker else None
         channel.put_tree(target, _read_tree(src, progress, task, marker), mode=mode, marker=marker)
     elif stat.S_ISREG(st.st_mode):
         task = progress.add_task(f"{src} → {vm}:{target}", total=st.st_size)
