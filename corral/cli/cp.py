@@ -8,6 +8,10 @@ directory is never merged into an existing one. Permission bits and modification
 Nothing half-written appears under the destination name, on either side: the host writes ``DEST.corral-tmp-XXXX``
 (a file, or a directory the tar is unpacked into) and renames it when complete; the guest does the same (see
 ``corral.guest.files``). Interrupted, the copy removes its temporaries.
+
+The bytes go over SSH when the VM's SSH server is ready (``--via auto``, the default: a few times faster than the
+guest agent's base64-in-JSON), else through the guest agent; ``--via ssh|agent`` insists on one. The channels are
+in :mod:`corral.cli.copy_channels`; the rules here are the same for both.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -34,12 +39,17 @@ from rich.progress import (
 )
 
 from corral.cli.common import EXIT_CONFLICT, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, api, err, fail, out
-from corral.client import Client
+from corral.cli.copy_channels import AgentChannel, Channel, SSHChannel, SSHUnavailable, describe, tree_marker
+from corral.client import APIError, Client
 from corral.errors import Conflict, CorralError, InvalidInput, NotFound
 from corral.guest.files import TMP_MARK, Location, guest_path, parse_copy, tar_size_estimate
 
 #: Bytes read from a host file per request chunk (the daemon regroups them for the guest agent).
 READ_CHUNK = 1 << 20
+#: With --via auto: how long to wait for the VM's SSH server before copying through the guest agent instead.
+AUTO_SSH_TIMEOUT = 10.0
+#: The progress bar appears only for a copy that takes longer than this (seconds).
+PROGRESS_DELAY = 1.0
 _CODES: list[tuple[type[CorralError], int]] = [
     (InvalidInput, EXIT_INVALID), (NotFound, EXIT_NOT_FOUND), (Conflict, EXIT_CONFLICT),
 ]
@@ -76,8 +86,10 @@ def _tree_sizes(root: Path) -> list[int]:
     return sizes
 
 
-def _read_tree(root: Path, progress: Progress, task: int) -> Iterator[bytes]:
-    """A tar of ``root``'s content (members ``./...``), built by a thread into a pipe: bounded memory."""
+def _read_tree(root: Path, progress: Progress, task: int, marker: str | None) -> Iterator[bytes]:
+    """A tar of ``root``'s content (members ``./...``), built by a thread into a pipe: bounded memory. With a
+    ``marker``, its last member is the empty file ``./MARKER``: the guest end of an SSH copy knows by it that the
+    stream is whole."""
     rfd, wfd = os.pipe()
     failure: list[BaseException] = []
 
@@ -85,6 +97,8 @@ def _read_tree(root: Path, progress: Progress, task: int) -> Iterator[bytes]:
         try:
             with os.fdopen(wfd, "wb") as sink, tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tar:
                 tar.add(str(root), arcname=".", filter=_owned_by_root)
+                if marker:
+                    tar.addfile(_owned_by_root(tarfile.TarInfo(f"./{marker}")))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the reading thread
             failure.append(exc)
 
@@ -101,21 +115,21 @@ def _read_tree(root: Path, progress: Progress, task: int) -> Iterator[bytes]:
         raise CorralError(f"cannot read {root}: {failure[0]}")
 
 
-def _guest_target(client: Client, vm: str, dest: str, name: str) -> str:
+def _guest_target(channel: Channel, dest: str, name: str) -> str:
     """cp's rule: into an existing directory (or one written with a trailing /) under the source's name."""
     path = guest_path(dest)
-    st = client.file_stat(vm, path)
+    st = channel.stat(path)
     if st.kind == "dir":
         return posixpath.join(path, name)
     if dest.endswith("/"):
         raise NotFound(f"guest directory {path} does not exist")
-    parent = client.file_stat(vm, posixpath.dirname(path) or "/")
+    parent = channel.stat(posixpath.dirname(path) or "/")
     if parent.kind != "dir":
         raise NotFound(f"guest directory {parent.path} does not exist")
     return path
 
 
-def upload(client: Client, src: Path, vm: str, dest: str, progress: Progress) -> tuple[str, int]:
+def upload(channel: Channel, src: Path, vm: str, dest: str, progress: Progress) -> tuple[str, int]:
     """Copy host ``src`` to the guest; returns the guest path written and the bytes sent."""
     try:
         st = src.stat()
@@ -123,14 +137,18 @@ def upload(client: Client, src: Path, vm: str, dest: str, progress: Progress) ->
         raise NotFound(f"no such file or directory: {src}") from None
     except OSError as exc:
         raise InvalidInput(f"cannot read {src}: {exc.strerror}") from None
-    target = _guest_target(client, vm, dest, src.resolve().name or "root")
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise InvalidInput(f"{src} is neither a file nor a directory")
+    target = _guest_target(channel, dest, src.resolve().name or "root")
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         task = progress.add_task(f"{src} → {vm}:{target}", total=tar_size_estimate(_tree_sizes(src)))
-        client.upload(vm, target, _read_tree(src, progress, task), kind="tar", mode=mode)
+        marker = tree_marker() if channel.needs_tree_marker else None
+        channel.put_tree(target, _read_tree(src, progress, task, marker), mode=mode, marker=marker)
     elif stat.S_ISREG(st.st_mode):
         task = progress.add_task(f"{src} → {vm}:{target}", total=st.st_size)
-        client.upload(vm, target, _read_file(src, progress, task), kind="file", mode=mode, mtime=int(st.st_mtime))
+        channel.put_file(target, _read_file(src, progress, task), size=st.st_size, mode=mode,
+                         mtime=int(st.st_mtime))
     else:
         raise InvalidInput(f"{src} is neither a file nor a directory")
     return target, int(progress.tasks[-1].completed)
@@ -177,13 +195,13 @@ def _host_target(dest: Path, name: str, raw: str) -> Path:
     return dest
 
 
-def download(client: Client, vm: str, src: str, dest_arg: str, progress: Progress) -> tuple[Path, int]:
+def download(channel: Channel, vm: str, src: str, dest_arg: str, progress: Progress) -> tuple[Path, int]:
     """Copy guest ``src`` to the host; returns the host path written and the bytes received."""
     path = guest_path(src)
     name = posixpath.basename(path) or "root"
     target = _host_target(Path(dest_arg), name, dest_arg)
     tmp = _tmp(target)
-    with client.download(vm, path) as dl:
+    with channel.open(path) as dl:
         if target.is_dir() or (dl.kind == "tar" and target.exists()):
             raise Conflict(f"{target} already exists{' as a directory' if target.is_dir() else ''}: "
                            "remove it or choose another name")
@@ -202,7 +220,7 @@ def download(client: Client, vm: str, src: str, dest_arg: str, progress: Progres
                 os.chmod(tmp, dl.mode & 0o7777)
                 os.utime(tmp, (dl.mtime, dl.mtime))
             received = int(progress.tasks[-1].completed)
-            if received != dl.size:
+            if received != dl.size and (dl.kind == "file" or channel.exact_tree_size):
                 raise CorralError(f"the copy from '{vm}' ended early: {received} of {dl.size} bytes")
             os.replace(tmp, target) if dl.kind == "file" else tmp.rename(target)
         except BaseException:
@@ -215,13 +233,51 @@ def download(client: Client, vm: str, src: str, dest_arg: str, progress: Progres
 # -- the command ----------------------------------------------------------------------------------------------
 
 
-def _transfer(client: Client, src: Location, dst: Location, progress: Progress) -> tuple[str, int]:
+class Via(StrEnum):
+    auto = "auto"
+    ssh = "ssh"
+    agent = "agent"
+
+
+def choose_channel(client: Client, vm: str, via: Via) -> tuple[Channel, str]:
+    """The channel for a copy with VM ``vm``, and why (for --verbose). ``auto``: SSH when the VM's server answers
+    (the API's /ssh, as `corral shell` asks it), else the guest agent; a VM that does not exist is an error here."""
+    if via == Via.agent:
+        return AgentChannel(client, vm), "--via agent"
+    if shutil.which("ssh") is None:
+        if via == Via.ssh:
+            raise CorralError("ssh not found: install it with `apt-get install openssh-client`")
+        return AgentChannel(client, vm), "no ssh client on this host"
+    try:
+        info = client.ssh_info(vm, timeout=AUTO_SSH_TIMEOUT if via == Via.auto else 120.0)
+    except APIError as exc:
+        if via == Via.ssh or exc.status == 404:
+            raise
+        return AgentChannel(client, vm), f"SSH not available: {exc.message}"
+    return SSHChannel(vm, info), "its SSH server answered"
+
+
+def _transfer(channel: Channel, src: Location, dst: Location, progress: Progress) -> tuple[str, int]:
     if dst.vm:
-        target, size = upload(client, Path(src.path), dst.vm, dst.path, progress)
+        target, size = upload(channel, Path(src.path), dst.vm, dst.path, progress)
         return f"{dst.vm}:{target}", size
     assert src.vm
-    host, size = download(client, src.vm, src.path, dst.path, progress)
+    host, size = download(channel, src.vm, src.path, dst.path, progress)
     return str(host), size
+
+
+@contextlib.contextmanager
+def _delayed(progress: Progress, delay: float) -> Iterator[None]:
+    """Show ``progress`` only once the copy has taken ``delay`` seconds (a quick copy prints just its summary)."""
+    timer = threading.Timer(delay, progress.start)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        progress.stop()
 
 
 def cp(
@@ -229,6 +285,9 @@ def cp(
     destination: str = typer.Argument(..., help="host path, or VM:PATH (exactly one side is in a VM)"),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="accepted; directories are always recursive"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar and no summary"),
+    via: Via = typer.Option(Via.auto, "--via", help="ssh (fast), agent (the guest agent: slow, needs no SSH), "
+                            "or auto: ssh when the VM's SSH server answers, else the agent"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="say which channel the copy takes, and why"),
 ) -> None:
     """Copy a file or a directory between the host and a VM (help text: HELP)."""
     del recursive
@@ -241,16 +300,28 @@ def cp(
     with api() as client:
         try:
             src, dst = parse_copy(source, destination)
-            with progress:
-                where, size = _transfer(client, src, dst, progress)
+            vm = dst.vm or src.vm
+            assert vm
+            channel, why = choose_channel(client, vm, via)
+            try:
+                with _delayed(progress, PROGRESS_DELAY):
+                    where, size = _transfer(channel, src, dst, progress)
+            except SSHUnavailable as exc:  # ssh could not connect: nothing was copied yet
+                if via != Via.auto:
+                    raise CorralError(exc.message) from None
+                channel, why = AgentChannel(client, vm), f"SSH not available: {exc.message}"
+                with _delayed(progress, PROGRESS_DELAY):
+                    where, size = _transfer(channel, src, dst, progress)
+            if verbose:
+                err.print(f"copied via {describe(channel)} ({why})", highlight=False, soft_wrap=True)
         except (InvalidInput, NotFound, Conflict) as exc:
             fail(exc.message, next(code for cls, code in _CODES if isinstance(exc, cls)))
         except OSError as exc:
             fail(f"{exc.filename or 'host'}: {exc.strerror or exc}", EXIT_ERROR)
     if not quiet:
         elapsed = max(time.monotonic() - started, 1e-6)
-        out.print(f"copied {size / 2**20:.1f} MiB to {where} in {elapsed:.1f}s ({size / 2**20 / elapsed:.1f} MiB/s)",
-                  highlight=False, soft_wrap=True)
+        out.print(f"copied {size / 2**20:.1f} MiB to {where} in {elapsed:.1f}s ({size / 2**20 / elapsed:.1f} MiB/s) "
+                  f"via {channel.name}", highlight=False, soft_wrap=True)
 
 
 HELP = (
@@ -259,7 +330,9 @@ HELP = (
     "Exactly one side is VM:PATH; relative guest paths start at /root. A destination that is an existing directory, "
     "or ends with /, receives the source under its own name. Directories are always copied recursively and never "
     "merged into an existing directory. Permission bits and modification times are kept; files in the guest belong "
-    "to root. Nothing half-written is ever left under the destination name."
+    "to root. Nothing half-written is ever left under the destination name.\n\n"
+    "The copy goes over SSH (the VM's forward, Corral's key, the pinned host key: as `corral shell`) when the VM's "
+    "SSH server answers, else through the guest agent (slower); --via ssh or --via agent insists on one."
 )
 
 

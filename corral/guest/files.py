@@ -160,6 +160,41 @@ mv "$2" "$3"
 """
 
 PACK_SCRIPT = 'tar -cf "$1" -C "$2" .'
+
+# -- the same, over SSH (`corral cp` streams through the VM's SSH forward; see corral/cli/sshcopy.py) -----------
+#
+# The data comes on stdin, so the guest cannot tell a whole stream from one cut short by a dead client by its end
+# alone: a file's exact size is given ($5) and checked before the rename; a tree's tar ends with an empty marker
+# member ($4, random) that only a complete stream contains. Either way an incomplete copy removes its temporary.
+# Exit 17: the destination is (or became) a directory / already exists (Conflict); anything else: stderr's last line.
+
+# $1 destination, $2 temporary, $3 mode (octal), $4 mtime ("" to keep now), $5 exact size.
+SSH_PUT_FILE_SCRIPT = """\
+trap 'rm -f "$2"; exit 1' HUP INT TERM PIPE
+if [ -d "$1" ]; then echo "guest path $1 is an existing directory: copy into it as $1/NAME" >&2; exit 17; fi
+cat > "$2" || { rm -f "$2"; exit 1; }
+got=$(stat -c %s "$2")
+if [ "$got" != "$5" ]; then rm -f "$2"; echo "the copy ended early: $got of $5 bytes arrived" >&2; exit 1; fi
+chmod "$3" "$2" || { rm -f "$2"; exit 1; }
+if [ -n "$4" ]; then touch -d "@$4" "$2" 2>/dev/null; fi
+if [ -d "$1" ]; then rm -f "$2"; echo "guest path $1 is an existing directory" >&2; exit 17; fi
+mv -f "$2" "$1" || { rm -f "$2"; exit 1; }
+"""
+
+# $1 destination, $2 staging directory, $3 mode (octal), $4 the end marker's name.
+SSH_PUT_TREE_SCRIPT = """\
+trap 'rm -rf "$2"; exit 1' HUP INT TERM PIPE
+if [ -e "$1" ]; then echo "guest path $1 already exists: remove it or choose another name" >&2; exit 17; fi
+mkdir "$2" || exit 1
+if ! tar -xof - -C "$2" || [ ! -f "$2/$4" ]; then rm -rf "$2"; echo "the copy ended early" >&2; exit 1; fi
+rm -f "$2/$4"
+chmod "$3" "$2" || { rm -rf "$2"; exit 1; }
+if [ -e "$1" ]; then rm -rf "$2"; echo "guest path $1 already exists: remove it or choose another name" >&2; exit 17; fi
+mv "$2" "$1" || { rm -rf "$2"; exit 1; }
+"""
+
+# $1 a guest directory: a tar of its content on stdout; its size in KiB (for a progress bar) first on stderr.
+SSH_GET_TREE_SCRIPT = 'du -sk "$1" >&2; exec tar -cf - -C "$1" .'
 REMOVE_SCRIPT = 'rm -rf -- "$@"'
 
 
@@ -177,6 +212,11 @@ async def stat(agent: GuestAgent, *paths: str) -> list[GuestStat]:
     lines = out.decode(errors="replace").splitlines()
     if code != 0 or len(lines) != len(paths):
         raise GuestAgentError(f"cannot stat {' '.join(paths)} in the guest: {err.decode(errors='replace').strip()}")
+    return parse_stat(paths, lines)
+
+
+def parse_stat(paths: tuple[str, ...] | list[str], lines: list[str]) -> list[GuestStat]:
+    """:data:`STAT_SCRIPT`'s output, one line per path (whichever channel ran it: the agent or SSH)."""
     result = []
     for path, line in zip(paths, lines, strict=True):
         fields = line.split()

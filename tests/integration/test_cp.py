@@ -1,5 +1,6 @@
 """`corral cp` against a real guest: a 64 MiB file and a directory tree round-trip with their contents and modes,
-errors are one line and change nothing, and an interrupted copy leaves no temporary on either side."""
+errors are one line and change nothing, and an interrupted copy leaves no temporary on either side. By default the
+bytes go over SSH; the guest agent path (``--via agent``, or a VM whose SSH is not available) does the same."""
 
 from __future__ import annotations
 
@@ -34,12 +35,13 @@ def guest(c: CorralEnv, script: str) -> str:
     return r.stdout
 
 
-def copy(c: CorralEnv, *args: str) -> float:
-    """Run `corral cp`; returns the MiB/s it reported."""
+def copy(c: CorralEnv, *args: str, via: str = "ssh") -> float:
+    """Run `corral cp`; checks it went ``via`` that channel, returns the MiB/s it reported."""
     r = c.cli("cp", *args, timeout=900)
     assert r.returncode == 0, (args, r.stdout, r.stderr)
-    match = re.search(r"\(([\d.]+) MiB/s\)", r.stdout)
+    match = re.search(r"\(([\d.]+) MiB/s\) via (\w+)$", r.stdout.strip())
     assert match, r.stdout
+    assert match.group(2) == via, (args, r.stdout, r.stderr)
     return float(match.group(1))
 
 
@@ -125,6 +127,40 @@ def test_tree_round_trip(corral: CorralEnv, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "tree"]
 
 
+def test_agent_path_and_fallback(corral: CorralEnv, tmp_path: Path) -> None:
+    """--via agent copies a file and a tree both ways; with no SSH to the VM, auto falls back to the agent and says
+    why with --verbose; --via ssh then refuses in one line."""
+    launch(corral)
+    r = corral.cli("cp", "-v", "/etc/hostname", f"{VM}:/root/h1")
+    assert r.returncode == 0 and "copied via ssh to root@127.0.0.1:" in r.stderr, r.stderr
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "x.bin").write_bytes(os.urandom(100_000))
+    (tree / "sub" / "x.bin").chmod(0o600)
+    src = tmp_path / "f.bin"
+    write_random(src, 1 << 20, 0o640)
+
+    copy(corral, "--via", "agent", str(src), f"{VM}:/root/f.bin", via="agent")
+    copy(corral, "--via", "agent", str(tree), f"{VM}:/root/", via="agent")
+    copy(corral, "--via", "agent", f"{VM}:/root/f.bin", str(tmp_path / "f.back"), via="agent")
+    copy(corral, "--via", "agent", f"{VM}:/root/tree", str(tmp_path / "tree.back"), via="agent")
+    assert sha256(tmp_path / "f.back") == sha256(src) and (tmp_path / "f.back").stat().st_mode & 0o777 == 0o640
+    assert snapshot(tmp_path / "tree.back") == snapshot(tree)
+
+    # The VM's SSH is not available (as for an image without an SSH server: no pinned host key).
+    corral.settings.vm_paths(VM).known_hosts.unlink()
+    r = corral.cli("cp", "-v", str(src), f"{VM}:/root/g.bin")
+    assert r.returncode == 0 and r.stdout.strip().endswith("via agent"), (r.stdout, r.stderr)
+    assert "copied via the guest agent (SSH not available: no SSH host key" in r.stderr
+    copy(corral, f"{VM}:/root/tree", str(tmp_path / "tree.again"), via="agent")
+    assert snapshot(tmp_path / "tree.again") == snapshot(tree)
+    r = corral.cli("cp", "--via", "ssh", str(src), f"{VM}:/root/h.bin")
+    assert r.returncode == 4 and len(r.stderr.strip().splitlines()) == 1 and "no SSH host key" in r.stderr
+    assert guest(corral, "sha256sum /root/g.bin | cut -d' ' -f1").strip() == sha256(src)
+    assert guest(corral, "ls /root") == "f.bin\ng.bin\nh1\ntree\n"
+    assert no_temporaries(corral, "/root", "/var/tmp", "/tmp") == ""
+
+
 ERRORS: list[tuple[list[str], int, str]] = [
     (["{src}", f"{VM}:/nope/dir/x.bin"], 3, "guest directory /nope/dir does not exist"),
     (["{src}", f"{VM}:/nope/"], 3, "guest directory /nope does not exist"),
@@ -143,8 +179,8 @@ def test_errors_are_one_line_and_change_nothing(corral: CorralEnv, tmp_path: Pat
     src.write_text("data\n")
     before_host = sorted(p.name for p in tmp_path.iterdir())
     before_guest = guest(corral, "ls -a / /root /var/tmp")
-    for args, code, words in ERRORS:
-        r = corral.cli("cp", *[a.format(src=src, tmp=tmp_path) for a in args])
+    for (args, code, words), via in [(e, v) for e in ERRORS for v in ("auto", "agent")]:
+        r = corral.cli("cp", "--via", via, *[a.format(src=src, tmp=tmp_path) for a in args])
         assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
         err = r.stderr.strip()
         assert err.startswith("error:") and len(err.splitlines()) == 1 and words in err, (args, err)
