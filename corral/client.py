@@ -311,9 +311,10 @@ class Client:
                       timeout=httpx.Timeout(timeout + 60.0, connect=5.0))
         return VMInfo.model_validate(r.json())
 
-    def ssh_info(self, name: str, timeout: float = 30.0) -> SSHInfo:
-        """Where and how to SSH into a ready VM (waits up to ``timeout`` s for it to be ready)."""
-        r = self._req("GET", f"/vms/{name}/ssh", params={"timeout": timeout},
+    def ssh_info(self, name: str, timeout: float = 30.0, purpose: str = "shell") -> SSHInfo:
+        """Where and how to SSH into a ready VM (waits up to ``timeout`` s for it to be ready); ``purpose``
+        ("shell" or "cp") is what waking an idle-suspended VM for it says."""
+        r = self._req("GET", f"/vms/{name}/ssh", params={"timeout": timeout, "purpose": purpose},
                       timeout=httpx.Timeout(timeout + 60.0, connect=5.0))
         return SSHInfo.model_validate(r.json())
 

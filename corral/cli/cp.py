@@ -249,7 +249,7 @@ def choose_channel(client: Client, vm: str, via: Via) -> tuple[Channel, str]:
             raise CorralError("ssh not found: install it with `apt-get install openssh-client`")
         return AgentChannel(client, vm), "no ssh client on this host"
     try:
-        info = client.ssh_info(vm, timeout=AUTO_SSH_TIMEOUT if via == Via.auto else 120.0)
+        info = client.ssh_info(vm, timeout=AUTO_SSH_TIMEOUT if via == Via.auto else 120.0, purpose="cp")
     except APIError as exc:
         if via == Via.ssh or exc.status == 404:
             raise

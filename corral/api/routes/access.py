@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
 from corral.api.deps import Services, services, touch, wake
 from corral.api.models import API_PREFIX, SSHInfo, VMInfo, WaitForRequest
+from corral.api.routes.files import OPERATION as COPY_OPERATION
 from corral.api.routes.vms import to_info
 from corral.errors import Conflict, CorralError, GuestAgentTimeout
 from corral.guest import ssh
@@ -39,13 +40,15 @@ async def until_ready(svc: Services, name: str, timeout: float) -> None:
 
 @router.get("/{name}/ssh", response_model=SSHInfo)
 async def ssh_info(name: str, svc: Svc,
-                   timeout: Annotated[float, Query(ge=0, le=3600, description="seconds to wait for readiness")] = 30.0
+                   timeout: Annotated[float, Query(ge=0, le=3600, description="seconds to wait for readiness")] = 30.0,
+                   purpose: Annotated[Literal["shell", "cp"], Query(description="what the SSH connection is for: "
+                                      "what waking an idle-suspended VM says")] = "shell",
                    ) -> SSHInfo:
     """Where the VM's SSH server listens on the host, with its pinned host key and Corral's key for it. Waits up
     to ``timeout`` seconds for the guest to be ready and its SSH server to greet; 409 when it is not."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    await wake(svc, name, "open a shell in")  # a VM suspended by idle control resumes first
+    await wake(svc, name, COPY_OPERATION if purpose == "cp" else "open a shell in")  # idle-suspended: resumes
     touch(svc, name)  # opening a shell is activity (then its traffic is)
     try:
         await until_ready(svc, name, timeout)

@@ -36,7 +36,7 @@ def _info(st: files.GuestStat) -> FileInfo:
 
 
 async def _agent(svc: Services, name: str) -> GuestAgent:
-    await wake(svc, name, "copy files to or from")  # a VM suspended by idle control resumes first
+    await wake(svc, name, OPERATION)  # a VM suspended by idle control resumes first
     with using(svc, name):
         return await svc.vms.agent(name, OPERATION)
 
