@@ -163,9 +163,10 @@ class StorageService:
         path.touch(mode=0o600)  # qemu-img keeps the mode of a file it writes into: private, as the VM's directory
         return id_, path
 
-    async def _create_layer(self, backing: Path) -> tuple[str, Path]:
-        """A new empty qcow2 layer file on ``backing``: (id, path); nothing is left if it fails."""
-        id_, path = self._new_path()
+    async def _create_layer(self, backing: Path, at: tuple[str, Path] | None = None) -> tuple[str, Path]:
+        """A new empty qcow2 layer file on ``backing``: (id, path), at ``at`` if given (an id and path from
+        :meth:`_new_path` that the caller wrote down first); nothing is left if it fails."""
+        id_, path = at or self._new_path()
         try:
             await qemu_img.create_layer(path, backing, qcow2.virtual_size(backing))
         except BaseException:
@@ -308,13 +309,12 @@ class StorageService:
         op = journal.current()
         new_id, new_path = self._new_path()
         # Written down before the file exists: a daemon dying from here on leaves a disk between two tops, settled
-        # at the next start by :meth:`_recover_overlay` (adopted if QEMU writes into it, else removed).
+        # at the next start by corral.storage.recovery (the overlay adopted if QEMU writes into it, else removed).
         overlay = {"vm": rec.name, "old": old.id, "new": new_id, "path": str(new_path), "live": m is not None}
         op.note(overlay=overlay)
         try:
-            await qemu_img.create_layer(new_path, Path(old.path), qcow2.virtual_size(Path(old.path)))
+            await self._create_layer(Path(old.path), at=(new_id, new_path))
         except BaseException:
-            new_path.unlink(missing_ok=True)
             op.note(overlay=None)
             raise
 
