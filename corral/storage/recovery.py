@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from corral.engine import blockjobs, qemu_img
 from corral.errors import CorralError
 from corral.operations.recovery import Outcome, Recovery
-from corral.store.db import LayerRecord, OperationRecord
+from corral.store.db import OperationRecord
 from corral.vm.states import LIVE, VMState
 
 if TYPE_CHECKING:
@@ -71,9 +71,7 @@ class StorageRecovery:
                 await blockjobs.remove_node(m.monitor, f"l-{new_id}")
             path.unlink(missing_ok=True)
             return "its new disk layer was not in use: removed"
-        self.store.update_layer(top.id, purpose="frozen")
-        self.store.insert_layer(LayerRecord(new_id, str(path), top.id, None, vm, "top", os.stat(path).st_mtime))
-        self.storage._point_disk(vm)  # noqa: SLF001
+        self.storage.stack_top(vm, top.id, new_id, path, os.stat(path).st_mtime)
         ov["committed"] = True
         return f"the disk layer QEMU writes into ({path.name}) adopted as the VM's top"
 

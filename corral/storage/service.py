@@ -211,6 +211,13 @@ class StorageService:
         tmp.symlink_to(top.path)
         os.replace(tmp, link)
 
+    def stack_top(self, vm: str, old: str, new_id: str, new_path: Path, created_at: float) -> None:
+        """In the store, the VM's top ``old`` becomes frozen under the new top ``new_id`` (its file ``new_path``),
+        as QEMU now writes into it; the VM's disk.qcow2 points at the new top."""
+        self.store.update_layer(old, purpose="frozen")
+        self.store.insert_layer(LayerRecord(new_id, str(new_path), old, None, vm, "top", created_at))
+        self._point_disk(vm)
+
     def replace_top(self, vm: str, file: Path) -> None:
         """Make the standalone qcow2 ``file`` the stopped VM's disk (a backup restored): it becomes the VM's top
         layer, with no backing; the old top goes; the snapshots stay, but the VM's state descends from none of
@@ -319,9 +326,7 @@ class StorageService:
             raise
 
         def commit() -> None:
-            self.store.update_layer(old.id, purpose="frozen")
-            self.store.insert_layer(LayerRecord(new_id, str(new_path), old.id, None, rec.name, "top", time.time()))
-            self._point_disk(rec.name)
+            self.stack_top(rec.name, old.id, new_id, new_path, time.time())
             op.note(overlay=overlay | {"committed": True})
 
         if m is None:
