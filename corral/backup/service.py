@@ -266,9 +266,9 @@ class BackupService:
         recovery.sweepers.append(self._sweep)
 
     async def _recover(self, op: OperationRecord) -> Outcome:
-        """A backup a dead daemon left: finished if its index was written, else rolled back (QEMU's job and target
-        node go with the sweep; the chunks it stored are shared, content-addressed, and `backup prune` keeps the
-        repository's garbage collected)."""
+        """A backup a dead daemon left: finished if its index was written, else rolled back: QEMU's job and target
+        node go with the sweep, and the chunks it stored that no index names are removed here (see
+        :func:`_drop_unindexed`)."""
         name = str(op.vm)
         rec = self.vms.store.get_vm(name)
         try:
@@ -276,10 +276,14 @@ class BackupService:
             done = [i for i in await asyncio.to_thread(r.indexes)
                     if rec is not None and i.vm_id == rec.id and i.created.timestamp() >= op.started_at - 1]
         except CorralError:
-            done = []
+            return Outcome(False, "no backup recorded (its repository cannot be opened)")
         if done:
             return Outcome(True, f"backup {done[-1].id} recorded")
-        return Outcome(False, "no backup recorded")
+        try:
+            dropped = await asyncio.to_thread(_drop_unindexed, r)
+        except CorralError as exc:
+            return Outcome(False, f"no backup recorded; its stored chunks are left for `backup prune` ({exc.message})")
+        return Outcome(False, f"no backup recorded; removed the {dropped} chunk(s) it had stored")
 
     async def _sweep(self) -> list[str]:
         """What interrupted backups left: QEMU's backup jobs and target nodes, and the target files."""
@@ -545,6 +549,16 @@ def _write_raw(r: Repository, index: BackupIndex, raw: Path, progress: Progress)
             progress("restore", k + 1, len(todo))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _drop_unindexed(r: Repository) -> int:
+    """Remove the chunks no index names: what a backup that died before its index left. Safe only under the
+    repository's exclusive lock, which every backup holds while it stores chunks, so no live backup's new chunks
+    can be taken for garbage; a repository busy for a few seconds is left for `backup prune`."""
+    with r.lock(exclusive=True, timeout=5):
+        garbage = r.unreferenced()
+        r.remove_chunks(sorted(garbage))
+    return len(garbage)
 
 
 def _prune(r: Repository, vm: str, policy: retention.Policy, dry_run: bool) -> PruneResult:

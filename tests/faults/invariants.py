@@ -8,7 +8,7 @@ After the daemon is started again:
 - the journal is empty: each interrupted operation was finished or rolled back, with an event saying which;
 - the store and the files agree: every layer, snapshot state and extra disk the store names exists; no file in
   ``layers/``, no backup target in a VM's directory and no template work directory is left that nothing names;
-  every VM directory belongs to a VM;
+  every VM directory belongs to a VM; the default backup repository holds no chunk that no backup names;
 - ``qemu-img check`` is clean on every image the store names (checked with the VMs stopped).
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral import paths as P
+from corral.backup.repo import Repository
 from corral.store.db import Store
 from tests.conftest import CorralEnv, ok, show, until
 
@@ -95,6 +96,10 @@ def check_after_restart(c: CorralEnv, interrupted: str | None = None) -> Verdict
         for d in vms_dir.iterdir():
             assert d.name in names, f"{d} belongs to no VM"
             assert not list(d.glob("backup-*.qcow2")), f"backup targets left in {d}"
+    repo = c.home / P.BACKUPS_DIR
+    if (repo / "lock").exists():
+        garbage = Repository.open(repo).unreferenced()
+        assert not garbage, f"{len(garbage)} chunk(s) in the backup repository that no backup names"
     templates = c.home / P.TEMPLATES_DIR
     if templates.is_dir():
         assert not list(templates.glob(".*.partial")), "a template's work directory was left"

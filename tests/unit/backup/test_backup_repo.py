@@ -195,3 +195,30 @@ def test_prune_removes_only_unreferenced_chunks(tmp_path: Path) -> None:
     assert not list(repo.tmp_dir.iterdir())
     with pytest.raises(NotFound):
         _prune(repo, "nobody", retention.Policy(keep_last=1), dry_run=False)
+
+
+def test_an_interrupted_backups_chunks_are_dropped_and_indexed_ones_kept(tmp_path: Path) -> None:
+    """Recovery of a backup that died before its index: the chunks it stored (named by no index) go, every
+    indexed chunk stays; a repository another backup holds is left alone (its new chunks are not garbage)."""
+    from corral.backup.service import _drop_unindexed
+
+    repo = Repository.init(tmp_path / "r")
+    kept = repo.put_chunk(os.urandom(C))[0]
+    index(repo, "vm", [kept], C, datetime.now(UTC))
+    orphans = [repo.put_chunk(os.urandom(C))[0] for _ in range(3)]
+    with repo.lock(exclusive=True):
+        holder_done = threading.Event()
+
+        def other() -> None:
+            try:
+                _drop_unindexed(repo)
+            except RepositoryError:
+                holder_done.set()
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert holder_done.is_set(), "a busy repository must be refused, not swept"
+    assert all(repo.has_chunk(o) for o in orphans)
+    assert _drop_unindexed(repo) == 3
+    assert repo.has_chunk(kept) and not any(repo.has_chunk(o) for o in orphans)
