@@ -173,7 +173,7 @@ def _load(path: str) -> Fleet:
 
 
 def _plan(client: Client, fleet: Fleet, prune: bool) -> Plan:
-    current = [Current(v.spec, v.state) for v in client.list_vms()]
+    current = [Current(v.spec, v.state, never_started=not v.last_exit_reason) for v in client.list_vms()]
     return make_plan(fleet.name, fleet.vms, current, prune=prune)
 
 
@@ -192,7 +192,8 @@ def _show(field: str, value: Any) -> str:
 def _summary(p: Plan) -> str:
     changes = p.of("change")
     restarts = sum(a.restart for a in changes)
-    parts = [f"{len(p.of('create'))} to create",
+    starts = len(p.of("start")) + sum(a.start for a in changes)
+    parts = [f"{len(p.of('create'))} to create", *([f"{starts} to start"] if starts else []),
              f"{len(changes)} to change" + (f" ({restarts} restarted)" if restarts else ""),
              f"{len(p.of('delete'))} to delete", f"{len(p.of('unchanged'))} unchanged"]
     if p.conflicts:
@@ -205,9 +206,11 @@ def print_plan(p: Plan, undeclared: list[str]) -> None:
         if a.kind == "create" and a.spec is not None:
             s = a.spec
             out.print(f"[green]+ create[/] {a.name} ({s.image}, {s.vcpus} vCPU, {s.memory}M)", highlight=False)
+        elif a.kind == "start":
+            out.print(f"[green]> start[/] {a.name} ({a.reason})", highlight=False)
         elif a.kind == "change":
-            out.print(f"[yellow]~ change[/] {a.name}" + (" [bold](restart)[/]" if a.restart else ""),
-                      highlight=False)
+            out.print(f"[yellow]~ change[/] {a.name}" + (" [bold](restart)[/]" if a.restart else "")
+                      + (" [bold](then start: never started)[/]" if a.start else ""), highlight=False)
             for c in a.changes:
                 note = (" (restart needed)" if a.restart else " (from the next start)") if c.needs_restart else ""
                 out.print(f"    {c.field}: {_show(c.field, c.old)} -> {_show(c.field, c.new)}{note}",
@@ -233,7 +236,7 @@ def _undeclared(client: Client, fleet: Fleet, prune: bool) -> list[str]:
 
 def _plan_json(p: Plan) -> dict[str, Any]:
     return {"fleet": p.fleet, "changes": p.has_changes, "actions": [
-        {"action": a.kind, "name": a.name, "restart": a.restart, "reason": a.reason,
+        {"action": a.kind, "name": a.name, "restart": a.restart, "start": a.start, "reason": a.reason,
          "fields": [{"field": c.field, "old": c.old, "new": c.new, "restart_needed": c.needs_restart}
                     for c in a.changes]} for a in p.actions]}
 
@@ -290,9 +293,15 @@ def apply(
                 client.update_vm(a.name, **a.update())
                 if a.restart:
                     client.stop_vm(a.name)
+                if a.restart or a.start:
                     client.start_vm(a.name)
                     booted.append(a.name)
-                out.print(f"changed {a.name}" + (" (restarted)" if a.restart else ""), highlight=False)
+                out.print(f"changed {a.name}" + (" (restarted)" if a.restart else " (started)" if a.start else ""),
+                          highlight=False)
+            elif a.kind == "start":
+                client.start_vm(a.name)
+                booted.append(a.name)
+                out.print(f"started {a.name}", highlight=False)
             elif a.kind == "create" and a.spec is not None:
                 client.create_vm(a.spec)
                 client.start_vm(a.name)

@@ -8,6 +8,10 @@ the balloon in the spec, which take effect when the VM is next started (a runnin
 needed"). Any other field
 (image, disk, ports, networks, cloud-init, ...) cannot change in place: the plan reports a conflict, and the VM must
 be deleted (or renamed in the file) to be recreated.
+
+A declared VM that exists but has never been started (no QEMU ever exited for it: an earlier apply was interrupted
+between its create and its start, e.g. by a crash of corrald) is started: what apply's create promised. A VM that
+ran and was stopped stays stopped.
 """
 
 from __future__ import annotations
@@ -22,15 +26,22 @@ LIVE_FIELDS = ("labels", "description", "restart", "idle")
 RESTART_FIELDS = ("vcpus", "memory", "balloon")
 FIXED_FIELDS = ("image", "disk", "ports", "networks", "cloud_init", "ssh_keys", "hostname", "owner", "project")
 
-Kind = Literal["create", "change", "delete", "unchanged", "conflict"]
+Kind = Literal["create", "start", "change", "delete", "unchanged", "conflict"]
 
 
 @dataclass(frozen=True)
 class Current:
-    """A VM as it is: its spec, and whether it runs (a running VM must be restarted for vcpus/memory)."""
+    """A VM as it is: its spec, whether it runs (a running VM must be restarted for vcpus/memory), and whether it
+    has ever run (``last_exit_reason`` is empty only until its first QEMU exits or runs)."""
 
     spec: VMSpec
     state: str = "stopped"
+    never_started: bool = False
+
+    @property
+    def pending_start(self) -> bool:
+        """Created by an apply that did not get to start it."""
+        return self.never_started and self.state == "stopped"
 
     @property
     def running(self) -> bool:
@@ -55,6 +66,7 @@ class Action:
     spec: VMSpec | None = None  # create: the spec; change: the desired spec
     changes: tuple[FieldChange, ...] = ()
     restart: bool = False  # change: the VM runs and a changed field needs a new QEMU
+    start: bool = False  # change or start: the VM was created by an interrupted apply and never started
     reason: str = ""  # conflict: why
 
     def update(self) -> dict[str, Any]:
@@ -73,7 +85,7 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(a.kind in ("create", "change", "delete") for a in self.actions)
+        return any(a.kind in ("create", "start", "change", "delete") for a in self.actions)
 
     @property
     def conflicts(self) -> list[Action]:
@@ -86,7 +98,7 @@ def _value(spec: VMSpec, name: str) -> Any:
 
 def plan(fleet: str, desired: list[VMSpec], current: list[Current], prune: bool = False) -> Plan:
     """The actions that make ``current`` match ``desired`` for fleet ``fleet``, in the order to run them:
-    deletions first (freeing names, ports and memory), then changes, then creations; unchanged and conflicts
+    deletions first (freeing names, ports and memory), then changes, then creations and starts; unchanged and conflicts
     are listed for the report. Without ``prune``, undeclared VMs of the fleet are left alone (not listed)."""
     by_name = {c.spec.name: c for c in current}
     wanted = {s.name for s in desired}
@@ -119,7 +131,11 @@ def plan(fleet: str, desired: list[VMSpec], current: list[Current], prune: bool 
                      if _value(spec, f) != _value(cur.spec, f))
         if diff:
             changes.append(Action("change", spec.name, spec=spec, changes=diff,
-                                  restart=cur.running and any(c.needs_restart for c in diff)))
+                                  restart=cur.running and any(c.needs_restart for c in diff),
+                                  start=cur.pending_start))
+        elif cur.pending_start:
+            creates.append(Action("start", spec.name, spec=spec, start=True,
+                                  reason="created by an earlier apply that was interrupted before it started it"))
         else:
             rest.append(Action("unchanged", spec.name))
     out.actions += changes + creates + rest

@@ -93,3 +93,15 @@ def test_balloon_changes_from_the_next_start() -> None:
     p = plan("demo", [spec("a", balloon=True)], [cur(spec("a"))])
     (a,) = p.actions
     assert (a.kind, a.restart, a.update()) == ("change", True, {"balloon": True})
+
+
+def test_a_vm_an_interrupted_apply_created_but_never_started_is_started() -> None:
+    """Created, then corrald died before the start: the next apply starts it; a VM that ran and was stopped by
+    its user stays stopped; a never-started VM with a change is changed, then started."""
+    current = [Current(spec("a"), "stopped", never_started=True), Current(spec("b"), "stopped"),
+               Current(spec("c"), "running", never_started=True), Current(spec("d"), "stopped", never_started=True)]
+    p = plan("demo", [spec("a"), spec("b"), spec("c"), spec("d", memory=512)], current)
+    assert [(a.kind, a.name, a.start) for a in p.actions] == [
+        ("change", "d", True), ("start", "a", True), ("unchanged", "b", False), ("unchanged", "c", False)]
+    assert p.has_changes
+    assert not plan("demo", [spec("b")], [Current(spec("b"), "stopped")]).has_changes
