@@ -41,8 +41,17 @@ DEFAULT_HOME = "/root"
 SYNC_RETRY_INTERVAL = 0.5
 #: How often wait_ready retries while the socket is missing or refused.
 CONNECT_RETRY_INTERVAL = 0.05
-#: How often exec_stream polls the process status and its output files.
-POLL_INTERVAL = 0.05
+#: exec_stream polls the process status and its output files this long after the start (or after output came),
+#: then 1.5 times longer each time, up to POLL_INTERVAL: a quick command is seen quickly, and a long quiet one (or
+#: many of them on one VM) does not keep the VM's one agent channel busy.
+POLL_FIRST = 0.01
+POLL_INTERVAL = 0.2
+#: Time budget of each of exec_stream's polls: longer than a plain request's, since a guest starved of CPU (many
+#: TCG guests on few cores) may take seconds to answer, and a lost poll fails the whole exec.
+POLL_CALL_TIMEOUT = 30.0
+#: A request's deadline moves out by the time the VM's vCPUs are stopped meanwhile (a paused guest answers nothing,
+#: which says nothing of its agent), by this much at most.
+MAX_STOPPED_WAIT = 300.0
 #: The most exec_stream asks for in one guest-file-read (per stream, per tick).
 EXEC_READ_CHUNK = 64 * 1024
 #: Chunk size of read_file / write_file (base64 makes the JSON a third bigger; QGA's parser allows 64 MiB).
@@ -202,6 +211,51 @@ class GuestAgent:
         self._channel: _Channel | None = None
         self._thawed = asyncio.Event()  # cleared from a freeze request until a thaw is answered
         self._thawed.set()
+        self._stopped_at: float | None = None  # loop time the VM's vCPUs stopped, while they are stopped
+        self._stopped_total = 0.0  # seconds they were stopped before that
+        self._timeouts: dict[asyncio.Timeout, tuple[float, float]] = {}  # live ones: (deadline, stopped clock then)
+
+    # -- the VM's vCPUs -----------------------------------------------------------------------------------------
+
+    def vcpus_stopped(self) -> None:
+        """The VM's vCPUs stopped (QMP STOP: a pause, a snapshot's or a save's): requests under way wait for them
+        to run again rather than time out, up to MAX_STOPPED_WAIT."""
+        if self._stopped_at is not None:
+            return
+        self._stopped_at = asyncio.get_running_loop().time()
+        for t, (deadline, _) in self._timeouts.items():
+            if not t.expired():
+                t.reschedule(max(deadline, self._stopped_at + MAX_STOPPED_WAIT))
+
+    def vcpus_resumed(self) -> None:
+        """The VM's vCPUs run again (QMP RESUME): requests under way get back the time they were stopped."""
+        if self._stopped_at is None:
+            return
+        self._stopped_total += asyncio.get_running_loop().time() - self._stopped_at
+        self._stopped_at = None
+        for t, (deadline, mark) in self._timeouts.items():
+            if not t.expired():
+                t.reschedule(self._moved(deadline, mark))
+
+    def _stopped_clock(self) -> float:
+        """Seconds the vCPUs have been stopped, in all, since this object was made."""
+        now = asyncio.get_running_loop().time()
+        return self._stopped_total + (now - self._stopped_at if self._stopped_at is not None else 0.0)
+
+    def _moved(self, deadline: float, mark: float) -> float:
+        return deadline + min(self._stopped_clock() - mark, MAX_STOPPED_WAIT)
+
+    @contextlib.asynccontextmanager
+    async def _timeout_at(self, deadline: float) -> AsyncIterator[None]:
+        """``asyncio.timeout_at(deadline)``, the deadline moved out by the time the vCPUs are stopped within."""
+        mark = self._stopped_clock()
+        when = deadline if self._stopped_at is None else max(deadline, self._stopped_at + MAX_STOPPED_WAIT)
+        async with asyncio.timeout_at(when) as t:
+            self._timeouts[t] = (deadline, mark)
+            try:
+                yield
+            finally:
+                del self._timeouts[t]
 
     # -- connection ---------------------------------------------------------------------------------------------
 
@@ -277,7 +331,7 @@ class GuestAgent:
 
     async def _acquire(self, deadline: float, what: str) -> None:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with self._timeout_at(deadline):
                 await self._lock.acquire()
         except TimeoutError:
             raise GuestAgentTimeout(f"guest agent busy: {what} could not be sent in time") from None
@@ -362,9 +416,10 @@ class GuestAgent:
                     await self._thawed.wait()
             except TimeoutError:
                 raise GuestAgentTimeout(f"{command} not sent: the guest's file systems stayed frozen") from None
+        mark = self._stopped_clock()
         await self._acquire(deadline, command)
         try:
-            result = await self._request(command, arguments, deadline)
+            result = await self._request(command, arguments, self._moved(deadline, mark))
         except GuestAgentCommandError:
             if command == "guest-fsfreeze-thaw":
                 self._thawed.set()  # it answered the thaw: whatever it froze before is undone
@@ -384,7 +439,7 @@ class GuestAgent:
         if arguments is not None:
             message["arguments"] = arguments
         try:
-            async with asyncio.timeout_at(deadline):
+            async with self._timeout_at(deadline):
                 await channel.send(json.dumps(message).encode() + b"\n")
                 line = await channel.read_until(b"\n")
         except TimeoutError:
@@ -460,7 +515,7 @@ class GuestAgent:
     # -- exec ---------------------------------------------------------------------------------------------------
 
     async def _read_chunk(self, handle: int, count: int = EXEC_READ_CHUNK) -> bytes:
-        result = await self.execute("guest-file-read", {"handle": handle, "count": count})
+        result = await self.execute("guest-file-read", {"handle": handle, "count": count}, timeout=POLL_CALL_TIMEOUT)
         if not int(result.get("count", 0)):
             return b""
         return base64.b64decode(result.get("buf-b64", ""))
@@ -564,13 +619,16 @@ class GuestAgent:
 
             status: dict[str, Any] | None = None
             timed_out = False
+            pause = POLL_FIRST
             while True:
-                status = await self.execute("guest-exec-status", {"pid": pid})
+                status = await self.execute("guest-exec-status", {"pid": pid}, timeout=POLL_CALL_TIMEOUT)
                 if status.get("exited"):
                     running = False
+                pause = min(pause * 1.5, POLL_INTERVAL)
                 for stream in STREAMS:
                     chunk = await self._read_chunk(handles[stream])
                     if chunk:
+                        pause = POLL_FIRST  # output comes in bursts: look again soon
                         yield ExecOutput(stream, chunk)
                 if not running:
                     break
@@ -580,7 +638,7 @@ class GuestAgent:
                     status = await self._wait_exited(pid, KILL_WAIT)
                     running = status is None
                     break
-                await asyncio.sleep(POLL_INTERVAL)
+                await asyncio.sleep(pause)
 
             # Drain what was written before the exit (or the kill).
             for stream in STREAMS:

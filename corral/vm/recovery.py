@@ -94,6 +94,8 @@ class Recovery:
             await self._settle_suspending(m, monitor, str(status.get("status")))
             return
         running = status.get("running", False)
+        if not running:
+            m.agent.vcpus_stopped()  # no STOP event comes for a pause from before the restart
         await self.vms._set_state(name, VMState.RUNNING if running else VMState.PAUSED,
                                   "" if running else f"paused ({status.get('status')})")
         self.vms.event(name, "reattach", f"re-attached to QEMU pid {ident.pid}")

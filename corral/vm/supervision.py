@@ -67,10 +67,12 @@ class Supervisor:
             m.panicked = True
             self.vms.event(name, "qmp", "GUEST_PANICKED: the guest kernel panicked", **data)
         elif event == "STOP":
+            m.agent.vcpus_stopped()
             rec = self.vms.store.get_vm(name)
             if rec is not None and rec.state == VMState.RUNNING:
                 await self.vms._set_state(name, VMState.PAUSED, "paused by QEMU")
         elif event == "RESUME":
+            m.agent.vcpus_resumed()
             rec = self.vms.store.get_vm(name)
             if rec is not None and rec.state == VMState.PAUSED:
                 await self.vms._set_state(name, VMState.RUNNING)

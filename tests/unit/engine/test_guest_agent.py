@@ -43,6 +43,8 @@ class FakeAgent:
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
         self.frozen = False  # like qemu-ga: while frozen, only FROZEN_ALLOWED commands are served
+        self.running = asyncio.Event()  # cleared: a guest whose vCPUs are stopped, answering nothing until set
+        self.running.set()
         self.refused: list[str] = []
 
     async def start(self) -> None:
@@ -84,6 +86,7 @@ class FakeAgent:
                         break
                     buf = text[end:].encode()
                     self.requests.append(request)
+                    await self.running.wait()
                     answer = await self._dispatch(request)
                     if answer is None:
                         continue
@@ -375,6 +378,40 @@ def test_commands_wait_for_the_thaw_of_a_freeze(tmp_path: Path) -> None:
         await agent.execute("guest-ping")  # allowed while frozen
         await agent.execute("guest-fsfreeze-thaw")
         assert fake.refused == []
+
+    run_with_agent(tmp_path, body)
+
+
+def test_the_time_a_vms_vcpus_are_stopped_does_not_count_against_a_request(tmp_path: Path) -> None:
+    """A paused guest answers nothing: a request (and the ones queued behind it) waits through the pause and gets
+    its answer after the resume, its deadline moved by the pause; a guest that does not answer while running still
+    times out."""
+
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        await agent.wait_ready(5)
+        fake.running.clear()
+        agent.vcpus_stopped()
+        first = asyncio.ensure_future(agent.execute("guest-ping", timeout=0.3))
+        queued = asyncio.ensure_future(agent.execute("guest-ping", timeout=0.3))
+        await asyncio.sleep(1.0)  # paused for over three times their timeout
+        assert not first.done() and not queued.done()
+        fake.running.set()
+        agent.vcpus_resumed()
+        assert await first == {}
+        assert await queued == {}
+        t0 = time.monotonic()
+        run = asyncio.ensure_future(agent.execute("guest-ping", timeout=0.5))
+        await asyncio.sleep(0.1)
+        fake.running.clear()
+        agent.vcpus_stopped()
+        await asyncio.sleep(0.8)
+        fake.running.set()
+        agent.vcpus_resumed()
+        assert await run == {} and time.monotonic() - t0 >= 0.8
+        assert fake.connections == 1, "no request timed out through the pauses"
+        fake.silent.add("guest-get-time")
+        with pytest.raises(GuestAgentTimeout):
+            await agent.execute("guest-get-time", timeout=0.3)
 
     run_with_agent(tmp_path, body)
 
