@@ -1,338 +1,46 @@
 """The SQLite store. One connection, used from the daemon's event loop; every call is a short local transaction.
 
-Tables:
-    vms       one row per VM: its spec (JSON of :class:`VMSpec`), state, identity (id, MAC) and last exit reason
-    runtime   one row per VM with a QEMU process: pid, its start time in clock ticks (identity across pid reuse),
-              when it started, the accelerator; written as soon as the pid is known, deleted when QEMU is gone
-    events    the event log: every state change and operation, in order: who (``actor``: the user of the API
-              request, "corrald" for what the daemon did by itself), the VM's ``owner`` then, what, when, and the
-              ``result`` ("ok" or "error")
-    networks  private networks: name, subnet, creation time (and the Linux bridge of a bridged network)
-    attachments  one row per VM on a network: its stable MAC and address there (deleted with the VM)
-    quotas    limits per project or owner (``scope``, ``name``): VMs, vCPUs, memory MiB, disk bytes; NULL = none
-    projects  per-project settings: the default TTL (seconds) and expiry action given to a VM created without its own,
-              and the default idle policy (JSON of :class:`IdlePolicy`) of its VMs that have none of their own
-    layers    the qcow2 layers of VM disks (corral.storage): file, backing layer (NULL: on the image's disk, or a
-              standalone disk), owning VM (NULL: shared, its VM deleted), purpose (``top``: a VM's writable layer;
-              ``frozen``: read-only, under a snapshot, a clone or a newer layer); a file stays while anything uses it
-    snapshots named snapshots of a VM: its parent in the tree, the frozen layer holding its disk, its machine state
-              file (whole-machine snapshots); ``snapshot_current`` marks the snapshot each VM's state descends from
-    disks     extra disks of a VM (corral.storage.disks): name, qcow2 file, virtual size, I/O limits (JSON of QEMU
-              throttle-group fields), serial, the hot-plug port while attached (NULL: detached); deleted with the VM
-    templates     captured VMs to launch from (corral.templates): name, source VM, what a VM from it must match
-                  (image, vCPUs, memory MiB, disk bytes), creation time and size on disk
-    template_vms  one row per VM made from a template (deleted with the VM); ``fresh`` = 1 until its first start
-                  has loaded the template's state (later starts boot from its disk)
-    operations    the journal of long operations under way (corral.operations): kind, VM, start time and what the
-                  operation did so far (JSON); a row left at start-up is an operation a dead daemon did not finish
+The tables are described, and created, in :mod:`corral.store.schema`; the records read and written are in
+:mod:`corral.store.records` (re-exported here: ``from corral.store.db import VMRecord`` keeps working).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sqlite3
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from corral.idle.policy import IdlePolicy
+from corral.store.records import (
+    AttachmentRecord,
+    DiskRecord,
+    EventQuery,
+    EventRecord,
+    LayerRecord,
+    NetworkRecord,
+    OperationRecord,
+    ProjectRecord,
+    RuntimeRecord,
+    SnapshotRecord,
+    TemplateRecord,
+    VMRecord,
+    _disk,
+    _event,
+    _project,
+    _template,
+    _vm,
+)
+from corral.store.schema import ADDED_COLUMNS, EVENT_INDEXES, SCHEMA, VM_NAME_COLUMNS
 from corral.vm.quota import Quota
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS vms (
-    name TEXT PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    state_reason TEXT NOT NULL DEFAULT '',
-    mac TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_exit_reason TEXT NOT NULL DEFAULT '',
-    restart_count INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS runtime (
-    name TEXT PRIMARY KEY REFERENCES vms(name) ON DELETE CASCADE,
-    pid INTEGER NOT NULL,
-    start_ticks INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    accel TEXT NOT NULL,
-    ssh_port INTEGER
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    vm TEXT,
-    type TEXT NOT NULL,
-    message TEXT NOT NULL,
-    data TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS networks (
-    name TEXT PRIMARY KEY,
-    subnet TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    bridge TEXT
-);
-CREATE TABLE IF NOT EXISTS attachments (
-    network TEXT NOT NULL REFERENCES networks(name),
-    vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
-    mac TEXT NOT NULL UNIQUE,
-    address TEXT NOT NULL,
-    PRIMARY KEY (network, vm),
-    UNIQUE (network, address)
-);
-CREATE TABLE IF NOT EXISTS quotas (
-    scope TEXT NOT NULL CHECK (scope IN ('project', 'owner')),
-    name TEXT NOT NULL,
-    vms INTEGER,
-    vcpus INTEGER,
-    memory INTEGER,
-    disk INTEGER,
-    PRIMARY KEY (scope, name)
-);
-CREATE TABLE IF NOT EXISTS disks (
-    vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    file TEXT NOT NULL,
-    format TEXT NOT NULL DEFAULT 'qcow2',
-    size INTEGER NOT NULL,
-    limits TEXT NOT NULL DEFAULT '{}',
-    serial TEXT NOT NULL,
-    port INTEGER,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (vm, name)
-);
-CREATE TABLE IF NOT EXISTS projects (
-    name TEXT PRIMARY KEY,
-    default_ttl REAL,
-    on_expiry TEXT NOT NULL DEFAULT 'stop'
-);
-CREATE TABLE IF NOT EXISTS layers (
-    id TEXT PRIMARY KEY,
-    path TEXT NOT NULL UNIQUE,
-    backing TEXT REFERENCES layers(id),
-    image TEXT,
-    vm TEXT,
-    purpose TEXT NOT NULL CHECK (purpose IN ('top', 'frozen')),
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshots (
-    id TEXT PRIMARY KEY,
-    vm TEXT NOT NULL,
-    name TEXT NOT NULL,
-    parent TEXT,
-    layer TEXT NOT NULL REFERENCES layers(id),
-    state_file TEXT,
-    note TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    UNIQUE (vm, name)
-);
-CREATE TABLE IF NOT EXISTS snapshot_current (
-    vm TEXT PRIMARY KEY,
-    snapshot TEXT
-);
-CREATE TABLE IF NOT EXISTS templates (
-    name TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    image TEXT NOT NULL,
-    vcpus INTEGER NOT NULL,
-    memory INTEGER NOT NULL,
-    disk INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS operations (
-    id TEXT PRIMARY KEY,
-    vm TEXT,
-    kind TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    data TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS template_vms (
-    vm TEXT PRIMARY KEY REFERENCES vms(name) ON DELETE CASCADE,
-    template TEXT NOT NULL REFERENCES templates(name),
-    fresh INTEGER NOT NULL DEFAULT 1
-);
-"""
-
-
-@dataclass
-class VMRecord:
-    spec: VMSpec
-    id: str
-    state: VMState
-    state_reason: str
-    mac: str
-    created_at: float
-    last_exit_reason: str
-    restart_count: int
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-@dataclass(frozen=True)
-class RuntimeRecord:
-    name: str
-    pid: int
-    start_ticks: int
-    started_at: float
-    accel: str
-    ssh_port: int | None = None
-    provisioned_boot: str | None = None
-
-
-@dataclass(frozen=True)
-class NetworkRecord:
-    name: str
-    subnet: str
-    created_at: float
-    bridge: str | None = None
-
-
-@dataclass(frozen=True)
-class AttachmentRecord:
-    network: str
-    vm: str
-    mac: str
-    address: str
-
-
-@dataclass(frozen=True)
-class DiskRecord:
-    """An extra disk. ``limits``: QEMU throttle-group fields that are set (absent = unlimited); ``port``: the
-    hot-plug port it sits in while attached, None while detached."""
-
-    vm: str
-    name: str
-    file: str
-    size: int
-    serial: str
-    created_at: float
-    format: str = "qcow2"
-    limits: dict[str, int] = field(default_factory=dict)
-    port: int | None = None
-
-    @property
-    def attached(self) -> bool:
-        return self.port is not None
-
-
-@dataclass(frozen=True)
-class TemplateRecord:
-    name: str
-    source: str
-    image: str
-    vcpus: int
-    memory: int  # MiB
-    disk: int  # bytes, the virtual size of its disk
-    created_at: float
-    size: int = 0  # bytes on the host: disk, memory and state files
-    #: Captured with a shell listening on Corral's guest channel (corral.engine.guest_channel): a VM made from it
-    #: takes its identity through the channel, else through the guest agent.
-    channel: bool = False
-
-
-@dataclass(frozen=True)
-class ProjectRecord:
-    name: str
-    default_ttl: float | None = None
-    on_expiry: str = "stop"
-    idle: IdlePolicy | None = None
-
-
-@dataclass(frozen=True)
-class LayerRecord:
-    """One qcow2 layer file. ``backing`` None: its backing is the disk of ``image``, or none (``image`` None)."""
-
-    id: str
-    path: str
-    backing: str | None
-    image: str | None
-    vm: str | None
-    purpose: str  # "top" or "frozen"
-    created_at: float
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    id: str
-    vm: str
-    name: str
-    parent: str | None
-    layer: str
-    state_file: str | None
-    note: str
-    created_at: float
-
-
-@dataclass
-class OperationRecord:
-    id: str
-    vm: str | None
-    kind: str
-    started_at: float
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-#: Every (table, column) holding a VM's name, besides vms.name: what :meth:`Store.rename_vm` moves. Tables of other
-#: modules (backup schedules, pool members) are listed too and skipped where they do not exist.
-VM_NAME_COLUMNS = (("runtime", "name"), ("events", "vm"), ("attachments", "vm"), ("disks", "vm"), ("layers", "vm"),
-                   ("snapshots", "vm"), ("snapshot_current", "vm"), ("template_vms", "vm"), ("operations", "vm"),
-                   ("backup_schedules", "vm"), ("pool_members", "vm"))
-
-#: Columns added to tables after their first release (ALTER TABLE on open), table -> column -> declaration.
-ADDED_COLUMNS = {
-    "events": {"actor": "TEXT NOT NULL DEFAULT ''", "owner": "TEXT NOT NULL DEFAULT ''",
-               "result": "TEXT NOT NULL DEFAULT 'ok'"},
-    # The guest's boot_id once Corral provisioned that boot: a re-attach to the same boot need not do it again.
-    "runtime": {"provisioned_boot": "TEXT"},
-    # Idle control: the project's default policy; each VM's last activity (wall time) as the daemon measured it.
-    "projects": {"idle": "TEXT"},
-    "vms": {"last_active": "REAL"},
-    "templates": {"channel": "INTEGER NOT NULL DEFAULT 0"},
-}
-EVENT_INDEXES = """
-CREATE INDEX IF NOT EXISTS events_vm ON events(vm, id);
-CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
-"""
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    id: int
-    ts: float
-    vm: str | None
-    type: str
-    message: str
-    data: dict[str, Any]
-    actor: str = ""
-    owner: str = ""
-    result: str = "ok"
-
-
-@dataclass(frozen=True)
-class EventQuery:
-    """Which events: every given field must match (AND). ``since`` is a Unix time."""
-
-    vm: str | None = None
-    owner: str | None = None
-    actor: str | None = None
-    type: str | None = None
-    result: str | None = None
-    since: float | None = None
-    after: int = 0
-
-    def matches(self, e: EventRecord) -> bool:
-        """The same test as :meth:`Store.events` makes in SQL, for events as they happen."""
-        return (e.id > self.after and (self.vm is None or e.vm == self.vm)
-                and (self.owner is None or e.owner == self.owner) and (self.actor is None or e.actor == self.actor)
-                and (self.type is None or e.type == self.type) and (self.result is None or e.result == self.result)
-                and (self.since is None or e.ts >= self.since))
+__all__ = [
+    "AttachmentRecord", "DiskRecord", "EventQuery", "EventRecord", "LayerRecord", "NetworkRecord", "OperationRecord",
+    "ProjectRecord", "RuntimeRecord", "SnapshotRecord", "TemplateRecord", "VMRecord", "Store",
+]
 
 
 class Store:
@@ -672,42 +380,3 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-
-
-
-def _project(r: sqlite3.Row) -> ProjectRecord:
-    return ProjectRecord(name=r["name"], default_ttl=r["default_ttl"], on_expiry=r["on_expiry"],
-                         idle=IdlePolicy.model_validate_json(r["idle"]) if r["idle"] else None)
-
-
-def _event(r: sqlite3.Row) -> EventRecord:
-    return EventRecord(r["id"], r["ts"], r["vm"], r["type"], r["message"], json.loads(r["data"]), r["actor"],
-                       r["owner"], r["result"])
-
-
-def _template(r: sqlite3.Row) -> TemplateRecord:
-    return TemplateRecord(**{**dict(r), "channel": bool(r["channel"])})
-
-
-def _disk(r: sqlite3.Row) -> DiskRecord:
-    return DiskRecord(vm=r["vm"], name=r["name"], file=r["file"], size=r["size"], serial=r["serial"],
-                      created_at=r["created_at"], format=r["format"], limits=json.loads(r["limits"]), port=r["port"])
-@functools.lru_cache(maxsize=8192)
-def _parse_spec(text: str) -> VMSpec:
-    return VMSpec.model_validate_json(text)
-
-
-def _vm(row: sqlite3.Row) -> VMRecord:
-    # A spec's JSON is parsed (and validated) once, not at every listing: `ls` of 1,000 VMs stays fast. Records
-    # with the same spec text share one VMSpec object: nothing changes a spec in place (every change is
-    # model_copy(update=...) then Store.update_spec).
-    return VMRecord(
-        spec=_parse_spec(row["spec"]),
-        id=row["id"],
-        state=VMState(row["state"]),
-        state_reason=row["state_reason"],
-        mac=row["mac"],
-        created_at=row["created_at"],
-        last_exit_reason=row["last_exit_reason"],
-        restart_count=row["restart_count"],
-    )
