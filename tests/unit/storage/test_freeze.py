@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from corral.errors import GuestAgentTimeout
-from corral.storage import service as storage
+from corral.storage import freezing
 from corral.storage.service import StorageService
 from corral.vm.states import VMState
 
@@ -74,7 +74,7 @@ def test_no_freeze_asked_or_paused(tmp_path: Path) -> None:
 
 
 def test_a_hung_agent_is_thawed_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "THAW_RETRY_INTERVAL", 0.01)
+    monkeypatch.setattr(freezing, "THAW_RETRY_INTERVAL", 0.01)
     vms = FakeVMs(VMState.RUNNING, tmp_path)
     agent = FakeAgent({"guest-fsfreeze-freeze", "guest-fsfreeze-thaw"})
 
