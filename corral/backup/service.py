@@ -53,6 +53,7 @@ from corral.backup.repo import CorruptBackup, Repository
 from corral.backup.schedule import ScheduleStore, next_run
 from corral.engine import disk_backup
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
+from corral.operations import journal
 from corral.operations.recovery import Outcome, Recovery
 from corral.paths import BACKUPS_DIR
 from corral.settings import Settings
@@ -263,7 +264,23 @@ class BackupService:
     # ---------------------------------------------------------------------------------------------- recovery --
     def register_recovery(self, recovery: Recovery) -> None:
         recovery.kinds["backup"] = self._recover
+        recovery.kinds["restore"] = self._recover_restore
         recovery.sweepers.append(self._sweep)
+
+    async def _recover_restore(self, op: OperationRecord) -> Outcome:
+        """A restore a dead daemon left: finished if the backup's disk became the VM's top layer (the store names
+        the layer it noted), else rolled back: a new VM it had created is deleted (nothing half-restored stays), an
+        existing VM keeps its disk as it was; its work files go with the journal's ``files``."""
+        name = str(op.vm)
+        new_top = op.data.get("new_top")
+        if new_top is not None and self.vms.store.get_layer(str(new_top)) is not None:
+            return Outcome(True, f"VM '{name}' has the disk of backup {op.data.get('backup')}")
+        created = op.data.get("created")
+        if created and self.vms.store.get_vm(str(created)) is not None:
+            await self.vms.delete(str(created), force=True)
+            return Outcome(False, f"the half-restored VM '{created}' was deleted")
+        return Outcome(False, f"VM '{name}' keeps its disk as it was" if not op.data.get("new_vm") else
+                       "no VM was created")
 
     async def _recover(self, op: OperationRecord) -> Outcome:
         """A backup a dead daemon left: finished if its index was written, else rolled back: QEMU's job and target
@@ -350,7 +367,10 @@ class BackupService:
             self.vms.settings.vms_dir.mkdir(parents=True, exist_ok=True)
             work = self.vms.settings.vms_dir / f".restore-{secrets.token_hex(4)}"
             raw, qcow2 = work.with_suffix(".raw"), work.with_suffix(".qcow2")
-            try:
+            with self.vms.journal.run("restore", to or in_place, backup=bid, new_vm=to is not None,
+                                      files=[str(raw), str(qcow2)]), contextlib.ExitStack() as cleanup:
+                cleanup.callback(raw.unlink, missing_ok=True)
+                cleanup.callback(qcow2.unlink, missing_ok=True)
                 try:
                     await asyncio.to_thread(_write_raw, r, index, raw, progress)
                 except CorruptBackup as exc:
@@ -364,9 +384,6 @@ class BackupService:
                 else:
                     assert in_place is not None
                     result = await self._restore_in_place(index, in_place, qcow2)
-            finally:
-                raw.unlink(missing_ok=True)
-                qcow2.unlink(missing_ok=True)
         return result
 
     def _check_in_place(self, name: str) -> None:
@@ -381,7 +398,9 @@ class BackupService:
             dropped = [str(p) for p in spec.ports if p.key() in taken]
             spec = spec.model_copy(update={"ports": [p for p in spec.ports if p.key() not in taken]})
         await self.vms.create(spec)
+        journal.current().note(created=spec.name)
         try:
+            faults.point("restore.before-disk")
             self._put_disk(spec.name, qcow2)
         except BaseException:
             with contextlib.suppress(CorralError):
@@ -405,6 +424,7 @@ class BackupService:
             rec = self.vms.get(name)
             paths = self.vms.paths(name)
             paths.backup_bitmap.unlink(missing_ok=True)  # a new disk: the next backup reads it whole
+            faults.point("restore.before-disk")
             self._put_disk(name, qcow2)
             if rec.spec.disk != index.virtual_size:
                 self.vms.store.update_spec(rec.spec.model_copy(update={"disk": index.virtual_size}))

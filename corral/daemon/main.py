@@ -89,10 +89,11 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     backups = BackupService(vms, settings, storage)
     StorageRecovery(storage).register(recovery)
     disks = DiskService(vms)
-    for service in (templates, backups, disks):
+    portable = PortableService(storage)
+    for service in (templates, backups, disks, portable):
         service.register_recovery(recovery)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                    portable=PortableService(storage), disks=disks,
+                    portable=portable, disks=disks,
                     backups=backups, idle=IdleService(vms, settings.idle_interval),
                     templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
                     recovery=recovery)

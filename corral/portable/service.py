@@ -36,11 +36,12 @@ from corral.images.artifacts import Manifest, sha256_file
 from corral.images.boot import VM_EFI_VARS
 from corral.images.inspect import inspect
 from corral.operations import journal
+from corral.operations.recovery import Outcome, Recovery
 from corral.portable import archive
 from corral.portable.archive import ArchiveError, ArchiveProgress, Member
 from corral.storage import check as image_check
 from corral.storage.service import LIVE_DISK, OFFLINE_DISK, TEMPLATE_REF, StorageService, check_name
-from corral.store.db import DiskRecord, LayerRecord, SnapshotRecord, VMRecord
+from corral.store.db import DiskRecord, LayerRecord, OperationRecord, SnapshotRecord, VMRecord
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
 
@@ -75,6 +76,37 @@ class PortableService:
         self.storage = storage
         self.vms = storage.vms
         self.store = storage.store
+
+    # ---------------------------------------------------------------------------------------------- recovery --
+    def register_recovery(self, recovery: Recovery) -> None:
+        recovery.kinds["import"] = self._recover_import
+        recovery.sweepers.append(self._sweep)
+
+    async def _recover_import(self, op: OperationRecord) -> Outcome:
+        """An import a dead daemon left: finished if every row was written, else rolled back: the half-imported VM
+        is deleted (its layers and directory with it), an image the import installed goes unless a VM uses it."""
+        vm = op.data.get("vm")
+        if op.data.get("done") and vm and self.store.get_vm(str(vm)) is not None:
+            return Outcome(True, f"VM '{vm}' imported from {op.data.get('path')}")
+        done = []
+        created = op.data.get("created")
+        if created and self.store.get_vm(str(created)) is not None:
+            await self.vms.delete(str(created), force=True)
+            done.append(f"the half-imported VM '{created}' was deleted")
+        image = op.data.get("image_installed")
+        if image and not any(r.spec.image == image for r in self.store.list_vms()):
+            with contextlib.suppress(CorralError):
+                await asyncio.to_thread(self.vms.images.remove, str(image), [])
+                done.append(f"image '{image}' it had installed was removed")
+        return Outcome(False, "; ".join(done) or f"nothing of {op.data.get('path')} was imported")
+
+    async def _sweep(self) -> list[str]:
+        """Work directories of imports no operation runs any more (the journal is settled before sweeps)."""
+        removed = []
+        for d in self.vms.settings.home.glob(".import-*"):
+            await asyncio.to_thread(shutil.rmtree, d, True)
+            removed.append(str(d))
+        return removed
 
     # ------------------------------------------------------------------------------------------------ export --
     async def export(self, name: str, dest: Path, *, state: bool = False,
@@ -200,12 +232,14 @@ class PortableService:
         if not src.is_file():
             raise NotFound(f"{src} does not exist or is not a file")
         home = self.vms.settings.home
-        work = Path(tempfile.mkdtemp(dir=home, prefix=".import-"))
-        try:
-            meta = await asyncio.to_thread(archive.read, src, work, progress)
-            return await self._recreate(src, work, meta, name)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+        with self.vms.journal.run("import", None, path=str(src)) as op:
+            work = Path(tempfile.mkdtemp(dir=home, prefix=".import-"))
+            op.add("dirs", str(work))  # removed by recovery if the daemon dies in the middle
+            try:
+                meta = await asyncio.to_thread(archive.read, src, work, progress)
+                return await self._recreate(src, work, meta, name)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, work, True)
 
     def _spec(self, src: Path, meta: dict[str, Any], name: str | None) -> VMSpec:
         if meta.get("version") != META_VERSION:
@@ -235,8 +269,11 @@ class PortableService:
             if paths.root.exists():
                 raise Conflict(f"{paths.root} already exists but no VM '{vm}' is defined: move it away first")
             try:
+                op = journal.current()
+                op.note(vm=vm)
                 image, installed = await asyncio.to_thread(self._image, src, work, meta)
                 if installed and image is not None:
+                    op.note(image_installed=image)
                     undo.append(lambda name=image: self.vms.images.remove(name, []))
                 if image is not None and image != spec.image:
                     spec = spec.model_copy(update={"image": image})
@@ -245,6 +282,7 @@ class PortableService:
                 undo.append(lambda: self.vms._creating.pop(vm, None))
                 ids = await self._place_layers(src, work, meta, image, undo)
                 paths.root.parent.mkdir(parents=True, exist_ok=True)
+                op.add("dirs", str(paths.root))
                 paths.root.mkdir(mode=0o700)
                 undo.append(lambda: shutil.rmtree(paths.root, ignore_errors=True))
                 if (work / VM_EFI_VARS).is_file():
@@ -261,11 +299,14 @@ class PortableService:
                                                                           else ""),
                                mac=mac, created_at=time.time(), last_exit_reason="", restart_count=0)
                 self.store.insert_vm(rec)
+                op.note(created=vm)
                 undo.append(lambda: self.store.delete_vm(vm))
+                faults.point("import.after-row")
                 self._record_layers(vm, meta, ids, undo)
                 self._record_snapshots(vm, meta, ids, work, undo)
                 await self._place_disks(src, work, meta, vm, undo)
                 self.storage._point_disk(vm)
+                op.note(done=True)
             except BaseException:
                 for step in reversed(undo):
                     with contextlib.suppress(Exception):
@@ -318,6 +359,7 @@ class PortableService:
         ids: dict[str, str] = {}
         for old in layers:
             new, path = self.storage._new_path()
+            journal.current().add("files", str(path))
             undo.append(lambda path=path: path.unlink(missing_ok=True))
             ids[old] = new
             file = work / _layer_member(old)

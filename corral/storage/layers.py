@@ -20,6 +20,7 @@ from corral.engine import qemu_img
 from corral.engine.blockjobs import inode
 from corral.engine.cmdline import BootSource
 from corral.errors import EngineError, StateError
+from corral.operations import journal
 from corral.paths import TemplatePaths
 from corral.storage import qcow2
 from corral.storage.chain import Chain, ChainLayer
@@ -169,10 +170,10 @@ class LayerTree:
             raise StateError(vm, "replace the disk of", rec.state.value, [VMState.STOPPED.value])
         old = self._adopt(rec)
         id_, path = self._new_path()
-        os.replace(file, path)
+        journal.current().note(new_top=id_)  # a daemon dying from here: the VM's top is this one, or the old one
+        os.replace(file, path)  # until the swap nothing names it: a crash here leaves it for the layers sweep
         path.chmod(0o600)
-        self.store.delete_layer(old.id)
-        self.store.insert_layer(LayerRecord(id_, str(path), None, None, vm, "top", time.time()))
+        self.store.swap_layer(old.id, LayerRecord(id_, str(path), None, None, vm, "top", time.time()))
         self._remove_file(old, vm)
         self._point_disk(vm)
         self.store.set_current_snapshot(vm, None)

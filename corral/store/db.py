@@ -285,6 +285,17 @@ class Store:
     def delete_layer(self, id_: str) -> None:
         self._db.execute("DELETE FROM layers WHERE id = ?", (id_,))
 
+    def swap_layer(self, old: str, new: LayerRecord) -> None:
+        """Layer ``old`` goes and ``new`` comes, in one transaction: a VM is never left with no top, or two."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self.delete_layer(old)
+            self.insert_layer(new)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def insert_snapshot(self, rec: SnapshotRecord) -> None:
         self._db.execute(
             "INSERT INTO snapshots (id, vm, name, parent, layer, state_file, note, created_at) "

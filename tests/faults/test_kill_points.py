@@ -81,6 +81,10 @@ CASES = [
     Case("clone.before-record", ("clone", "f", "f2"), "clone", "rolled back", after=_no_clone),
     Case("backup.during-copy", ("backup", "create", "f"), "backup", "rolled back", after=_no_backup),
     Case("backup.before-index", ("backup", "create", "f"), "backup", "rolled back", after=_no_backup),
+    Case("restore.before-disk", ("backup", "restore", "{backup}", "--to", "f2"), "restore", "rolled back",
+         before=(("backup", "create", "f"),), after=_no_clone, quick=True),
+    Case("import.after-row", ("import", "{home}/f.tar.gz", "--name", "f2"), "import", "rolled back",
+         before=(("export", "f", "{home}/f.tar.gz"),), after=_no_clone),
     Case("template.after-pause", ("template", "create", "t1", "--from", "f"), "template", "rolled back",
          after=_no_template, quick=True),
     Case("export.after-freeze", ("export", "f", "{home}/f.tar.gz"), "export", "rolled back"),
@@ -94,6 +98,13 @@ CASES = [
     Case("launch.after-spawn", ("launch", "g", "--memory", "128M"), None, None, vm=False, after=_launched),
     Case("suspend.during-save", ("suspend", "f"), None, None),
 ]
+
+
+def _fill(c: CorralEnv, arg: str) -> str:
+    """A command's argument with ``{home}`` (the Corral home) and ``{backup}`` (the newest backup's id) filled in."""
+    if "{backup}" in arg:
+        arg = arg.replace("{backup}", c.client.list_backups(vm="f")[-1].id)
+    return arg.replace("{home}", str(c.home))
 
 
 def test_every_fault_point_has_a_case() -> None:
@@ -112,8 +123,8 @@ def test_killed_at_fault_point(corral_home: CorralEnv, case: Case) -> None:
     if case.vm:
         ok(c, "launch", "f", "--memory", "256M")
     for cmd in case.before:
-        ok(c, *cmd)
-    run_killed(c, *(a.replace("{home}", str(c.home)) for a in case.command))
+        ok(c, *(_fill(c, a) for a in cmd))
+    run_killed(c, *(_fill(c, a) for a in case.command))
     verdict = check_after_restart(c, interrupted=case.kind)
     assert verdict.outcomes == ([case.outcome] if case.outcome else []), verdict
     if case.after is not None:
