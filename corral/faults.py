@@ -39,6 +39,7 @@ POINTS: dict[str, str] = {
     "disk.resize.before-record": "disk resize: QEMU resized it, the store not yet",
     "suspend.during-save": "suspend: the machine state being written",
     "launch.after-spawn": "launch: QEMU spawned, the VM not yet ready",
+    "resume.after-spawn": "resume of a suspended VM: QEMU spawned to load its saved state, the load not begun",
 }
 
 _armed = frozenset(n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip())

@@ -103,7 +103,7 @@ class Booter:
             ident = process.identify(child.pid)
             self.vms.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, time.time(), accel.name,
                                                      att.ssh_port))
-            faults.point("launch.after-spawn")
+            faults.point("resume.after-spawn" if resuming else "launch.after-spawn")
             monitor = Monitor(name, paths.qmp_socket)
             await monitor.connect(timeout=15.0, alive=lambda: child is not None and child.returncode is None
                                   and process.is_alive(ident.pid))

@@ -36,6 +36,8 @@ class Machine:
     requested_by: str | None = None
     #: The state reason of the ``suspended`` VM after a requested suspend (by a user, or by idle control).
     suspend_reason: str = "suspended by user"
+    #: The state reason of the ``stopped`` VM after a requested stop, when it was not a user's.
+    stop_reason: str | None = None
     agent_ready: bool = False
     #: Set once the agent answered and the guest was provisioned (SSH key, private NICs) for this boot.
     ready: asyncio.Event = field(default_factory=asyncio.Event)

@@ -93,12 +93,32 @@ class Recovery:
         if rec.state == VMState.SUSPENDING:  # the daemon died while suspending this VM: finish or undo it
             await self._settle_suspending(m, monitor, str(status.get("status")))
             return
+        if rec.state == VMState.STARTING and status.get("status") == "inmigrate":
+            await self._undo_start(m, monitor, rec)
+            return
         running = status.get("running", False)
+        if rec.state == VMState.STARTING and rec.state_reason == "resuming" and running:
+            self.vms.paths(name).state_file.unlink(missing_ok=True)  # loaded: the guest moved on from it
         if not running:
             m.agent.vcpus_stopped()  # no STOP event comes for a pause from before the restart
         await self.vms._set_state(name, VMState.RUNNING if running else VMState.PAUSED,
                                   "" if running else f"paused ({status.get('status')})")
         self.vms.event(name, "reattach", f"re-attached to QEMU pid {ident.pid}")
+
+    async def _undo_start(self, m: Machine, monitor: Monitor, rec: VMRecord) -> None:
+        """The daemon died while this QEMU waited for the machine state it was to load (a resume, or a launch from
+        a template): nothing will give it one, so it quits. A suspended VM stays suspended, its saved state intact
+        (QEMU never writes to it), to be resumed again; a template's VM is stopped, its template's state still to
+        load at its next start."""
+        resuming = rec.state_reason == "resuming" and self.vms.paths(m.name).state_file.is_file()
+        m.requested = "suspend" if resuming else "stop"
+        m.suspend_reason = "its resume was interrupted by a restart of corrald: start it again"
+        m.stop_reason = "its start was interrupted by a restart of corrald: start it again"
+        with contextlib.suppress(MonitorError):
+            await monitor.execute("quit")
+        await m.exited.wait()
+        self.vms.event(m.name, "reattach", f"QEMU pid {m.ident.pid} waited for a machine state no one will give it: "
+                       f"quit, the VM {'suspended as before' if resuming else 'stopped'}")
 
     async def _settle_suspending(self, m: Machine, monitor: Monitor, status: str) -> None:
         """Finish a suspend the daemon died in (its state file is whole) or undo it."""

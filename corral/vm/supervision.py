@@ -128,7 +128,7 @@ class Supervisor:
         if m.requested == "suspend":
             state, reason, failed = VMState.SUSPENDED, m.suspend_reason, False
         elif m.requested:
-            state, reason, failed = VMState.STOPPED, f"{m.requested} requested by user", False
+            state, reason, failed = VMState.STOPPED, m.stop_reason or f"{m.requested} requested by user", False
         elif m.panicked or m.shutdown_reason == "guest-panic":
             state, reason, failed = VMState.CRASHED, "the guest kernel panicked", True
         elif m.shutdown_reason == "guest-shutdown":

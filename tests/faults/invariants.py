@@ -74,6 +74,9 @@ def check_after_restart(c: CorralEnv, interrupted: str | None = None) -> Verdict
             assert r.returncode == 0 and "after-crash" in r.stdout, (v["name"], r.stdout, r.stderr)
         if v["state"] == "paused":
             ok(c, "resume", v["name"])
+            until(lambda n=v["name"]: show(c, n)["agent_ready"], 60, f"{v['name']}'s guest agent after resume")
+            r = c.cli("exec", v["name"], "--timeout", "60", "--", "sh", "-c", "sync; echo resumed", timeout=120)
+            assert r.returncode == 0 and "resumed" in r.stdout, (v["name"], r.stdout, r.stderr)
         if show(c, v["name"])["state"] == "running":  # no stale lock: an operation goes through
             ok(c, "pause", v["name"])
             ok(c, "resume", v["name"])

@@ -63,6 +63,16 @@ def _launched(c: CorralEnv) -> None:
     assert guest(c, "g", "echo up").strip() == "up"
 
 
+MARK = ("exec", "f", "--", "sh", "-c", "echo before-suspend > /root/boot-mark; sync")
+
+
+def _resumed(c: CorralEnv) -> None:
+    """The interrupted resume was undone or finished: the guest goes on from its saved state (the same boot)."""
+    if show(c, "f")["state"] == "suspended":
+        ok(c, "start", "f")
+    assert guest(c, "f", "cat /root/boot-mark").strip() == "before-suspend"
+
+
 def _reverted(c: CorralEnv) -> None:
     ok(c, "start", "f")
     assert guest(c, "f", "cat /root/marker 2>/dev/null || echo none").strip() == "none"
@@ -97,6 +107,8 @@ CASES = [
          before=(("disk", "add", "f", "data", "--size", "64M"),), after=_disk_of("128M")),
     Case("launch.after-spawn", ("launch", "g", "--memory", "128M"), None, None, vm=False, after=_launched),
     Case("suspend.during-save", ("suspend", "f"), None, None),
+    Case("resume.after-spawn", ("start", "f"), None, None, before=(MARK, ("suspend", "f")), after=_resumed,
+         quick=True),
 ]
 
 
