@@ -30,6 +30,7 @@ from corral.engine.guest_agent import GuestAgent, start_captured
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, InvalidInput, StateError
 from corral.guest import files, portcopy
+from corral.operations.journal import Operation
 from corral.operations.recovery import Outcome, Recovery
 from corral.store.db import OperationRecord
 from corral.vm.states import VMState
@@ -44,6 +45,8 @@ OPERATION = "copy files to or from"
 FINISH_TIMEOUT = 600.0
 #: How often the guest side is asked whether it still runs while bytes flow (each question interrupts the guest).
 WATCH_INTERVAL = 0.5
+#: Tries (0.5 s apart) to remove a copy's port through a monitor that fails.
+UNPLUG_TRIES = 20
 #: How long a failed copy's guest side is watched after its port went (to reap it).
 ABANDON_WAIT = 30.0
 
@@ -167,21 +170,27 @@ class DataCopyService:
             if side is not None:
                 side.abandon()
             raise
-        finally:
-            if await asyncio.shield(self._unplug(name, monitor, port)):
-                self.vms.journal.end(op)  # else its row stays: recovery removes the port at the next start
+        finally:  # shielded, and to its end: a response whose client went away is cancelled here
+            await asyncio.shield(files.background(self._unplug(name, monitor, port, op)))
 
-    async def _unplug(self, name: str, monitor: Monitor, port: DataPort) -> bool:
-        """Remove the port; False if it may still be there (it stays journalled)."""
-        try:
-            await data_channel.unplug(monitor, port)
-        except MonitorError as exc:
-            m = self.vms.machine(name)
-            if m is None or m.monitor is not monitor:
-                return True  # that QEMU is gone, and the port with it
-            log.warning("could not remove data port %s: %s", port.id, exc)
-            return False
-        return True
+    async def _unplug(self, name: str, monitor: Monitor, port: DataPort, op: Operation) -> None:
+        """Remove the port and end the operation. A monitor that fails is asked again for a while (a stop or
+        suspend under way ends that QEMU, and the port with it); if it still fails while its QEMU is the VM's, the
+        port may still be there: the row stays, and recovery (or the next state save) removes it."""
+        for _ in range(UNPLUG_TRIES):
+            try:
+                await data_channel.unplug(monitor, port)
+                break
+            except MonitorError as exc:
+                m = self.vms.machine(name)
+                if m is None or m.monitor is not monitor:
+                    break  # that QEMU is gone, and the port with it
+                error = exc
+            await asyncio.sleep(0.5)
+        else:
+            log.warning("could not remove data port %s: %s", port.id, error)
+            return
+        self.vms.journal.end(op)
 
     # --------------------------------------------------------------------------------------------- host → guest --
     async def put(self, name: str, path: str, chunks: AsyncIterator[bytes], *, kind: Literal["file", "tar"],
