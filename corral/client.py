@@ -33,6 +33,7 @@ from corral.api.models import (
     CapacityInfo,
     CloneEvent,
     CloneRequest,
+    CopyChannel,
     DaemonStatus,
     DiskCreate,
     DiskLimits,
@@ -379,24 +380,34 @@ class Client:
         return FileInfo.model_validate(self._req("GET", f"/vms/{name}/files/stat", params={"path": path}).json())
 
     def upload(self, name: str, path: str, body: Iterable[bytes], *, kind: str = "file", mode: int = 0o644,
-               mtime: int | None = None) -> FileInfo:
+               mtime: int | None = None, virtio: bool = False, size: int | None = None,
+               marker: str | None = None) -> FileInfo:
         """Stream ``body`` (read lazily, chunk by chunk) into guest file ``path``, or with ``kind="tar"`` unpack it
-        as the new guest directory ``path``."""
+        as the new guest directory ``path``. ``virtio``: over a hot-plugged virtio-serial port (a file's exact
+        ``size`` given, a tree's tar ending with the empty member ``marker``), else through the guest agent."""
         params: dict[str, Any] = {"path": path, "kind": kind, "mode": f"{mode & 0o7777:o}"}
-        if mtime is not None:
-            params["mtime"] = int(mtime)
-        return FileInfo.model_validate(self._req("PUT", f"/vms/{name}/files", params=params, content=body).json())
+        for key, value in (("mtime", mtime), ("size", size), ("marker", marker)):
+            if value is not None:
+                params[key] = value
+        route = f"/vms/{name}/files/virtio" if virtio else f"/vms/{name}/files"
+        return FileInfo.model_validate(self._req("PUT", route, params=params, content=body).json())
+
+    def virtio_status(self, name: str) -> CopyChannel:
+        """Can a copy with VM ``name`` go over a virtio-serial port now (wakes an idle-suspended VM)?"""
+        return CopyChannel.model_validate(self._req("GET", f"/vms/{name}/files/virtio/status").json())
 
     @contextmanager
-    def download(self, name: str, path: str, chunk_size: int = 1 << 20) -> Iterator[Download]:
-        """Open a guest file or directory (as a tar) for streaming; errors come before the first byte."""
+    def download(self, name: str, path: str, chunk_size: int = 1 << 20, *, virtio: bool = False) -> Iterator[Download]:
+        """Open a guest file or directory (as a tar) for streaming; errors come before the first byte. ``virtio``:
+        over a hot-plugged virtio-serial port (a tree's ``size`` is then an estimate)."""
+        route = f"/vms/{name}/files/virtio" if virtio else f"/vms/{name}/files"
         try:
-            with self._http.stream("GET", f"/vms/{name}/files", params={"path": path}) as r:
+            with self._http.stream("GET", route, params={"path": path}) as r:
                 if r.status_code >= 400:
                     r.read()
                     self._check(r)
                 yield Download(kind=r.headers.get("x-corral-kind", "file"),
-                               size=int(r.headers.get("content-length", 0)),
+                               size=int(r.headers.get("x-corral-size") or r.headers.get("content-length", 0)),
                                mode=int(r.headers.get("x-corral-mode", "644"), 8),
                                mtime=int(r.headers.get("x-corral-mtime", 0)),
                                chunks=r.iter_raw(chunk_size))

@@ -16,6 +16,7 @@ from corral.api.routes import (
     daemon,
     disks,
     files,
+    files_virtio,
     idle,
     images,
     networks,
@@ -36,7 +37,7 @@ def create_app(svc: Services | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(AuditMiddleware)
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
-              files.router, images.router, daemon.router, snapshots.router, portable.router, backups.router,
-              idle.router, templates.router, balloon.router, pools.router):
+              files_virtio.router, files.router, images.router, daemon.router, snapshots.router, portable.router,
+              backups.router, idle.router, templates.router, balloon.router, pools.router):
         app.include_router(r, prefix=API_PREFIX)
     return app

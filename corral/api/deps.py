@@ -19,6 +19,7 @@ from corral.storage.disks import DiskService
 from corral.storage.service import StorageService
 from corral.store.db import Store
 from corral.templates.service import TemplateService
+from corral.vm.data_copy import DataCopyService
 from corral.vm.service import VMService
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Services:
     balloon: BalloonService | None = None
     pools: PoolService | None = None  # warm pools (the daemon always has them)
     recovery: Recovery | None = None  # what a dead daemon left mid-operation: finished or rolled back at start
+    copies: DataCopyService | None = None  # `corral cp` over a hot-plugged virtio-serial port
 
 
 def using(svc: Services, name: str) -> contextlib.AbstractContextManager[None]:

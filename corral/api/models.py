@@ -261,6 +261,13 @@ class FileInfo(BaseModel):
     mtime: int = 0
 
 
+class CopyChannel(BaseModel):
+    """Whether `corral cp` can go over a hot-plugged virtio-serial port of this VM now, and if not, why."""
+
+    available: bool
+    reason: str = ""
+
+
 class ErrorBody(BaseModel):
     error: str
     message: str

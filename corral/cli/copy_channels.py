@@ -1,14 +1,17 @@
-"""The two ways `corral cp` moves bytes to and from a guest, behind one small interface (:class:`Channel`).
+"""The three ways `corral cp` moves bytes to and from a guest, behind one small interface (:class:`Channel`).
 
-* :class:`SSHChannel` — the fast one, used by default: ``ssh ... 'cat > TMP'`` / ``tar`` over the VM's SSH
-  forward, with the same per-VM key and pinned host key as `corral shell` (the API's ``GET /v1/vms/NAME/ssh``
-  answer, and :func:`corral.cli.shell.ssh_argv` for the command line: one source of truth). The guest side is a
-  POSIX sh script from :mod:`corral.guest.files` that writes a temporary and renames it only when the stream is
-  whole (a file's size is checked, a tree's tar ends with a marker member).
+* :class:`VirtioChannel` — the fastest, used by default: through the daemon and a virtio-serial port it hot-plugs
+  for the copy (``/v1/vms/NAME/files/virtio``, corral.vm.data_copy): no encryption, no network, no JSON; the
+  guest agent only starts the guest side. Needs a running VM whose agent answers.
+* :class:`SSHChannel` — where the port is not available, or ``--via ssh``: ``ssh ... 'cat > TMP'`` / ``tar`` over
+  the VM's SSH forward, with the same per-VM key and pinned host key as `corral shell` (the API's
+  ``GET /v1/vms/NAME/ssh`` answer, and :func:`corral.cli.shell.ssh_argv` for the command line: one source of
+  truth). The guest side is a POSIX sh script from :mod:`corral.guest.files` that writes a temporary and renames
+  it only when the stream is whole (a file's size is checked, a tree's tar ends with a marker member).
 * :class:`AgentChannel` — through the daemon and the guest agent (``/v1/vms/NAME/files``): slow (base64 in JSON)
   but there on every guest, before and without any SSH server. The fallback, or ``--via agent``.
 
-Both give the same errors for the same mistakes (the cp rules themselves are in :mod:`corral.cli.cp`).
+All give the same errors for the same mistakes (the cp rules themselves are in :mod:`corral.cli.cp`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class SSHUnavailable(CorralError):
 
 
 class Channel(Protocol):
-    name: str  # "ssh" or "agent", for the summary and --verbose
+    name: str  # "virtio", "ssh" or "agent", for the summary and --verbose
     #: Whether a tree download's ``size`` is exact (the agent packs it first) or an estimate (SSH streams it).
     exact_tree_size: bool
     #: Whether an uploaded tree's tar must end with a :func:`tree_marker` member (SSH: the guest sees only a
@@ -76,6 +79,25 @@ class AgentChannel:
 
     def open(self, path: str) -> contextlib.AbstractContextManager[Download]:
         return self.client.download(self.vm, path)
+
+
+class VirtioChannel(AgentChannel):
+    """Through the API and a hot-plugged virtio-serial port (paths resolved through the guest agent, as
+    :class:`AgentChannel` does)."""
+
+    name = "virtio"
+    exact_tree_size = False  # the daemon streams the guest's tar as it comes (its size is du's estimate)
+    needs_tree_marker = True  # the guest sees only the port's end, not whether the sender finished
+
+    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int) -> None:
+        self.client.upload(self.vm, path, chunks, kind="file", mode=mode, mtime=mtime, virtio=True, size=size)
+
+    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None) -> None:
+        assert marker, "a tree over a data port ends with its marker"
+        self.client.upload(self.vm, path, tar_chunks, kind="tar", mode=mode, virtio=True, marker=marker)
+
+    def open(self, path: str) -> contextlib.AbstractContextManager[Download]:
+        return self.client.download(self.vm, path, virtio=True)
 
 
 def _last_line(stream: IO[bytes]) -> str:
@@ -203,5 +225,7 @@ def tree_marker() -> str:
 def describe(channel: Channel) -> str:
     if isinstance(channel, SSHChannel):
         return f"ssh to {channel.info.user}@{channel.info.host}:{channel.info.port}"
+    if isinstance(channel, VirtioChannel):
+        return "a virtio-serial port plugged for the copy"
     return "the guest agent"
 

@@ -40,6 +40,7 @@ from corral.storage.recovery import StorageRecovery
 from corral.storage.service import StorageService
 from corral.store.db import Store
 from corral.templates.service import TemplateService
+from corral.vm.data_copy import DataCopyService
 from corral.vm.eventlog import EventLog
 from corral.vm.service import VMService
 
@@ -90,13 +91,14 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     StorageRecovery(storage).register(recovery)
     disks = DiskService(vms)
     portable = PortableService(storage)
-    for service in (templates, backups, disks, portable):
+    copies = DataCopyService(vms)
+    for service in (templates, backups, disks, portable, copies):
         service.register_recovery(recovery)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
                     portable=portable, disks=disks,
                     backups=backups, idle=IdleService(vms, settings.idle_interval),
                     templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
-                    recovery=recovery)
+                    recovery=recovery, copies=copies)
 
 
 async def serve(settings: Settings) -> None:

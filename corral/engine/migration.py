@@ -4,7 +4,8 @@ The building block of suspend to disk (and, later, of snapshots and templates). 
 ``-sandbox ...,spawn=deny``, so ``exec:`` URIs are out, and QEMU 7.2 has no ``file:`` URI: the daemon opens the file
 itself, hands the descriptor to QEMU over the QMP socket (SCM_RIGHTS, ``getfd``) and migrates to or from ``fd:NAME``.
 
-Saving (:func:`save_state`): the vCPUs are stopped first, so the stream is one pass (no dirty-page rounds) and the
+Saving (:func:`save_state`): a copy's temporary data port (corral.engine.data_channel) is removed, the vCPUs are
+stopped, so the stream is one pass (no dirty-page rounds) and the
 guest sees no time pass; bandwidth is unlimited. The stream goes to ``PATH.partial``, is fsynced and renamed to
 ``PATH`` only once QEMU reports ``completed``: a state file that exists is whole. On failure the partial file is
 removed and the vCPUs run again if they ran before; the caller still has its running VM.
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.engine import data_channel
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import EngineError
 from corral.fileio import fsync_dir
@@ -109,6 +111,9 @@ async def save_state(monitor: Monitor, path: Path, *, was_running: bool, timeout
     t0 = time.monotonic()
     fd = -1
     try:
+        # A copy's temporary data port is not on the VM's command line: the state must not hold it (it would not
+        # load). The copy using it fails; the guest sees the port go.
+        await data_channel.unplug_all(monitor)
         await monitor.execute("stop")
         await monitor.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
         await _set_capabilities(monitor, capabilities)

@@ -111,6 +111,19 @@ class Journal:
             op.ended = True
             self.store.delete_operation(op.id)
 
+    def begin(self, kind: str, vm: str | None, **data: Any) -> Operation:
+        """Journal an operation that is not one block of one task (a streamed copy, entered by a request's handler
+        and ended by its response body): not :func:`current` for the code it runs, ended by :meth:`end`."""
+        op = Operation(self.store, OperationRecord(secrets.token_hex(6), vm, kind, time.time(),
+                                               {k: v for k, v in data.items() if v is not None}))
+        self.store.put_operation(op.rec)
+        return op
+
+    def end(self, op: Operation) -> None:
+        """The operation begun by :meth:`begin` is over (succeeded, or undone what it must)."""
+        op.ended = True
+        self.store.delete_operation(op.id)
+
     def pending(self) -> list[OperationRecord]:
         """Operations a previous daemon began and did not end."""
         return self.store.list_operations()

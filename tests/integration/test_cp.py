@@ -1,6 +1,7 @@
 """`corral cp` against a real guest: a 64 MiB file and a directory tree round-trip with their contents and modes,
 errors are one line and change nothing, and an interrupted copy leaves no temporary on either side. By default the
-bytes go over SSH; the guest agent path (``--via agent``, or a VM whose SSH is not available) does the same."""
+bytes go over a virtio-serial port the daemon plugs for the copy (and removes after it: checked from the guest's
+side, the VM's directory and the operations journal); ``--via ssh`` and ``--via agent`` do the same."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from corral.api.models import API_PREFIX
+from corral.store.db import Store
 from tests.conftest import CORRAL, CorralEnv
 
 pytestmark = pytest.mark.vm
@@ -35,7 +39,7 @@ def guest(c: CorralEnv, script: str) -> str:
     return r.stdout
 
 
-def copy(c: CorralEnv, *args: str, via: str = "ssh") -> float:
+def copy(c: CorralEnv, *args: str, via: str = "virtio") -> float:
     """Run `corral cp`; checks it went ``via`` that channel, returns the MiB/s it reported."""
     r = c.cli("cp", *args, timeout=900)
     assert r.returncode == 0, (args, r.stdout, r.stderr)
@@ -64,29 +68,47 @@ def no_temporaries(c: CorralEnv, *dirs: str) -> str:
     return guest(c, f"find {' '.join(dirs)} -name '*corral-tmp*' 2>/dev/null; true")
 
 
-def test_big_file_round_trip(corral: CorralEnv, tmp_path: Path) -> None:
+def data_ports(c: CorralEnv) -> list[str]:
+    """What is left of copies' data ports: ports the guest still sees, socket files, journalled operations."""
+    names = guest(c, "cat /sys/class/virtio-ports/*/name").split()
+    left = [n for n in names if n.startswith("org.corral.data.")]
+    left += [p.name for p in c.settings.vm_paths(VM).root.glob("data-*.sock")]
+    store = Store(c.settings.database)
+    try:
+        left += [f"operation {op.kind}" for op in store.list_operations()]
+    finally:
+        store.close()
+    return left
+
+
+@pytest.mark.parametrize("via", ["virtio", "ssh"])
+def test_big_file_round_trip(corral: CorralEnv, tmp_path: Path, via: str) -> None:
     launch(corral)
     src = tmp_path / "big.bin"
     write_random(src, BIG, 0o640)
 
-    up = copy(corral, str(src), f"{VM}:/root/")  # into a directory: keeps its name
+    def cp(c: CorralEnv, *args: str) -> float:
+        return copy(c, "--via", via, *args, via=via)
+
+    up = cp(corral, str(src), f"{VM}:/root/")  # into a directory: keeps its name
     sum_, mode = guest(corral, "sha256sum /root/big.bin | cut -d' ' -f1; stat -c %a /root/big.bin").split()
     assert (sum_, mode) == (sha256(src), "640")
 
     back = tmp_path / "back.bin"
-    down = copy(corral, f"{VM}:big.bin", str(back))  # relative guest paths start at /root
+    down = cp(corral, f"{VM}:big.bin", str(back))  # relative guest paths start at /root
     assert sha256(back) == sha256(src)
     assert back.stat().st_mode & 0o7777 == 0o640
     assert back.stat().st_mtime == pytest.approx(src.stat().st_mtime, abs=1)
-    print(f"\ncp throughput, 64 MiB: host->guest {up:.1f} MiB/s, guest->host {down:.1f} MiB/s")
+    print(f"\ncp throughput via {via}, 64 MiB: host->guest {up:.1f} MiB/s, guest->host {down:.1f} MiB/s")
 
     # Replacing an existing file is atomic (mv -f over it), and leaves no temporary.
     small = tmp_path / "small.txt"
     small.write_text("replaced\n")
-    copy(corral, str(small), f"{VM}:/root/big.bin")
+    cp(corral, str(small), f"{VM}:/root/big.bin")
     assert guest(corral, "cat /root/big.bin") == "replaced\n"
     assert no_temporaries(corral, "/root", "/var/tmp", "/tmp") == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back.bin", "big.bin", "small.txt"]
+    assert data_ports(corral) == []
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
@@ -98,8 +120,13 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
     return found
 
 
-def test_tree_round_trip(corral: CorralEnv, tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["virtio", "ssh"])
+def test_tree_round_trip(corral: CorralEnv, tmp_path: Path, via: str) -> None:
     launch(corral)
+
+    def cp(c: CorralEnv, *args: str) -> float:
+        return copy(c, "--via", via, *args, via=via)
+
     tree = tmp_path / "tree"
     (tree / "sub" / "deeper").mkdir(parents=True)
     (tree / "empty").mkdir()
@@ -111,27 +138,30 @@ def test_tree_round_trip(corral: CorralEnv, tmp_path: Path) -> None:
     (tree / "sub").chmod(0o750)
     tree.chmod(0o705)
 
-    copy(corral, str(tree), f"{VM}:/root/")
+    cp(corral, str(tree), f"{VM}:/root/")
     assert guest(corral, "/root/tree/sub/run.sh") == "ran\n"
     assert guest(corral, "stat -c '%a %n' /root/tree /root/tree/sub /root/tree/empty "
                          "/root/tree/sub/deeper/secret").split("\n")[:4] == [
         "705 /root/tree", "750 /root/tree/sub", "755 /root/tree/empty", "600 /root/tree/sub/deeper/secret"]
 
-    copy(corral, "-r", f"{VM}:/root/tree", str(tmp_path / "back"))
+    cp(corral, "-r", f"{VM}:/root/tree", str(tmp_path / "back"))
     assert snapshot(tmp_path / "back") == snapshot(tree)
 
     # A tree is never merged into an existing one.
-    r = corral.cli("cp", str(tree), f"{VM}:/root/")
+    r = corral.cli("cp", "--via", via, str(tree), f"{VM}:/root/")
     assert r.returncode == 4 and "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert no_temporaries(corral, "/root", "/var/tmp", "/tmp") == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "tree"]
+    assert data_ports(corral) == []
 
 
 def test_agent_path_and_fallback(corral: CorralEnv, tmp_path: Path) -> None:
-    """--via agent copies a file and a tree both ways; with no SSH to the VM, auto falls back to the agent and says
-    why with --verbose; --via ssh then refuses in one line."""
+    """--via agent copies a file and a tree both ways; auto takes the virtio-serial port and says so with
+    --verbose; with no SSH to the VM, --via ssh refuses in one line and auto still copies."""
     launch(corral)
     r = corral.cli("cp", "-v", "/etc/hostname", f"{VM}:/root/h1")
+    assert r.returncode == 0 and "copied via a virtio-serial port plugged for the copy" in r.stderr, r.stderr
+    r = corral.cli("cp", "-v", "--via", "ssh", "/etc/hostname", f"{VM}:/root/h1")
     assert r.returncode == 0 and "copied via ssh to root@127.0.0.1:" in r.stderr, r.stderr
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
@@ -150,9 +180,8 @@ def test_agent_path_and_fallback(corral: CorralEnv, tmp_path: Path) -> None:
     # The VM's SSH is not available (as for an image without an SSH server: no pinned host key).
     corral.settings.vm_paths(VM).known_hosts.unlink()
     r = corral.cli("cp", "-v", str(src), f"{VM}:/root/g.bin")
-    assert r.returncode == 0 and r.stdout.strip().endswith("via agent"), (r.stdout, r.stderr)
-    assert "copied via the guest agent (SSH not available: no SSH host key" in r.stderr
-    copy(corral, f"{VM}:/root/tree", str(tmp_path / "tree.again"), via="agent")
+    assert r.returncode == 0 and r.stdout.strip().endswith("via virtio"), (r.stdout, r.stderr)
+    copy(corral, f"{VM}:/root/tree", str(tmp_path / "tree.again"))
     assert snapshot(tmp_path / "tree.again") == snapshot(tree)
     r = corral.cli("cp", "--via", "ssh", str(src), f"{VM}:/root/h.bin")
     assert r.returncode == 4 and len(r.stderr.strip().splitlines()) == 1 and "no SSH host key" in r.stderr
@@ -179,7 +208,7 @@ def test_errors_are_one_line_and_change_nothing(corral: CorralEnv, tmp_path: Pat
     src.write_text("data\n")
     before_host = sorted(p.name for p in tmp_path.iterdir())
     before_guest = guest(corral, "ls -a / /root /var/tmp")
-    for (args, code, words), via in [(e, v) for e in ERRORS for v in ("auto", "agent")]:
+    for (args, code, words), via in [(e, v) for e in ERRORS for v in ("auto", "virtio", "agent")]:
         r = corral.cli("cp", "--via", via, *[a.format(src=src, tmp=tmp_path) for a in args])
         assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
         err = r.stderr.strip()
@@ -187,6 +216,7 @@ def test_errors_are_one_line_and_change_nothing(corral: CorralEnv, tmp_path: Pat
         assert "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before_host
     assert guest(corral, "ls -a / /root /var/tmp") == before_guest
+    assert data_ports(corral) == []
 
 
 def test_server_refuses_before_reading_and_stopped_vm(corral: CorralEnv, tmp_path: Path) -> None:
@@ -206,6 +236,10 @@ def test_server_refuses_before_reading_and_stopped_vm(corral: CorralEnv, tmp_pat
     r = corral.cli("cp", str(src), f"{VM}:/root/")
     assert r.returncode == 4, r.stderr
     assert "cannot copy files to or from VM 'cpvm' while it is stopped" in r.stderr
+    r = corral.cli("cp", "--via", "virtio", str(src), f"{VM}:/root/")
+    assert r.returncode == 4 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot copy over a virtio-serial port: cannot copy files to or from VM 'cpvm' while it is stopped" \
+        in r.stderr
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -255,3 +289,65 @@ def test_interrupted_copies_leave_no_temporaries(corral: CorralEnv, tmp_path: Pa
     assert b"Traceback" not in stderr, stderr
     assert list(dest.iterdir()) == []
     assert no_temporaries(corral, "/root", "/var/tmp", "/tmp") == ""
+    assert data_ports(corral) == []
+
+
+def test_virtio_port_failures_leave_nothing_plugged(corral: CorralEnv, tmp_path: Path) -> None:
+    """A copy over the port that fails in the guest, one cut by a suspend, and one whose daemon is killed: each
+    leaves no port, socket or journalled operation, no guest temporary; the suspended VM resumes from its state."""
+    launch(corral)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(corral.settings.socket)),
+                      base_url="http://corral" + API_PREFIX, timeout=300) as http:
+        # The guest side refuses (fewer bytes than announced): a one-line error, nothing renamed into place.
+        r = http.put(f"/vms/{VM}/files/virtio", params={"path": "/root/short.bin", "size": 10}, content=b"abc")
+        assert r.status_code == 502 and "the copy ended early: 3 of 10 bytes arrived" in r.json()["message"], r.text
+        r = http.put(f"/vms/{VM}/files/virtio", params={"path": "/root/x"}, content=b"abc")
+        assert r.status_code == 422 and "needs its size" in r.json()["message"], r.text
+    assert guest(corral, "ls /root") == ""
+    assert data_ports(corral) == []
+
+    src = tmp_path / "big.bin"
+    write_random(src, BIG, 0o644)
+    # A suspend while a copy runs (a slow one: a client sending 1 MiB every 0.2 s): the port goes first (the saved
+    # state must not hold it), the copy fails.
+    result: list[httpx.Response | Exception] = []
+
+    def slow_upload() -> None:
+        def body() -> Iterator[bytes]:
+            for _ in range(100):
+                yield os.urandom(1 << 20)
+                time.sleep(0.2)
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(corral.settings.socket)),
+                              base_url="http://corral" + API_PREFIX, timeout=300) as http:
+                result.append(http.put(f"/vms/{VM}/files/virtio", params={"path": "/root/cut.bin", "size": 100 << 20},
+                                       content=body()))
+        except Exception as exc:  # noqa: BLE001 - the daemon may cut the request off: that is a failure too
+            result.append(exc)
+
+    sender = threading.Thread(target=slow_upload)
+    sender.start()
+    wait_for(lambda: "corral-tmp" in no_temporaries(corral, "/root"), 120, "the guest temporary")
+    r = corral.cli("suspend", VM, timeout=300)
+    assert r.returncode == 0, r.stderr
+    sender.join(timeout=120)
+    assert result and (isinstance(result[0], Exception) or result[0].status_code >= 400), result
+    r = corral.cli("resume", VM, timeout=300)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: no_temporaries(corral, "/root") == "", 60, "the guest temporary to go")
+    assert data_ports(corral) == []
+    copy(corral, str(src), f"{VM}:/root/after.bin")  # the resumed guest takes a new port
+    assert guest(corral, "sha256sum /root/after.bin | cut -d' ' -f1").strip() == sha256(src)
+
+    # The daemon killed mid-copy: the next daemon's recovery removes the port.
+    proc = subprocess.Popen([CORRAL, "cp", "-q", str(src), f"{VM}:/root/killed.bin"], env=corral.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: "corral-tmp" in no_temporaries(corral, "/root"), 120, "the guest temporary")
+    corral.kill_daemon()
+    proc.wait(timeout=60)
+    corral.start_daemon()
+    wait_for(lambda: no_temporaries(corral, "/root") == "", 60, "the guest temporary to go")
+    assert data_ports(corral) == []
+    r = corral.cli("events", "--vm", VM, "--json")
+    assert "cp interrupted by a daemon restart: rolled back (data port cdata-" in r.stdout, r.stdout[-2000:]
+    assert guest(corral, "ls /root") == "after.bin\n"

@@ -15,16 +15,26 @@ from corral.engine.monitor import MonitorError
 class FakeMonitor:
     name = "vm"
 
-    def __init__(self, statuses: list[str], fail: str | None = None) -> None:
+    def __init__(self, statuses: list[str], fail: str | None = None, ports: list[str] | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.statuses = statuses
         self.fail = fail
         self.fds: list[int] = []
+        self.devices = ["vser0", *(ports or [])]  # qom /machine/peripheral
+        self.chardevs = ["qga0", *(ports or [])]
 
     async def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
         self.calls.append((cmd, args))
         if cmd == self.fail:
             raise MonitorError(f"QMP {cmd} failed on 'vm': GenericError: boom")
+        if cmd == "qom-list":
+            return [{"name": d, "type": "child<virtserialport>"} for d in self.devices]
+        if cmd == "query-chardev":
+            return [{"label": c, "filename": "unix:x"} for c in self.chardevs]
+        if cmd == "device_del":
+            self.devices.remove(args["id"] if args else "")
+        if cmd == "chardev-remove":
+            self.chardevs.remove(args["id"] if args else "")
         if cmd == "query-migrate":
             status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
             return {"status": status, "error-desc": "disk full"} if status == "failed" else {"status": status}
@@ -36,7 +46,7 @@ class FakeMonitor:
 
 
 def names(m: FakeMonitor) -> list[str]:
-    return [c for c, _ in m.calls if c != "query-migrate"]
+    return [c for c, _ in m.calls if c not in ("query-migrate", "qom-list", "query-chardev")]
 
 
 def test_incoming_argv_appends_defer() -> None:
@@ -51,6 +61,14 @@ def test_save_stops_first_and_renames_when_complete(tmp_path: Path) -> None:
     assert m.calls[-1][0] == "query-migrate"
     assert ("migrate", {"uri": "fd:corral-state"}) in m.calls
     assert path.exists() and not (tmp_path / "state.bin.partial").exists() and t.size == 0
+
+
+def test_save_removes_data_ports_before_it_stops(tmp_path: Path) -> None:
+    """A copy's temporary virtio-serial port is not on the command line: a state holding it would not load."""
+    m = FakeMonitor(["completed"], ports=["cdata-0a1b2c3d"])
+    asyncio.run(migration.save_state(m, tmp_path / "state.bin", was_running=True))  # type: ignore[arg-type]
+    assert names(m)[:3] == ["device_del", "chardev-remove", "stop"]
+    assert m.devices == ["vser0"] and m.chardevs == ["qga0"]
 
 
 @pytest.mark.parametrize("how", ["failed", "monitor"])
