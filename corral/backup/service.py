@@ -24,21 +24,20 @@ What holds after a failure: no index is written, the temporary target is removed
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from corral import faults
-from corral.backup import chunks, retention
+from corral.backup import chunks, gc, retention, transfer
 from corral.backup.models import (
     BackupIndex,
     BackupSummary,
@@ -51,6 +50,7 @@ from corral.backup.models import (
 )
 from corral.backup.repo import CorruptBackup, Repository
 from corral.backup.schedule import ScheduleStore, next_run
+from corral.backup.transfer import Progress
 from corral.engine import disk_backup
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
 from corral.operations import journal
@@ -64,7 +64,6 @@ from corral.vm.states import VMState
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int | None], None]
 RUNNING = (VMState.RUNNING, VMState.PAUSED)
 AT_REST = (VMState.STOPPED, VMState.CRASHED, VMState.SUSPENDED)
 
@@ -218,7 +217,7 @@ class BackupService:
             if parent is not None and parent.virtual_size != size and not reason:
                 reason = "the disk's size changed"  # not reachable through the bitmap check; kept for safety
             incremental = not reason and parent is not None
-            stats = await asyncio.to_thread(_store, r, target, extents, size,
+            stats = await asyncio.to_thread(transfer.store_target, r, target, extents, size,
                                             parent if incremental else None, progress)
         finally:
             target.unlink(missing_ok=True)
@@ -297,7 +296,7 @@ class BackupService:
         if done:
             return Outcome(True, f"backup {done[-1].id} recorded")
         try:
-            dropped = await asyncio.to_thread(_drop_unindexed, r)
+            dropped = await asyncio.to_thread(gc.drop_unindexed, r)
         except CorralError as exc:
             return Outcome(False, f"no backup recorded; its stored chunks are left for `backup prune` ({exc.message})")
         return Outcome(False, f"no backup recorded; removed the {dropped} chunk(s) it had stored")
@@ -372,7 +371,7 @@ class BackupService:
                 cleanup.callback(raw.unlink, missing_ok=True)
                 cleanup.callback(qcow2.unlink, missing_ok=True)
                 try:
-                    await asyncio.to_thread(_write_raw, r, index, raw, progress)
+                    await asyncio.to_thread(transfer.write_raw, r, index, raw, progress)
                 except CorruptBackup as exc:
                     raise CorruptBackup(f"backup {bid} fails verification ({exc.message}): not restored, nothing "
                                         f"changed; `corral backup verify {bid}`") from exc
@@ -439,7 +438,7 @@ class BackupService:
             raise InvalidInput("say what to keep: --keep-last N, --keep-daily N and/or --keep-weekly N")
         r = await asyncio.to_thread(self.open_repo, req.repo)
         async with _locked(r, True):
-            result = await asyncio.to_thread(_prune, r, req.vm, policy, req.dry_run)
+            result = await asyncio.to_thread(gc.prune, r, req.vm, policy, req.dry_run)
         if not req.dry_run:
             self.vms.event(req.vm if self.vms.store.get_vm(req.vm) else None, "backup",
                            f"prune: removed {len(result.removed)} backup(s) of '{req.vm}' and {result.chunks_removed} "
@@ -502,100 +501,3 @@ class BackupService:
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
-
-
-def _store(r: Repository, target: Path, extents: list[disk_backup.Extent], size: int,
-           parent: BackupIndex | None, progress: Progress) -> dict[str, Any]:
-    """Cut the target into chunks and store the new ones. ``parent``: an incremental backup over it (only present
-    extents changed); None: the target holds the whole disk."""
-    n = chunks.count(size)
-    if parent is not None:
-        table: list[str | None] = list(parent.chunks)
-        changed = [(e.start, e.length) for e in extents if e.present]
-    else:
-        table = [None] * n
-        changed = [(e.start, e.length) for e in extents if e.data]
-    todo = list(chunks.touched(changed))
-    starts = [e.start for e in extents]
-    new_chunks = stored_bytes = read = 0
-    with open(target, "rb") as f:
-        for k, i in enumerate(todo):
-            lo = i * chunks.CHUNK_SIZE
-            hi = lo + chunks.chunk_length(i, size)
-            first = max(0, bisect.bisect_right(starts, lo) - 1)
-            here = [e for e in extents[first:] if e.start < hi and e.start + e.length > lo and e.present]
-            covered = sum(length for _, length in chunks.clip([(e.start, e.length) for e in here], lo, hi))
-            if parent is not None and covered < hi - lo and table[i] is not None:
-                buf = bytearray(r.get_chunk(table[i]))  # type: ignore[arg-type]  # changed in part: read-modify
-            else:
-                buf = bytearray(hi - lo)
-            for e in here:
-                s, end = max(e.start, lo), min(e.start + e.length, hi)
-                if e.data and e.offset is not None:
-                    f.seek(e.offset + (s - e.start))
-                    data = f.read(end - s)
-                    if len(data) != end - s:
-                        raise EngineError(f"backup target {target} is shorter than its map says")
-                    buf[s - lo:end - lo] = data
-                    read += end - s
-                else:
-                    buf[s - lo:end - lo] = bytes(end - s)
-            plain = bytes(buf)
-            if chunks.is_zero(plain):
-                table[i] = None
-            else:
-                name, stored = r.put_chunk(plain)
-                table[i] = name
-                if stored:
-                    new_chunks += 1
-                    stored_bytes += stored
-            progress("store", k + 1, len(todo))
-    data_bytes = sum(chunks.chunk_length(i, size) for i, c in enumerate(table) if c is not None)
-    return {"chunks": table, "new_chunks": new_chunks, "stored_bytes": stored_bytes, "changed_chunks": len(todo),
-            "changed_regions": chunks.regions(todo), "data_bytes": data_bytes, "data_bytes_read": read}
-
-
-def _write_raw(r: Repository, index: BackupIndex, raw: Path, progress: Progress) -> None:
-    """The backup's disk as a sparse raw file; every chunk checked (CorruptBackup on the first bad one)."""
-    todo = [(i, c) for i, c in enumerate(index.chunks) if c is not None]
-    with open(raw, "wb") as f:
-        f.truncate(index.virtual_size)
-        for k, (i, name) in enumerate(todo):
-            data = r.get_chunk(name)
-            if len(data) != chunks.chunk_length(i, index.virtual_size, index.chunk_size):
-                raise CorruptBackup(f"chunk {name[:16]} has the wrong length")
-            f.seek(i * index.chunk_size)
-            f.write(data)
-            progress("restore", k + 1, len(todo))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _drop_unindexed(r: Repository) -> int:
-    """Remove the chunks no index names: what a backup that died before its index left. Safe only under the
-    repository's exclusive lock, which every backup holds while it stores chunks, so no live backup's new chunks
-    can be taken for garbage; a repository busy for a few seconds is left for `backup prune`."""
-    with r.lock(exclusive=True, timeout=5):
-        garbage = r.unreferenced()
-        r.remove_chunks(sorted(garbage))
-    return len(garbage)
-
-
-def _prune(r: Repository, vm: str, policy: retention.Policy, dry_run: bool) -> PruneResult:
-    mine = [i for i in r.indexes() if i.vm == vm]
-    if not mine:
-        raise NotFound(f"no backups of VM '{vm}' in {r.path}")
-    kept, removed = retention.select([(i.id, i.created.astimezone()) for i in mine], policy)
-    removed_set = set(removed)
-    used: set[str] = set()
-    for bid in r.index_ids():
-        if bid not in removed_set:
-            used.update(c for c in r.load_index(bid).chunks if c is not None)
-    garbage = {n: s for n, s in r.all_chunks().items() if n not in used}
-    if not dry_run:
-        for bid in removed:
-            r.delete_index(bid)
-        r.remove_chunks(sorted(garbage))
-    return PruneResult(kept=kept, removed=removed, chunks_removed=len(garbage), bytes_freed=sum(garbage.values()),
-                       dry_run=dry_run)
-

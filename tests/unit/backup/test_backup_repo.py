@@ -15,7 +15,7 @@ import pytest
 from corral.backup import chunks
 from corral.backup.models import BackupIndex
 from corral.backup.repo import CorruptBackup, Repository, RepositoryError
-from corral.backup.service import _store, _write_raw
+from corral.backup.transfer import store_target, write_raw
 from corral.engine.disk_backup import Extent
 from corral.errors import InvalidInput, NotFound
 
@@ -149,7 +149,7 @@ def test_store_full_then_incremental_read_modify_write(tmp_path: Path) -> None:
     disk[4 * C:] = os.urandom(100)
     target, ext = _target(tmp_path, {0: bytes(disk[0:C]), 2 * C: bytes(disk[2 * C:3 * C]),
                                      4 * C: bytes(disk[4 * C:])})
-    full = _store(repo, target, ext, size, None, lambda *a: None)
+    full = store_target(repo, target, ext, size, None, lambda *a: None)
     assert full["chunks"][1] is None and full["chunks"][3] is None and full["new_chunks"] == 3
     parent = index(repo, "vm", full["chunks"], size)
 
@@ -160,24 +160,24 @@ def test_store_full_then_incremental_read_modify_write(tmp_path: Path) -> None:
     target2, ext2 = _target(tmp_path, {64: bytes(disk[64:128]), C: bytes(disk[C:2 * C])})
     ext2.append(Extent(2 * C, C, True, False, None))
     ext2.sort(key=lambda e: e.start)
-    inc = _store(repo, target2, ext2, size, parent, lambda *a: None)
+    inc = store_target(repo, target2, ext2, size, parent, lambda *a: None)
     assert inc["changed_chunks"] == 3 and inc["changed_regions"] == 1
     assert inc["chunks"][2] is None and inc["chunks"][4] == full["chunks"][4]  # zeroed / untouched
     assert inc["data_bytes_read"] == 64 + C
     idx = index(repo, "vm", inc["chunks"], size)
     out = tmp_path / "out.raw"
-    _write_raw(repo, idx, out, lambda *a: None)
+    write_raw(repo, idx, out, lambda *a: None)
     assert out.read_bytes() == bytes(disk), "restored = the disk after the changes, byte for byte"
     assert out.stat().st_blocks * 512 < size, "zero chunks are holes"
 
     # An old backup still restores as it was.
-    _write_raw(repo, parent, out, lambda *a: None)
+    write_raw(repo, parent, out, lambda *a: None)
     assert out.read_bytes()[100:108] != b"CHANGED!"
 
 
 def test_prune_removes_only_unreferenced_chunks(tmp_path: Path) -> None:
     from corral.backup import retention
-    from corral.backup.service import _prune
+    from corral.backup.gc import prune
 
     repo = Repository.init(tmp_path / "r")
     shared, old = repo.put_chunk(os.urandom(C))[0], repo.put_chunk(os.urandom(C))[0]
@@ -187,20 +187,20 @@ def test_prune_removes_only_unreferenced_chunks(tmp_path: Path) -> None:
     b = index(repo, "vm", [shared, None], 2 * C, now)
     index(repo, "other", [other], C, now - timedelta(days=9))
     (repo.tmp_dir / "x.tmp").write_bytes(b"junk")
-    dry = _prune(repo, "vm", retention.Policy(keep_last=1), dry_run=True)
+    dry = prune(repo, "vm", retention.Policy(keep_last=1), dry_run=True)
     assert dry.removed == [a.id] and dry.chunks_removed == 1 and repo.has_chunk(old)
-    res = _prune(repo, "vm", retention.Policy(keep_last=1), dry_run=False)
+    res = prune(repo, "vm", retention.Policy(keep_last=1), dry_run=False)
     assert res.kept == [b.id] and not repo.has_chunk(old)
     assert repo.has_chunk(shared) and repo.has_chunk(other), "other backups' chunks stay"
     assert not list(repo.tmp_dir.iterdir())
     with pytest.raises(NotFound):
-        _prune(repo, "nobody", retention.Policy(keep_last=1), dry_run=False)
+        prune(repo, "nobody", retention.Policy(keep_last=1), dry_run=False)
 
 
 def test_an_interrupted_backups_chunks_are_dropped_and_indexed_ones_kept(tmp_path: Path) -> None:
     """Recovery of a backup that died before its index: the chunks it stored (named by no index) go, every
     indexed chunk stays; a repository another backup holds is left alone (its new chunks are not garbage)."""
-    from corral.backup.service import _drop_unindexed
+    from corral.backup.gc import drop_unindexed
 
     repo = Repository.init(tmp_path / "r")
     kept = repo.put_chunk(os.urandom(C))[0]
@@ -211,7 +211,7 @@ def test_an_interrupted_backups_chunks_are_dropped_and_indexed_ones_kept(tmp_pat
 
         def other() -> None:
             try:
-                _drop_unindexed(repo)
+                drop_unindexed(repo)
             except RepositoryError:
                 holder_done.set()
 
@@ -220,5 +220,5 @@ def test_an_interrupted_backups_chunks_are_dropped_and_indexed_ones_kept(tmp_pat
         t.join(10)
         assert holder_done.is_set(), "a busy repository must be refused, not swept"
     assert all(repo.has_chunk(o) for o in orphans)
-    assert _drop_unindexed(repo) == 3
+    assert drop_unindexed(repo) == 3
     assert repo.has_chunk(kept) and not any(repo.has_chunk(o) for o in orphans)
