@@ -1,6 +1,7 @@
 """corrald SIGKILLed from outside at moments no fault point names, in the middle of long operations on a running
 tiny VM, as a user's `kill -9` or an OOM kill would: the case reported by a new user (a whole-machine snapshot, a
-full clone and a backup, each killed 0.7 s in) first, then each operation at a few more delays. After each kill
+full clone and a backup, each killed 0.7 s in) first, then each operation (those three, template create, export,
+import, backup restore and disk add) at a few more delays. After each kill
 the daemon is started again and everything in tests/faults/invariants.py must hold, whichever way the operation
 went: finished before the kill, or finished or rolled back by the restarted daemon."""
 
@@ -11,6 +12,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -20,11 +22,20 @@ from tests.faults.invariants import check_after_restart, wait_dead
 
 pytestmark = pytest.mark.vm
 
-OPERATIONS = {
-    "snapshot": lambda i: ("snapshot", "create", "f", f"s{i}", "--memory"),
-    "clone": lambda i: ("clone", "f", f"c{i}", "--full"),
-    "backup": lambda i: ("backup", "create", "f"),
-    "template": lambda i: ("template", "create", f"t{i}", "--from", "f"),
+OPERATIONS: dict[str, Callable[[CorralEnv, int], tuple[str, ...]]] = {
+    "snapshot": lambda c, i: ("snapshot", "create", "f", f"s{i}", "--memory"),
+    "clone": lambda c, i: ("clone", "f", f"c{i}", "--full"),
+    "backup": lambda c, i: ("backup", "create", "f"),
+    "template": lambda c, i: ("template", "create", f"t{i}", "--from", "f"),
+    "export": lambda c, i: ("export", "f", f"{c.home}/e{i}.tar.gz"),
+    "import": lambda c, i: ("import", f"{c.home}/base.tar.gz", "--name", f"i{i}"),
+    "restore": lambda c, i: ("backup", "restore", c.client.list_backups(vm="f")[0].id, "--to", f"r{i}"),
+    "disk": lambda c, i: ("disk", "add", "f", f"d{i}", "--size", "64M"),
+}
+#: What an operation needs first (made once, before the kills).
+SETUP: dict[str, tuple[str, ...]] = {
+    "import": ("export", "f", "{home}/base.tar.gz"),
+    "restore": ("backup", "create", "f"),
 }
 
 
@@ -57,10 +68,16 @@ def _running_f(c: CorralEnv) -> None:
     ok(c, "wait", "f", "--ready", "--timeout", "120")
 
 
+def _prepare(c: CorralEnv, op: str) -> None:
+    ok(c, "launch", "f", "--memory", "256M")
+    if op in SETUP:
+        ok(c, *(a.replace("{home}", str(c.home)) for a in SETUP[op]), timeout=600)
+
+
 def test_reported_case_snapshot_clone_backup_killed_07s_in(corral: CorralEnv) -> None:
     ok(corral, "launch", "f", "--memory", "256M")
     for i, op in enumerate(("snapshot", "clone", "backup")):
-        kill_during(corral, OPERATIONS[op](i), 0.7)
+        kill_during(corral, OPERATIONS[op](corral, i), 0.7)
         check_after_restart(corral)
         _running_f(corral)
 
@@ -69,9 +86,9 @@ def test_reported_case_snapshot_clone_backup_killed_07s_in(corral: CorralEnv) ->
 @pytest.mark.parametrize("op", sorted(OPERATIONS))
 def test_killed_at_random_moments(corral: CorralEnv, op: str) -> None:
     rng = random.Random(f"corral-{op}")  # the same moments every run: a failure can be replayed
-    ok(corral, "launch", "f", "--memory", "256M")
+    _prepare(corral, op)
     for i in range(3):
-        kill_during(corral, OPERATIONS[op](i), rng.uniform(0.05, 2.5))
+        kill_during(corral, OPERATIONS[op](corral, i), rng.uniform(0.05, 2.5))
         check_after_restart(corral)
         _running_f(corral)
 
@@ -80,8 +97,8 @@ def test_killed_at_random_moments(corral: CorralEnv, op: str) -> None:
 @pytest.mark.parametrize("op", sorted(OPERATIONS))
 def test_killed_at_many_random_moments(corral: CorralEnv, op: str) -> None:
     rng = random.Random(f"corral-soak-{op}")
-    ok(corral, "launch", "f", "--memory", "256M")
+    _prepare(corral, op)
     for i in range(10):
-        kill_during(corral, OPERATIONS[op](i), rng.uniform(0.0, 4.0))
+        kill_during(corral, OPERATIONS[op](corral, i), rng.uniform(0.0, 4.0))
         check_after_restart(corral)
         _running_f(corral)
