@@ -18,6 +18,7 @@ from corral.api.routes import (
     files,
     idle,
     images,
+    mounts,
     networks,
     pools,
     portable,
@@ -37,6 +38,6 @@ def create_app(svc: Services | None = None) -> FastAPI:
     app.add_middleware(AuditMiddleware)
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
               files.router, images.router, daemon.router, snapshots.router, portable.router, backups.router,
-              idle.router, templates.router, balloon.router, pools.router):
+              idle.router, templates.router, balloon.router, pools.router, mounts.router):
         app.include_router(r, prefix=API_PREFIX)
     return app
