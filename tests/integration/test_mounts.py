@@ -73,3 +73,15 @@ def test_mount_add_rm_ls_on_a_running_vm(corral: CorralEnv, tmp_path: Path) -> N
     ok(corral, "mount", "rm", "m2", "/mnt/rw")
     assert "/mnt/rw" not in guest(corral, "m2", "cat /proc/mounts")
     assert [m["guest"] for m in json.loads(ok(corral, "mount", "ls", "m2", "--json"))] == [str(share)]
+
+
+def test_launch_from_a_template_with_a_mount(corral: CorralEnv, tmp_path: Path) -> None:
+    """The template's saved state has no 9p device: it is hot-plugged once the state has loaded."""
+    share, _ = _share(tmp_path)
+    ok(corral, "launch", "src")
+    ok(corral, "template", "create", "base", "--from", "src")
+    ok(corral, "launch", "m3", "--template", "base", "--mount", f"{share}:/mnt/s")
+    assert guest(corral, "m3", "cat /mnt/s/hello.txt") == "hello from the host\n"
+    # A VM with mounts is no template source (its 9p devices would be in the saved state).
+    r = corral.cli("template", "create", "again", "--from", "m3")
+    assert r.returncode == 2 and "shared folders" in r.stderr
