@@ -20,7 +20,7 @@ dir=$1 tag=$2 opts=$3
 while read -r src mnt fstype rest; do
     [ "$src" = "$tag" ] && [ "$fstype" = 9p ] && exit 0
 done < /proc/mounts
-grep -qw 9p /proc/filesystems || modprobe 9p 2>/dev/null || true
+grep -qw 9p /proc/filesystems || modprobe -a 9pnet_virtio 9p 2>/dev/null || true
 grep -qw 9p /proc/filesystems || { echo "this guest's kernel has no 9p file system" >&2; exit 3; }
 mkdir -p "$dir" && mount -t 9p -o "$opts" "$tag" "$dir"
 """
