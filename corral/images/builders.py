@@ -44,7 +44,7 @@ class BuilderInfo:
 
 
 BUILDERS: dict[str, BuilderInfo] = {
-    "tiny": BuilderInfo("tiny", "busybox + qemu-guest-agent on Debian 12's kernel; boots in seconds",
+    "tiny": BuilderInfo("tiny", "busybox + qemu-guest-agent on Debian 12's cloud kernel; boots in seconds",
                         "corral.images.tiny"),
     "debian-12": BuilderInfo("debian-12", "Debian 12 (bookworm) with systemd, apt and qemu-guest-agent",
                              "corral.images.debian12"),
