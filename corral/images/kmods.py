@@ -15,9 +15,10 @@ The modules are unsigned: the cloud kernel has ``CONFIG_MODULE_SIG`` but not ``M
 never uses.
 
 Built modules are cached in ``cache_dir/kmods/<release>_<version>-<KMODS_VERSION>/``: only the first image build for
-a kernel pays (about 45 s on two cores, most of it unpacking the source tarball). The host needs gcc-12 (the kernel's
-compiler), make and strip (binutils); ``scripts/setup.sh`` installs them. Nothing here runs as root or touches
-``/usr/src``: everything is unpacked into a temporary directory in the cache.
+a kernel pays (about 35 s on two busy cores with the .debs cached, half of it unpacking the source tarball). The
+host needs gcc-12 (the kernel's compiler), make, strip (binutils) and libelf1 (objtool); ``scripts/setup.sh``
+installs them. Nothing here runs as root or touches ``/usr/src``: everything is unpacked into a temporary directory
+in the cache.
 """
 
 from __future__ import annotations
