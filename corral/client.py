@@ -48,6 +48,8 @@ from corral.api.models import (
     IdlePolicy,
     ImageCheckInfo,
     LabelsRequest,
+    MountCreate,
+    MountInfo,
     NetworkCreate,
     NetworkInfo,
     PoolCreate,
@@ -93,7 +95,7 @@ from corral.images.artifacts import Manifest
 from corral.settings import Settings, load_settings
 from corral.vm.expiry import ExpiryAction
 from corral.vm.labels import default_owner
-from corral.vm.spec import PortForward, VMSpec
+from corral.vm.spec import Mount, PortForward, VMSpec
 from corral.vm.states import VMState
 
 
@@ -426,6 +428,16 @@ class Client:
         return [PortForward.model_validate(p) for p in self._req("DELETE", f"/vms/{name}/ports/{which}").json()]
 
     # ----------------------------------------------------------------------------------------- extra disks --
+    def list_mounts(self, name: str) -> list[MountInfo]:
+        return [MountInfo.model_validate(m) for m in self._req("GET", f"/vms/{name}/mounts").json()]
+
+    def add_mount(self, name: str, mount: Mount) -> list[MountInfo]:
+        body = MountCreate(mount=mount).model_dump(mode="json")
+        return [MountInfo.model_validate(m) for m in self._req("POST", f"/vms/{name}/mounts", json=body).json()]
+
+    def remove_mount(self, name: str, guest: str) -> None:
+        self._req("DELETE", f"/vms/{name}/mounts", params={"guest": guest})
+
     def list_disks(self, name: str) -> list[ExtraDiskInfo]:
         return [ExtraDiskInfo.model_validate(d) for d in self._req("GET", f"/vms/{name}/disks").json()]
 

@@ -127,6 +127,20 @@ class VMPaths:
     def extra_disk(self, name: str) -> Path:
         return self.disks_dir / f"{name}.qcow2"
 
+    @property
+    def mounts_dir(self) -> Path:
+        """Shared folders (corral.mounts): one symlink per slot, ``slotN`` -> the host directory, which QEMU's
+        ``-fsdev`` of slot N opens when the slot's device is plugged; and ``layout.json``."""
+        return self.root / "mounts"
+
+    def mount_slot(self, slot: int) -> Path:
+        return self.mounts_dir / f"slot{slot}"
+
+    @property
+    def mount_layout(self) -> Path:
+        """Which mount sits in which slot in the VM's QEMU (JSON): what a suspended VM's saved state holds."""
+        return self.mounts_dir / "layout.json"
+
     def nic_socket(self, network: str) -> Path:
         """This VM's end of a private network: a unix datagram socket the switch sends frames to."""
         return self.root / f"net-{network}.sock"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install whatever Corral needs that is missing: OS packages (QEMU, qemu-img, gpgv, the Debian archive keyring,
-# mmdebstrap, e2fsprogs, OVMF; extlinux, systemd-boot, dosfstools and mtools for the disk-boot tests) and the
-# project virtualenv. A second run changes nothing and takes well under a second.
+# mmdebstrap, e2fsprogs, OVMF; extlinux, systemd-boot, dosfstools and mtools for the disk-boot tests; gcc-12, make,
+# binutils and libelf1, which build the 9p kernel modules for the images' cloud kernel, corral/images/kmods.py) and
+# the project virtualenv. A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,12 +12,15 @@ declare -A NEED=(
   [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd
   [ssh]=openssh-client [ssh-keygen]=openssh-client [extlinux]=extlinux
   [mkfs.vfat]=dosfstools [mcopy]=mtools [sfdisk]=fdisk
+  [gcc-12]=gcc-12 [make]=make [strip]=binutils
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+# objtool (from the linux-kbuild package the image builder unpacks) links libelf when it checks the 9p modules
+ls /usr/lib/x86_64-linux-gnu/libelf.so.1 /lib/x86_64-linux-gnu/libelf.so.1 >/dev/null 2>&1 || missing+=(libelf1)
 # UEFI: OVMF for imported --uefi images; systemd-boot's EFI binary for the test that makes a UEFI-bootable disk
 [ -f /usr/share/OVMF/OVMF_CODE.fd ] || missing+=(ovmf)
 [ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || missing+=(systemd-boot-efi)

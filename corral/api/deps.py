@@ -11,6 +11,7 @@ from fastapi import Request
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
+from corral.mounts.service import MountService
 from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
 from corral.portable.service import PortableService
@@ -35,6 +36,7 @@ class Services:
     storage: StorageService
     portable: PortableService
     disks: DiskService
+    mounts: MountService | None = None  # shared folders (the daemon always has them)
     backups: BackupService | None = None
     idle: IdleService | None = None  # idle control (the daemon always has it)
     templates: TemplateService | None = None

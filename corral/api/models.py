@@ -12,6 +12,8 @@ from corral.idle.policy import IdleStatus as IdleStatus
 from corral.images.artifacts import Manifest
 from corral.memory.models import BalloonRequest as BalloonRequest  # re-exported: wire models live with the logic
 from corral.memory.models import BalloonStatus as BalloonStatus
+from corral.mounts.models import MountCreate as MountCreate  # re-exported: shared folders' wire models
+from corral.mounts.models import MountInfo as MountInfo
 from corral.storage.disk_models import DiskCreate as DiskCreate  # re-exported: extra disks' wire models
 from corral.storage.disk_models import DiskLimits as DiskLimits
 from corral.storage.disk_models import DiskResize as DiskResize

@@ -15,6 +15,7 @@ from corral.cli import (
     fleet,
     idle,
     images,
+    mount,
     network,
     pool,
     port,
@@ -47,6 +48,7 @@ app.add_typer(images.app, name="images")
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(port.app, name="port")
 app.add_typer(disk.app, name="disk")
+app.add_typer(mount.app, name="mount")
 app.add_typer(network.app, name="network")
 app.add_typer(quota.app, name="quota")
 app.add_typer(project.app, name="project")

@@ -15,6 +15,7 @@ from corral.cli import balloon as balloon_cli
 from corral.cli import idle as idle_cli
 from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
 from corral.cli.images import build_with_progress
+from corral.cli.mount import MOUNT_HELP, parse_mount
 from corral.client import APIError, Client
 from corral.pools.plan import LABEL as POOL_LABEL
 from corral.vm import labels as lbl
@@ -89,6 +90,7 @@ def launch(
     publish: list[str] = typer.Option([], "--publish", "-p",
                                       help="forward a host port: [ADDR:]HOST:GUEST[/udp] (repeatable)"),
     network: list[str] = typer.Option([], "--network", help="attach to a private network (repeatable)"),
+    mount: list[str] = typer.Option([], "--mount", help=MOUNT_HELP),
     cloud_init: str | None = typer.Option(None, "--cloud-init", help="cloud-init user-data FILE (images with "
                                           "cloud-init: debian-12, imported cloud images)"),
     ssh_key: list[str] = typer.Option([], "--ssh-key", help="authorize a public key: FILE or the key (repeatable)"),
@@ -155,7 +157,8 @@ def launch(
                  _provisioning(cloud_init, ssh_key, hostname) | {
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
                      "labels": labels, "description": description} | expiry_fields
-                 | ({"balloon": True} if balloon else {}))
+                 | ({"balloon": True} if balloon else {})
+                 | {"mounts": [parse_mount(m) for m in mount]})
     t0 = time.monotonic()
     if template is not None:
         with api() as client:

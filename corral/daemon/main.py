@@ -30,6 +30,7 @@ from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
+from corral.mounts.service import MountService
 from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
 from corral.portable.service import PortableService
@@ -95,7 +96,7 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     for service in (templates, backups, disks, portable, copies):
         service.register_recovery(recovery)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                    portable=portable, disks=disks,
+                    portable=portable, disks=disks, mounts=MountService(vms),
                     backups=backups, idle=IdleService(vms, settings.idle_interval),
                     templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
                     recovery=recovery, copies=copies)

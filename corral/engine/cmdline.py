@@ -66,6 +66,41 @@ class NicAttachment:
 HOTPLUG_PORTS = 8
 
 
+#: Shared-folder slots every VM gets (corral.vm.spec.MAX_MOUNTS): each a PCIe root port ``mpN`` and two fsdevs,
+#: ``fsNro`` and ``fsNrw`` (read-only enforced by QEMU), whose path is the VM's symlink ``mounts/slotN``. QEMU opens
+#: an fsdev's path only when a device using it is realized, not at start, so a folder can be shared with a running
+#: VM by pointing the symlink at it and hot-plugging ``virtio-9p-pci`` into ``mpN``: no QMP command adds an fsdev.
+MOUNT_SLOTS = 4
+
+
+@dataclass(frozen=True)
+class MountAttachment:
+    """A shared folder in slot ``slot``: the guest mounts tag ``corral<slot>``. ``plugged``: its device is on the
+    command line (a cold start, a resume whose saved state holds it); else it is hot-plugged after start (a VM made
+    from a template: the template's state has no such device)."""
+
+    slot: int
+    read_only: bool = True
+    plugged: bool = True
+
+    @property
+    def tag(self) -> str:
+        return mount_tag(self.slot)
+
+    @property
+    def device(self) -> str:
+        return f"mnt{self.slot}"
+
+    @property
+    def fsdev(self) -> str:
+        return f"fs{self.slot}{'ro' if self.read_only else 'rw'}"
+
+
+def mount_tag(slot: int) -> str:
+    """The 9p mount tag of a slot, what the guest names in ``mount -t 9p TAG DIR``."""
+    return f"corral{slot}"
+
+
 @dataclass(frozen=True)
 class DiskNodes:
     """The QEMU names of one extra disk, all derived from its name: file node -> qcow2 node -> throttle node (what
@@ -106,6 +141,7 @@ class Attachments:
     #: The root disk's layers, bottom to top (corral.storage); None: the image's disk under the VM's disk.qcow2.
     chain: Chain | None = None
     disks: tuple[DiskAttachment, ...] = ()
+    mounts: tuple[MountAttachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -321,6 +357,24 @@ def _balloon(spec: VMSpec, memory: MemoryFile | None) -> list[str]:
                        f"guest-stats-polling-interval={BALLOON_STATS_INTERVAL}"]
 
 
+def _mount_slots(paths: VMPaths, mounts: tuple[MountAttachment, ...]) -> list[str]:
+    """Every shared-folder slot (:data:`MOUNT_SLOTS`), used or not, so a folder can be added while the VM runs: its
+    root port and its two fsdevs, and the devices of the mounts plugged at start. ``security_model=none``: files the
+    guest creates belong to the user QEMU runs as, the guest's chown/chmod of them are ignored rather than stored in
+    xattrs of the user's files (``mapped-xattr``); ``passthrough`` would need root. ``multidevs=remap``: a folder
+    spanning several host file systems gets no clashing inode numbers in the guest."""
+    args: list[str] = []
+    for n in range(MOUNT_SLOTS):
+        for ro in ("ro", "rw"):
+            args += ["-fsdev", f"local,id=fs{n}{ro},path={paths.mount_slot(n)},security_model=none,"
+                               f"multidevs=remap{',readonly=on' if ro == 'ro' else ''}"]
+        args += ["-device", f"pcie-root-port,id=mp{n},chassis={HOTPLUG_PORTS + 1 + n},io-reserve=0"]
+    for m in mounts:
+        if m.plugged:
+            args += ["-device", f"virtio-9p-pci,id={m.device},fsdev={m.fsdev},mount_tag={m.tag},bus=mp{m.slot}"]
+    return args
+
+
 def _safety() -> list[str]:
     return ["-nodefaults", "-no-user-config", "-display", "none", "-sandbox", SANDBOX, "-msg", "timestamp=on"]
 
@@ -348,4 +402,5 @@ def build_argv(
         *_hotplug_ports(),  # last: the ports take the next free slots, every other device keeps its address
         *_extra_disks(att.disks),
         *_balloon(spec, memory),  # after the ports: with or without it, every other device keeps its address
+        *_mount_slots(paths, att.mounts),  # last: the mount ports came after every other device
     ]

@@ -7,12 +7,13 @@
       web: {count: 3, labels: {role: web}, cloud_init: {file: web.yaml}}
 
 Every VM's fields are VMSpec fields; the fleet layer adds only ``count`` (``web`` → web-1..web-3), ``defaults``
-(merged under each VM; labels are merged key by key) and ``cloud_init: {file: PATH}`` (read relative to the fleet
-file). Each VM gets the label ``corral.fleet=NAME``. Errors name the file and line: ``fleet.yaml:12: memory: ...``.
-"""
+(merged under each VM; labels are merged key by key), ``cloud_init: {file: PATH}`` (read relative to the fleet file)
+and relative host directories of ``mounts`` (from the fleet file's directory). Each VM gets the label
+``corral.fleet=NAME``. Errors name the file and line: ``fleet.yaml:12: memory: ...``."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,23 @@ class _Loader:
             value = self.value(vnode)
             if key == "cloud_init" and isinstance(value, dict):
                 value = self.cloud_init_file(vnode, value)
+            if key == "mounts" and isinstance(value, list):
+                value = [self.mount_host(m) for m in value]
             out[key] = (value, vnode if key != "labels" else vnode)
         return out
+
+    def mount_host(self, m: Any) -> Any:
+        """A mount with its host directory made absolute: ~ expanded, a relative one from the fleet file's
+        directory (the form is checked by VMSpec after)."""
+        def absolute(host: str) -> str:
+            return str(self.base / Path(host).expanduser()) if host else host
+
+        if isinstance(m, str):
+            head, sep, rest = m.partition(":")
+            return absolute(head) + sep + rest
+        if isinstance(m, dict) and isinstance(m.get("host"), str):
+            return m | {"host": absolute(m["host"])}
+        return m
 
     def cloud_init_file(self, node: yaml.Node, value: dict[str, Any]) -> str:
         if set(value) != {"file"} or not isinstance(value["file"], str):
@@ -164,7 +180,10 @@ def _spec(ld: _Loader, name: str, knode: yaml.Node, fields: dict[str, tuple[Any,
             raise ld.error(fields["labels"][1], f"{name}: the label {FLEET_LABEL} is reserved: Corral sets it")
         data["labels"] = {str(k): "" if v is None else str(v) for k, v in labels.items()} | {FLEET_LABEL: fleet}
     try:
-        return VMSpec.model_validate({"name": name} | data)
+        spec = VMSpec.model_validate({"name": name} | data)
+        # Host directories resolved as the daemon stores them, so that a plan compares like with like.
+        return spec.model_copy(update={"mounts": [m.model_copy(update={"host": os.path.realpath(m.host)})
+                                                  for m in spec.mounts]})
     except ValidationError as exc:
         e = exc.errors()[0]
         loc = [str(x) for x in e["loc"]]

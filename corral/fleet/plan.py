@@ -3,11 +3,11 @@
 Only VMs labelled ``corral.fleet=NAME`` belong to the fleet: they are changed, and with ``prune`` deleted when no
 longer declared. Any other VM is never touched; a declared name already taken by one is a conflict.
 
-What can change in place: labels, description, the restart policy and the idle policy at once; vcpus, memory and
-the balloon in the spec, which take effect when the VM is next started (a running VM is stopped and started: "restart
-needed"). Any other field
-(image, disk, ports, networks, cloud-init, ...) cannot change in place: the plan reports a conflict, and the VM must
-be deleted (or renamed in the file) to be recreated.
+What can change in place: labels, description, the restart policy and the idle policy at once; vcpus, memory and the
+balloon in the spec, which take effect when the VM is next started (a running VM is stopped and started: "restart
+needed"). Any other field (image, disk, ports, networks, cloud-init, mounts: `corral mount` changes those, ...)
+cannot change in place: the plan reports a conflict, and the VM must be deleted (or renamed in the file) to be
+recreated.
 
 A declared VM that exists but has never been started (no QEMU ever exited for it: an earlier apply was interrupted
 between its create and its start, e.g. by a crash of corrald) is started: what apply's create promised. A VM that
@@ -24,7 +24,8 @@ from corral.vm.spec import VMSpec
 
 LIVE_FIELDS = ("labels", "description", "restart", "idle")
 RESTART_FIELDS = ("vcpus", "memory", "balloon")
-FIXED_FIELDS = ("image", "disk", "ports", "networks", "cloud_init", "ssh_keys", "hostname", "owner", "project")
+FIXED_FIELDS = ("image", "disk", "ports", "networks", "cloud_init", "ssh_keys", "hostname", "owner", "project",
+                "mounts")
 
 Kind = Literal["create", "start", "change", "delete", "unchanged", "conflict"]
 

@@ -83,14 +83,18 @@ def parse_relation(field_value: str) -> list[list[str]]:
     return groups
 
 
-def packages_from_index(text: str) -> dict[str, Package]:
-    """Build the name -> Package map from a Packages file (the last stanza of a name wins)."""
+def packages_from_index(text: str, every: dict[str, list[Package]] | None = None) -> dict[str, Package]:
+    """Build the name -> Package map from a Packages file (the last stanza of a name wins).
+
+    ``every``, if given, also receives every version of each name (a suite may hold two uploads of one package, and
+    a builder that needs an exact version, such as kernel headers matching a kernel, asks for it by version).
+    """
     out: dict[str, Package] = {}
     for st in parse_stanzas(text):
         try:
             deps = ", ".join(x for x in (st.get("Pre-Depends", ""), st.get("Depends", "")) if x)
             provides = tuple(a[0] for a in parse_relation(st.get("Provides", "")))
-            out[st["Package"]] = Package(
+            pkg = out[st["Package"]] = Package(
                 name=st["Package"],
                 version=st["Version"],
                 arch=st.get("Architecture", ""),
@@ -100,6 +104,8 @@ def packages_from_index(text: str) -> dict[str, Package]:
                 depends=deps,
                 provides=provides,
             )
+            if every is not None:
+                every.setdefault(pkg.name, []).append(pkg)
         except KeyError:
             continue  # a stanza without a checksum cannot be trusted, so it cannot be installed
     return out
@@ -166,6 +172,7 @@ class DebianArchive:
         self.arch = arch
         self.component = component
         self._index: dict[str, Package] | None = None
+        self._every: dict[str, list[Package]] = {}
 
     # -- transport -------------------------------------------------------------------------------------------
 
@@ -251,7 +258,9 @@ class DebianArchive:
             self._check_file(pkgs_xz, size, digest, rel_path)
         if progress:
             progress("parse package index", 0, None)
-        self._index = packages_from_index(lzma.decompress(pkgs_xz.read_bytes()).decode("utf-8", "replace"))
+        self._every = {}
+        self._index = packages_from_index(lzma.decompress(pkgs_xz.read_bytes()).decode("utf-8", "replace"),
+                                          self._every)
         return self._index
 
     @staticmethod
@@ -273,6 +282,16 @@ class DebianArchive:
         if name not in index:
             raise NotFound(f"package '{name}' is not in {self.suite}/{self.component} for {self.arch}")
         return index[name]
+
+    def package_version(self, name: str, version: str, progress: Progress | None = None) -> Package:
+        """``name`` at exactly ``version``; NotFound naming the versions the suite has if it is not there."""
+        self.load_index(progress)
+        found = [p for p in self._every.get(name, []) if p.version == version]
+        if not found:
+            have = ", ".join(p.version for p in self._every.get(name, [])) or "none"
+            raise NotFound(f"package '{name}' {version} is not in {self.suite}/{self.component} for {self.arch} "
+                           f"(it has: {have})")
+        return found[-1]
 
     def resolve(self, names: Iterable[str], progress: Progress | None = None) -> list[Package]:
         """The packages ``names`` need to work: the Depends/Pre-Depends closure (see :func:`resolve_closure`)."""

@@ -8,6 +8,10 @@ into a sparse raw file, and ``qemu-img convert`` turns it into qcow2. The kernel
 
 Downloaded ``.deb`` files are kept in ``cache_dir/apt-archives`` (mmdebstrap's ``sync-in``/``sync-out`` hooks), so
 a rebuild only fetches what changed in the archive; they also give each package's sha256 for the manifest.
+
+The cloud kernel has no 9p, which shared folders need: the 9p modules are built for it from Debian's source
+(:mod:`corral.images.kmods`) and put in ``/lib/modules/<release>/extra`` with ``depmod`` run, so ``modprobe 9p``
+works in the guest.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from urllib.parse import quote
 
 from corral import paths
 from corral.errors import ImageError
+from corral.images import kmods
 from corral.images.artifacts import BuiltImage, SourcePackage, sha256_file
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 
 NAME = "debian-12"
 SUITE = "bookworm"
@@ -291,6 +296,28 @@ def _extract_kernel(tree: Path, out: Path) -> tuple[Path, Path]:
     return kernel, initrd_out
 
 
+def _add_9p(tree: Path, mirror: str, cache_dir: Path, log: Path, progress: Progress | None) -> list[SourcePackage]:
+    """Build (or take from the cache) the 9p modules for the tree's kernel, install them, run depmod in the tree.
+
+    The kernel's Debian version is read from the tree's dpkg database; headers and source are taken from the
+    archive's bookworm index at that version (ImageError naming the versions there are if it lacks them).
+    """
+    from corral.images.archive import DebianArchive  # httpx and the index parser: only when building
+
+    moddirs = sorted((tree / "lib/modules").glob("*"))
+    if len(moddirs) != 1:
+        raise ImageError(f"the tree has {len(moddirs)} kernels in /lib/modules, not one: cannot tell which to "
+                         "build the 9p modules for")
+    release = moddirs[0].name
+    version = _run(["dpkg-query", f"--admindir={tree / 'var/lib/dpkg'}", "-W", "-f", "${Version}",
+                    f"linux-image-{release}"], "dpkg-query", log).strip()
+    archive = DebianArchive(mirror, SUITE, cache_dir)
+    kos, sources = kmods.build_9p(archive, release, version, progress)
+    kmods.install(kos, moddirs[0])
+    _run(["chroot", str(tree), "depmod", release], "depmod", log)
+    return [SourcePackage(name=p.name, version=p.version, arch=p.arch, sha256=p.sha256) for p in sources]
+
+
 def _tree_size(tree: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(tree):
@@ -367,8 +394,10 @@ def build_debian12(
         _bootstrap(tree, mirror, archives, log)
         _configure(tree, log)
         _step(progress, "kernel", 1)
+        ninep_sources = _add_9p(tree, mirror, cache_dir, log, progress)
         kernel, initrd = _extract_kernel(tree, workdir)
-        pkgs = _packages(tree, archives, log)
+        # The 9p modules' sources are listed too: the root file system holds what was built from them.
+        pkgs = _packages(tree, archives, log) + ninep_sources
         _step(progress, "filesystem", 2)
         disk = workdir / paths.IMAGE_DISK
         _make_disk(tree, tmp / "disk.raw", disk, log, progress)

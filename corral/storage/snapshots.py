@@ -90,6 +90,10 @@ class Snapshots(Freezer):
                 raise Conflict(f"VM '{vm}' has extra disks attached, which snapshots do not cover yet: a whole-machine "
                                f"snapshot would bring its memory back without their contents; detach them "
                                f"(`corral disk detach {vm} NAME`) or take a disk-only snapshot of the root disk")
+            if memory and rec.spec.mounts:
+                raise Conflict(f"VM '{vm}' has shared folders: QEMU cannot save the state of a guest with a 9p "
+                               f"folder mounted, and a revert would bring back mounts that may have changed; take "
+                               f"a disk-only snapshot, or remove them first (`corral mount rm {vm} GUEST_DIR`)")
             snap_id = secrets.token_hex(6)
             state_file = self.dir / f"{snap_id}.state" if memory else None
             if state_file is not None:

@@ -180,6 +180,10 @@ class TemplateService:
         if spec.cloud_init is not None or spec.ssh_keys or spec.hostname is not None:
             raise InvalidInput(f"VM '{rec.name}' has a cloud-init seed disk (--cloud-init, --ssh-key or --hostname): "
                                "templates are made from VMs without one")
+        if spec.mounts:
+            raise InvalidInput(f"VM '{rec.name}' has shared folders: templates are made from VMs without (their "
+                               f"devices would be in the saved state); `corral mount rm {rec.name} GUEST_DIR` first, "
+                               "and give --mount to the VMs launched from the template")
         manifest = self.vms.images.get(spec.image)
         if manifest.boot != "kernel":
             raise InvalidInput(f"VM '{rec.name}' boots from its own disk (image '{spec.image}'): templates are made "

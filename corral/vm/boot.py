@@ -15,14 +15,15 @@ import time
 from datetime import UTC, datetime
 
 from corral import faults
-from corral.engine import migration, process
+from corral.engine import migration, process, shares
 from corral.engine.accel import Accelerator
-from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv
+from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, MountAttachment, build_argv
 from corral.engine.guest_agent import GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError
 from corral.guest import cloudinit, ssh
 from corral.images.boot import boot_source, probe_kernel
+from corral.mounts import host as mount_host
 from corral.network import ports
 from corral.paths import VMPaths
 from corral.storage import check as image_check
@@ -84,6 +85,7 @@ class Booter:
             boot = dataclasses.replace(boot, base_disk=origin.disk, base_format="qcow2")
         from_template = origin is not None and origin.state is not None and not resuming
         att = await self._prepare(rec, paths)
+        att = dataclasses.replace(att, mounts=self._mount_slots(rec, paths, resuming, from_template))
         if self.vms.root_chain is not None:
             att = dataclasses.replace(att, chain=self.vms.root_chain(rec, boot))
         argv = build_argv(spec, boot, paths,
@@ -119,6 +121,8 @@ class Booter:
                 loaded = await migration.load_state(
                     monitor, origin.state, alive=lambda: child is not None and child.returncode is None,
                     capabilities=migration.IGNORE_SHARED)
+                for share in att.mounts:  # the template's state has no such device: plugged now, seen at cont
+                    await shares.plug(monitor, dataclasses.replace(share, plugged=True))
                 await monitor.execute("cont")
         except BaseException as exc:
             if child is not None:
@@ -167,6 +171,17 @@ class Booter:
             m.after_ready = origin.after_ready
         self.supervisor.attach(m)
         await self.vms._set_state(name, VMState.RUNNING)
+
+    def _mount_slots(self, rec: VMRecord, paths: VMPaths, resuming: bool,
+                     from_template: bool) -> tuple[MountAttachment, ...]:
+        """The shared folders' slots for this start: a resume puts them where its saved state has them
+        (layout.json), any other start lays the spec's mounts out afresh; a template's state has none of their
+        devices, so they are plugged after it loads. Refuses (NotFound) if a shared directory is gone."""
+        layout = mount_host.read_layout(paths) if resuming else mount_host.fresh_layout(rec.spec.mounts)
+        for m in layout.values():
+            mount_host.check_still_there(m)
+        mount_host.write_layout(paths, layout)
+        return mount_host.attachments(layout, plugged=not from_template)
 
     async def _prepare(self, rec: VMRecord, paths: VMPaths) -> Attachments:
         """Everything the host sets up before QEMU starts; refuses (and changes nothing) if a port is taken."""

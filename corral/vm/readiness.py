@@ -13,9 +13,12 @@ import time
 
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentTimeout
 from corral.guest import ssh
+from corral.mounts import guest as mount_guest
+from corral.mounts import host as mount_host
 from corral.vm.actor import system_task
 from corral.vm.core import VMCore
 from corral.vm.machine import Machine
+from corral.vm.spec import Mount
 from corral.vm.states import VMState
 
 READY_TIMEOUT = 900.0  # how long a boot may take before the guest is reported not ready
@@ -47,6 +50,7 @@ class Readiness:
                 self.vms.store.set_provisioned_boot(m.name, boot_id)
                 self.vms.event(m.name, "ready", f"took its own identity; ready {time.time() - m.started_at:.2f}s "
                                "after start")
+                await self.mount_shares(m)
                 m.ready.set()  # its addresses follow at once; nobody waits for them
                 await self.refresh_addresses(m.name)
                 return
@@ -68,6 +72,7 @@ class Readiness:
                 if boot_id:
                     self.vms.store.set_provisioned_boot(m.name, boot_id)
                 self.vms.event(m.name, "ready", f"guest agent answered {time.time() - m.started_at:.1f}s after start")
+            await self.mount_shares(m)
             await self.refresh_addresses(m.name)
             if m.after_ready is not None:
                 self.vms.spawn_background(m.after_ready(m), f"after-ready-{m.name}")
@@ -79,6 +84,34 @@ class Readiness:
         finally:
             if m.agent_ready or m.ready_error:
                 m.ready.set()
+
+    async def mount_shares(self, m: Machine) -> None:
+        """Mount every shared folder of this QEMU in the guest (each readiness: a boot, a reboot, a resume, a
+        re-attach; what is mounted already is left alone). A folder that cannot be mounted is an error event, and
+        `corral mount ls` shows it not mounted: the guest is ready all the same."""
+        for slot, mount in sorted(mount_host.read_layout(self.vms.paths(m.name)).items()):
+            try:
+                await mount_guest.mount(m.agent, slot, mount)
+            except CorralError as exc:
+                self.vms.event(m.name, "mount", exc.message, result="error", guest=mount.guest)
+
+    async def unmount_shares(self, m: Machine) -> None:
+        """Unmount every shared folder in the guest, before its state is saved: QEMU refuses to save a VM whose
+        guest has a 9p folder mounted (a migration blocker). Raises Conflict if one is busy; those already
+        unmounted are mounted again."""
+        layout = sorted(mount_host.read_layout(self.vms.paths(m.name)).items())
+        done: list[tuple[int, Mount]] = []
+        for slot, mount in layout:
+            try:
+                await mount_guest.umount(m.agent, slot, mount)
+            except CorralError as exc:
+                for s, again in done:
+                    try:
+                        await mount_guest.mount(m.agent, s, again)
+                    except CorralError:
+                        pass
+                raise Conflict(f"VM '{m.name}' cannot save its state: {exc.message}") from exc
+            done.append((slot, mount))
 
     async def _thaw_if_frozen(self, m: Machine) -> None:
         """Thaw a guest found frozen. Only Corral freezes its guests' file systems (around a snapshot, a clone or an

@@ -39,6 +39,7 @@ from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
 from corral.engine.monitor import MonitorError
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, StateError
 from corral.images.store import ImageStore
+from corral.mounts import host as mount_host
 from corral.network.private import NetworkService
 from corral.settings import Settings
 from corral.store.db import Store, VMRecord
@@ -92,6 +93,8 @@ class VMService(VMCore):
                     f"({manifest.disk_virtual_size} bytes): ask for at least that much"
                 )
             spec = self.expiry.with_expiry(spec)
+            spec = spec.model_copy(update={"mounts": [mount_host.check_host(m, self.settings.home)
+                                                      for m in spec.mounts]})
             paths = self.paths(spec.name)
             if paths.root.exists():
                 raise Conflict(f"{paths.root} already exists but no VM '{spec.name}' is defined: move it away first")
@@ -236,6 +239,9 @@ class VMService(VMCore):
         if m is None or m.monitor is None:
             raise EngineError(f"the monitor of VM '{name}' is not connected")
         paths = self.paths(name)
+        shared = bool(mount_host.read_layout(paths)) and rec.state == VMState.RUNNING and m.agent_ready
+        if shared:
+            await self.readiness.unmount_shares(m)
         await self._set_state(name, VMState.SUSPENDING)
         faults.point("suspend.during-save")
         try:
@@ -244,6 +250,8 @@ class VMService(VMCore):
         except BaseException as exc:
             if not m.exited.is_set() and self._get(name).state == VMState.SUSPENDING:
                 await self._set_state(name, rec.state, rec.state_reason)
+            if shared and not m.exited.is_set():
+                await self.readiness.mount_shares(m)
             if isinstance(exc, CorralError):
                 self.event(name, "suspend", f"suspend failed: {exc.message}")
             raise

@@ -6,12 +6,13 @@ memory fits, the name is free) is checked by :class:`corral.vm.service.VMService
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from corral.idle.policy import IdlePolicy
 from corral.vm import expiry
@@ -92,6 +93,69 @@ def _ports(v: Any) -> Any:
     return v
 
 
+#: Shared folders per VM: each has its own PCIe root port (corral.engine.cmdline.MOUNT_SLOTS).
+MAX_MOUNTS = 4
+#: Guest directories a shared folder may not cover: the guest's own system, which it needs to run.
+GUEST_SYSTEM_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run",
+                               "/sbin", "/sys", "/usr", "/var"})
+#: Guest trees no shared folder may go under (kernel file systems).
+GUEST_VIRTUAL_TREES = ("/proc/", "/sys/", "/dev/")
+
+
+def _absolute(path: str, what: str) -> str:
+    """``path`` normalized (no ``.``, ``..`` or doubled ``/``); it must be absolute and one line."""
+    if not path.startswith("/"):
+        raise ValueError(f"{what} {path!r} is not absolute: give a path starting with '/'")
+    if any(ord(c) < 32 for c in path):
+        raise ValueError(f"{what} {path!r} has control characters")
+    return os.path.normpath(path).replace("//", "/")
+
+
+class Mount(BaseModel):
+    """A host directory shared with the guest (virtio-9p), read-only unless ``read_only`` is false. Written
+    ``HOST[:GUEST][:ro|rw]``; the guest directory defaults to the host path (as Lima does).
+
+    Only the form is checked here; that the host directory exists and may be shared is the host's business
+    (corral.mounts.host.check_host), so a stored spec still loads when the directory has since gone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(description="absolute host directory (stored resolved: no symlinks)")
+    guest: str = Field(default="", description="absolute guest directory; default: the host path")
+    read_only: bool = Field(default=True, description="the guest cannot write (enforced by QEMU on the host)")
+
+    @classmethod
+    def parse(cls, text: str) -> Mount:
+        parts = text.split(":")
+        mode = parts.pop() if len(parts) > 1 and parts[-1] in ("ro", "rw") else "ro"
+        if not parts[0] or len(parts) > 2:
+            raise ValueError(f"{text!r} is not a mount: use HOST_DIR[:GUEST_DIR][:ro|rw] (paths without ':')")
+        return cls(host=parts[0], guest=parts[1] if len(parts) == 2 else "", read_only=mode == "ro")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return _absolute(v, "host directory")
+
+    @model_validator(mode="after")
+    def _guest(self) -> Mount:
+        guest = _absolute(self.guest or self.host, "guest directory")
+        if guest in GUEST_SYSTEM_DIRS or guest.startswith(GUEST_VIRTUAL_TREES):
+            raise ValueError(f"guest directory {guest!r} is part of the guest's system: share it at another "
+                             "directory, e.g. HOST:/mnt/NAME")
+        object.__setattr__(self, "guest", guest)
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.guest}:{'ro' if self.read_only else 'rw'}"
+
+
+def _mounts(v: Any) -> Any:
+    if isinstance(v, list):
+        return [Mount.parse(m) if isinstance(m, str) else m for m in v]
+    return v
+
+
 class VMSpec(BaseModel):
     """What a VM is. Sizes accept numbers or human strings: memory "512M" or 512 (MiB), disk "10G" or bytes."""
 
@@ -131,6 +195,9 @@ class VMSpec(BaseModel):
     idle: IdlePolicy | None = Field(default=None, description="idle control: suspend the VM to disk once its CPU, "
                                     "disk and network stay under thresholds for a while (see docs/explanation/"
                                     "idle.md); default: its project's; a policy with suspend_after null is off")
+    mounts: Annotated[list[Mount], BeforeValidator(_mounts)] = Field(
+        default_factory=list, description=f"shared host directories (at most {MAX_MOUNTS}): 'HOST[:GUEST][:ro|rw]' "
+        "or {host, guest, read_only}; read-only by default (see docs/explanation/mounts.md)")
     balloon: bool = Field(default=False, description="a virtio memory balloon with free page reporting: memory the "
                           "guest frees returns to the host, and `corral balloon` sets a live memory target (see "
                           "docs/explanation/memory.md); not for VMs made from templates")
@@ -153,6 +220,16 @@ class VMSpec(BaseModel):
         if dup:
             proto, addr, port = sorted(dup)[0]
             raise ValueError(f"host port {addr}:{port}/{proto} is forwarded twice")
+        return v
+
+    @field_validator("mounts")
+    @classmethod
+    def _mount_list(cls, v: list[Mount]) -> list[Mount]:
+        if len(v) > MAX_MOUNTS:
+            raise ValueError(f"{len(v)} mounts: a VM has at most {MAX_MOUNTS} shared folders")
+        guests = [m.guest for m in v]
+        if dup := sorted({g for g in guests if guests.count(g) > 1}):
+            raise ValueError(f"guest directory {dup[0]!r} is mounted twice: give each mount its own GUEST_DIR")
         return v
 
     @field_validator("networks")

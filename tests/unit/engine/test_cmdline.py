@@ -4,6 +4,7 @@ import pytest
 
 from corral.engine.cmdline import (
     HOTPLUG_PORTS,
+    MOUNT_SLOTS,
     SANDBOX,
     Attachments,
     BootSource,
@@ -12,6 +13,7 @@ from corral.engine.cmdline import (
     HostConfig,
     Identity,
     MemoryFile,
+    MountAttachment,
     build_argv,
 )
 from corral.paths import VMPaths
@@ -24,8 +26,23 @@ PATHS = VMPaths(Path("/home/vms/web"))
 IDENT = Identity("0b4c7d2e-1111-2222-3333-444455556666", "52:54:00:12:34:56")
 
 
+def without_mount_slots(args: list[str]) -> list[str]:
+    """The command line without the shared-folder slots, which come last (tested on their own below)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] == "-fsdev" or (args[i] == "-device" and args[i + 1].startswith(("pcie-root-port,id=mp",
+                                                                                     "virtio-9p-pci"))):
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
 def argv(accel: str = "tcg", **spec: object) -> list[str]:
-    return build_argv(VMSpec(name="web", **spec), BOOT, PATHS, HostConfig("qemu-system-x86_64", accel, 32), IDENT)
+    return without_mount_slots(build_argv(VMSpec(name="web", **spec), BOOT, PATHS,
+                                          HostConfig("qemu-system-x86_64", accel, 32), IDENT))
 
 
 def opt(args: list[str], flag: str) -> list[str]:
@@ -147,7 +164,7 @@ def test_a_chain_of_layers_is_one_blockdev_pair_each_backing_named_read_only_bel
 
 def test_a_legacy_vm_is_a_chain_of_one_overlay_and_the_same_text() -> None:
     legacy = Chain((ChainLayer(Path("/img/disk.qcow2")), ChainLayer(PATHS.disk)))
-    assert _chain_argv(legacy) == argv()
+    assert without_mount_slots(_chain_argv(legacy)) == argv()
 
 
 def test_a_standalone_disk_is_one_writable_node() -> None:
@@ -162,8 +179,8 @@ def test_a_raw_base_under_qcow2_layers() -> None:
     with pytest.raises(ValueError):
         Chain((ChainLayer(Path("/img/disk.qcow2")), ChainLayer(Path("/l/t.raw"), "raw")))
 def _with_disks(*disks: DiskAttachment) -> list[str]:
-    return build_argv(VMSpec(name="web"), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT,
-                      Attachments(disks=disks))
+    return without_mount_slots(build_argv(VMSpec(name="web"), BOOT, PATHS,
+                                          HostConfig("qemu-system-x86_64", "tcg", 32), IDENT, Attachments(disks=disks)))
 
 
 def test_every_vm_has_hot_plug_ports_after_its_other_devices() -> None:
@@ -252,8 +269,8 @@ def test_balloon_with_free_page_reporting_last_so_other_devices_keep_their_addre
 
 def test_balloon_after_extra_disks_too() -> None:
     disks = (DiskAttachment("data", Path("/home/vms/web/disks/data.qcow2"), 0),)
-    a = build_argv(VMSpec(name="web", balloon=True), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32),
-                   IDENT, Attachments(disks=disks))
+    a = without_mount_slots(build_argv(VMSpec(name="web", balloon=True), BOOT, PATHS,
+                                       HostConfig("qemu-system-x86_64", "tcg", 32), IDENT, Attachments(disks=disks)))
     devices = opt(a, "-device")
     assert devices[-2].startswith("virtio-blk-pci,drive=xd-data,") and devices[-1].startswith("virtio-balloon-pci,")
 
@@ -263,3 +280,34 @@ def test_no_balloon_over_a_memory_file() -> None:
     with pytest.raises(ValueError, match="cannot have a balloon"):
         build_argv(VMSpec(name="web", balloon=True), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32),
                    IDENT, memory=MemoryFile(Path("/t/memory.ram")))
+
+
+def _with_mounts(*mounts: MountAttachment, balloon: bool = False) -> list[str]:
+    return build_argv(VMSpec(name="web", balloon=balloon), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32),
+                      IDENT, Attachments(mounts=mounts))
+
+
+def test_every_vm_has_its_mount_slots_last_whether_it_shares_folders_or_not() -> None:
+    a = _with_mounts()
+    assert opt(a, "-fsdev") == [
+        f"local,id=fs{n}{ro},path=/home/vms/web/mounts/slot{n},security_model=none,multidevs=remap"
+        + (",readonly=on" if ro == "ro" else "") for n in range(MOUNT_SLOTS) for ro in ("ro", "rw")]
+    ports = [f"pcie-root-port,id=mp{n},chassis={HOTPLUG_PORTS + 1 + n},io-reserve=0" for n in range(MOUNT_SLOTS)]
+    assert opt(a, "-device")[-MOUNT_SLOTS:] == ports  # after the balloon too: every other device keeps its address
+    assert opt(_with_mounts(balloon=True), "-device")[-MOUNT_SLOTS - 1].startswith("virtio-balloon-pci")
+    assert not any(d.startswith("virtio-9p-pci") for d in opt(a, "-device"))
+
+
+def test_plugged_mounts_sit_in_their_slot_read_only_or_not() -> None:
+    a = _with_mounts(MountAttachment(slot=0), MountAttachment(slot=2, read_only=False))
+    assert opt(a, "-device")[-2:] == [
+        "virtio-9p-pci,id=mnt0,fsdev=fs0ro,mount_tag=corral0,bus=mp0",
+        "virtio-9p-pci,id=mnt2,fsdev=fs2rw,mount_tag=corral2,bus=mp2",
+    ]
+
+
+def test_mounts_of_a_template_vm_are_not_on_the_command_line() -> None:
+    """A template's saved state has no 9p device: the mounts are hot-plugged after it loads."""
+    a = _with_mounts(MountAttachment(slot=0, plugged=False))
+    assert not any(d.startswith("virtio-9p-pci") for d in opt(a, "-device"))
+    assert a == _with_mounts()

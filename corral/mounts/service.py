@@ -1,0 +1,169 @@
+"""``corral mount add|rm|ls``: shared folders of a VM, changed while it is stopped (its spec) or while it runs (its
+spec, the slot's device hot-plugged or unplugged, the folder mounted or unmounted in the guest).
+
+Operations hold the VM's lock, so they never race a start, a stop or a suspend. What holds after a failure: nothing
+changed. An ``add`` whose guest mount fails takes the device out again and leaves the spec as it was; an ``rm``
+whose guest unmount fails (a process in the guest uses the folder) leaves the mount in place and says so.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from corral.engine import shares
+from corral.engine.cmdline import MountAttachment, mount_tag
+from corral.engine.monitor import MonitorError
+from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
+from corral.mounts import guest, host
+from corral.vm.spec import Mount, VMSpec
+from corral.vm.states import VMState
+
+if TYPE_CHECKING:
+    from corral.vm.service import VMService
+
+STOPPED = (VMState.STOPPED, VMState.CRASHED)
+
+
+@dataclass(frozen=True)
+class MountStatus:
+    """One shared folder as `corral mount ls` shows it: its spec and, for a running VM, whether the guest has it."""
+
+    mount: Mount
+    slot: int | None
+    state: str  # "mounted", "not mounted", "stopped" (the VM runs no QEMU)
+
+
+def _spec_with(spec: VMSpec, mounts: list[Mount]) -> VMSpec:
+    try:
+        return VMSpec.model_validate(spec.model_dump() | {"mounts": [m.model_dump() for m in mounts]})
+    except ValidationError as exc:
+        raise InvalidInput(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+
+
+class MountService:
+    """Shared folders, composed over the :class:`VMService` (its store, locks, machines and events)."""
+
+    def __init__(self, vms: VMService) -> None:
+        self.vms = vms
+
+    def _running(self, vm: str, operation: str) -> bool:
+        """True: change the running QEMU too; False: the spec only. Refuses states where neither is right."""
+        rec = self.vms.get(vm)
+        if rec.state in STOPPED:
+            return False
+        if rec.state == VMState.RUNNING:
+            return True
+        if rec.state == VMState.PAUSED:
+            raise Conflict(f"VM '{vm}' is paused: its guest cannot {operation}; resume it first (`corral resume {vm}`)")
+        raise StateError(vm, operation, rec.state, [VMState.RUNNING.value, *(s.value for s in STOPPED)])
+
+    async def list(self, vm: str) -> list[MountStatus]:
+        """The VM's shared folders; for a running VM, whether its guest has each mounted now."""
+        rec = self.vms.get(vm)
+        layout = host.read_layout(self.vms.paths(vm))
+        m = self.vms.machine(vm)
+        live: dict[str, str] | None = None
+        if rec.state == VMState.RUNNING and m is not None and m.agent_ready:
+            try:
+                live = await guest.mounted(m.agent)
+            except CorralError:
+                live = None
+        out = []
+        for mount in rec.spec.mounts:
+            slot = host.slot_of(layout, mount.guest) if rec.state not in STOPPED else None
+            if rec.state in STOPPED:
+                state = "stopped"
+            elif live is None or slot is None:
+                state = "unknown" if slot is not None else "not mounted"
+            else:
+                state = "mounted" if live.get(mount_tag(slot)) == mount.guest else "not mounted"
+            out.append(MountStatus(mount, slot, state))
+        return out
+
+    async def add(self, vm: str, mount: Mount) -> Mount:
+        """Share a host folder: in the spec (from the next start) or, on a running VM, at once."""
+        async with self.vms.operation_lock(vm):
+            rec = self.vms.get(vm)
+            mount = host.check_host(mount, self.vms.settings.home)
+            new = _spec_with(rec.spec, [*rec.spec.mounts, mount])
+            if self._running(vm, "mount a folder"):
+                await self._plug_and_mount(vm, mount)
+                how = "mounted in the guest"
+            else:
+                how = "mounted at its next start"
+            self.vms.store.update_spec(new)
+            self.vms.event(vm, "mount", f"{mount.host} shared at {mount.guest} "
+                           f"({'read-only' if mount.read_only else 'read-write'}), {how}",
+                           host=mount.host, guest=mount.guest, read_only=mount.read_only)
+            return mount
+
+    async def _plug_and_mount(self, vm: str, mount: Mount) -> None:
+        paths = self.vms.paths(vm)
+        m = self.vms.machine(vm)
+        if m is None or m.monitor is None:
+            raise EngineError(f"the monitor of VM '{vm}' is not connected")
+        await self.vms.readiness.wait_ready(vm, timeout=60.0)
+        layout = host.read_layout(paths)
+        before = dict(layout)
+        slot = host.free_slot(layout, vm)
+        layout[slot] = mount
+        host.write_layout(paths, layout)
+        att = MountAttachment(slot=slot, read_only=mount.read_only)
+        try:
+            await shares.plug(m.monitor, att)
+        except BaseException as exc:
+            host.write_layout(paths, before)
+            if isinstance(exc, MonitorError):
+                raise EngineError(f"cannot share {mount.host} with VM '{vm}': {exc.message}") from exc
+            raise
+        try:
+            await guest.mount(m.agent, slot, mount)
+        except BaseException:
+            try:
+                await shares.unplug(m.monitor, slot)
+                host.write_layout(paths, before)
+            except CorralError:
+                pass  # the device stays plugged (unmounted): layout.json still says where, for a later rm
+            raise
+
+    async def remove(self, vm: str, guest_dir: str) -> Mount:
+        """Stop sharing the folder mounted at ``guest_dir``: unmounted in a running guest first, then unplugged."""
+        async with self.vms.operation_lock(vm):
+            rec = self.vms.get(vm)
+            want = os.path.normpath(guest_dir) if guest_dir.startswith("/") else guest_dir
+            mount = next((x for x in rec.spec.mounts if x.guest == want), None)
+            if mount is None:
+                have = ", ".join(x.guest for x in rec.spec.mounts)
+                raise NotFound(f"VM '{vm}' has no shared folder at {guest_dir}"
+                               + (f" (its mounts: {have})" if have else " (it has none)"))
+            if self._running(vm, "unmount a folder"):
+                await self._unmount_and_unplug(vm, mount)
+            self.vms.store.update_spec(_spec_with(rec.spec, [x for x in rec.spec.mounts if x is not mount]))
+            self.vms.event(vm, "mount", f"{mount.host} no longer shared at {mount.guest}", host=mount.host,
+                           guest=mount.guest)
+            return mount
+
+    async def _unmount_and_unplug(self, vm: str, mount: Mount) -> None:
+        paths = self.vms.paths(vm)
+        m = self.vms.machine(vm)
+        if m is None or m.monitor is None:
+            raise EngineError(f"the monitor of VM '{vm}' is not connected")
+        layout = host.read_layout(paths)
+        slot = host.slot_of(layout, mount.guest)
+        if slot is None:
+            return  # never plugged in this QEMU
+        await self.vms.readiness.wait_ready(vm, timeout=60.0)
+        try:
+            await guest.umount(m.agent, slot, mount)
+        except CorralError as exc:
+            raise Conflict(f"{exc.message}: it stays mounted; stop what uses it and try again") from exc
+        try:
+            await shares.unplug(m.monitor, slot)
+        except shares.ShareUnplugTimeout as exc:
+            raise EngineError(f"{exc.message}: try `corral mount rm {vm} {mount.guest}` again") from exc
+        del layout[slot]
+        host.write_layout(paths, layout)
