@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 OPERATION = "copy files to or from"
 #: How long the guest side may take to finish once its stream ended (rename, chmod; a tree's last writes).
 FINISH_TIMEOUT = 600.0
-#: How often the guest side is asked whether it still runs while bytes flow (each question interrupts the guest),
-#: in case the event of its closing the port was missed; and the first question's delay once it did.
-WATCH_INTERVAL = 2.0
+#: The guest side is asked whether it still runs after FAST_POLL, then at intervals growing 1.5x up to
+#: WATCH_INTERVAL while bytes flow (each question interrupts the guest); again from FAST_POLL once it closed the
+#: port (QMP VSERPORT_CHANGE: QEMU holds that event back up to 1 s after the port's opening, so a small copy is
+#: over before it comes: hence the questions from the start).
+WATCH_INTERVAL = 0.5
 FAST_POLL = 0.01
 #: Tries (0.5 s apart) to remove a copy's port through a monitor that fails.
 UNPLUG_TRIES = 20
@@ -76,15 +78,16 @@ class Upload:
 
     socket: str
     port: str
+    #: Starts the guest side (once the socket is handed out: the client connects meanwhile) and returns its verdict.
     finish: Callable[[], Awaitable[files.GuestStat]]
 
 
 class _GuestSide:
     """Watches the guest side of a copy and, when it ends before the stream does, unblocks a download's reader
-    (the guest's error: nothing more will come). Its exit status is asked when the guest closes the port (QMP
-    VSERPORT_CHANGE: ``wake``), when the host's side is done, and every :data:`WATCH_INTERVAL` in case an event was
-    missed. Never cancelled (a cancelled agent request resets the shared agent connection): it ends when the guest
-    side exits (which reaps it: QGA forgets it), or at its deadline."""
+    (the guest's error: nothing more will come). Its exit status is asked soon after the start and then less and
+    less often (:data:`WATCH_INTERVAL`), and often again once the guest closed the port (QMP VSERPORT_CHANGE:
+    ``wake``) or the host's side is done. Never cancelled (a cancelled agent request resets the shared agent
+    connection): it ends when the guest side exits (which reaps it: QGA forgets it), or at its deadline."""
 
     def __init__(self, agent: GuestAgent, pid: int, wake: asyncio.Event, conn: Connection | None, what: str) -> None:
         self.agent, self.pid, self.wake, self.conn, self.what = agent, pid, wake, conn, what
@@ -94,7 +97,7 @@ class _GuestSide:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = WATCH_INTERVAL
+        interval, woken = FAST_POLL, False
         while loop.time() < self.deadline:
             try:
                 status = await self.agent.execute("guest-exec-status", {"pid": self.pid}, timeout=30.0)
@@ -108,12 +111,14 @@ class _GuestSide:
                                base64.b64decode(status.get("err-data", "")))
                 self._exited()
                 return
-            if self.wake.is_set():  # it closed the port, or the host is done: ask often, then less and less
-                interval = FAST_POLL if interval >= WATCH_INTERVAL else min(interval * 1.5, 0.2)
+            if self.wake.is_set() and not woken:  # it closed the port, or the host is done: ask often again
+                interval, woken = FAST_POLL, True
+            if woken:
                 await asyncio.sleep(interval)
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), interval)
+            interval = min(interval * 1.5, 0.2 if woken else WATCH_INTERVAL)
 
     def _exited(self) -> None:
         assert self.result is not None
@@ -166,15 +171,24 @@ class DataCopyService:
 
     @contextlib.asynccontextmanager
     async def _plugged(self, name: str, monitor: Monitor, agent: GuestAgent, script: str, before: list[str],
-                       after: list[str], what: str, *, download: bool) -> AsyncIterator[tuple[DataPort, _GuestSide]]:
-        """Plug a port, start ``script`` in the guest (its arguments: ``before``, the port's name, ``after``; a
-        download's host end connected first); yield the port and
-        the guest side's watcher. On the way out, whatever happened: the port removed (which ends a guest side
-        still running, and the client's connection), the guest side reaped."""
+                       after: list[str], what: str, *,
+                       download: bool) -> AsyncIterator[tuple[DataPort, Callable[[], Awaitable[_GuestSide]]]]:
+        """Plug a port (a download's host end connected at once); yield it and what starts ``script`` in the guest
+        (its arguments: ``before``, the port's name, ``after``) and returns the guest side's watcher. An upload
+        starts it once it handed the socket out: the client connects meanwhile, and the guest finds the host end
+        there. On the way out, whatever happened: the port removed (which ends a guest side still running, and the
+        client's connection), the guest side reaped."""
         port = DataPort.new(self.vms.paths(name).root)
         m = self.vms.machine(name)
         closed = asyncio.Event()
-        side: _GuestSide | None = None
+        sides: list[_GuestSide] = []
+        conn: Connection | None = None
+
+        async def start() -> _GuestSide:
+            pid = await start_captured(agent, ["sh", "-c", script, "sh", *before, port.name, *after])
+            sides.append(_GuestSide(agent, pid, closed, conn, what))
+            return sides[0]
+
         op = self.vms.journal.begin("cp", name, port=port.to_json(), files=[str(port.socket)])
         try:
             if m is not None:
@@ -182,14 +196,12 @@ class DataCopyService:
             await data_channel.plug(monitor, port)
             conn = await Connection.open(port) if download else None
             try:
-                pid = await start_captured(agent, ["sh", "-c", script, "sh", *before, port.name, *after])
-                side = _GuestSide(agent, pid, closed, conn, what)
-                yield port, side
+                yield port, start
             finally:
                 if conn is not None:
                     await conn.close()
         except BaseException:
-            if side is not None:
+            for side in sides:
                 side.abandon()
             raise
         finally:  # shielded, and to its end: a response whose client went away is cancelled here
@@ -244,8 +256,9 @@ class DataCopyService:
                 raise InvalidInput("a tree upload over a data port needs its end marker (marker=NAME)")
             script, after = portcopy.PUT_TREE_SCRIPT, [bits, marker]
         what = f"cannot {'write' if kind == 'file' else 'unpack into'} {before[0]} in the guest"
-        async with self._plugged(name, monitor, agent, script, before, after, what, download=False) as (port, side):
+        async with self._plugged(name, monitor, agent, script, before, after, what, download=False) as (port, start):
             async def finish() -> files.GuestStat:
+                side = await start()
                 out = await side.wait(host_done=False)
                 target = out.decode(errors="replace").split("\n", 1)[0] or before[0]
                 return files.GuestStat(target, "file" if kind == "file" else "dir",
@@ -265,7 +278,8 @@ class DataCopyService:
         estimate = await _du(agent, st.path) if st.kind == "dir" else st.size
         what = f"cannot read {st.path} in the guest"
         async with self._plugged(name, monitor, agent, portcopy.GET_SCRIPT, [],
-                                 [st.path, portcopy.download_kind(st.kind)], what, download=True) as (_, side):
+                                 [st.path, portcopy.download_kind(st.kind)], what, download=True) as (_, start):
+            side = await start()
             conn = side.conn
             assert conn is not None
             if st.kind == "dir":
