@@ -405,14 +405,16 @@ def cp_throughput(ctx: Context) -> BenchResult:
     plain = Row(f"ssh 'cat > FILE' < {CP_MIB} MiB, same VM, key and host key", unit="MiB/s", baseline=True)
     virtio_down = Row(f"corral cp (default: a virtio-serial port), {CP_MIB} MiB guest -> host", unit="MiB/s")
     down = Row(f"corral cp --via ssh, {CP_MIB} MiB guest -> host", unit="MiB/s")
+    startup = Row("corral ls (the CLI's start-up and one API call: part of every corral cp row)")
     res = BenchResult(
         key="cp_throughput", title=f"corral cp throughput ({CP_MIB} MiB file)",
-        rows=[virtio, agent, fast, plain, virtio_down, down],
+        rows=[virtio, agent, fast, plain, virtio_down, down, startup],
         how=(
             f"A running `tiny` VM (1 vCPU, 256 MiB, 2 GiB disk); a {CP_MIB} MiB file of random bytes on the host. "
-            f"{rounds} round(s), interleaved: `corral cp` (the default: through the daemon into a virtio-serial port "
-            "it hot-plugs for the copy, `cat > TMP` in the guest started by the guest agent, then a rename; the port "
-            "removed after), `corral cp --via agent` (base64 chunks through the guest agent), "
+            f"{rounds} round(s), interleaved: `corral cp` (the default: the CLI writes into the unix socket of a "
+            "virtio-serial port the daemon hot-plugs for the copy, `cat > TMP` in the guest started by the guest "
+            "agent, then a rename; the port removed after; a download comes through the daemon), "
+            "`corral cp --via agent` (base64 chunks through the guest agent), "
             "`corral cp --via ssh` (`ssh 'cat > TMP'` through the VM's forward, then a rename), and the baseline, "
             "plain `ssh` with the same key, pinned host key and port running `cat > FILE` in the guest (scp needs an "
             "sftp-server or scp binary, which dropbear's image does not have). Each is timed from the command's "
@@ -448,6 +450,7 @@ def cp_throughput(ctx: Context) -> BenchResult:
                         back.samples.append(round(mib / secs, 2))
                         dest.unlink()
                 _guest_sh(bh, "cpb", "rm -f /root/a.bin")
+            startup.samples.append(round(_timed([CORRAL_CLI, "ls"], bh.env), 3))
         res.summary["virtio port / agent path, host -> guest (medians; target >= 20x)"] = \
             f"{ratio(virtio.median, agent.median):.1f}x"
         res.summary["virtio port / plain ssh cat (medians)"] = f"{ratio(virtio.median, plain.median):.1f}x"

@@ -128,6 +128,7 @@ class Client:
         """``user``: who the daemon records as the actor of each request (and the owner of new VMs); default
         $CORRAL_OWNER, else the login name."""
         self.socket = socket
+        self.timeout = timeout
         self.user = user or default_owner()
         self._http = httpx.Client(
             transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://corral" + API_PREFIX,
@@ -144,6 +145,15 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------------------------------------------- core --
+    @property
+    def http(self) -> httpx.Client:
+        """The HTTP client, for the modules that extend this one (corral.client_files)."""
+        return self._http
+
+    def check(self, r: httpx.Response) -> httpx.Response:
+        """Raise APIError for an error response (its body read)."""
+        return self._check(r)
+
     def _check(self, r: httpx.Response) -> httpx.Response:
         if r.status_code >= 400:
             try:
@@ -382,17 +392,14 @@ class Client:
         return FileInfo.model_validate(self._req("GET", f"/vms/{name}/files/stat", params={"path": path}).json())
 
     def upload(self, name: str, path: str, body: Iterable[bytes], *, kind: str = "file", mode: int = 0o644,
-               mtime: int | None = None, virtio: bool = False, size: int | None = None,
-               marker: str | None = None) -> FileInfo:
-        """Stream ``body`` (read lazily, chunk by chunk) into guest file ``path``, or with ``kind="tar"`` unpack it
-        as the new guest directory ``path``. ``virtio``: over a hot-plugged virtio-serial port (a file's exact
-        ``size`` given, a tree's tar ending with the empty member ``marker``), else through the guest agent."""
+               mtime: int | None = None) -> FileInfo:
+        """Stream ``body`` (read lazily, chunk by chunk) through the guest agent into guest file ``path``, or with
+        ``kind="tar"`` unpack it as the new guest directory ``path`` (over a virtio-serial port:
+        corral.client_files)."""
         params: dict[str, Any] = {"path": path, "kind": kind, "mode": f"{mode & 0o7777:o}"}
-        for key, value in (("mtime", mtime), ("size", size), ("marker", marker)):
-            if value is not None:
-                params[key] = value
-        route = f"/vms/{name}/files/virtio" if virtio else f"/vms/{name}/files"
-        return FileInfo.model_validate(self._req("PUT", route, params=params, content=body).json())
+        if mtime is not None:
+            params["mtime"] = mtime
+        return FileInfo.model_validate(self._req("PUT", f"/vms/{name}/files", params=params, content=body).json())
 
     def virtio_status(self, name: str) -> CopyChannel:
         """Can a copy with VM ``name`` go over a virtio-serial port now (wakes an idle-suspended VM)?"""

@@ -270,6 +270,20 @@ class CopyChannel(BaseModel):
     reason: str = ""
 
 
+class UploadLine(BaseModel):
+    """One line of a `corral cp` upload's answer (NDJSON, ``POST /vms/NAME/files/virtio/uploads``): first where to
+    write the bytes (``socket``: the host end of the port plugged for the copy), then the result once the guest side
+    finished (``done``, with the file written), or an ``error`` with the status it would have had as a response."""
+
+    kind: Literal["socket", "done", "error"]
+    socket: str | None = None
+    port: str | None = None
+    file: FileInfo | None = None
+    message: str | None = None
+    error: str | None = None
+    status: int | None = None
+
+
 class ErrorBody(BaseModel):
     error: str
     message: str

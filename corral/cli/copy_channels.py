@@ -1,8 +1,10 @@
 """The three ways `corral cp` moves bytes to and from a guest, behind one small interface (:class:`Channel`).
 
-* :class:`VirtioChannel` — the fastest, used by default: through the daemon and a virtio-serial port it hot-plugs
-  for the copy (``/v1/vms/NAME/files/virtio``, corral.vm.data_copy): no encryption, no network, no JSON; the
-  guest agent only starts the guest side. Needs a running VM whose agent answers.
+* :class:`VirtioChannel` — the fastest, used by default: a virtio-serial port the daemon hot-plugs for the copy
+  (``/v1/vms/NAME/files/virtio``, corral.vm.data_copy): no encryption, no network, no JSON; the guest agent only
+  starts the guest side. An upload's bytes go straight from this process into the port's socket
+  (corral.client_files), and its destination is resolved in the guest by the same script (no stat round trips);
+  a download's come through the daemon. Needs a running VM whose agent answers.
 * :class:`SSHChannel` — where the port is not available, or ``--via ssh``: ``ssh ... 'cat > TMP'`` / ``tar`` over
   the VM's SSH forward, with the same per-VM key and pinned host key as `corral shell` (the API's
   ``GET /v1/vms/NAME/ssh`` answer, and :func:`corral.cli.shell.ssh_argv` for the command line: one source of
@@ -21,8 +23,9 @@ import secrets
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
+from corral import client_files
 from corral.api.models import FileInfo, SSHInfo
 from corral.cli.shell import ssh_argv
 from corral.client import Client, Download
@@ -39,6 +42,11 @@ class SSHUnavailable(CorralError):
     """ssh could not reach the guest at all (exit 255 before anything was copied): the agent can take over."""
 
 
+class VirtioUnavailable(CorralError):
+    """The daemon would not plug a port for the copy (the VM is not running, its agent does not answer...):
+    nothing was copied, SSH or the agent can take over."""
+
+
 class Channel(Protocol):
     name: str  # "virtio", "ssh" or "agent", for the summary and --verbose
     #: Whether a tree download's ``size`` is exact (the agent packs it first) or an estimate (SSH streams it).
@@ -46,12 +54,17 @@ class Channel(Protocol):
     #: Whether an uploaded tree's tar must end with a :func:`tree_marker` member (SSH: the guest sees only a
     #: stream end, not whether the sender finished).
     needs_tree_marker: bool
+    #: Whether uploads take the destination as written and apply cp's rule in the guest (``source`` given, the
+    #: target returned); else the caller resolves it first with :meth:`stat`.
+    resolves_target: bool
 
     def stat(self, path: str) -> FileInfo: ...
 
-    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int) -> None: ...
+    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int,
+                 source: str | None = None) -> str: ...
 
-    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None) -> None: ...
+    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None,
+                 source: str | None = None) -> str: ...
 
     def open(self, path: str) -> contextlib.AbstractContextManager[Download]: ...
 
@@ -62,6 +75,7 @@ class AgentChannel:
     name = "agent"
     exact_tree_size = True
     needs_tree_marker = False  # the daemon sees the HTTP body end early by itself
+    resolves_target = False
 
     def __init__(self, client: Client, vm: str) -> None:
         self.client, self.vm = client, vm
@@ -69,32 +83,46 @@ class AgentChannel:
     def stat(self, path: str) -> FileInfo:
         return self.client.file_stat(self.vm, path)
 
-    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int) -> None:
-        del size  # the daemon counts what it writes
-        self.client.upload(self.vm, path, chunks, kind="file", mode=mode, mtime=mtime)
+    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int,
+                 source: str | None = None) -> str:
+        del size, source  # the daemon counts what it writes
+        return self.client.upload(self.vm, path, chunks, kind="file", mode=mode, mtime=mtime).path
 
-    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None) -> None:
-        del marker
-        self.client.upload(self.vm, path, tar_chunks, kind="tar", mode=mode)
+    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None,
+                 source: str | None = None) -> str:
+        del marker, source
+        return self.client.upload(self.vm, path, tar_chunks, kind="tar", mode=mode).path
 
     def open(self, path: str) -> contextlib.AbstractContextManager[Download]:
         return self.client.download(self.vm, path)
 
 
 class VirtioChannel(AgentChannel):
-    """Through the API and a hot-plugged virtio-serial port (paths resolved through the guest agent, as
-    :class:`AgentChannel` does)."""
+    """A hot-plugged virtio-serial port: uploads written into its socket by this process, downloads through the
+    API (a download's paths resolved through the guest agent, as :class:`AgentChannel` does)."""
 
     name = "virtio"
     exact_tree_size = False  # the daemon streams the guest's tar as it comes (its size is du's estimate)
     needs_tree_marker = True  # the guest sees only the port's end, not whether the sender finished
+    resolves_target = True
 
-    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int) -> None:
-        self.client.upload(self.vm, path, chunks, kind="file", mode=mode, mtime=mtime, virtio=True, size=size)
+    def _put(self, path: str, chunks: Iterable[bytes], source: str | None, **kw: Any) -> str:
+        assert source, "an upload over a data port resolves its target in the guest"
+        try:
+            return client_files.upload(self.client, self.vm, path, source, chunks, **kw).path
+        except client_files.PortRefused as exc:
+            if exc.status in (404, 422):  # no such VM, bad input: the same for every channel
+                raise
+            raise VirtioUnavailable(exc.message) from None
 
-    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None) -> None:
+    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int,
+                 source: str | None = None) -> str:
+        return self._put(path, chunks, source, kind="file", mode=mode, mtime=mtime, size=size)
+
+    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None,
+                 source: str | None = None) -> str:
         assert marker, "a tree over a data port ends with its marker"
-        self.client.upload(self.vm, path, tar_chunks, kind="tar", mode=mode, virtio=True, marker=marker)
+        return self._put(path, tar_chunks, source, kind="tar", mode=mode, marker=marker)
 
     def open(self, path: str) -> contextlib.AbstractContextManager[Download]:
         return self.client.download(self.vm, path, virtio=True)
@@ -112,6 +140,7 @@ class SSHChannel:
     name = "ssh"
     exact_tree_size = False
     needs_tree_marker = True
+    resolves_target = False
 
     def __init__(self, vm: str, info: SSHInfo) -> None:
         self.vm, self.info = vm, info
@@ -166,15 +195,21 @@ class SSHChannel:
             if code != 0:
                 raise self._failed(code, _last_line(errf), what)
 
-    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int) -> None:
+    def put_file(self, path: str, chunks: Iterable[bytes], *, size: int, mode: int, mtime: int,
+                 source: str | None = None) -> str:
+        del source
         tmp = files.temp_name(path)
         self._feed(self._sh(files.SSH_PUT_FILE_SCRIPT, path, tmp, f"{mode & 0o7777:o}", str(mtime), str(size)),
                    chunks, f"cannot write {path} in the guest")
+        return path
 
-    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None) -> None:
+    def put_tree(self, path: str, tar_chunks: Iterable[bytes], *, mode: int, marker: str | None,
+                 source: str | None = None) -> str:
+        del source
         assert marker, "a tree over SSH ends with its marker"
         self._feed(self._sh(files.SSH_PUT_TREE_SCRIPT, path, files.temp_name(path), f"{mode & 0o7777:o}", marker),
                    tar_chunks, f"cannot unpack into {path} in the guest")
+        return path
 
     def _source(self, path: str) -> FileInfo:
         st = self.stat(path)

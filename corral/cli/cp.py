@@ -47,6 +47,7 @@ from corral.cli.copy_channels import (
     SSHChannel,
     SSHUnavailable,
     VirtioChannel,
+    VirtioUnavailable,
     describe,
     tree_marker,
 )
@@ -149,16 +150,21 @@ def upload(channel: Channel, src: Path, vm: str, dest: str, progress: Progress) 
         raise InvalidInput(f"cannot read {src}: {exc.strerror}") from None
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         raise InvalidInput(f"{src} is neither a file nor a directory")
-    target = _guest_target(channel, dest, src.resolve().name or "root")
+    name = src.resolve().name or "root"
+    if channel.resolves_target:  # cp's rule applied in the guest, by the script that writes
+        target, source = dest, name
+    else:
+        target, source = _guest_target(channel, dest, name), None
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         task = progress.add_task(f"{src} → {vm}:{target}", total=tar_size_estimate(_tree_sizes(src)))
         marker = tree_marker() if channel.needs_tree_marker else None
-        channel.put_tree(target, _read_tree(src, progress, task, marker), mode=mode, marker=marker)
+        target = channel.put_tree(target, _read_tree(src, progress, task, marker), mode=mode, marker=marker,
+                                  source=source)
     elif stat.S_ISREG(st.st_mode):
         task = progress.add_task(f"{src} → {vm}:{target}", total=st.st_size)
-        channel.put_file(target, _read_file(src, progress, task), size=st.st_size, mode=mode,
-                         mtime=int(st.st_mtime))
+        target = channel.put_file(target, _read_file(src, progress, task), size=st.st_size, mode=mode,
+                                  mtime=int(st.st_mtime), source=source)
     else:
         raise InvalidInput(f"{src} is neither a file nor a directory")
     return target, int(progress.tasks[-1].completed)
@@ -250,13 +256,18 @@ class Via(StrEnum):
     agent = "agent"
 
 
-def choose_channel(client: Client, vm: str, via: Via) -> tuple[Channel, str]:
+def choose_channel(client: Client, vm: str, via: Via, *, upload: bool = False,
+                   no_virtio: str | None = None) -> tuple[Channel, str]:
     """The channel for a copy with VM ``vm``, and why (for --verbose). ``auto``: a virtio-serial port when the
     daemon can plug one (the VM runs, its agent answers), else SSH when the VM's server answers (the API's /ssh, as
-    `corral shell` asks it), else the guest agent; a VM that does not exist is an error here."""
+    `corral shell` asks it), else the guest agent; a VM that does not exist is an error here. An ``upload`` asks
+    the daemon for its port directly (one round trip less; it raises VirtioUnavailable when it cannot have one);
+    ``no_virtio``: why the port is out of the question (it was refused), to choose among the others."""
     if via == Via.agent:
         return AgentChannel(client, vm), "--via agent"
-    if via in (Via.auto, Via.virtio):
+    if via in (Via.auto, Via.virtio) and no_virtio is None:
+        if upload:
+            return VirtioChannel(client, vm), "--via virtio" if via == Via.virtio else "the VM runs, its agent answers"
         status = client.virtio_status(vm)  # NotFound for a VM that does not exist; wakes an idle-suspended one
         if status.available:
             return VirtioChannel(client, vm), "--via virtio" if via == Via.virtio else "the VM runs, its agent answers"
@@ -320,10 +331,17 @@ def cp(
             src, dst = parse_copy(source, destination)
             vm = dst.vm or src.vm
             assert vm
-            channel, why = choose_channel(client, vm, via)
+            channel, why = choose_channel(client, vm, via, upload=dst.vm is not None)
             try:
-                with _delayed(progress, PROGRESS_DELAY):
-                    where, size = _transfer(channel, src, dst, progress)
+                try:
+                    with _delayed(progress, PROGRESS_DELAY):
+                        where, size = _transfer(channel, src, dst, progress)
+                except VirtioUnavailable as exc:  # the daemon would not plug a port: nothing was copied yet
+                    if via != Via.auto:
+                        raise Conflict(f"cannot copy over a virtio-serial port: {exc.message}") from None
+                    channel, why = choose_channel(client, vm, via, no_virtio=exc.message)
+                    with _delayed(progress, PROGRESS_DELAY):
+                        where, size = _transfer(channel, src, dst, progress)
             except SSHUnavailable as exc:  # ssh could not connect: nothing was copied yet
                 if via != Via.auto:
                     raise CorralError(exc.message) from None

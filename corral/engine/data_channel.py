@@ -12,8 +12,9 @@ before a machine state is saved (suspend, memory snapshot, template capture: see
 create, and it loads as before.
 
 End of stream: QEMU's socket chardev drops the connection (and what it has not yet read) when the peer *closes*
-(``G_IO_HUP``), but reads to the end when the peer only *shuts down its writing side*: so the host ends an upload
-with ``write_eof()`` and closes only after the guest's reader exited. The guest's reader sees end-of-file when QEMU
+(``G_IO_HUP``), but reads to the end when the peer only *shuts down its writing side*: so the host end of an
+upload (the client's, corral.client_files: the daemon only plugs the port) shuts down its writing side and
+closes only after the guest's reader exited. The guest's reader sees end-of-file when QEMU
 tells it the host end disconnected; before the host end connects, a read in the guest also gives end-of-file, so
 the host connects before the guest opens the port, and sends one byte (:data:`HELLO`) the guest waits for.
 
@@ -182,13 +183,6 @@ class Connection:
             await self.writer.drain()
         except OSError as exc:
             raise DataChannelError(f"the data port broke: {exc}") from exc
-
-    async def finish_writing(self) -> None:
-        """Shut the writing side down: QEMU reads what is left, then the guest's reader sees end-of-file."""
-        with contextlib.suppress(OSError):
-            await self.writer.drain()
-            if self.writer.can_write_eof():
-                self.writer.write_eof()
 
     async def close(self) -> None:
         self.writer.close()

@@ -5,8 +5,10 @@ Each script starts with :data:`OPEN_PORT`: it finds the port by its name in ``/s
 opens it, and waits for the host's first byte (until then a read gives end-of-file: the host end may not be
 connected yet). Then:
 
-* upload: the port becomes stdin of the same scripts the SSH channel runs (corral.guest.files): a file's exact size
-  is checked, a tree's tar must end with the marker member, before anything is renamed into place;
+* upload: the destination is resolved first by cp's rule (:data:`RESOLVE`: one script, no stat round trips), then
+  the port becomes stdin of the same scripts the SSH channel runs (corral.guest.files): a file's exact size is
+  checked, a tree's tar must end with the marker member, before anything is renamed into place. The client writes
+  into the port's socket itself (corral.client_files); the daemon only plugs, starts and waits;
 * download: ``tar`` writes into the port, a file as a one-member archive (``-h``: the file a symlink names, as
   ``stat -L`` saw it). The guest closing the port tells the host nothing (QEMU keeps the socket connected), so the
   host reads the tar's own framing: headers with sizes, and the two zero blocks at its end (:func:`tar_members`).
@@ -19,6 +21,7 @@ import posixpath
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from corral.errors import InvalidInput
 from corral.guest import files
 
 BLOCK = 512
@@ -27,6 +30,8 @@ _ZERO = bytes(BLOCK)
 _HAS_DATA = frozenset(b"0\x007LKxgS")
 
 # $1: the port's name; the caller's own arguments follow (the script shifts it away). Leaves the port on fd 3.
+# The host end is usually connected by the time the port is open; if not, the first 100 tries do not sleep (a
+# sleep under TCG takes 80 ms or more, most of a small copy's time), the next 200 do (about 10 s in all).
 OPEN_PORT = r"""
 port=$1; shift; dev=; i=0
 while :; do
@@ -43,15 +48,35 @@ exec 3<>"$dev" || exit 3
 i=0
 until [ "$(dd bs=1 count=1 <&3 2>/dev/null)" = + ]; do
   i=$((i + 1))
-  if [ $i -ge 200 ]; then echo "the host end of $port never connected" >&2; exit 3; fi
-  sleep 0.05
+  if [ $i -ge 300 ]; then echo "the host end of $port never connected" >&2; exit 3; fi
+  if [ $i -ge 100 ]; then sleep 0.05; fi
 done
 """
 
-#: Upload of one file: $1 destination, $2 temporary, $3 mode, $4 mtime, $5 exact size (files.SSH_PUT_FILE_SCRIPT).
-PUT_FILE_SCRIPT = OPEN_PORT + "exec <&3 3<&-\n" + files.SSH_PUT_FILE_SCRIPT
-#: Upload of a tree: $1 destination, $2 staging directory, $3 mode, $4 end marker (files.SSH_PUT_TREE_SCRIPT).
-PUT_TREE_SCRIPT = OPEN_PORT + "exec <&3 3<&-\n" + files.SSH_PUT_TREE_SCRIPT
+#: Exit code of an upload's guest side whose destination's directory does not exist (NotFound).
+NO_DIRECTORY = 20
+
+# An upload's destination, by cp's rule (into an existing directory, or one written with a trailing /, under the
+# source's name), resolved in the guest in the same script: no separate stat round trips through the agent.
+# $1 the destination (normalized), $2 the source's name, $3 "/" if it was written with a trailing /, $4 a token
+# for the temporary's name; the port's name follows. Sets $t (printed first: the copy's result names it), $tmp.
+RESOLVE = r"""
+t=$1; n=$2; into=$3; tmp=$4; shift 4
+if [ -d "$t" ]; then t="${t%/}/$n"
+elif [ -n "$into" ]; then echo "guest directory $t does not exist" >&2; exit 20
+else
+  p=$(dirname "$t")
+  if [ ! -d "$p" ]; then echo "guest directory $p does not exist" >&2; exit 20; fi
+fi
+printf '%s\n' "$t"
+tmp=$t$tmp
+"""
+
+_TAKE_PORT = 'set -- "$t" "$tmp" "$@"\nexec <&3 3<&-\n'
+#: Upload of one file (after RESOLVE's and the port's arguments): mode, mtime, exact size (files.SSH_PUT_FILE_SCRIPT).
+PUT_FILE_SCRIPT = RESOLVE + OPEN_PORT + _TAKE_PORT + files.SSH_PUT_FILE_SCRIPT
+#: Upload of a tree (after RESOLVE's and the port's arguments): mode, end marker (files.SSH_PUT_TREE_SCRIPT).
+PUT_TREE_SCRIPT = RESOLVE + OPEN_PORT + _TAKE_PORT + files.SSH_PUT_TREE_SCRIPT
 #: Download: $1 the guest path, $2 "dir" or "file".
 GET_SCRIPT = OPEN_PORT + r"""
 exec >&3 3>&-
@@ -60,9 +85,11 @@ exec tar -chf - -C "$(dirname "$1")" "$(basename "$1")"
 """
 
 
-def script_args(port_name: str, *args: str) -> list[str]:
-    """The guest argv for one of the scripts above."""
-    return [port_name, *args]
+def resolve_args(dest: str, name: str) -> list[str]:
+    """RESOLVE's arguments for the destination ``dest`` as the user wrote it and the source's ``name``."""
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise InvalidInput(f"{name!r} is not a file name")
+    return [files.guest_path(dest), name, "/" if dest.endswith("/") else "", files.temp_name("")]
 
 
 class TarFramingError(Exception):

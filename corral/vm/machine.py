@@ -48,6 +48,9 @@ class Machine:
     addresses_at: float = 0.0  #: monotonic time of the last answer (VMService.refresh_addresses)
     addresses_task: asyncio.Future[None] | None = None  #: the question being asked, shared by all who ask
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A copy's data port id -> set when the guest closes that port (QMP VSERPORT_CHANGE, open false): its guest
+    #: side has exited, so corral.vm.data_copy asks its exit status now rather than polling all along.
+    port_closed: dict[str, asyncio.Event] = field(default_factory=dict)
     #: Set by each RESET event (the guest rebooted); cleared by whoever waits for the next one.
     reset: asyncio.Event = field(default_factory=asyncio.Event)
     #: This QEMU loaded a suspended VM's saved state (the guest continues its boot; its clock lags).

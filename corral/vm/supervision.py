@@ -76,6 +76,10 @@ class Supervisor:
             rec = self.vms.store.get_vm(name)
             if rec is not None and rec.state == VMState.PAUSED:
                 await self.vms._set_state(name, VMState.RUNNING)
+        elif event == "VSERPORT_CHANGE" and not data.get("open"):
+            closed = m.port_closed.get(str(data.get("id")))
+            if closed is not None:
+                closed.set()
         elif event == "BLOCK_IO_ERROR":
             reason = data.get("reason") or data.get("operation", "")
             if data.get("nospace"):  # werror=enospc: paused until its file system has room (corral.storage.full)

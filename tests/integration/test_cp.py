@@ -18,7 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral import client_files
 from corral.api.models import API_PREFIX
+from corral.client import APIError, Client, DaemonUnavailable
 from corral.store.db import Store
 from tests.conftest import CORRAL, CorralEnv
 
@@ -256,8 +258,11 @@ def test_interrupted_copies_leave_no_temporaries(corral: CorralEnv, tmp_path: Pa
     src = tmp_path / "big.bin"
     write_random(src, BIG, 0o644)
 
-    # Upload killed outright (SIGKILL: no client cleanup): the daemon sees the broken stream and cleans up.
-    proc = subprocess.Popen([CORRAL, "cp", "-q", str(src), f"{VM}:/root/abort.bin"], env=corral.env,
+    # Upload killed outright (SIGKILL: no client cleanup): the daemon sees the broken answer and removes the port,
+    # QEMU the broken socket; the guest side cleans up. A bigger file: over the port 64 MiB take about a second.
+    huge = tmp_path / "huge.bin"
+    write_random(huge, 4 * BIG, 0o644)
+    proc = subprocess.Popen([CORRAL, "cp", "-q", str(huge), f"{VM}:/root/abort.bin"], env=corral.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: "corral-tmp" in no_temporaries(corral, "/root"), 120, "the guest temporary")
@@ -292,16 +297,40 @@ def test_interrupted_copies_leave_no_temporaries(corral: CorralEnv, tmp_path: Pa
     assert data_ports(corral) == []
 
 
+def slow_upload(c: CorralEnv, name: str) -> tuple[threading.Thread, list[object]]:
+    """An upload over a port in a thread, by a client sending 1 MiB every 0.2 s (of 100 MiB): its result or error
+    lands in the list."""
+    result: list[object] = []
+
+    def body() -> Iterator[bytes]:
+        for _ in range(100):
+            yield os.urandom(1 << 20)
+            time.sleep(0.2)
+
+    def run() -> None:
+        try:
+            with Client(c.settings.socket) as client:
+                result.append(client_files.upload(client, VM, "/root/", name, body(), kind="file", mode=0o644,
+                                                  size=100 << 20))
+        except Exception as exc:  # noqa: BLE001 - the failure is what the test looks at
+            result.append(exc)
+
+    sender = threading.Thread(target=run)
+    sender.start()
+    return sender, result
+
+
 def test_virtio_port_failures_leave_nothing_plugged(corral: CorralEnv, tmp_path: Path) -> None:
     """A copy over the port that fails in the guest, one cut by a suspend, and one whose daemon is killed: each
     leaves no port, socket or journalled operation, no guest temporary; the suspended VM resumes from its state."""
     launch(corral)
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(corral.settings.socket)),
-                      base_url="http://corral" + API_PREFIX, timeout=300) as http:
+    with Client(corral.settings.socket) as client:
         # The guest side refuses (fewer bytes than announced): a one-line error, nothing renamed into place.
-        r = http.put(f"/vms/{VM}/files/virtio", params={"path": "/root/short.bin", "size": 10}, content=b"abc")
-        assert r.status_code == 502 and "the copy ended early: 3 of 10 bytes arrived" in r.json()["message"], r.text
-        r = http.put(f"/vms/{VM}/files/virtio", params={"path": "/root/x"}, content=b"abc")
+        with pytest.raises(APIError, match="the copy ended early: 3 of 10 bytes arrived") as refused:
+            client_files.upload(client, VM, "/root/", "short.bin", [b"abc"], kind="file", mode=0o644, size=10)
+        assert refused.value.status == 502
+        # Refused before a port is plugged.
+        r = client.http.post(f"/vms/{VM}/files/virtio/uploads", params={"dest": "/root/x", "source": "x"})
         assert r.status_code == 422 and "needs its size" in r.json()["message"], r.text
     assert guest(corral, "ls /root") == ""
     assert data_ports(corral) == []
@@ -310,28 +339,12 @@ def test_virtio_port_failures_leave_nothing_plugged(corral: CorralEnv, tmp_path:
     write_random(src, BIG, 0o644)
     # A suspend while a copy runs (a slow one: a client sending 1 MiB every 0.2 s): the port goes first (the saved
     # state must not hold it), the copy fails.
-    result: list[httpx.Response | Exception] = []
-
-    def slow_upload() -> None:
-        def body() -> Iterator[bytes]:
-            for _ in range(100):
-                yield os.urandom(1 << 20)
-                time.sleep(0.2)
-        try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(corral.settings.socket)),
-                              base_url="http://corral" + API_PREFIX, timeout=300) as http:
-                result.append(http.put(f"/vms/{VM}/files/virtio", params={"path": "/root/cut.bin", "size": 100 << 20},
-                                       content=body()))
-        except Exception as exc:  # noqa: BLE001 - the daemon may cut the request off: that is a failure too
-            result.append(exc)
-
-    sender = threading.Thread(target=slow_upload)
-    sender.start()
+    sender, result = slow_upload(corral, "cut.bin")
     wait_for(lambda: "corral-tmp" in no_temporaries(corral, "/root"), 120, "the guest temporary")
     r = corral.cli("suspend", VM, timeout=300)
     assert r.returncode == 0, r.stderr
     sender.join(timeout=120)
-    assert result and (isinstance(result[0], Exception) or result[0].status_code >= 400), result
+    assert result and isinstance(result[0], APIError), result
     r = corral.cli("resume", VM, timeout=300)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: no_temporaries(corral, "/root") == "", 60, "the guest temporary to go")
@@ -339,12 +352,13 @@ def test_virtio_port_failures_leave_nothing_plugged(corral: CorralEnv, tmp_path:
     copy(corral, str(src), f"{VM}:/root/after.bin")  # the resumed guest takes a new port
     assert guest(corral, "sha256sum /root/after.bin | cut -d' ' -f1").strip() == sha256(src)
 
-    # The daemon killed mid-copy: the next daemon's recovery removes the port.
-    proc = subprocess.Popen([CORRAL, "cp", "-q", str(src), f"{VM}:/root/killed.bin"], env=corral.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The daemon killed mid-copy: the client sees its answer break and cuts its stream off (the guest side removes
+    # its temporary); the next daemon's recovery removes the port.
+    sender, result = slow_upload(corral, "killed.bin")
     wait_for(lambda: "corral-tmp" in no_temporaries(corral, "/root"), 120, "the guest temporary")
     corral.kill_daemon()
-    proc.wait(timeout=60)
+    sender.join(timeout=60)
+    assert result and isinstance(result[0], DaemonUnavailable), result
     corral.start_daemon()
     wait_for(lambda: no_temporaries(corral, "/root") == "", 60, "the guest temporary to go")
     assert data_ports(corral) == []

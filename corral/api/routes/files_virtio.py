@@ -5,10 +5,14 @@ guest side.
 
 * ``GET .../files/virtio/status`` — whether a copy can take this channel now (:class:`CopyChannel`): the VM runs,
   its agent answers, its QEMU has the virtio-serial bus. Wakes an idle-suspended VM, as any copy does.
-* ``PUT .../files/virtio?path=&kind=file&mode=644&size=N[&mtime=]`` — the body (exactly ``size`` bytes) becomes
-  guest file ``path``; ``kind=tar&marker=NAME`` — the body, a tar whose last member is the empty file ``./NAME``,
-  becomes the new guest directory ``path``. The guest checks the size or the marker before it renames anything into
-  place: a stream cut short leaves nothing.
+* ``POST .../files/virtio/uploads?dest=&source=&kind=file&mode=644&size=N[&mtime=]`` — an upload whose bytes the
+  client writes itself (no data in the request): the answer (NDJSON, :class:`UploadLine`) first gives the unix
+  socket to connect to (the port's host end: write one ``+``, then exactly ``size`` bytes, then shut down the
+  writing side only), then, once the guest side finished, the guest file written. ``dest`` as the user wrote it:
+  an existing directory, or one written with a trailing ``/``, receives it as ``source``. ``kind=tar&marker=NAME``: the
+  bytes are a tar whose last member is the empty file ``./NAME``, unpacked as a new guest directory. The guest
+  checks the size or the marker before it renames anything into place: a stream cut short leaves nothing; so does
+  a client that closes this answer early (the port is removed).
 * ``GET .../files/virtio?path=`` — a file (``X-Corral-Kind: file``, exact ``Content-Length``) or a directory's tar
   (``X-Corral-Kind: tar``, ``X-Corral-Size`` an estimate, chunked), ``X-Corral-Mode`` and ``X-Corral-Mtime`` of the
   source.
@@ -20,11 +24,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from corral.api.deps import Services, services, using, wake
-from corral.api.models import CopyChannel, FileInfo
+from corral.api.errors import status_for
+from corral.api.models import CopyChannel, FileInfo, UploadLine
 from corral.api.routes.files import OPERATION, GuestPath
 from corral.errors import CorralError
 from corral.vm.data_copy import DataCopyService
@@ -39,6 +44,10 @@ def _copies(svc: Services) -> DataCopyService:
     return svc.copies
 
 
+def _line(line: UploadLine) -> bytes:
+    return line.model_dump_json(exclude_none=True).encode() + b"\n"
+
+
 @router.get("/{name}/files/virtio/status", response_model=CopyChannel)
 async def status(name: str, svc: Svc) -> CopyChannel:
     await wake(svc, name, OPERATION)
@@ -47,21 +56,40 @@ async def status(name: str, svc: Svc) -> CopyChannel:
     return CopyChannel(available=available, reason=reason)
 
 
-@router.put("/{name}/files/virtio", response_model=FileInfo)
+@router.post("/{name}/files/virtio/uploads", response_class=StreamingResponse,
+             responses={200: {"content": {"application/x-ndjson": {}}}})
 async def upload(
-    name: str, path: GuestPath, request: Request, svc: Svc,
+    name: str, dest: GuestPath, svc: Svc,
+    source: Annotated[str, Query(pattern=r"^[^/]+$", description="the source's file name")],
     kind: Literal["file", "tar"] = "file",
     mode: Annotated[str, Query(pattern=r"^[0-7]{1,4}$", description="permission bits, octal")] = "644",
     mtime: Annotated[int | None, Query(ge=0)] = None,
     size: Annotated[int | None, Query(ge=0, description="a file's exact size in bytes")] = None,
     marker: Annotated[str | None, Query(pattern=r"^\.corral-end-[0-9a-f]{16}$",
                                         description="a tree's end member")] = None,
-) -> FileInfo:
+) -> StreamingResponse:
     await wake(svc, name, OPERATION)
-    with using(svc, name):
-        st = await _copies(svc).put(name, path, request.stream(), kind=kind, mode=int(mode, 8), mtime=mtime,
-                                    size=size, marker=marker)
-    return FileInfo(path=st.path, kind=st.kind, size=st.size, mode=st.mode, mtime=st.mtime)
+    stack = contextlib.AsyncExitStack()
+    stack.enter_context(using(svc, name))
+    try:
+        up = await stack.enter_async_context(_copies(svc).upload(
+            name, dest, source, kind=kind, mode=int(mode, 8), mtime=mtime, size=size, marker=marker))
+    except BaseException:
+        await stack.aclose()
+        raise
+
+    async def stream() -> AsyncIterator[bytes]:
+        async with stack:  # the port goes when the guest side finished, or the client went away
+            yield _line(UploadLine(kind="socket", socket=up.socket, port=up.port))
+            try:
+                st = await up.finish()
+                last = UploadLine(kind="done", file=FileInfo(path=st.path, kind=st.kind, size=st.size, mode=st.mode,
+                                                             mtime=st.mtime))
+            except CorralError as exc:
+                last = UploadLine(kind="error", message=exc.message, error=type(exc).__name__, status=status_for(exc))
+        yield _line(last)  # once the port is gone: the client then finds nothing left plugged
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
 
 
 @router.get("/{name}/files/virtio", response_class=StreamingResponse,

@@ -41,3 +41,13 @@ def test_virtio_insisted_on_but_not_there_is_one_line() -> None:
     channel, why = choose_channel(FakeClient(True), "vm", Via.virtio)  # type: ignore[arg-type]
     assert isinstance(channel, VirtioChannel) and why == "--via virtio"
     assert isinstance(choose_channel(FakeClient(True), "vm", Via.agent)[0], AgentChannel)  # type: ignore[arg-type]
+
+
+def test_an_upload_asks_for_the_port_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No status round trip for an upload (the daemon refuses the port itself); once refused, SSH or the agent."""
+    monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/ssh")
+    client = FakeClient(False)
+    channel, _ = choose_channel(client, "vm", Via.auto, upload=True)  # type: ignore[arg-type]
+    assert isinstance(channel, VirtioChannel)
+    channel, _ = choose_channel(client, "vm", Via.auto, upload=True, no_virtio="stopped")  # type: ignore[arg-type]
+    assert isinstance(channel, SSHChannel)

@@ -90,3 +90,15 @@ def test_numbers() -> None:
 def test_archive_without_a_file() -> None:
     with pytest.raises(portcopy.TarFramingError, match="no file"):
         run(lambda: portcopy.file_member(_reader(bytes(1024))))
+
+
+def test_resolve_args_carry_cps_rule() -> None:
+    from corral.errors import InvalidInput
+    from corral.guest import portcopy
+
+    dest, name, into, tmp = portcopy.resolve_args("notes/", "a.txt")
+    assert (dest, name, into) == ("/root/notes", "a.txt", "/") and tmp.startswith(".corral-tmp-")
+    assert portcopy.resolve_args("/etc/x", "y")[:3] == ["/etc/x", "y", ""]
+    for bad in ("", "a/b", "..", "a\0"):
+        with pytest.raises(InvalidInput):
+            portcopy.resolve_args("/root", bad)
