@@ -3,7 +3,7 @@
 * :class:`VirtioChannel` — the fastest, used by default: a virtio-serial port the daemon hot-plugs for the copy
   (``/v1/vms/NAME/files/virtio``, corral.vm.data_copy): no encryption, no network, no JSON; the guest agent only
   starts the guest side. An upload's bytes go straight from this process into the port's socket
-  (corral.client_files), and its destination is resolved in the guest by the same script (no stat round trips);
+  (corral.client.port_upload), and its destination is resolved in the guest by the same script (no stat round trips);
   a download's come through the daemon. Needs a running VM whose agent answers.
 * :class:`SSHChannel` — where the port is not available, or ``--via ssh``: ``ssh ... 'cat > TMP'`` / ``tar`` over
   the VM's SSH forward, with the same per-VM key and pinned host key as `corral shell` (the API's
@@ -25,10 +25,10 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, Protocol
 
-from corral import client_files
 from corral.api.models import FileInfo, SSHInfo
 from corral.cli.shell import ssh_argv
 from corral.client import Client, Download
+from corral.client import port_upload as client_files
 from corral.errors import Conflict, CorralError, InvalidInput, NotFound
 from corral.guest import files
 

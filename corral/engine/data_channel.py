@@ -13,7 +13,7 @@ create, and it loads as before.
 
 End of stream: QEMU's socket chardev drops the connection (and what it has not yet read) when the peer *closes*
 (``G_IO_HUP``), but reads to the end when the peer only *shuts down its writing side*: so the host end of an
-upload (the client's, corral.client_files: the daemon only plugs the port) shuts down its writing side and
+upload (the client's, corral.client.port_upload: the daemon only plugs the port) shuts down its writing side and
 closes only after the guest's reader exited. The guest's reader sees end-of-file when QEMU
 tells it the host end disconnected; before the host end connects, a read in the guest also gives end-of-file, so
 the host connects before the guest opens the port, and sends one byte (:data:`HELLO`) the guest waits for.

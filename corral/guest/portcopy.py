@@ -8,7 +8,7 @@ connected yet). Then:
 * upload: the destination is resolved first by cp's rule (:data:`RESOLVE`: one script, no stat round trips), then
   the port becomes stdin of the same scripts the SSH channel runs (corral.guest.files): a file's exact size is
   checked, a tree's tar must end with the marker member, before anything is renamed into place. The client writes
-  into the port's socket itself (corral.client_files); the daemon only plugs, starts and waits;
+  into the port's socket itself (corral.client.port_upload); the daemon only plugs, starts and waits;
 * download: ``tar`` writes into the port, a file as a one-member archive (``-h``: the file a symlink names, as
   ``stat -L`` saw it). The guest closing the port tells the host nothing (QEMU keeps the socket connected), so the
   host reads the tar's own framing: headers with sizes, and the two zero blocks at its end (:func:`tar_members`).

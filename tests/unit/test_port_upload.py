@@ -1,4 +1,4 @@
-"""The client's side of an upload over a data port (corral.client_files), against a fake port: a unix socket that
+"""The client's side of an upload over a data port (corral.client.port_upload), against a fake port: a unix socket that
 records what arrives, and a fake answer. The stream is shut down (not closed) only when whole; a verdict or a
 broken answer before that cuts it off."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from corral import client_files
 from corral.api.models import FileInfo, UploadLine
 from corral.client import DaemonUnavailable
+from corral.client import port_upload as client_files
 from corral.engine import data_channel
 
 

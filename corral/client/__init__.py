@@ -1,0 +1,30 @@
+"""The Python client of Corral's API (also the SDK): httpx over the daemon's unix socket.
+
+Errors come back as :class:`APIError` carrying the HTTP status, the error class name and the one-line message.
+:func:`connect` starts the daemon when it is not running (as the CLI does).
+"""
+
+from __future__ import annotations
+
+from corral.client.base import APIError, DaemonUnavailable, Download
+from corral.client.daemon import DAEMON_PREFIX_ENV, daemon_prefix, daemon_running, start_daemon
+from corral.client.files import FileCalls
+from corral.client.host import HostCalls
+from corral.client.storage import StorageCalls
+from corral.client.vms import VMCalls
+from corral.settings import Settings, load_settings
+
+__all__ = ["DAEMON_PREFIX_ENV", "APIError", "Client", "DaemonUnavailable", "Download", "connect", "daemon_prefix",
+           "daemon_running", "start_daemon"]
+
+
+class Client(VMCalls, FileCalls, HostCalls, StorageCalls):
+    """A client of corrald's API, one method a call: the groups of calls are in corral.client's modules."""
+
+
+def connect(settings: Settings | None = None, autostart: bool = True) -> Client:
+    """A client of this host's daemon, starting the daemon first if it is not running."""
+    settings = settings or load_settings()
+    if autostart and not daemon_running(settings):
+        start_daemon(settings)
+    return Client(settings.socket)
