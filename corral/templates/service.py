@@ -75,6 +75,8 @@ class TemplateService:
         self._lock = asyncio.Lock()  # creates, removals and the linking of new VMs, one at a time
         #: Host keys made (on the host, in a thread) while a new VM's QEMU starts, by VM name.
         self._host_keys: dict[str, asyncio.Future[identity.HostKey]] = {}
+        #: Corral's SSH key pair of each new VM, made likewise (its public key).
+        self._keypairs: dict[str, asyncio.Future[str]] = {}
         #: Connections to new VMs' guest channels, made before their state loaded, by VM name (for _personalize).
         self._channels: dict[str, guest_channel.GuestChannel] = {}
         vms.origin_of = self._origin_of
@@ -155,12 +157,15 @@ class TemplateService:
         disk_info = await qemu_img.info(work.disk)
         await self._build(spec, rec, work, full_state, channel)
         full_state.unlink()
+        # Its backing file is named by its final path (where the template is moved next), not opened (-u).
+        await qemu_img.create_layer(work.overlay, final.disk, int(disk_info["virtual-size"]))
         tpl = TemplateRecord(name=name, source=source, image=spec.image, vcpus=spec.vcpus,
                              memory=spec.memory, disk=int(disk_info["virtual-size"]), created_at=time.time(),
                              channel=channel)
         work.spec.write_text(json.dumps(dataclasses.asdict(tpl), indent=2) + "\n")
         work.disk.chmod(0o444)
         work.state.chmod(0o444)
+        work.overlay.chmod(0o444)
         work.memory.chmod(0o600)  # QEMU opens it read-write even for a private (copy-on-write) mapping
         tpl = dataclasses.replace(tpl, size=sum(p.stat().st_blocks * 512 for p in work.root.iterdir()))
         os.rename(work.root, final.root)
@@ -376,7 +381,8 @@ class TemplateService:
             tpl = self.get(template)
             spec = spec.model_copy(update={"image": tpl.image, "vcpus": tpl.vcpus, "memory": tpl.memory,
                                            "disk": tpl.disk})
-            await self.vms.create(spec, base=(self.paths(template).disk, "qcow2"))
+            p = self.paths(template)
+            await self.vms.create(spec, base=(p.disk, "qcow2"), overlay=p.overlay if p.overlay.is_file() else None)
             self.store.link_template_vm(spec.name, template)  # no await since create: nothing saw it unlinked
         try:
             return await self.vms.start(spec.name)
@@ -384,6 +390,9 @@ class TemplateService:
             channel = self._channels.pop(spec.name, None)
             if channel is not None:
                 await channel.close()
+            for pending in (self._host_keys.pop(spec.name, None), self._keypairs.pop(spec.name, None)):
+                if pending is not None:
+                    pending.cancel()
             with contextlib.suppress(CorralError):
                 await self.vms.delete(spec.name, force=True)
             raise
@@ -396,6 +405,8 @@ class TemplateService:
         p = self.paths(template)
         if fresh:  # made meanwhile: taken by _personalize
             self._host_keys[rec.name] = asyncio.ensure_future(asyncio.to_thread(identity.new_host_key))
+            self._keypairs[rec.name] = asyncio.ensure_future(asyncio.to_thread(ssh.ensure_keypair,
+                                                                               self.vms.paths(rec.name)))
         tpl = self.store.get_template(template)
         before_load = (lambda: self._open_channel(rec.name)) if fresh and tpl is not None and tpl.channel else None
         return Origin(disk=p.disk, memory=p.memory, state=p.state if fresh else None,
@@ -466,21 +477,21 @@ class TemplateService:
         """Identity and provisioning of a VM just loaded from a template, in one guest command; its boot_id."""
         rec = self.vms.get(m.name)
         paths = self.vms.paths(m.name)
-        keys = "\n".join([ssh.ensure_keypair(paths), *rec.spec.ssh_keys]) + "\n"
+        keypair = self._keypairs.pop(m.name, None)
+        public_key = await keypair if keypair is not None else await asyncio.to_thread(ssh.ensure_keypair, paths)
+        keys = "\n".join([public_key, *rec.spec.ssh_keys]) + "\n"
         pending = self._host_keys.pop(m.name, None)
         host_key = await pending if pending is not None else await asyncio.to_thread(identity.new_host_key)
-        script = "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT
+        script = "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT + identity.IDENTITY_FINISH
         args = [*identity.identity_args(rec.spec.guest_hostname, rec.mac, "eth0", host_key), keys]
         channel = self._channels.pop(m.name, None)
         if channel is not None:  # a shell is waiting in the guest: the script goes at once
-            run = asyncio.ensure_future(channel.run(script, args, keep=True))
-            try:  # meanwhile the agent: it must answer before the VM is ready, and it sets the clock
-                await m.agent.wait_ready(READY_TIMEOUT)
-                await self._set_clock(m)
+            run = asyncio.ensure_future(channel.run(script, args))
+            try:  # meanwhile the agent: it must answer before the VM is ready; its answer sets the clock
+                clock = await m.agent.wait_ready(READY_TIMEOUT, set_time=True)
+                if clock is not None:
+                    self.vms.event(m.name, "identity", f"could not set the guest clock: {clock}")
                 code, out = await run
-                if code == 0:  # then what goes on in the guest's background (IPv6 again, dropbear's restart)
-                    code, more = await channel.run(identity.IDENTITY_FINISH, [])
-                    out += more
             finally:
                 run.cancel()
                 await channel.close()
@@ -488,7 +499,7 @@ class TemplateService:
             how = "the guest channel (a shell waiting since the template's capture)"
         else:
             await m.agent.wait_ready(READY_TIMEOUT)
-            pid = await identity.start_script(m.agent, script + identity.IDENTITY_FINISH, args)
+            pid = await identity.start_script(m.agent, script, args)
             await self._set_clock(m)  # while the script runs: the agent answers meanwhile
             code, out, err = await identity.wait_script(m.agent, pid)
             how = "the guest agent"
