@@ -122,6 +122,8 @@ class Booter:
                 loaded = await migration.load_state(
                     monitor, origin.state, alive=lambda: child is not None and child.returncode is None,
                     capabilities=migration.IGNORE_SHARED)
+                if origin.after_load is not None:
+                    await origin.after_load(agent)
                 await monitor.execute("cont")
         except BaseException as exc:
             if child is not None:
