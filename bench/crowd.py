@@ -129,10 +129,21 @@ def crowd(ctx: Context) -> BenchResult:
                 f"{statistics.median(lat2) * 1000:.0f} / {max(lat2) * 1000:.0f} ms")
         res.details = {"answered": answered, "answered_again": again, "start_s": took, "idle_cpu_cores": idle_cpu,
                        "mem_used_mib": mem_before - mem_after, "load_end": load_average(),
-                       "daemon_fds": _fds(bh.daemon_pid())}
+                       "daemon_fds": _fds(bh.daemon_pid()), "qemu_threads": _threads(pids)}
+        res.summary["host limits used: the daemon's open files / threads of all QEMU processes"] = (
+            f"{res.details['daemon_fds']} / {res.details['qemu_threads']}")
     finally:
         _delete(bh, names)
     return res
+
+
+def _threads(pids: list[int]) -> int:
+    """Threads of all the QEMU processes (each counts against the host's and the user's process limits)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/task"))
+    return total
 
 
 def _fds(pid: int | None) -> int:
