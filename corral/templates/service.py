@@ -11,7 +11,7 @@ How (docs/explanation/templates.md has the whole story):
 - **launch**: the new VM's disk is a qcow2 overlay on the template's disk; its QEMU maps ``memory.ram`` privately
   (``share=off``: copy-on-write, pages only read stay shared in the page cache), starts with ``-incoming defer``,
   loads ``state.bin`` with ``x-ignore-shared`` and continues. Before it is reported ready it takes its own identity
-  and is provisioned, in one guest command (corral.guest.identity).
+  and is provisioned, in one guest command (corral.guest.identity), sent by corral.templates.personalize.
 """
 
 from __future__ import annotations
