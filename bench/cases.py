@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import density, memory
+from bench import crowd, density, memory
 from bench.harness import (
     BASELINE_CONNECT_RETRY,
     BASELINE_SYNC_RESEND,
@@ -473,4 +473,5 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "incremental_backup": incremental_backup,
     "balloon_reclaim": memory.balloon_reclaim,
     "cp_throughput": cp_throughput,
+    "crowd": crowd.crowd,
 }

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,7 @@ class GuestAgent:
         self.shell = tuple(shell)
         self._lock = asyncio.Lock()
         self._channel: _Channel | None = None
+        self._synced = False  # the open connection answered a sync (connect_early leaves it unsynced)
         self._thawed = asyncio.Event()  # cleared from a freeze request until a thaw is answered
         self._thawed.set()
         self._stopped_at: float | None = None  # loop time the VM's vCPUs stopped, while they are stopped
@@ -262,12 +264,27 @@ class GuestAgent:
     async def _connect(self) -> None:
         reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         self._channel = _Channel(reader, writer)
+        self._synced = False
+
+    async def connect_early(self) -> None:
+        """Connect to the agent's socket without a sync (nothing in the guest answers yet): for a QEMU about to load
+        a saved state whose agent had a host connected when it was saved. Connected before the load, the guest's
+        port stays open through it; connected after, the load first tells the guest its host went away, and
+        qemu-ga, reading end-of-file on its virtio port, sleeps 100 ms before it looks again (qga/main.c). The
+        first request then syncs as usual. Raises GuestAgentError if the socket cannot be reached."""
+        if self._channel is not None:
+            return
+        try:
+            await self._connect()
+        except OSError as exc:
+            raise GuestAgentError(f"cannot connect to the guest agent at {self.socket_path}: {exc}") from exc
 
     def _reset(self) -> None:
         """Drop the connection; the next request reconnects and re-syncs."""
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        self._synced = False
 
     async def _sync_once(self, channel: _Channel) -> None:
         """Send 0xFF + guest-sync-delimited and wait (without a deadline: the caller bounds it) for our id.
@@ -302,6 +319,7 @@ class GuestAgent:
             try:
                 async with asyncio.timeout_at(attempt_end):
                     await self._sync_once(self._channel)
+                self._synced = True
                 return
             except TimeoutError:
                 if loop.time() >= deadline:
@@ -309,12 +327,13 @@ class GuestAgent:
 
     async def _ensure_connected(self, deadline: float, command: str) -> None:
         """Connect once (no retry) and sync; after a failure there is no connection."""
-        if self._channel is not None:
+        if self._channel is not None and self._synced:
             return
-        try:
-            await self._connect()
-        except OSError as exc:
-            raise GuestAgentError(f"cannot connect to the guest agent at {self.socket_path}: {exc}") from exc
+        if self._channel is None:
+            try:
+                await self._connect()
+            except OSError as exc:
+                raise GuestAgentError(f"cannot connect to the guest agent at {self.socket_path}: {exc}") from exc
         try:
             await self._sync(deadline)
         except TimeoutError:
@@ -336,8 +355,13 @@ class GuestAgent:
         except TimeoutError:
             raise GuestAgentTimeout(f"guest agent busy: {what} could not be sent in time") from None
 
-    async def wait_ready(self, timeout: float) -> None:
+    async def wait_ready(self, timeout: float, *, set_time: bool = False) -> str | None:
         """Connect (retrying while the socket is missing or refused), sync, and ``guest-ping``.
+
+        With ``set_time`` the question after the sync is ``guest-set-time`` with the host's clock at the moment it is
+        sent instead of ``guest-ping``: its answer proves the agent answers just as well, and a guest whose clock
+        must be set (loaded from a saved state) saves a round trip under TCG. The agent's refusal to set the clock
+        (no hwclock in the guest) still means it answers: the refusal is returned (None when the clock was set).
 
         Raises GuestAgentTimeout if the agent is not answering within ``timeout`` seconds; the connection is then
         kept if it exists (a later call continues from there).
@@ -361,6 +385,7 @@ class GuestAgent:
                         raise GuestAgentError(
                             f"cannot connect to the guest agent at {self.socket_path}: {exc}"
                         ) from exc
+                if not self._synced:
                     try:
                         await self._sync(deadline)
                     except TimeoutError:
@@ -377,13 +402,18 @@ class GuestAgent:
                         self._reset()
                         raise
                 try:
-                    await self._request("guest-ping", None, deadline)
-                    return
+                    if set_time:
+                        await self._request("guest-set-time", {"time": time.time_ns()}, deadline)
+                    else:
+                        await self._request("guest-ping", None, deadline)
+                    return None
                 except GuestAgentTimeout:
-                    last = "synced, but guest-ping got no answer"
+                    last = f"synced, but {'guest-set-time' if set_time else 'guest-ping'} got no answer"
                     break
                 except GuestAgentError as exc:
                     if isinstance(exc, GuestAgentCommandError):
+                        if set_time:
+                            return exc.message
                         raise
                     last = str(exc)
                     if loop.time() >= deadline:

@@ -64,12 +64,17 @@ def build_iso(files: dict[str, bytes], dest: Path) -> None:
         iso.close()
 
 
+def wanted(spec: VMSpec) -> bool:
+    """Does ``spec`` ask for a cloud-init seed disk (user-data, SSH keys or a hostname)?"""
+    return spec.cloud_init is not None or bool(spec.ssh_keys) or spec.hostname is not None
+
+
 def make_seed(spec: VMSpec, paths: VMPaths, public_key: str, vm_id: str | None = None) -> Path | None:
     """The seed for ``spec`` written at ``paths.seed``, or None when the spec asks for no cloud-init.
 
     The instance id is the VM's UUID (``vm_id``; by default the VM directory's name, which is stable too).
     """
-    if spec.cloud_init is None and not spec.ssh_keys and spec.hostname is None:
+    if not wanted(spec):
         paths.seed.unlink(missing_ok=True)
         return None
     if spec.cloud_init is not None and len(spec.cloud_init.encode()) > MAX_USER_DATA:

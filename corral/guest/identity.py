@@ -124,8 +124,8 @@ if [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null 2>&1; then
 fi
 """
 
-#: The end of a script that began with IDENTITY_SCRIPT (possibly sent later, to the same shell): the work whose
-#: consequences run on in the guest's background, after everything else so that they do not slow it down. IPv6
+#: The end of a script that began with IDENTITY_SCRIPT, in the same command: the work whose consequences run on in
+#: the guest's background, after everything else so that they do not slow it down. IPv6
 #: addresses derived from the old MAC go (re-enabling IPv6 makes them again from the new one), and dropbear's
 #: listener is killed (init respawns it with the new key; sessions stay).
 IDENTITY_FINISH = r"""

@@ -11,7 +11,7 @@ How (docs/explanation/templates.md has the whole story):
 - **launch**: the new VM's disk is a qcow2 overlay on the template's disk; its QEMU maps ``memory.ram`` privately
   (``share=off``: copy-on-write, pages only read stay shared in the page cache), starts with ``-incoming defer``,
   loads ``state.bin`` with ``x-ignore-shared`` and continues. Before it is reported ready it takes its own identity
-  and is provisioned, in one guest command (corral.guest.identity).
+  and is provisioned, in one guest command (corral.guest.identity), sent by corral.templates.personalize.
 """
 
 from __future__ import annotations
@@ -33,39 +33,21 @@ from corral.engine import guest_channel, migration, process, qemu_img
 from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, InvalidInput, NotFound
-from corral.guest import identity, ssh
 from corral.images.boot import boot_source
-from corral.network import forwards
 from corral.operations import journal
 from corral.operations.recovery import Outcome, Recovery
 from corral.paths import TEMPLATES_DIR, TemplatePaths, VMPaths
 from corral.store.db import OperationRecord, TemplateRecord, VMRecord
+from corral.templates.personalize import Personalizer
 from corral.vm.machine import Machine, Origin
-from corral.vm.readiness import READY_TIMEOUT
 from corral.vm.service import VMService
-from corral.vm.spec import NAME_RE, PortForward, VMSpec
+from corral.vm.spec import NAME_RE, VMSpec
 from corral.vm.states import VMState
 
 log = logging.getLogger(__name__)
 
-#: The guest address QEMU's NAT gives first, where every forward points by default.
-NAT_GUEST = "10.0.2.15"
-
 #: The builder QEMU (loads the full state into the memory file, saves the devices again) gets this long.
 BUILD_TIMEOUT = 300.0
-
-#: Run after the identity script, in the same guest command (builtins only): Corral's SSH key authorized for root
-#: (``$keys``), then the guest's boot_id, and OpenSSH's new host key if the guest has no dropbear (whose key the host
-#: made), printed for the host.
-PROVISION_SCRIPT = ssh.AUTHORIZE_KEYS_SCRIPT + r"""
-read -r boot_id < /proc/sys/kernel/random/boot_id
-echo "boot_id $boot_id"
-if [ ! -d /etc/dropbear ] && [ -s /etc/ssh/ssh_host_ed25519_key.pub ]; then
-    read -r pub < /etc/ssh/ssh_host_ed25519_key.pub
-    echo "$pub"
-fi
-"""
-
 
 class TemplateService:
     def __init__(self, vms: VMService) -> None:
@@ -73,10 +55,9 @@ class TemplateService:
         self.store = vms.store
         self.settings = vms.settings
         self._lock = asyncio.Lock()  # creates, removals and the linking of new VMs, one at a time
-        #: Host keys made (on the host, in a thread) while a new VM's QEMU starts, by VM name.
-        self._host_keys: dict[str, asyncio.Future[identity.HostKey]] = {}
-        #: Connections to new VMs' guest channels, made before their state loaded, by VM name (for _personalize).
-        self._channels: dict[str, guest_channel.GuestChannel] = {}
+        #: What a new VM from a template gets before it is ready: its own identity, provisioning (corral.templates.
+        #: personalize).
+        self.personalizer = Personalizer(vms)
         vms.origin_of = self._origin_of
         #: Set by corral.pools: does this template have a warm pool (then it cannot be removed)?
         self.pooled: Callable[[str], bool] | None = None
@@ -155,12 +136,15 @@ class TemplateService:
         disk_info = await qemu_img.info(work.disk)
         await self._build(spec, rec, work, full_state, channel)
         full_state.unlink()
+        # Its backing file is named by its final path (where the template is moved next), not opened (-u).
+        await qemu_img.create_layer(work.overlay, final.disk, int(disk_info["virtual-size"]))
         tpl = TemplateRecord(name=name, source=source, image=spec.image, vcpus=spec.vcpus,
                              memory=spec.memory, disk=int(disk_info["virtual-size"]), created_at=time.time(),
                              channel=channel)
         work.spec.write_text(json.dumps(dataclasses.asdict(tpl), indent=2) + "\n")
         work.disk.chmod(0o444)
         work.state.chmod(0o444)
+        work.overlay.chmod(0o444)
         work.memory.chmod(0o600)  # QEMU opens it read-write even for a private (copy-on-write) mapping
         tpl = dataclasses.replace(tpl, size=sum(p.stat().st_blocks * 512 for p in work.root.iterdir()))
         os.rename(work.root, final.root)
@@ -380,14 +364,13 @@ class TemplateService:
             tpl = self.get(template)
             spec = spec.model_copy(update={"image": tpl.image, "vcpus": tpl.vcpus, "memory": tpl.memory,
                                            "disk": tpl.disk})
-            await self.vms.create(spec, base=(self.paths(template).disk, "qcow2"))
+            p = self.paths(template)
+            await self.vms.create(spec, base=(p.disk, "qcow2"), overlay=p.overlay if p.overlay.is_file() else None)
             self.store.link_template_vm(spec.name, template)  # no await since create: nothing saw it unlinked
         try:
             return await self.vms.start(spec.name)
         except BaseException:
-            channel = self._channels.pop(spec.name, None)
-            if channel is not None:
-                await channel.close()
+            await self.personalizer.discard(spec.name)
             with contextlib.suppress(CorralError):
                 await self.vms.delete(spec.name, force=True)
             raise
@@ -398,117 +381,14 @@ class TemplateService:
             return None
         template, fresh = link
         p = self.paths(template)
-        if fresh:  # made meanwhile: taken by _personalize
-            self._host_keys[rec.name] = asyncio.ensure_future(asyncio.to_thread(identity.new_host_key))
+        pz = self.personalizer
+        if fresh:  # made meanwhile (its keys), taken by the personalizer
+            pz.prepare(rec.name)
         tpl = self.store.get_template(template)
-        before_load = (lambda: self._open_channel(rec.name)) if fresh and tpl is not None and tpl.channel else None
+        channel = fresh and tpl is not None and tpl.channel
         return Origin(disk=p.disk, memory=p.memory, state=p.state if fresh else None,
-                      personalize=self._personalize, loaded=lambda: self.store.set_template_vm_started(rec.name),
-                      after_ready=self._follow_address, before_load=before_load)
+                      personalize=pz.personalize, loaded=lambda: self.store.set_template_vm_started(rec.name),
+                      after_ready=pz.follow_address,
+                      before_load=(lambda: pz.open_channel(rec.name)) if channel else None,
+                      after_load=(lambda agent: pz.after_load(rec.name, agent)) if channel else None)
 
-    async def _open_channel(self, name: str) -> None:
-        """Before the state loads: connect to the new QEMU's channel socket (see GuestChannel), for _personalize.
-        If that fails the VM still starts, and takes its identity through the agent."""
-        old = self._channels.pop(name, None)
-        if old is not None:
-            await old.close()
-        try:
-            self._channels[name] = await guest_channel.GuestChannel.connect(self.vms.paths(name).channel_socket)
-        except GuestAgentError as exc:
-            self.vms.event(name, "identity", f"no guest channel ({exc.message}): the identity goes through the agent")
-
-    async def _follow_address(self, m: Machine) -> None:
-        """After a guest reboot in a QEMU whose NAT state came from the template: that NAT's DHCP server still has
-        10.0.2.15 leased to the template's MAC and gives the guest another address, so the forwards (which point
-        at 10.0.2.15) are pointed at the guest's address. Best effort, for up to a minute (the guest's DHCP client
-        runs in the background of its boot)."""
-        await self._point_forwards(m, NAT_GUEST, until_changed=False, seconds=60.0)
-
-    async def _follow_lease(self, m: Machine) -> None:
-        """After the identity change of a guest whose DHCP client renews its lease when the MAC changes (systemd-
-        networkd, dhclient: unlike the tiny image's udhcpc, which the identity script stops): the NAT gives the new
-        MAC another address a moment later, and the forwards follow it."""
-        await self._point_forwards(m, NAT_GUEST, until_changed=True, seconds=60.0)
-
-    async def _point_forwards(self, m: Machine, current: str, *, until_changed: bool, seconds: float) -> None:
-        """Watch the guest's IPv4 address (every 0.5 s, for up to ``seconds``) and point the VM's forwards (SSH,
-        ports) at it when it is not ``current``. Without ``until_changed`` the first address seen decides; with it,
-        the watch goes on until the address changed once."""
-        rec = self.vms.get(m.name)
-        for _ in range(int(seconds / 0.5)):
-            if m.exited.is_set() or m.monitor is None:
-                return
-            with contextlib.suppress(CorralError):
-                await self.vms.readiness.refresh_addresses(m.name)
-            v4 = [a for a in m.addresses if a.count(".") == 3]
-            if v4 and (v4[0] != current or not until_changed):
-                break
-            await asyncio.sleep(0.5)
-        else:
-            return
-        addr = v4[0]
-        if addr == current:
-            return
-        rules = [PortForward(host_addr=ssh.SSH_HOST, host_port=m.ssh_port, guest_port=22)] if m.ssh_port else []
-        for f in [*rules, *rec.spec.ports]:
-            try:
-                await forwards.remove(m.monitor, f)
-                await forwards.add(m.monitor, f, guest_addr=addr)
-            except CorralError as exc:
-                self.vms.event(m.name, "port", f"could not point the forward {f} at {addr}: {exc.message}")
-                return
-        self.vms.event(m.name, "port", f"forwards pointed at the guest's address {addr} (QEMU's NAT, whose state "
-                       "came from the template, leased it another one than the template's)", address=addr)
-
-    async def _set_clock(self, m: Machine) -> None:
-        try:
-            await identity.set_time(m.agent)
-        except GuestAgentError as exc:
-            self.vms.event(m.name, "identity", f"could not set the guest clock: {exc.message}")
-
-    async def _personalize(self, m: Machine) -> str:
-        """Identity and provisioning of a VM just loaded from a template, in one guest command; its boot_id."""
-        rec = self.vms.get(m.name)
-        paths = self.vms.paths(m.name)
-        keys = "\n".join([ssh.ensure_keypair(paths), *rec.spec.ssh_keys]) + "\n"
-        pending = self._host_keys.pop(m.name, None)
-        host_key = await pending if pending is not None else await asyncio.to_thread(identity.new_host_key)
-        script = "keys=$7\n" + identity.IDENTITY_SCRIPT + PROVISION_SCRIPT
-        args = [*identity.identity_args(rec.spec.guest_hostname, rec.mac, "eth0", host_key), keys]
-        channel = self._channels.pop(m.name, None)
-        if channel is not None:  # a shell is waiting in the guest: the script goes at once
-            run = asyncio.ensure_future(channel.run(script, args, keep=True))
-            try:  # meanwhile the agent: it must answer before the VM is ready, and it sets the clock
-                await m.agent.wait_ready(READY_TIMEOUT)
-                await self._set_clock(m)
-                code, out = await run
-                if code == 0:  # then what goes on in the guest's background (IPv6 again, dropbear's restart)
-                    code, more = await channel.run(identity.IDENTITY_FINISH, [])
-                    out += more
-            finally:
-                run.cancel()
-                await channel.close()
-            err = out
-            how = "the guest channel (a shell waiting since the template's capture)"
-        else:
-            await m.agent.wait_ready(READY_TIMEOUT)
-            pid = await identity.start_script(m.agent, script + identity.IDENTITY_FINISH, args)
-            await self._set_clock(m)  # while the script runs: the agent answers meanwhile
-            code, out, err = await identity.wait_script(m.agent, pid)
-            how = "the guest agent"
-        if code != 0:
-            step = identity.IDENTITY_STEPS.get(code) or ("SSH key" if code == 20 else str(code))
-            raise GuestAgentError(f"the guest could not take its own identity ({step}): "
-                                  f"{err.decode(errors='replace').strip()}")
-        self.vms.event(m.name, "identity", f"took its own identity through {how}")
-        text = out.decode(errors="replace")
-        boot_id = next((ln.split()[1] for ln in text.splitlines() if ln.startswith("boot_id ")), "")
-        if any(ln.strip() == "lease-renewal" for ln in text.splitlines()):
-            self.vms.spawn_background(self._follow_lease(m), f"follow-lease-{m.name}")
-        paths.known_hosts.unlink(missing_ok=True)
-        host_keys = ssh.parse_host_keys(text) or ssh.parse_host_keys(host_key.public)
-        if m.ssh_port is not None and host_keys:
-            ssh.write_known_hosts(paths, m.ssh_port, host_keys)
-        elif m.ssh_port is not None:
-            self.vms.event(m.name, "ssh", "no SSH host key read from the guest")
-        return boot_id

@@ -99,6 +99,7 @@ class Booter:
         monitor: Monitor | None = None
         exited_early = False
         loaded: migration.Transfer | None = None
+        agent = GuestAgent(paths.qga_socket)
         paths.images_open.touch()  # removed when QEMU exits cleanly (status 0); else the next start checks them
         try:
             child = await process.spawn(argv, paths.qemu_log, paths.root)
@@ -109,6 +110,8 @@ class Booter:
             monitor = Monitor(name, paths.qmp_socket)
             await monitor.connect(timeout=15.0, alive=lambda: child is not None and child.returncode is None
                                   and process.is_alive(ident.pid))
+            if resuming or from_template:
+                await self._connect_agent_early(name, agent)
             if resuming:
                 loaded = await migration.load_state(
                     monitor, paths.state_file, alive=lambda: child is not None and child.returncode is None)
@@ -123,6 +126,8 @@ class Booter:
                     capabilities=migration.IGNORE_SHARED)
                 for share in att.mounts:  # the template's state has no such device: plugged now, seen at cont
                     await shares.plug(monitor, dataclasses.replace(share, plugged=True))
+                if origin.after_load is not None:
+                    await origin.after_load(agent)
                 await monitor.execute("cont")
         except BaseException as exc:
             if child is not None:
@@ -136,6 +141,7 @@ class Booter:
                 await child.wait()
             if monitor is not None and (resuming or from_template):
                 await monitor.close()
+            await agent.close()
             self.vms.store.delete_runtime(name)
             with contextlib.suppress(Exception):
                 await self.vms.networks.release(rec)
@@ -156,7 +162,7 @@ class Booter:
                 raise
             raise EngineError(f"QEMU for '{name}' failed to start: {detail}") from exc
         m = Machine(name=name, vm_id=rec.id, ident=ident, accel=accel.name, started_at=time.time(),
-                    monitor=monitor, agent=GuestAgent(paths.qga_socket), child=child, ssh_port=att.ssh_port,
+                    monitor=monitor, agent=agent, child=child, ssh_port=att.ssh_port,
                     resumed=resuming)
         if from_template and loaded is not None:
             assert origin is not None
@@ -183,10 +189,21 @@ class Booter:
         mount_host.write_layout(paths, layout)
         return mount_host.attachments(layout, plugged=not from_template)
 
+    async def _connect_agent_early(self, name: str, agent: GuestAgent) -> None:
+        """Before a saved state loads: the host side of the guest agent's port connected, as it was when the state
+        was saved (see GuestAgent.connect_early: it saves the agent a 100 ms sleep). If that fails, the agent is
+        reached after the load as on any boot."""
+        try:
+            await agent.connect_early()
+        except CorralError as exc:
+            self.vms.event(name, "start", f"guest agent not connected before the load: {exc.message}")
+
     async def _prepare(self, rec: VMRecord, paths: VMPaths) -> Attachments:
         """Everything the host sets up before QEMU starts; refuses (and changes nothing) if a port is taken."""
         ports.check_free(rec.spec.ports, rec.name)
-        public_key = await asyncio.to_thread(ssh.ensure_keypair, paths)
+        # Only a seed needs Corral's key before QEMU starts; otherwise provisioning makes it (off this path: a VM
+        # from a template makes it while its QEMU starts).
+        public_key = await asyncio.to_thread(ssh.ensure_keypair, paths) if cloudinit.wanted(rec.spec) else ""
         nics = await self.vms.networks.attach(rec)
         try:
             seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)

@@ -74,3 +74,6 @@ class Origin:
     after_ready: Callable[[Machine], Coroutine[Any, Any, None]] | None = None  #: see Machine.after_ready
     #: Awaited after QEMU started and before the state loads (the host side of a device the saved guest uses).
     before_load: Callable[[], Awaitable[None]] | None = None
+    #: Awaited once the state loaded, before the vCPUs run, with the VM's guest agent: what is sent then is read by
+    #: the guest the moment it runs, while the host records the start.
+    after_load: Callable[[GuestAgent], Awaitable[None]] | None = None

@@ -40,7 +40,8 @@ def test_template_create_launch_identity_and_rm(corral: CorralEnv) -> None:
     assert s["state"] == "running" and s["pid"] == src_pid and process.is_alive(src_pid)
     assert guest(corral, "src", IDENTITY).split("\n") == src_id
     tdir = corral.settings.home / "templates" / "base"
-    assert sorted(p.name for p in tdir.iterdir()) == ["disk.qcow2", "memory.ram", "state.bin", "template.json"]
+    assert sorted(p.name for p in tdir.iterdir()) == ["disk.qcow2", "memory.ram", "overlay.qcow2", "state.bin",
+                                                      "template.json"]
     assert not list((corral.settings.home / "templates").glob(".*")), "no partial directory left"
     # Captured with a shell waiting on the guest channel; the source's own listener is gone again.
     assert json.loads(corral.cli("template", "ls", "--json").stdout)[0]["channel"] is True

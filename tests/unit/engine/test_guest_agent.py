@@ -256,6 +256,36 @@ def test_wait_ready_skips_stale_data_and_pings(tmp_path: Path) -> None:
     run_with_agent(tmp_path, body)
 
 
+def test_connect_early_then_wait_ready_syncs_on_that_connection(tmp_path: Path) -> None:
+    """connect_early opens the socket without a word (the guest is not running yet); wait_ready then syncs on the same
+    connection, and with set_time asks guest-set-time with the host's clock instead of guest-ping."""
+    async def set_time(time: int) -> dict[str, Any]:
+        return {}
+
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        fake.cmd_guest_set_time = set_time  # type: ignore[attr-defined]
+        await agent.connect_early()
+        await asyncio.sleep(0.05)
+        assert fake.connections == 1 and fake.requests == []
+        before = time.time_ns()
+        assert await agent.wait_ready(5, set_time=True) is None
+        assert fake.connections == 1
+        assert [r["execute"] for r in fake.requests] == ["guest-sync-delimited", "guest-set-time"]
+        assert before <= fake.requests[-1]["arguments"]["time"] <= time.time_ns()
+
+    run_with_agent(tmp_path, body)
+
+
+def test_wait_ready_set_time_refused_still_means_ready(tmp_path: Path) -> None:
+    """An agent that cannot set the clock (no hwclock) has answered: wait_ready returns its refusal."""
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        refusal = await agent.wait_ready(5, set_time=True)
+        assert refusal is not None and "guest-set-time" in refusal
+        assert await agent.execute("guest-ping") == {}
+
+    run_with_agent(tmp_path, body)
+
+
 def test_wait_ready_retries_until_socket_appears_and_agent_answers(tmp_path: Path) -> None:
     async def body(fake: FakeAgent, agent: GuestAgent) -> None:
         async def late_start() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from corral.storage.check import CorruptImage, before_start, repair
+from corral.storage.check import CorruptImage, _flagged, before_start, repair
 from corral.store.db import VMRecord
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
@@ -106,3 +106,27 @@ def test_a_left_marker_means_an_unclean_exit(tmp_path: Path) -> None:
     marker.touch()
     (r,) = asyncio.run(before_start(rec(VMState.STOPPED), [img], Events(), marker))
     assert r.leaks_fixed == 1
+
+
+def _set_incompat(path: Path, bits: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(72)
+        f.write(struct.pack(">Q", bits))
+
+
+@pytest.mark.parametrize(("bits", "says"), [(0, ""), (1, "was not closed cleanly"), (2, "is marked corrupt")])
+def test_flags_read_from_the_header_agree_with_qemu_img_info(tmp_path: Path, bits: int, says: str) -> None:
+    """The header's dirty and corrupt bits are read without qemu-img; qemu-img info sees the same."""
+    img = make(tmp_path / "a.qcow2")
+    _set_incompat(img, bits)
+    assert (asyncio.run(_flagged(img)) or "").endswith(says)
+    info = subprocess.run(["qemu-img", "info", "-f", "qcow2", "--output=json", str(img)], capture_output=True,
+                          text=True, check=True).stdout
+    assert ('"corrupt": true' in info) == (bits == 2) and ('"dirty-flag": true' in info) == (bits == 1)
+
+
+def test_a_file_that_is_no_qcow2_is_left_to_qemu_img(tmp_path: Path) -> None:
+    img = tmp_path / "a.qcow2"
+    img.write_bytes(b"not a qcow2 image at all" * 10)
+    assert "cannot be opened" in asyncio.run(_flagged(img))
+    assert "cannot be opened" in asyncio.run(_flagged(tmp_path / "missing.qcow2"))
