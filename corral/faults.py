@@ -39,6 +39,8 @@ POINTS: dict[str, str] = {
     "disk.resize.before-record": "disk resize: QEMU resized it, the store not yet",
     "suspend.during-save": "suspend: the machine state being written",
     "launch.after-spawn": "launch: QEMU spawned, the VM not yet ready",
+    "template-launch.before-identity": "launch from a template: its state loaded and running, its guest still with "
+                                       "the template's identity",
     "resume.after-spawn": "resume of a suspended VM: QEMU spawned to load its saved state, the load not begun",
 }
 

@@ -105,6 +105,12 @@ class VMPaths:
         return self.root / "identity-reset"
 
     @property
+    def identity_pending(self) -> Path:
+        """Present from a launch from a template's state until the guest took its own identity (its hostname, MAC,
+        machine-id, keys): a daemon that died in between finds it at re-attach and has the identity taken then."""
+        return self.root / "identity-pending"
+
+    @property
     def backup_bitmap(self) -> Path:
         """Which backup (repository, id, top disk file) the disk's persistent dirty bitmap counts from."""
         return self.root / "backup-bitmap.json"

@@ -93,6 +93,8 @@ class Booter:
                           Identity(rec.id, rec.mac), att, memory=MemoryFile(origin.memory) if origin else None)
         if resuming or from_template:
             argv = migration.incoming_argv(argv)
+        if from_template:  # until its identity is taken (readiness): a re-attach after a crash takes it then
+            paths.identity_pending.write_text(f"loaded from a template's state at {time.time():.0f}\n")
         await self.vms._set_state(name, VMState.STARTING, "resuming" if resuming else "")
         self.vms.event(name, "start", f"{'resuming' if resuming else 'starting'} QEMU ({accel.name})", argv=argv)
         child: asyncio.subprocess.Process | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from corral import faults
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentTimeout
 from corral.guest import ssh
 from corral.mounts import guest as mount_guest
@@ -44,8 +45,10 @@ class Readiness:
         is kept in ``ready_error`` for those who wait."""
         try:
             if m.personalize is not None:  # from a template: its own identity and provisioning, before "ready"
+                faults.point("template-launch.before-identity")
                 boot_id = await m.personalize(m)  # it waits for the agent itself, meanwhile
                 m.personalize = None
+                self.vms.paths(m.name).identity_pending.unlink(missing_ok=True)
                 m.agent_ready = True
                 self.vms.store.set_provisioned_boot(m.name, boot_id)
                 self.vms.event(m.name, "ready", f"took its own identity; ready {time.time() - m.started_at:.2f}s "

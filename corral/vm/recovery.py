@@ -89,6 +89,13 @@ class Recovery:
             self.vms.spawn_background(self._reconnect(m), f"reconnect-{name}")
             return
         m.monitor = monitor
+        origin = self.vms.origin_of(rec) if self.vms.origin_of is not None else None
+        if origin is not None and self.vms.paths(name).identity_pending.is_file():
+            # Loaded from its template's state, the daemon died before the guest took its own identity: it runs
+            # with the template's hostname, MAC and keys. It takes its own now, before it is reported ready.
+            m.personalize, m.after_ready = origin.personalize, origin.after_ready
+            self.vms.event(name, "reattach", "its launch from a template was interrupted before it took its own "
+                           "identity: taking it now")
         self.supervisor.attach(m)
         if rec.state == VMState.SUSPENDING:  # the daemon died while suspending this VM: finish or undo it
             await self._settle_suspending(m, monitor, str(status.get("status")))

@@ -63,6 +63,15 @@ def _launched(c: CorralEnv) -> None:
     assert guest(c, "g", "echo up").strip() == "up"
 
 
+def _own_identity(c: CorralEnv) -> None:
+    """The VM launched from f's template took its own identity at the re-attach: its hostname on its disk is its
+    own name, not its template source's (a boot from its disk shows it)."""
+    ok(c, "start", "g")
+    ok(c, "wait", "g", "--ready", "--timeout", "120")
+    assert guest(c, "g", "cat /etc/hostname").strip() == "g"
+    assert any("identity" in e.message and "taking it now" in e.message for e in c.client.events("g"))
+
+
 MARK = ("exec", "f", "--", "sh", "-c", "echo before-suspend > /root/boot-mark; sync")
 
 
@@ -107,6 +116,8 @@ CASES = [
          before=(("disk", "add", "f", "data", "--size", "64M"),), after=_disk_of("128M")),
     Case("launch.after-spawn", ("launch", "g", "--memory", "128M"), None, None, vm=False, after=_launched),
     Case("suspend.during-save", ("suspend", "f"), None, None),
+    Case("template-launch.before-identity", ("launch", "g", "--template", "t1"), None, None,
+         before=(("template", "create", "t1", "--from", "f"),), after=_own_identity, quick=True),
     Case("resume.after-spawn", ("start", "f"), None, None, before=(MARK, ("suspend", "f")), after=_resumed,
          quick=True),
 ]
