@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import shutil
 import stat
-import struct
 import subprocess
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from corral.errors import ImageError
 from corral.images import kmods
 from corral.images.archive import DebianArchive, Package, Progress, parse_relation
 from corral.images.artifacts import BuiltImage, SourcePackage
+from corral.images.initrd import Cpio, copy_with_libs, module_depends, module_load_order
 
 BUILDER_VERSION = "9"
 SUITE = "bookworm"
@@ -53,7 +52,6 @@ AGENT_PACKAGES = ["qemu-guest-agent", "e2fsprogs", "dropbear-bin"]
 BINARIES = ["usr/sbin/qemu-ga", "sbin/resize2fs", "usr/sbin/dropbear", "usr/bin/dropbearkey"]
 # Library packages whose names do not start with "lib" (dropbear links zlib).
 LIBRARY_PACKAGES = ["zlib1g"]
-LIB_DIRS = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib"]
 
 
 def _note(progress: Progress | None, what: str) -> None:
@@ -62,100 +60,6 @@ def _note(progress: Progress | None, what: str) -> None:
 
 
 # -- ELF: which shared libraries a binary needs ---------------------------------------------------------------
-
-
-def elf_needed(path: Path) -> tuple[list[str], str | None]:
-    """DT_NEEDED names and PT_INTERP of an ELF64 little-endian file (no binutils needed on the build host)."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2:
-        return [], None
-    (phoff, shoff) = struct.unpack_from("<QQ", data, 0x20)
-    (phentsize, phnum, shentsize, shnum) = struct.unpack_from("<HHHH", data, 0x36)
-    interp = None
-    for i in range(phnum):
-        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
-        if p_type == 3:  # PT_INTERP
-            interp = data[p_offset : p_offset + p_filesz].rstrip(b"\0").decode()
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    needed: list[str] = []
-    for sh in sections:
-        if sh[1] != 6:  # SHT_DYNAMIC
-            continue
-        strtab = sections[sh[6]]
-        str_off = strtab[4]
-        for off in range(sh[4], sh[4] + sh[5], 16):
-            tag, val = struct.unpack_from("<qQ", data, off)
-            if tag == 0:
-                break
-            if tag == 1:  # DT_NEEDED
-                end = data.index(b"\0", str_off + val)
-                needed.append(data[str_off + val : end].decode())
-    return needed, interp
-
-
-def copy_with_libs(staging: Path, rel_binaries: list[str], tree: Path) -> None:
-    """Copy binaries from staging into tree/usr/..., plus every library they need, transitively."""
-    lib_out = tree / "usr/lib/x86_64-linux-gnu"
-    lib_out.mkdir(parents=True, exist_ok=True)
-    todo: list[Path] = []
-    for rel in rel_binaries:
-        src = staging / rel
-        if not src.exists():
-            raise ImageError(f"{rel} is missing from the extracted packages: the Debian package layout changed")
-        dest = tree / "usr" / rel.removeprefix("usr/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest)
-        todo.append(dest)
-    seen: set[str] = set()
-    while todo:
-        needed, interp = elf_needed(todo.pop())
-        if interp and interp not in seen:
-            seen.add(interp)
-            src = staging / interp.lstrip("/")
-            dest = tree / "usr" / interp.lstrip("/").removeprefix("usr/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src.resolve(), dest)
-            dest.chmod(0o755)
-        for name in needed:
-            if name in seen:
-                continue
-            seen.add(name)
-            lib = next((staging / d / name for d in LIB_DIRS if (staging / d / name).exists()), None)
-            if lib is None:
-                raise ImageError(f"shared library {name} is in no extracted package: add its package to the tiny image")
-            dest = lib_out / name
-            shutil.copyfile(lib.resolve(), dest)
-            dest.chmod(0o755)
-            todo.append(dest)
-
-
-# -- initrd ---------------------------------------------------------------------------------------------------
-
-
-class Cpio:
-    """A newc cpio archive written in Python, so device nodes need no root and the output is reproducible."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.ino = 1
-
-    def add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
-        fields = [self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
-        self.ino += 1
-        self.buf += b"070701" + b"".join(b"%08X" % f for f in fields) + name.encode() + b"\0"
-        self.buf += b"\0" * (-len(self.buf) % 4)
-        self.buf += data
-        self.buf += b"\0" * (-len(self.buf) % 4)
-
-    def dir(self, name: str) -> None:
-        self.add(name, stat.S_IFDIR | 0o755)
-
-    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
-        self.add(name, stat.S_IFREG | perm, data)
-
-    def finish(self) -> bytes:
-        self.add("TRAILER!!!", 0)
-        return bytes(self.buf)
 
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
@@ -189,40 +93,6 @@ exec switch_root /newroot /sbin/init
 """
 
 
-def _module_index(modroot: Path) -> dict[str, Path]:
-    """Module name (with - and _ both accepted) -> .ko path."""
-    index: dict[str, Path] = {}
-    for ko in modroot.rglob("*.ko"):
-        index[ko.name[:-3]] = ko
-        index[ko.name[:-3].replace("-", "_")] = ko
-    return index
-
-
-def _module_depends(ko: Path) -> list[str]:
-    m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", ko.read_bytes())
-    return [d for d in (m.group(1).decode().split(",") if m else []) if d]
-
-
-def module_load_order(modroot: Path, wanted: list[str]) -> list[Path]:
-    """The .ko files for ``wanted`` and their dependencies, dependencies first."""
-    index = _module_index(modroot)
-    order: list[Path] = []
-
-    def visit(name: str) -> None:
-        ko = index.get(name) or index.get(name.replace("-", "_"))
-        if ko is None:
-            raise ImageError(f"kernel module {name} is not in the kernel package: it may be built in now")
-        if ko in order:
-            return
-        for dep in _module_depends(ko):
-            visit(dep)
-        order.append(ko)
-
-    for name in wanted:
-        visit(name)
-    return order
-
-
 def make_initrd(busybox: Path, modules: list[Path], kver: str, dest: Path) -> None:
     """gzip'd newc cpio: busybox, /init, the modules flat in /lib/modules/<kver>/ with a modules.dep for modprobe."""
     c = Cpio()
@@ -237,7 +107,7 @@ def make_initrd(busybox: Path, modules: list[Path], kver: str, dest: Path) -> No
     for ko in modules:
         c.file(f"lib/modules/{kver}/{ko.name}", ko.read_bytes())
         names.append(ko.name[:-3])
-        deps = " ".join(by_name[d.replace("-", "_")].name for d in _module_depends(ko))
+        deps = " ".join(by_name[d.replace("-", "_")].name for d in module_depends(ko))
         dep_lines.append(f"{ko.name}: {deps}".rstrip())
     c.file(f"lib/modules/{kver}/modules.dep", ("\n".join(dep_lines) + "\n").encode())
     c.file("modules.list", (" ".join(names) + "\n").encode())
