@@ -16,14 +16,15 @@ from pydantic import ValidationError
 
 from corral.engine import shares
 from corral.engine.cmdline import MountAttachment, mount_tag
-from corral.engine.monitor import MonitorError
+from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
 from corral.mounts import guest, host
 from corral.vm.spec import Mount, VMSpec
 from corral.vm.states import VMState
 
 if TYPE_CHECKING:
-    from corral.vm.service import VMService
+    from corral.vm.machine import Machine
+from corral.vm.service import VMService
 
 STOPPED = (VMState.STOPPED, VMState.CRASHED)
 
@@ -101,11 +102,16 @@ class MountService:
                            host=mount.host, guest=mount.guest, read_only=mount.read_only)
             return mount
 
-    async def _plug_and_mount(self, vm: str, mount: Mount) -> None:
-        paths = self.vms.paths(vm)
+    def _machine(self, vm: str) -> tuple[Machine, Monitor]:
+        """The running VM's machine and its connected monitor (EngineError if not connected)."""
         m = self.vms.machine(vm)
         if m is None or m.monitor is None:
             raise EngineError(f"the monitor of VM '{vm}' is not connected")
+        return m, m.monitor
+
+    async def _plug_and_mount(self, vm: str, mount: Mount) -> None:
+        paths = self.vms.paths(vm)
+        m, monitor = self._machine(vm)
         await self.vms.readiness.wait_ready(vm, timeout=60.0)
         layout = host.read_layout(paths)
         before = dict(layout)
@@ -114,7 +120,7 @@ class MountService:
         host.write_layout(paths, layout)
         att = MountAttachment(slot=slot, read_only=mount.read_only)
         try:
-            await shares.plug(m.monitor, att)
+            await shares.plug(monitor, att)
         except BaseException as exc:
             host.write_layout(paths, before)
             if isinstance(exc, MonitorError):
@@ -124,7 +130,7 @@ class MountService:
             await guest.mount(m.agent, slot, mount)
         except BaseException:
             try:
-                await shares.unplug(m.monitor, slot)
+                await shares.unplug(monitor, slot)
                 host.write_layout(paths, before)
             except CorralError:
                 pass  # the device stays plugged (unmounted): layout.json still says where, for a later rm
@@ -149,9 +155,7 @@ class MountService:
 
     async def _unmount_and_unplug(self, vm: str, mount: Mount) -> None:
         paths = self.vms.paths(vm)
-        m = self.vms.machine(vm)
-        if m is None or m.monitor is None:
-            raise EngineError(f"the monitor of VM '{vm}' is not connected")
+        m, monitor = self._machine(vm)
         layout = host.read_layout(paths)
         slot = host.slot_of(layout, mount.guest)
         if slot is None:
@@ -162,7 +166,7 @@ class MountService:
         except CorralError as exc:
             raise Conflict(f"{exc.message}: it stays mounted; stop what uses it and try again") from exc
         try:
-            await shares.unplug(m.monitor, slot)
+            await shares.unplug(monitor, slot)
         except shares.ShareUnplugTimeout as exc:
             raise EngineError(f"{exc.message}: try `corral mount rm {vm} {mount.guest}` again") from exc
         del layout[slot]
