@@ -1,6 +1,6 @@
 """Shared folders on real VMs (tiny; one debian-12 test): launch --mount, read-only enforced, no escape through
-symlinks, kept across a stop and start and a suspend; `corral mount add|rm|ls` on a running VM; bad input changes
-nothing; debian-12's 9p modules."""
+symlinks, kept across a stop and start, a suspend and a crash of corrald; in fleet files; `corral mount add|rm|ls`
+on a running VM; bad input changes nothing; debian-12's 9p modules."""
 
 from __future__ import annotations
 
@@ -103,3 +103,24 @@ def test_debian12_mounts_with_the_9p_modules_built_for_its_cloud_kernel(corral: 
     ok(corral, "mount", "add", "d1", f"{rw}:/mnt/rw:rw")
     guest(corral, "d1", "echo from debian > /mnt/rw/d.txt")
     assert (rw / "d.txt").read_text() == "from debian\n"
+
+
+def test_a_fleet_files_mount_kept_across_a_daemon_crash(corral: CorralEnv, tmp_path: Path) -> None:
+    """A fleet file's `mounts:` (host paths relative to the file) reach the VM; corrald SIGKILLed and started again
+    re-attaches it with the folder still shared and mounted; a second apply has nothing to do."""
+    share, _ = _share(tmp_path)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("fleet: f\ndefaults: {image: tiny, memory: 128M}\n"
+                     "vms:\n  web: {mounts: [{host: share, guest: /srv/share}]}\n")
+    ok(corral, "apply", "-f", str(fleet), "--yes", "--wait", timeout=300)
+    assert guest(corral, "web", "cat /srv/share/hello.txt") == "hello from the host\n"
+    pid = corral.client.get_vm("web").pid
+    corral.kill_daemon()
+    corral.start_daemon()
+    assert corral.client.get_vm("web").pid == pid, "the VM's QEMU was not kept"
+    ok(corral, "wait", "web", "--ready")
+    (share / "after.txt").write_text("after the crash\n")
+    assert guest(corral, "web", "cat /srv/share/after.txt") == "after the crash\n"
+    listed = json.loads(ok(corral, "mount", "ls", "web", "--json"))
+    assert [m["guest"] for m in listed] == ["/srv/share"], listed
+    assert corral.cli("diff", "-f", str(fleet), "--exit-code").returncode == 0
