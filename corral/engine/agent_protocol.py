@@ -26,7 +26,7 @@ SYNC_RETRY_INTERVAL = 0.5
 CONNECT_RETRY_INTERVAL = 0.05
 #: A request's deadline moves out by the time the VM's vCPUs are stopped meanwhile (a paused guest answers nothing,
 #: which says nothing of its agent), by this much at most.
-MAX_STOPPED_WAIT = 300.0
+MAX_STOPPED_WAIT = 60.0
 #: What qemu-ga answers while the guest's file systems are frozen (its ``ga_freeze_allowlist``); it refuses every
 #: other command (CommandNotFound: "has been disabled") until the thaw.
 FROZEN_ALLOWED = frozenset({"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited",
@@ -135,22 +135,37 @@ class AgentConnection:
         self._thawed.set()
         self._stopped_at: float | None = None  # loop time the VM's vCPUs stopped, while they are stopped
         self._stopped_total = 0.0  # seconds they were stopped before that
+        self._held = False  # stopped until someone acts (stopped_until_acted_on): no waiting for it
         self._timeouts: dict[asyncio.Timeout, tuple[float, float]] = {}  # live ones: (deadline, stopped clock then)
 
     # -- the VM's vCPUs -----------------------------------------------------------------------------------------
 
     def vcpus_stopped(self) -> None:
         """The VM's vCPUs stopped (QMP STOP: a pause, a snapshot's or a save's): requests under way wait for them
-        to run again rather than time out, up to MAX_STOPPED_WAIT."""
-        if self._stopped_at is not None:
+        to run again rather than time out, up to MAX_STOPPED_WAIT. Not after :meth:`stopped_until_acted_on`."""
+        if self._stopped_at is not None or self._held:
             return
         self._stopped_at = asyncio.get_running_loop().time()
         for t, (deadline, _) in self._timeouts.items():
             if not t.expired():
                 t.reschedule(max(deadline, self._stopped_at + MAX_STOPPED_WAIT))
 
+    def stopped_until_acted_on(self) -> None:
+        """The VM stops for a reason that lasts until someone acts (a disk I/O error, a full disk: QEMU's
+        ``werror=stop``/``enospc``): waiting would hang whoever must act, so requests time out as usual again, until
+        the vCPUs run again."""
+        self._held = True
+        if self._stopped_at is None:
+            return
+        self._stopped_total += asyncio.get_running_loop().time() - self._stopped_at
+        self._stopped_at = None
+        for t, (deadline, mark) in self._timeouts.items():
+            if not t.expired():
+                t.reschedule(self._moved(deadline, mark))
+
     def vcpus_resumed(self) -> None:
         """The VM's vCPUs run again (QMP RESUME): requests under way get back the time they were stopped."""
+        self._held = False
         if self._stopped_at is None:
             return
         self._stopped_total += asyncio.get_running_loop().time() - self._stopped_at

@@ -81,6 +81,8 @@ class Supervisor:
             if closed is not None:
                 closed.set()
         elif event == "BLOCK_IO_ERROR":
+            if data.get("action") == "stop":  # paused until its disk has room or is fixed: nobody waits for that
+                m.agent.stopped_until_acted_on()
             reason = data.get("reason") or data.get("operation", "")
             if data.get("nospace"):  # werror=enospc: paused until its file system has room (corral.storage.full)
                 image = full.image_of(str(data.get("node-name") or data.get("device") or ""), self.vms.paths(name).disk,

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral import client_files
 from corral.api.models import API_PREFIX
 from corral.client import APIError, Client, DaemonUnavailable
+from corral.client import port_upload as client_files
 from corral.store.db import Store
 from tests.conftest import CORRAL, CorralEnv
 

@@ -446,6 +446,31 @@ def test_the_time_a_vms_vcpus_are_stopped_does_not_count_against_a_request(tmp_p
     run_with_agent(tmp_path, body)
 
 
+def test_a_vm_stopped_until_someone_acts_is_not_waited_for(tmp_path: Path) -> None:
+    """A full disk or an I/O error stops the VM until its user acts (frees space, resumes): a request then times out
+    as usual, even when QEMU's STOP comes after, or whoever must act would hang waiting; a resume ends that."""
+
+    async def body(fake: FakeAgent, agent: GuestAgent) -> None:
+        await agent.wait_ready(5)
+        fake.running.clear()
+        agent.vcpus_stopped()  # STOP first, the I/O error just after
+        run = asyncio.ensure_future(agent.execute("guest-ping", timeout=0.3))
+        await asyncio.sleep(0.1)
+        agent.stopped_until_acted_on()
+        with pytest.raises(GuestAgentTimeout):
+            await run
+        agent.vcpus_stopped()  # and a STOP after the I/O error changes nothing
+        t0 = time.monotonic()
+        with pytest.raises(GuestAgentTimeout):
+            await agent.execute("guest-ping", timeout=0.3)
+        assert time.monotonic() - t0 < 2
+        fake.running.set()
+        agent.vcpus_resumed()
+        assert await agent.execute("guest-ping") == {}
+
+    run_with_agent(tmp_path, body)
+
+
 # -- files -------------------------------------------------------------------------------------------------------
 
 
