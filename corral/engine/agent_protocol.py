@@ -155,17 +155,16 @@ class AgentConnection:
         ``werror=stop``/``enospc``): waiting would hang whoever must act, so requests time out as usual again, until
         the vCPUs run again."""
         self._held = True
-        if self._stopped_at is None:
-            return
-        self._stopped_total += asyncio.get_running_loop().time() - self._stopped_at
-        self._stopped_at = None
-        for t, (deadline, mark) in self._timeouts.items():
-            if not t.expired():
-                t.reschedule(self._moved(deadline, mark))
+        self._end_stop()
 
     def vcpus_resumed(self) -> None:
         """The VM's vCPUs run again (QMP RESUME): requests under way get back the time they were stopped."""
         self._held = False
+        self._end_stop()
+
+    def _end_stop(self) -> None:
+        """The stop no longer counts: its time is added to the total and every live deadline is moved by the time
+        stopped since its request began (no longer held open)."""
         if self._stopped_at is None:
             return
         self._stopped_total += asyncio.get_running_loop().time() - self._stopped_at
