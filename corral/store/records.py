@@ -133,6 +133,7 @@ class OperationRecord:
     started_at: float
     data: dict[str, Any] = field(default_factory=dict)
 
+
 @dataclass(frozen=True)
 class EventRecord:
     id: int

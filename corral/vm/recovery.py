@@ -89,8 +89,9 @@ class Recovery:
             self.vms.spawn_background(self._reconnect(m), f"reconnect-{name}")
             return
         m.monitor = monitor
-        origin = self.vms.origin_of(rec) if self.vms.origin_of is not None else None
-        if origin is not None and self.vms.paths(name).identity_pending.is_file():
+        origin_of = self.vms.origin_of  # asked only for a VM whose identity is pending: it prepares keys
+        origin = origin_of(rec) if origin_of is not None and self.vms.paths(name).identity_pending.is_file() else None
+        if origin is not None:
             # Loaded from its template's state, the daemon died before the guest took its own identity: it runs
             # with the template's hostname, MAC and keys. It takes its own now, before it is reported ready.
             m.personalize, m.after_ready = origin.personalize, origin.after_ready
