@@ -36,6 +36,7 @@ POINTS: dict[str, str] = {
     "export.after-freeze": "export of a running VM: its disk frozen",
     "import.after-row": "import: the layers placed and the VM's row written, its layers and snapshots not yet",
     "disk.after-plug": "disk add: the file made and hot-plugged, no row yet",
+    "mount.after-plug": "mount add on a running VM: the folder's device plugged and mounted, not yet in the spec",
     "disk.resize.before-record": "disk resize: QEMU resized it, the store not yet",
     "suspend.during-save": "suspend: the machine state being written",
     "launch.after-spawn": "launch: QEMU spawned, the VM not yet ready",

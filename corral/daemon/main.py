@@ -93,10 +93,11 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     disks = DiskService(vms)
     portable = PortableService(storage)
     copies = DataCopyService(vms)
-    for service in (templates, backups, disks, portable, copies):
+    mounts = MountService(vms)
+    for service in (templates, backups, disks, portable, copies, mounts):
         service.register_recovery(recovery)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                    portable=portable, disks=disks, mounts=MountService(vms),
+                    portable=portable, disks=disks, mounts=mounts,
                     backups=backups, idle=IdleService(vms, settings.idle_interval),
                     templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
                     recovery=recovery, copies=copies)

@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from corral import faults
 from corral.engine import shares
 from corral.engine.cmdline import MountAttachment, mount_tag
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
 from corral.mounts import guest, host
+from corral.operations.recovery import Outcome, Recovery
+from corral.store.db import OperationRecord
 from corral.vm.spec import Mount, VMSpec
 from corral.vm.states import VMState
 
@@ -92,11 +95,14 @@ class MountService:
             mount = host.check_host(mount, self.vms.settings.home)
             new = _spec_with(rec.spec, [*rec.spec.mounts, mount])
             if self._running(vm, "mount a folder"):
-                await self._plug_and_mount(vm, mount)
+                with self.vms.journal.run("mount", vm, mount=mount.model_dump()):
+                    await self._plug_and_mount(vm, mount)
+                    faults.point("mount.after-plug")
+                    self.vms.store.update_spec(new)
                 how = "mounted in the guest"
             else:
+                self.vms.store.update_spec(new)
                 how = "mounted at its next start"
-            self.vms.store.update_spec(new)
             self.vms.event(vm, "mount", f"{mount.host} shared at {mount.guest} "
                            f"({'read-only' if mount.read_only else 'read-write'}), {how}",
                            host=mount.host, guest=mount.guest, read_only=mount.read_only)
@@ -171,3 +177,30 @@ class MountService:
             raise EngineError(f"{exc.message}: try `corral mount rm {vm} {mount.guest}` again") from exc
         del layout[slot]
         host.write_layout(paths, layout)
+
+    # ---------------------------------------------------------------------------------------------- recovery --
+    def register_recovery(self, recovery: Recovery) -> None:
+        recovery.kinds["mount"] = self._recover_add
+
+    async def _recover_add(self, op: OperationRecord) -> Outcome:
+        """A `mount add` on a running VM that a dead daemon left: finished (the mount written into the VM's spec)
+        if its QEMU has the slot's device plugged, since the guest may use the folder already and the re-attach's
+        readiness mounts what layout.json names; else rolled back (the slot freed in layout.json). Never a folder
+        shared that `corral mount ls` does not show."""
+        mount, vm = Mount(**op.data["mount"]), str(op.vm)
+        rec = self.vms.store.get_vm(vm)
+        if rec is None:
+            return Outcome(False, f"VM '{vm}' is gone")
+        if any(x.guest == mount.guest for x in rec.spec.mounts):
+            return Outcome(True, f"{mount.host} shared at {mount.guest}")
+        paths = self.vms.paths(vm)
+        layout = host.read_layout(paths)
+        slot = host.slot_of(layout, mount.guest)
+        m = self.vms.machine(vm)
+        if slot is not None and m is not None and m.monitor is not None and slot in await shares.plugged(m.monitor):
+            self.vms.store.update_spec(_spec_with(rec.spec, [*rec.spec.mounts, mount]))
+            return Outcome(True, f"{mount.host} shared at {mount.guest} (QEMU had its device plugged)")
+        if slot is not None:
+            del layout[slot]
+            host.write_layout(paths, layout)
+        return Outcome(False, f"{mount.host} not shared")

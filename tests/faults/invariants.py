@@ -8,7 +8,8 @@ After the daemon is started again:
 - the journal is empty: each interrupted operation was finished or rolled back, with an event saying which;
 - the store and the files agree: every layer, snapshot state and extra disk the store names exists; no file in
   ``layers/``, no backup target in a VM's directory and no template work directory is left that nothing names;
-  every VM directory belongs to a VM; the default backup repository holds no chunk that no backup names;
+  every VM directory belongs to a VM; the default backup repository holds no chunk that no backup names; no VM
+  shares a folder (in its QEMU's layout.json) that its spec, and so `corral mount ls`, does not show;
 - ``qemu-img check`` is clean on every image the store names (checked with the VMs stopped).
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from corral import paths as P
 from corral.backup.repo import Repository
+from corral.mounts import host as mount_host
 from corral.store.db import Store
 from tests.conftest import CorralEnv, ok, show, until
 
@@ -99,6 +101,9 @@ def check_after_restart(c: CorralEnv, interrupted: str | None = None) -> Verdict
         for d in vms_dir.iterdir():
             assert d.name in names, f"{d} belongs to no VM"
             assert not list(d.glob("backup-*.qcow2")), f"backup targets left in {d}"
+            shared = {m["guest"] for m in show(c, d.name)["spec"].get("mounts", [])}
+            for slot, m in mount_host.read_layout(P.VMPaths(d)).items():  # no folder shared that `mount ls` hides
+                assert m.guest in shared, f"{d.name} shares {m.host} (slot {slot}) but its spec has no such mount"
     repo = c.home / P.BACKUPS_DIR
     if (repo / "lock").exists():
         garbage = Repository.open(repo).unreferenced()

@@ -4,6 +4,8 @@ left frozen or paused), no lock is stale, and the store and the files agree (tes
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -82,6 +84,16 @@ def _resumed(c: CorralEnv) -> None:
     assert guest(c, "f", "cat /root/boot-mark").strip() == "before-suspend"
 
 
+def _shared(c: CorralEnv) -> None:
+    """The interrupted mount add was finished: the folder is in the VM's spec, so the next start mounts it (`mount
+    ls` shows it mounted) and the guest reads it."""
+    ok(c, "start", "f")
+    ok(c, "wait", "f", "--ready", "--timeout", "120")
+    mounts = json.loads(ok(c, "mount", "ls", "f", "--json"))
+    assert [(m["guest"], m["state"]) for m in mounts] == [("/mnt/share", "mounted")], mounts
+    assert guest(c, "f", "cat /mnt/share/hello.txt") == "hello\n"
+
+
 def _reverted(c: CorralEnv) -> None:
     ok(c, "start", "f")
     assert guest(c, "f", "cat /root/marker 2>/dev/null || echo none").strip() == "none"
@@ -112,6 +124,7 @@ CASES = [
          after=_reverted, quick=True),
     Case("disk.after-plug", ("disk", "add", "f", "data", "--size", "64M"), "disk", "finished",
          after=_disk_of("64M"), quick=True),
+    Case("mount.after-plug", ("mount", "add", "f", "{share}:/mnt/share"), "mount", "finished", after=_shared),
     Case("disk.resize.before-record", ("disk", "resize", "f", "data", "128M"), "disk-resize", "finished",
          before=(("disk", "add", "f", "data", "--size", "64M"),), after=_disk_of("128M")),
     Case("launch.after-spawn", ("launch", "g", "--memory", "128M"), None, None, vm=False, after=_launched),
@@ -124,7 +137,13 @@ CASES = [
 
 
 def _fill(c: CorralEnv, arg: str) -> str:
-    """A command's argument with ``{home}`` (the Corral home) and ``{backup}`` (the newest backup's id) filled in."""
+    """A command's argument with ``{home}`` (the Corral home), ``{backup}`` (the newest backup's id) and ``{share}``
+    (a host folder beside the home, made here) filled in."""
+    if "{share}" in arg:
+        share = c.home.with_name(c.home.name + "-share")
+        share.mkdir(exist_ok=True)
+        (share / "hello.txt").write_text("hello\n")
+        arg = arg.replace("{share}", str(share))
     if "{backup}" in arg:
         arg = arg.replace("{backup}", c.client.list_backups(vm="f")[-1].id)
     return arg.replace("{home}", str(c.home))
@@ -137,8 +156,14 @@ def test_every_fault_point_has_a_case() -> None:
 @pytest.mark.parametrize("case", [pytest.param(c, marks=() if c.quick else pytest.mark.soak) for c in CASES],
                          ids=[c.point for c in CASES])
 def test_killed_at_fault_point(corral_home: CorralEnv, case: Case) -> None:
+    try:
+        _killed_at(corral_home, case)
+    finally:
+        shutil.rmtree(corral_home.home.with_name(corral_home.home.name + "-share"), ignore_errors=True)
+
+
+def _killed_at(c: CorralEnv, case: Case) -> None:
     assert case.point in faults.POINTS
-    c = corral_home
     c.start_daemon()  # to import the image; then armed
     c.client.build_image("tiny")
     c.kill_daemon()
