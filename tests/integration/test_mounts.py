@@ -1,6 +1,6 @@
-"""Shared folders on real VMs (tiny; one debian-12 test): launch --mount, read-only enforced, no escape through
-symlinks, kept across a stop and start, a suspend and a crash of corrald; in fleet files; `corral mount add|rm|ls`
-on a running VM; bad input changes nothing; debian-12's 9p modules."""
+"""Shared folders on real VMs (tiny; debian-12's are in test_debian12_vm.py): launch --mount, read-only enforced,
+no escape through symlinks, kept across a stop and start, a suspend and a crash of corrald; in fleet files;
+`corral mount add|rm|ls` on a running VM; bad input changes nothing."""
 
 from __future__ import annotations
 
@@ -86,23 +86,6 @@ def test_launch_from_a_template_with_a_mount(corral: CorralEnv, tmp_path: Path) 
     # A VM with mounts is no template source (its 9p devices would be in the saved state).
     r = corral.cli("template", "create", "again", "--from", "m3")
     assert r.returncode == 2 and "shared folders" in r.stderr
-
-
-@pytest.mark.slow
-def test_debian12_mounts_with_the_9p_modules_built_for_its_cloud_kernel(corral: CorralEnv, tmp_path: Path) -> None:
-    """debian-12's cloud kernel has no 9p: the image carries modules built for it (in /lib/modules/*/extra, depmod
-    run), which the mount loads with modprobe; a folder added live is mounted too."""
-    share, _ = _share(tmp_path)
-    rw = tmp_path / "rw"
-    rw.mkdir()
-    corral.client.build_image("debian-12")
-    ok(corral, "launch", "d1", "--image", "debian-12", "--memory", "1G", "--cpus", "2", "--disk", "4G",
-       "--mount", f"{share}:/mnt/share")
-    assert guest(corral, "d1", "cat /mnt/share/hello.txt") == "hello from the host\n"
-    assert "/extra/9p.ko" in guest(corral, "d1", "modinfo -n 9p")
-    ok(corral, "mount", "add", "d1", f"{rw}:/mnt/rw:rw")
-    guest(corral, "d1", "echo from debian > /mnt/rw/d.txt")
-    assert (rw / "d.txt").read_text() == "from debian\n"
 
 
 def test_a_fleet_files_mount_kept_across_a_daemon_crash(corral: CorralEnv, tmp_path: Path) -> None:
