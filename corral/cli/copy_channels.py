@@ -5,7 +5,7 @@
   starts the guest side. An upload's bytes go straight from this process into the port's socket
   (corral.client.port_upload), and its destination is resolved in the guest by the same script (no stat round trips);
   a download's come through the daemon. Needs a running VM whose agent answers.
-* :class:`SSHChannel` — where the port is not available, or ``--via ssh``: ``ssh ... 'cat > TMP'`` / ``tar`` over
+* :class:`SSHChannel` — where the port is not available, or ``--via ssh``: ``ssh ... 'dd ... of=TMP'`` / ``tar`` over
   the VM's SSH forward, with the same per-VM key and pinned host key as `corral shell` (the API's
   ``GET /v1/vms/NAME/ssh`` answer, and :func:`corral.cli.shell.ssh_argv` for the command line: one source of
   truth). The guest side is a POSIX sh script from :mod:`corral.guest.files` that writes a temporary and renames

@@ -1,7 +1,7 @@
 """A temporary data channel into a running guest: a virtio-serial port hot-plugged for one copy (``corral cp``).
 
 Why a virtio-serial port: it moves bytes between a unix socket on the host and ``/dev/vportNpM`` in the guest with
-no encryption, no network stack and no JSON, and needs nothing in the guest but a shell and ``cat``/``tar``. Under
+no encryption, no network stack and no JSON, and needs nothing in the guest but a shell and ``dd``/``tar``. Under
 TCG the guest's one emulated vCPU is the bottleneck of every other channel (the guest agent's JSON lexer, dropbear's
 cipher); here it only copies pages. The port sits on the VM's existing virtio-serial bus (``vser0.0``, the guest
 agent's), so no PCI slot is taken, the guest sees it at once (no PCIe hot-plug handshake) and it leaves at once.

@@ -108,6 +108,18 @@ def test_big_file_round_trip(corral: CorralEnv, tmp_path: Path, via: str) -> Non
     small.write_text("replaced\n")
     cp(corral, str(small), f"{VM}:/root/big.bin")
     assert guest(corral, "cat /root/big.bin") == "replaced\n"
+
+    # A size that is no multiple of the guest's blocks, to ext4 (written with O_DIRECT, the last block without)
+    # and to tmpfs (/tmp: it refuses O_DIRECT, so through the page cache): the same bytes, mode and mtime.
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(os.urandom((3 << 20) + 3))
+    odd.chmod(0o600)
+    os.utime(odd, (1_700_000_000, 1_700_000_000))
+    for where in ("/root/odd.bin", "/tmp/odd.bin"):
+        cp(corral, str(odd), f"{VM}:{where}")
+        assert guest(corral, f"sha256sum {where} | cut -d' ' -f1; stat -c '%a %Y' {where}").split() == \
+            [sha256(odd), "600", "1700000000"]
+    odd.unlink()
     assert no_temporaries(corral, "/root", "/var/tmp", "/tmp") == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back.bin", "big.bin", "small.txt"]
     assert data_ports(corral) == []
