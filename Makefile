@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (README): `make run` and `make test`.
-.PHONY: setup run test test-faults unit lint bench images clean-cache
+.PHONY: setup run test test-faults test-extended unit lint bench images clean-cache
 
 setup:
 	@scripts/setup.sh
@@ -13,12 +13,18 @@ test: setup
 	.venv/bin/mypy
 	.venv/bin/python -m pytest tests/unit -q
 	.venv/bin/python scripts/prepare_images.py tiny debian-12
-	.venv/bin/python -m pytest tests/integration tests/faults -m 'not soak' -q -n 2 --dist loadgroup --durations=15
+	.venv/bin/python -m pytest tests/integration tests/faults -m 'not soak and not extended' -q -n 2 --dist loadgroup --durations=15
 
 # The whole fault and load suite (tests/faults): make test runs its quick part; this adds the long runs (soak).
 test-faults: setup
 	.venv/bin/python scripts/prepare_images.py tiny
 	.venv/bin/python -m pytest tests/faults -q -n 2 --dist loadgroup
+
+# Long checks make test covers another way (debian-12 booted by hand, without Corral: test_debian12_vm boots it
+# through Corral and checks the same and more).
+test-extended: setup
+	.venv/bin/python scripts/prepare_images.py tiny debian-12
+	.venv/bin/python -m pytest tests/integration -m extended -q -n 2
 
 unit: setup
 	.venv/bin/python -m pytest tests/unit -q

@@ -87,7 +87,8 @@ def data_ports(c: CorralEnv) -> list[str]:
 def test_big_file_round_trip(corral: CorralEnv, tmp_path: Path, via: str) -> None:
     launch(corral)
     src = tmp_path / "big.bin"
-    write_random(src, BIG, 0o640)
+    size = BIG if via == "virtio" else BIG // 4  # SSH runs at a few MiB/s under TCG: 16 MiB tell the same
+    write_random(src, size, 0o640)
 
     def cp(c: CorralEnv, *args: str) -> float:
         return copy(c, "--via", via, *args, via=via)
@@ -101,7 +102,7 @@ def test_big_file_round_trip(corral: CorralEnv, tmp_path: Path, via: str) -> Non
     assert sha256(back) == sha256(src)
     assert back.stat().st_mode & 0o7777 == 0o640
     assert back.stat().st_mtime == pytest.approx(src.stat().st_mtime, abs=1)
-    print(f"\ncp throughput via {via}, 64 MiB: host->guest {up:.1f} MiB/s, guest->host {down:.1f} MiB/s")
+    print(f"\ncp throughput via {via}, {size >> 20} MiB: host->guest {up:.1f} MiB/s, guest->host {down:.1f} MiB/s")
 
     # Replacing an existing file is atomic (mv -f over it), and leaves no temporary.
     small = tmp_path / "small.txt"

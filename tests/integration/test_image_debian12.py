@@ -2,6 +2,9 @@
 
 Checks what the daemon relies on: the guest agent answers on org.qemu.guest_agent.0, systemd reaches ``running``
 with no failed units, apt works and the hostname comes from the kernel command line.
+
+In `make test-extended`, not `make test`: test_debian12_vm boots the same image through Corral and checks the same
+(and more); this one tells, when that one fails, whether the image or Corral is to blame.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import pytest
 
 from tests.handboot import HandVM, hand_boot, installed_image
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow]
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.extended]
 
 MEMORY_MIB = int(os.environ.get("CORRAL_TEST_MEMORY", "1024"))
 
