@@ -20,7 +20,7 @@ from corral.images.archive import DebianArchive, Package, Progress, parse_relati
 from corral.images.artifacts import BuiltImage, SourcePackage
 from corral.images.initrd import Cpio, copy_with_libs, module_depends, module_load_order
 
-BUILDER_VERSION = "9"
+BUILDER_VERSION = "10"
 SUITE = "bookworm"
 # The cloud kernel: it boots in about half the time of the generic one under TCG. It has no 9p (CONFIG_NET_9P is not
 # set), so shared folders' modules are built from Debian's source for it (corral.images.kmods).
@@ -140,6 +140,9 @@ export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 [ -d /sys/class ] || mount -t sysfs sysfs /sys
 [ -c /dev/null ] || mount -t devtmpfs devtmpfs /dev
 [ -d /run/lock ] || { mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run; mkdir /run/lock; }
+# /tmp before the agent starts: Corral's exec creates its output files there through the agent, and a tmpfs mounted
+# over /tmp after that hid them from the command, whose output went into new files the host never read.
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 read -r cmdline < /proc/cmdline
 name=
 for w in $cmdline; do
@@ -162,7 +165,6 @@ exit 0
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 renice -n 10 -p $$ >/dev/null
 name=$(hostname)
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
