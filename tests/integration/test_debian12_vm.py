@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CorralEnv, guest, ok
+from tests.terminal import Pty
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -26,6 +27,23 @@ def test_debian12_boots_with_systemd_and_mounts_a_folder(corral: CorralEnv, tmp_
     r = corral.cli("exec", "deb", "--timeout", "240", "--", "systemctl", "is-system-running", "--wait")
     assert (r.returncode, r.stdout.strip()) == (0, "running"), r.stderr
     assert corral.cli("exec", "deb", "--", "hostname").stdout.strip() == "deb"
+
+    # `corral shell` into OpenSSH (tiny has dropbear): a command's exit status, the host key pinned, a terminal.
+    r = corral.cli("shell", "deb", "--", "sh", "-c", "id -un; hostname; exit 5")
+    assert (r.returncode, r.stdout) == (5, "root\ndeb\n"), r.stderr
+    known = (corral.settings.vms_dir / "deb" / "known_hosts").read_text()
+    r = corral.cli("exec", "deb", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+    assert known.split()[2] == r.stdout.split()[1]
+    term = Pty(corral.env, ["shell", "deb"], rows=30, cols=90)
+    try:
+        term.expect(b"root@deb")
+        term.send(b"stty size; echo DEB-$((6*7))\r")
+        term.expect(b"DEB-42")
+        assert b"30 90" in term.buf
+        term.send(b"exit\r")
+        assert term.wait() == 0
+    finally:
+        term.close()
     # The root file system was grown to the VM's disk.
     r = corral.cli("exec", "deb", "--", "sh", "-c", "df -B1 --output=size / | tail -1")
     assert int(r.stdout) > 3 << 30

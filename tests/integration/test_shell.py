@@ -1,79 +1,17 @@
-"""`corral shell` (a real SSH session, host key pinned) and `corral wait`, on real VMs, through the real CLI."""
+"""`corral shell` (a real SSH session, host key pinned) and `corral wait`, on real VMs, through the real CLI.
+debian-12's (OpenSSH instead of dropbear) is in test_debian12_vm.py, in its one VM."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
-import select
-import signal
-import struct
 import subprocess
-import termios
 import time
 
 import pytest
 
 from tests.conftest import CORRAL, CorralEnv
+from tests.terminal import Pty, set_size
 
 pytestmark = pytest.mark.vm
-
-
-def _set_size(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-class Pty:
-    """The real CLI on a terminal of its own, read and typed at like a user would."""
-
-    def __init__(self, env: dict[str, str], argv: list[str], rows: int, cols: int) -> None:
-        pid, fd = pty.fork()
-        if pid == 0:  # child: the window size is set before ssh starts and asks for it
-            try:
-                _set_size(0, rows, cols)
-                os.execve(CORRAL, [CORRAL, *argv], env)
-            finally:
-                os._exit(127)
-        self.pid, self.fd, self.buf = pid, fd, b""
-
-    def expect(self, needle: bytes, timeout: float = 60.0) -> bytes:
-        start = len(self.buf) - len(needle) if len(self.buf) > len(needle) else 0
-        deadline = time.monotonic() + timeout
-        while needle not in self.buf[start:] and time.monotonic() < deadline:
-            if select.select([self.fd], [], [], 0.5)[0]:
-                try:
-                    self.buf += os.read(self.fd, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-        assert needle in self.buf, self.buf[-800:]
-        return self.buf
-
-    def send(self, text: bytes) -> None:
-        self.buf = b""
-        os.write(self.fd, text)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.pid = 0
-                return os.waitstatus_to_exitcode(status)
-            if select.select([self.fd], [], [], 0.2)[0]:
-                try:
-                    self.buf += os.read(self.fd, 4096)
-                except OSError:
-                    pass
-        raise AssertionError(f"the CLI did not exit: {self.buf[-500:]!r}")
-
-    def close(self) -> None:
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-            except ProcessLookupError:
-                pass
-        os.close(self.fd)
 
 
 def test_shell_on_a_terminal_and_with_a_command(corral: CorralEnv) -> None:
@@ -86,7 +24,7 @@ def test_shell_on_a_terminal_and_with_a_command(corral: CorralEnv) -> None:
         term.send(b"stty size; echo TERM=$TERM\r")
         term.expect(b"33 101")
         term.expect(b"TERM=xterm-256color")  # the terminal type goes through too
-        _set_size(term.fd, 40, 120)  # a resized window reaches the guest (SIGWINCH through ssh)
+        set_size(term.fd, 40, 120)  # a resized window reaches the guest (SIGWINCH through ssh)
         time.sleep(0.5)
         term.send(b"stty size\r")
         term.expect(b"40 120")
@@ -148,25 +86,3 @@ def test_wait_for_state_and_readiness(corral: CorralEnv) -> None:
     r = corral.cli("shell", "w1", "--", "hostname")
     assert (r.returncode, r.stdout) == (0, "w1\n"), r.stderr
     assert (corral.settings.vms_dir / "w1" / "known_hosts").read_text().split()[1:] == key_before
-
-
-@pytest.mark.slow
-def test_shell_on_debian12(corral: CorralEnv) -> None:
-    corral.client.build_image("debian-12")
-    r = corral.cli("launch", "deb", "--image", "debian-12", "--memory", "1G", "--cpus", "2")
-    assert r.returncode == 0, r.stderr
-    r = corral.cli("shell", "deb", "--", "sh", "-c", "id -un; hostname; exit 5")
-    assert (r.returncode, r.stdout) == (5, "root\ndeb\n"), r.stderr
-    known = (corral.settings.vms_dir / "deb" / "known_hosts").read_text()
-    r = corral.cli("exec", "deb", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
-    assert known.split()[2] == r.stdout.split()[1]
-    term = Pty(corral.env, ["shell", "deb"], rows=30, cols=90)
-    try:
-        term.expect(b"root@deb")
-        term.send(b"stty size; echo DEB-$((6*7))\r")
-        term.expect(b"DEB-42")
-        assert b"30 90" in term.buf
-        term.send(b"exit\r")
-        assert term.wait() == 0
-    finally:
-        term.close()
