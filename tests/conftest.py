@@ -155,3 +155,9 @@ def corral(corral_home: CorralEnv) -> CorralEnv:
     corral_home.start_daemon()
     corral_home.client.build_image("tiny")
     return corral_home
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests (debian-12 boots, 50 VMs: a minute or more each) run first, in their order, then the rest: two
+    workers share the suite, and a long test handed out last would keep one of them busy alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -74,6 +74,7 @@ def _prepare(c: CorralEnv, op: str) -> None:
         ok(c, *(a.replace("{home}", str(c.home)) for a in SETUP[op]), timeout=600)
 
 
+@pytest.mark.slow
 def test_reported_case_snapshot_clone_backup_killed_07s_in(corral: CorralEnv) -> None:
     ok(corral, "launch", "f", "--memory", "256M")
     for i, op in enumerate(("snapshot", "clone", "backup")):

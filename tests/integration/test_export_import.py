@@ -37,6 +37,7 @@ def layer_files(c: CorralEnv) -> set[str]:
     return {p.name for p in d.iterdir()} if d.is_dir() else set()
 
 
+@pytest.mark.slow
 def test_export_delete_import_keeps_tree_and_state(corral: CorralEnv, tmp_path: Path) -> None:
     assert corral.cli("launch", "port").returncode == 0
     write(corral, "port", "one")
