@@ -95,13 +95,13 @@ def check_after_restart(c: CorralEnv, interrupted: str | None = None) -> Verdict
     if layers_dir.is_dir():
         orphans = [str(f) for f in layers_dir.iterdir() if str(f) not in named]
         assert not orphans, f"files in layers/ that nothing names: {orphans}"
-    names = {v["name"] for v in vms}
+    specs = {v["name"]: v["spec"] for v in vms}  # from the listing above: no CLI call per VM
     vms_dir = c.settings.vms_dir
     if vms_dir.is_dir():
         for d in vms_dir.iterdir():
-            assert d.name in names, f"{d} belongs to no VM"
+            assert d.name in specs, f"{d} belongs to no VM"
             assert not list(d.glob("backup-*.qcow2")), f"backup targets left in {d}"
-            shared = {m["guest"] for m in show(c, d.name)["spec"].get("mounts", [])}
+            shared = {m["guest"] for m in specs[d.name].get("mounts", [])}
             for slot, m in mount_host.read_layout(P.VMPaths(d)).items():  # no folder shared that `mount ls` hides
                 assert m.guest in shared, f"{d.name} shares {m.host} (slot {slot}) but its spec has no such mount"
     repo = c.home / P.BACKUPS_DIR
