@@ -8,6 +8,7 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -137,11 +138,16 @@ CASES = [
 ]
 
 
+def _share_dir(c: CorralEnv) -> Path:
+    """The host folder a case shares (``{share}``): beside the Corral home, since a folder inside it is refused."""
+    return c.home.with_name(c.home.name + "-share")
+
+
 def _fill(c: CorralEnv, arg: str) -> str:
     """A command's argument with ``{home}`` (the Corral home), ``{backup}`` (the newest backup's id) and ``{share}``
     (a host folder beside the home, made here) filled in."""
     if "{share}" in arg:
-        share = c.home.with_name(c.home.name + "-share")
+        share = _share_dir(c)
         share.mkdir(exist_ok=True)
         (share / "hello.txt").write_text("hello\n")
         arg = arg.replace("{share}", str(share))
@@ -160,7 +166,7 @@ def test_killed_at_fault_point(corral_home: CorralEnv, case: Case) -> None:
     try:
         _killed_at(corral_home, case)
     finally:
-        shutil.rmtree(corral_home.home.with_name(corral_home.home.name + "-share"), ignore_errors=True)
+        shutil.rmtree(_share_dir(corral_home), ignore_errors=True)
 
 
 def _killed_at(c: CorralEnv, case: Case) -> None:
