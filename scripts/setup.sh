@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Install whatever Corral needs that is missing: OS packages (QEMU, qemu-img, gpgv, the Debian archive keyring,
-# mmdebstrap, e2fsprogs, OVMF; extlinux, systemd-boot, dosfstools and mtools for the disk-boot tests; gcc-12, make,
-# binutils and libelf1, which build the 9p kernel modules for the images' cloud kernel, corral/images/kmods.py) and
-# the project virtualenv. A second run changes nothing and takes well under a second.
+# mmdebstrap, e2fsprogs, OVMF; zstd and lz4, which unpack the kernel for PVH boot, corral/images/pvh.py; extlinux,
+# systemd-boot, dosfstools and mtools for the disk-boot tests; gcc-12, make, binutils and libelf1, which build the
+# 9p kernel modules for the images' cloud kernel, corral/images/kmods.py) and the project virtualenv. A second run
+# changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # command -> Debian/Ubuntu package that provides it
 declare -A NEED=(
   [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [gpgv]=gpgv [mmdebstrap]=mmdebstrap
-  [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd
+  [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd [lz4]=lz4
   [ssh]=openssh-client [ssh-keygen]=openssh-client [extlinux]=extlinux
   [mkfs.vfat]=dosfstools [mcopy]=mtools [sfdisk]=fdisk
   [gcc-12]=gcc-12 [make]=make [strip]=binutils
