@@ -19,6 +19,7 @@ from typing import Any
 from corral.engine import process
 from corral.errors import CorralError
 from corral.storage import full
+from corral.vm import logs
 from corral.vm.actor import ACTOR, SYSTEM_ACTOR, system_task
 from corral.vm.core import VMCore
 from corral.vm.machine import Machine
@@ -146,6 +147,7 @@ class Supervisor:
             state, failed = VMState.CRASHED, True
             reason = f"QEMU exited unexpectedly{how}" + (f": {tail}" if tail else "")
         self.vms.store.set_exit_reason(name, reason)
+        self.vms.store.set_exit_code(name, logs.main_exit_code(self.vms.paths(name)))  # OCI images' main process
         if self.vms.store.get_vm(name) is not None:
             await self.vms._set_state(name, state, reason)
         m.exited.set()
