@@ -46,6 +46,10 @@ def test_oci_image_runs_as_a_vm(corral: CorralEnv, tmp_path: Path) -> None:
         r = corral.cli("launch", "bad", *args)
         assert r.returncode == code, (args, r.stdout, r.stderr)
         assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # a registry: none is reachable here, so only its error is tested (skopeo's own, on one line)
+    r = corral.cli("images", "import", "--oci", "docker://127.0.0.1:9/none:latest")
+    assert r.returncode == 1 and "connection refused" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "level=fatal" not in r.stderr, r.stderr
     r = corral.cli("launch", "bad", "--", "echo")  # -- ARGS only replace an OCI image's cmd
     assert r.returncode == 2 and "not an OCI image" in r.stderr, r.stderr
     assert corral.cli("ls", "--json").stdout.strip() == "[]"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,6 +38,8 @@ def _run(argv: list[str], what: str) -> str:
     if r.returncode != 0:
         lines = [ln.strip() for ln in r.stderr.strip().splitlines() if ln.strip()]
         detail = lines[-1] if lines else f"exit status {r.returncode}"
+        if m := re.search(r'level=fatal msg="((?:[^"\\]|\\.)*)"', detail):  # skopeo logs through logrus
+            detail = m.group(1).replace('\\"', '"')
         raise ImageError(f"{what} failed: {detail[:400]}")
     return r.stdout
 
