@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CorralEnv
+from tests.conftest import CorralEnv, until
 from tests.oci_images import CONFIG, busybox, make_docker_archive, make_layout
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -56,7 +56,7 @@ def test_oci_image_runs_as_a_vm(corral: CorralEnv, tmp_path: Path) -> None:
     assert _images(corral) == {"tiny"} and _leftovers(corral) == []
 
     # Boot 1: launch --oci with -- ARGS replacing the image's cmd; the entrypoint waits for /tmp/go.
-    r = corral.cli("launch", "app", "--oci", f"{layout}:v1", "--", "wait", "two words")
+    r = corral.cli("launch", "app", "--oci", f"{layout}:v1", "--disk", "2G", "--", "wait", "two words")
     assert r.returncode == 0, r.stderr
     assert "main process: /bin/sh /entry.sh wait two words" in r.stdout, r.stdout
     r = corral.cli("wait", "app", "--ready", "--timeout", "240")
@@ -65,8 +65,14 @@ def test_oci_image_runs_as_a_vm(corral: CorralEnv, tmp_path: Path) -> None:
     r = corral.cli("exec", "app", "--", "sh", "-c", 'ls /.corral/usr/sbin; read p < /run/corral/main.pid; '
                    'cat /proc/$p/cmdline; echo; while read k v r; do [ "$k" = Uid: ] && echo "uid $v"; done '
                    '< /proc/$p/status; true')
-    assert (r.returncode, r.stdout) == (0, "qemu-ga\n/bin/sh\0/entry.sh\0wait\0two words\0\nuid 1000\n"), \
+    assert (r.returncode, r.stdout) == (0, "qemu-ga\nresize2fs\n/bin/sh\0/entry.sh\0wait\0two words\0\nuid 1000\n"), \
         (r.stdout, r.stderr)
+    # the root grew to --disk (Corral's resize2fs, in the background beside the main process)
+    def root_kib() -> int:
+        df = corral.cli("exec", "app", "--", "/.corral/bin/df", "-k", "/").stdout.strip().splitlines()
+        return int(df[-1].split()[1]) if len(df) == 2 else 0
+
+    until(lambda: root_kib() > 1_800_000, 240, "the root file system to grow to --disk 2G")
     r = corral.cli("stop", "app")  # the power button: SIGTERM to the main process, which exits 7
     assert r.returncode == 0, r.stderr
     r = corral.cli("wait", "app", "--exit-code", "--timeout", "240")

@@ -34,9 +34,10 @@ from corral.images.oci.layout import OciProcess
 from corral.vm.logs import EXITED_MARK, STARTED_MARK
 
 #: Version of what this module puts on an OCI image's disk and initrd: part of the cache key of every OCI image.
-KIT_VERSION = "2"
+KIT_VERSION = "3"
 PRIVATE = ".corral"  # the directory on the VM's disk; an image's own /.corral is replaced
 QGA = "usr/sbin/qemu-ga"
+RESIZE2FS = "sbin/resize2fs"  # grows the root to a VM's --disk, as in tiny
 SYSTEM_DIRS = ("dev", "proc", "sys", "run", "tmp", "etc", "root")
 
 INIT = r"""#!/.corral/bin/sh
@@ -56,12 +57,16 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 read -r cmdline < /proc/cmdline
 name=
 args=
+root=/dev/vda
 for w in $cmdline; do
     case "$w" in
         corral.hostname=*) name="${w#corral.hostname=}" ;;
         corral.cmd=*) args="${w#corral.cmd=}" ;;
+        root=/dev/vd*) root="${w#root=}" ;;
     esac
 done
+# Corral's own dynamically linked programs run through their own ld.so and libraries, never the image's
+run="/.corral/usr/lib64/ld-linux-x86-64.so.2 --library-path /.corral/usr/lib/x86_64-linux-gnu"
 [ -n "$name" ] || name=oci
 hostname "$name"
 echo "$name" > /etc/hostname
@@ -70,9 +75,9 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-lo
     while :; do
         for p in /sys/class/virtio-ports/*; do
             read -r port < "$p/name" 2>/dev/null
-            [ "$port" = org.qemu.guest_agent.0 ] && env -i PATH="$CORRAL_AGENT_PATH" \
-                /.corral/usr/lib64/ld-linux-x86-64.so.2 --library-path /.corral/usr/lib/x86_64-linux-gnu \
-                /.corral/usr/sbin/qemu-ga -m virtio-serial -p "/dev/${p##*/}" -t /run/corral
+            [ "$port" = org.qemu.guest_agent.0 ] && \
+                env -i PATH="$CORRAL_AGENT_PATH" $run /.corral/usr/sbin/qemu-ga -m virtio-serial -p "/dev/${p##*/}" \
+                    -t /run/corral
         done
         sleep 1
     done
@@ -81,6 +86,8 @@ ip link set lo up
 ip link set eth0 up 2>/dev/null && \
     udhcpc -i eth0 -f -S -s /.corral/udhcpc.script -x "hostname:$name" </dev/null >/dev/null 2>&1 &
 acpid -c /.corral/acpi -l /dev/null
+# the root grows to the VM's disk size (--disk), at low priority beside the agent and the main process
+sh -c 'renice -n 10 -p $$; exec "$@"' sh $run /.corral/usr/sbin/resize2fs "$root" </dev/null >/dev/null 2>&1 &
 cmd="$CORRAL_CMD"
 [ -n "$args" ] && cmd=$(echo "$args" | base64 -d)
 eval "set -- $CORRAL_ENTRYPOINT $cmd"
@@ -142,7 +149,8 @@ def process_file(p: OciProcess) -> str:
 
 
 def _kit_packages(archive: DebianArchive) -> list[Package]:
-    return [archive.package("busybox-static"), *tiny._wanted_for_staging(archive.resolve(["qemu-guest-agent"]))]
+    return [archive.package("busybox-static"),
+            *tiny._wanted_for_staging(archive.resolve(["qemu-guest-agent", "e2fsprogs"]))]
 
 
 def ensure_kit(archive: DebianArchive, cache_dir: Path, progress: Progress | None) -> tuple[Path, list[SourcePackage]]:
@@ -168,7 +176,7 @@ def ensure_kit(archive: DebianArchive, cache_dir: Path, progress: Progress | Non
         for a in applets:
             if a != "busybox":
                 (tree / "bin" / a).symlink_to("busybox")
-        copy_with_libs(staging, [QGA], tree)
+        copy_with_libs(staging, [QGA, RESIZE2FS], tree)
         files = {"init": INIT.replace("@STARTED@", STARTED_MARK).replace("@EXITED@", EXITED_MARK),
                  "acpi/PWRF/00000080": PWRF,
                  "udhcpc.script": tiny.FILES["usr/share/udhcpc/default.script"][1].replace(
