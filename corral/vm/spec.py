@@ -33,7 +33,7 @@ class RestartPolicy(StrEnum):
     """What the daemon does when a VM stops without being asked to (Docker's names)."""
 
     NEVER = "never"
-    ON_FAILURE = "on-failure"  # QEMU died, or the guest panicked
+    ON_FAILURE = "on-failure"  # QEMU died, the guest panicked, or an OCI image's main process exited non-zero
     ALWAYS = "always"  # also when the guest powered itself off
 
 

@@ -105,6 +105,8 @@ def test_oci_image_runs_as_a_vm(corral: CorralEnv, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     r = corral.cli("wait", "again", "--exit-code", "--timeout", "240")
     assert r.returncode == 7, (r.stdout, r.stderr)
+    v = json.loads(corral.cli("show", "again", "--json").stdout)
+    assert (v["state"], v["exit_code"], v["last_exit_reason"]) == ("stopped", 7, "its main process exited with code 7")
     log = corral.cli("logs", "again").stdout
     for line in ("args: from docker", "user: 0:0", "cwd: /data", "old: absent", "new: from layer 2"):
         assert line in log, (line, log[-2000:])
