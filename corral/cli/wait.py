@@ -25,6 +25,9 @@ def wait(
         if ready or state is not None:
             fail("--exit-code waits for the VM to stop: leave out --ready and --state", EXIT_INVALID)
         with api() as client:
+            if (v := client.get_vm(name)).state == "crashed":
+                fail(f"{name} crashed ({v.last_exit_reason or v.state_reason}): its main process left no exit code",
+                     EXIT_ERROR)
             v = client.wait_for(name, state="stopped", timeout=timeout)
         if v.exit_code is None:
             fail(f"{name} stopped, but no main process exit code was seen ({v.last_exit_reason or v.state_reason}): "
