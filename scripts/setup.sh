@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install whatever Corral needs that is missing: OS packages (QEMU, qemu-img, gpgv, the Debian archive keyring,
-# mmdebstrap, e2fsprogs, OVMF; zstd and lz4, which unpack the kernel for PVH boot, corral/images/pvh.py; extlinux,
-# systemd-boot, dosfstools and mtools for the disk-boot tests; gcc-12, make, binutils and libelf1, which build the
-# 9p kernel modules for the images' cloud kernel, corral/images/kmods.py) and the project virtualenv. A second run
-# changes nothing and takes well under a second.
+# mmdebstrap, e2fsprogs, OVMF, and the project virtualenv), each for:
+#   zstd, lz4: unpack the kernel for PVH boot (corral/images/pvh.py)
+#   extlinux, systemd-boot, dosfstools, mtools: the disk-boot tests
+#   gcc-12, make, binutils, libelf1: build the 9p kernel modules for the images' cloud kernel (corral/images/kmods.py)
+#   skopeo, umoci: copy and unpack OCI images (corral/images/oci/)
+# A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,7 @@ declare -A NEED=(
   [ssh]=openssh-client [ssh-keygen]=openssh-client [extlinux]=extlinux
   [mkfs.vfat]=dosfstools [mcopy]=mtools [sfdisk]=fdisk
   [gcc-12]=gcc-12 [make]=make [strip]=binutils
+  [skopeo]=skopeo [umoci]=umoci
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

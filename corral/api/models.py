@@ -56,6 +56,8 @@ class VMInfo(BaseModel):
     mac: str
     created_at: float
     last_exit_reason: str = ""
+    exit_code: int | None = Field(default=None, description="OCI images: the exit code of the main process in the "
+                                  "VM's last run (the VM powers off when it exits); null: none yet")
     restart_count: int = 0
     pid: int | None = None
     accel: str | None = None
@@ -171,6 +173,15 @@ class ImportRequest(BaseModel):
     sha256: str | None = Field(default=None, description="the expected SHA256 of the file as given")
     format: Literal["qcow2", "raw"] | None = Field(default=None, description="default: from the name and header")
     firmware: Literal["bios", "uefi"] = "bios"
+
+
+class ImportOciRequest(BaseModel):
+    """Import an OCI image: an OCI layout ``DIR[:TAG]`` or a ``docker save``/``podman save`` tarball (absolute
+    paths on the host), or a registry reference (``docker://NAME[:TAG]``), through skopeo and umoci."""
+
+    ref: str
+    name: str | None = Field(default=None, description="image name; default: oci- and the digest's first 12 hex "
+                             "digits (the same image is imported once)")
 
 
 class EventInfo(BaseModel):

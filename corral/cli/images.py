@@ -1,4 +1,4 @@
-"""`corral images ls|build|rm`."""
+"""`corral images ls|build|import|rm`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,35 @@ def build_with_progress(client: Client, name: str, refresh: bool = False) -> Man
             bar.update(task, description=f"{name}: {ev.stage}", completed=ev.done, total=ev.total)
 
         return client.build_image(name, refresh=refresh, progress=progress)
+
+
+OCI_HELP = ("an OCI image: an OCI layout DIR[:TAG], a `docker save`/`podman save` tarball, or a registry's "
+            "docker://NAME[:TAG] (through skopeo)")
+
+
+def absolute_oci_ref(ref: str) -> str:
+    """An OCI reference with its local path made absolute (the daemon reads the path; it has another cwd)."""
+    from pathlib import Path
+
+    if ref.startswith("docker://"):
+        return ref
+    head, sep, tag = ref.rpartition(":")
+    if not Path(ref).exists() and sep and "/" not in tag and Path(head).expanduser().is_dir():
+        return f"{Path(head).expanduser().absolute()}:{tag}"
+    p = Path(ref).expanduser()
+    return str(p.absolute()) if p.exists() or ref.startswith((".", "/", "~")) else ref
+
+
+def import_oci_with_progress(client: Client, ref: str, name: str | None) -> Manifest:
+    """Import an OCI image (or find it imported already), showing skopeo's, umoci's and the disk's stages."""
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeElapsedColumn(), console=out, transient=True) as bar:
+        task = bar.add_task("OCI image", total=None)
+
+        def progress(ev: BuildEvent) -> None:
+            bar.update(task, description=ev.stage, completed=ev.done, total=ev.total)
+
+        return client.import_oci(absolute_oci_ref(ref), name, progress)
 
 
 @app.command("ls")
@@ -58,8 +87,10 @@ def build(name: str = typer.Argument(..., help="tiny or debian-12"),
 
 @app.command("import")
 def import_(
-    source: str = typer.Argument(..., help="a qcow2 or raw image: FILE, http(s) URL, or a catalog name "
-                                           "(debian-12-cloud, debian-13-cloud, ubuntu-24.04-cloud)"),
+    source: str | None = typer.Argument(None, help="a qcow2 or raw image: FILE, http(s) URL, or a catalog name "
+                                                  "(debian-12-cloud, debian-13-cloud, ubuntu-24.04-cloud)"),
+    oci: str | None = typer.Option(None, "--oci", help=OCI_HELP + "; it runs as a VM under Corral's kernel, its "
+                                   "entrypoint the main process (docs/explanation/oci.md)"),
     name: str | None = typer.Option(None, "--name", "-n", help="image name (default: the catalog name)"),
     sha256: str | None = typer.Option(None, "--sha256", help="expected SHA256 of the file or download"),
     format: str | None = typer.Option(None, "--format", help="qcow2 or raw (default: from the name and header)"),
@@ -74,6 +105,20 @@ def import_(
 
     from corral.cli.common import EXIT_INVALID, EXIT_NOT_FOUND, fail
 
+    if (source is None) == (oci is None):
+        fail("give a disk image SOURCE or --oci REF (one of them)", EXIT_INVALID)
+    if oci is not None:
+        if sha256 is not None or format is not None or uefi:
+            fail("--sha256, --format and --uefi are for disk images, not --oci (its blobs are checked against their "
+                 "digests)", EXIT_INVALID)
+        with api() as client:
+            m = import_oci_with_progress(client, oci, name)
+        argv = " ".join(m.oci.argv()) if m.oci else ""
+        out.print(f"image [bold]{m.name}[/] imported from OCI image sha256:{m.source_sha256[:12]}: "
+                  f"{format_size(m.disk_virtual_size)} disk; runs {argv or '(nothing: give -- ARGS at launch)'}",
+                  highlight=False, soft_wrap=True)
+        return
+    assert source is not None
     if source.startswith("json:") or Path(source).name.startswith("json:"):
         fail(f"image file name {source!r} starts with 'json:', which QEMU reads as options: refused", EXIT_INVALID)
     if not source.startswith(("http://", "https://")) and ("/" in source or Path(source).exists()):

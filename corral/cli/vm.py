@@ -13,6 +13,7 @@ from rich.table import Table
 from corral.api.models import VMInfo
 from corral.cli import balloon as balloon_cli
 from corral.cli import idle as idle_cli
+from corral.cli import images as images_cli
 from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
 from corral.cli.images import build_with_progress
 from corral.cli.mount import MOUNT_HELP, parse_mount
@@ -78,9 +79,33 @@ def _wait_ready(client: Client, name: str, timeout: float) -> VMInfo:
         return client.wait_ready(name, timeout)
 
 
+def _split_command(name: str | None, rest: list[str] | None) -> tuple[str | None, list[str] | None]:
+    """The VM name and the `-- ARGS` that replace an OCI image's cmd: click makes every word after ``--`` a
+    positional argument, so how many there were is read from the command line itself."""
+    positionals = ([name] if name is not None else []) + list(rest or [])
+    n = len(sys.argv) - sys.argv.index("--") - 1 if "--" in sys.argv else 0
+    before, after = positionals[: len(positionals) - n], positionals[len(positionals) - n:]
+    if len(before) > 1:
+        fail(f"one VM name, not {len(before)} ({' '.join(before)}): the image's arguments go after --", EXIT_INVALID)
+    if n and not after:
+        fail("nothing after --: give the arguments that replace the image's cmd, or leave out --", EXIT_INVALID)
+    return (before[0] if before else None), (after or None)
+
+
+def _report_oci(spec: VMSpec, argv: list[str], t0: float) -> None:
+    out.print(f"[bold]{spec.name}[/] started in {time.monotonic() - t0:.1f}s; main process: {' '.join(argv)}\n"
+              f"its output: corral logs {spec.name}; its exit code, once it ends: corral wait {spec.name} "
+              "--exit-code", highlight=False, soft_wrap=True)
+
+
 def launch(
     name: str | None = typer.Argument(None, help="VM name (default: a generated one)"),
+    rest: list[str] | None = typer.Argument(None, help="with an OCI image, after --: arguments that replace its "
+                                            "cmd (as `docker run IMAGE ARGS`)", show_default=False),
     image: str = typer.Option("tiny", "--image", "-i", help="image name: `corral images ls`"),
+    oci: str | None = typer.Option(None, "--oci", help=images_cli.OCI_HELP + ", run as a VM: its entrypoint is the "
+                                   "main process, beside the guest agent; the VM powers off when it exits "
+                                   "(docs/explanation/oci.md)"),
     cpus: int = typer.Option(1, "--cpus", "-c", help="vCPUs"),
     memory: str = typer.Option("256M", "--memory", "-m", help="memory, e.g. 512M or 2G"),
     disk: str | None = typer.Option(None, "--disk", "-d", help="root disk size, e.g. 10G (default: image size)"),
@@ -124,7 +149,13 @@ def launch(
                                         "(`corral template ls`) instead of booting: image, cpus, memory and disk "
                                         "are the template's"),
 ) -> None:
-    """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait)."""
+    """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait).
+
+    With an OCI image (--oci REF, or --image of one imported), return once it started: its main process's output
+    is in `corral logs NAME`, and `corral wait NAME --exit-code` waits for its exit code."""
+    name, command = _split_command(name, rest)
+    if oci is not None and (image != "tiny" or template is not None):
+        fail("--oci names the image: leave out --image and --template", EXIT_INVALID)
     if template is not None and (image != "tiny" or cpus != 1 or memory != "256M" or disk is not None):
         fail("--image, --cpus, --memory and --disk come from the template: leave them out with --template",
              EXIT_INVALID)
@@ -158,7 +189,8 @@ def launch(
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
                      "labels": labels, "description": description} | expiry_fields
                  | ({"balloon": True} if balloon else {})
-                 | {"mounts": [parse_mount(m) for m in mount]})
+                 | {"mounts": [parse_mount(m) for m in mount]}
+                 | ({"command": command} if command is not None else {}))
     t0 = time.monotonic()
     if template is not None:
         with api() as client:
@@ -173,7 +205,11 @@ def launch(
                   f"{info.accel}{addr})")
         return
     with api() as client:
-        if spec.image not in {m.name for m in client.list_images()}:
+        images = {m.name: m for m in client.list_images()}
+        if oci is not None:
+            m = images_cli.import_oci_with_progress(client, oci, None)
+            spec, images[m.name] = spec.model_copy(update={"image": m.name}), m
+        elif spec.image not in images:
             build_with_progress(client, spec.image)
         client.create_vm(spec)
         try:
@@ -181,6 +217,10 @@ def launch(
         except APIError:
             client.delete_vm(spec.name, force=True)  # launch is all or nothing
             raise
+        process = images[spec.image].oci if spec.image in images else None
+        if process is not None:  # its main process may end before the agent answers: nothing to wait for
+            _report_oci(spec, process.argv(spec.command), t0)
+            return
         if no_wait:
             out.print(f"[bold]{spec.name}[/] started")
             return
@@ -277,7 +317,9 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("ports", ", ".join(f"{f.host_addr}:{f.host_port}->{f.guest_port}/{f.proto}" for f in v.spec.ports) or "-"),
         ("networks", ", ".join(v.spec.networks) or "-"),
         ("created", datetime.fromtimestamp(v.created_at).strftime("%Y-%m-%d %H:%M:%S")),
-        ("last exit", v.last_exit_reason or "-"), ("restarts", str(v.restart_count)),
+        ("last exit", v.last_exit_reason or "-"),
+        *([("exit code", f"{v.exit_code} (the main process's, last run)")] if v.exit_code is not None else []),
+        ("restarts", str(v.restart_count)),
         ("expires", "never" if v.spec.expires_at is None else
          f"{v.spec.expires_at:%Y-%m-%d %H:%M:%S}Z, then {v.spec.on_expiry or 'stop'} ("
          + ("expired" if (v.expires_in or 0) <= 0 else f"in {format_duration(v.expires_in or 0)}")

@@ -142,6 +142,13 @@ class HostCalls(Core):
         return self._image_job(f"the import of '{source}'", progress, "POST", "/images/import",
                                json={k: v for k, v in body.items() if v is not None})
 
+    def import_oci(self, ref: str, name: str | None = None,
+                   progress: Callable[[BuildEvent], None] | None = None) -> Manifest:
+        """Import an OCI image (layout DIR[:TAG] or tarball as absolute host paths, or docker://REF)."""
+        body = {"ref": ref, "name": name}
+        return self._image_job(f"the import of OCI image '{ref}'", progress, "POST", "/images/import-oci",
+                               json={k: v for k, v in body.items() if v is not None})
+
     # ------------------------------------------------------------------------------------------------ daemon --
     def status(self) -> DaemonStatus:
         return DaemonStatus.model_validate(self._req("GET", "/status").json())

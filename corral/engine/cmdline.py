@@ -8,7 +8,9 @@ seccomp sandbox is on.
 
 from __future__ import annotations
 
+import base64
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -193,12 +195,20 @@ def _identity(spec: VMSpec, ident: Identity) -> list[str]:
     return ["-name", f"corral-{spec.name}", "-uuid", ident.vm_id]
 
 
+def encode_command(command: list[str]) -> str:
+    """An OCI VM's `-- ARGS` as its kernel command line carries them to Corral's init (corral.images.oci.guest):
+    base64 of the arguments as shell words, so no space or quote of theirs reaches the command line."""
+    return base64.b64encode(" ".join(shlex.quote(w) for w in command).encode()).decode()
+
+
 def _boot(spec: VMSpec, boot: BootSource) -> list[str]:
     if boot.mode == "disk":
         return _firmware(boot)
     assert boot.kernel is not None and boot.initrd is not None
     host = spec.guest_hostname
     append = f"{boot.cmdline} corral.hostname={host} systemd.hostname={host}".strip()
+    if spec.command is not None:  # an OCI image's init reads it (corral.images.oci.guest)
+        append += f" corral.cmd={encode_command(spec.command)}"
     return ["-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", append]
 
 

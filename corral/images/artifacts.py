@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from corral.images.oci.layout import OciProcess
+
 
 def sha256_file(path: Path) -> str:
     """The SHA256 of a file, read in 1 MiB chunks: image disks, packages and downloads are all checked this way."""
@@ -52,7 +54,10 @@ class Manifest(BaseModel):
     )
     firmware: Literal["bios", "uefi"] = Field(default="bios", description="for boot=disk: SeaBIOS or OVMF")
     source: str = Field(default="", description="for imported images: the file, URL or catalog entry")
-    source_sha256: str = Field(default="", description="for imported images: SHA256 of what was imported")
+    source_sha256: str = Field(default="", description="for imported images: SHA256 of what was imported (an OCI "
+                               "image's manifest digest)")
+    oci: OciProcess | None = Field(default=None, description="an OCI image's main process (entrypoint, cmd, env, "
+                                   "workdir, user): run by Corral's init beside the guest agent")
 
 
 class BuiltImage(BaseModel):

@@ -315,10 +315,11 @@ def make_tree(tree: Path, busybox: Path, staging: Path) -> None:
         dest.chmod(mode)
 
 
-def make_disk(tree: Path, raw: Path, qcow2: Path) -> None:
-    """ext4 from a directory without mounting anything, every inode owned by root, then qcow2 (sparse, small)."""
+def make_disk(tree: Path, raw: Path, qcow2: Path, size: int = DISK_VIRTUAL_SIZE) -> None:
+    """ext4 from a directory without mounting anything, every inode owned by root, then qcow2 (sparse, small).
+    (Also the root disk of OCI images, corral.images.oci, whose trees are larger.)"""
     with open(raw, "wb") as f:
-        f.truncate(DISK_VIRTUAL_SIZE)
+        f.truncate(size)
     run = subprocess.run
     # Initialise inode tables now (zeros cost nothing in qcow2) and mount with noinit_itable: no ext4lazyinit
     # thread competing with the guest agent for the one vCPU at boot.

@@ -96,6 +96,10 @@ class Store:
     def set_exit_reason(self, name: str, reason: str) -> None:
         self._db.execute("UPDATE vms SET last_exit_reason = ? WHERE name = ?", (reason, name))
 
+    def set_exit_code(self, name: str, code: int | None) -> None:
+        """The exit code of the VM's main process (OCI images) in its last run; None when it printed none."""
+        self._db.execute("UPDATE vms SET exit_code = ? WHERE name = ?", (code, name))
+
     def set_restart_count(self, name: str, count: int) -> None:
         self._db.execute("UPDATE vms SET restart_count = ? WHERE name = ?", (count, name))
 

@@ -24,6 +24,7 @@ class VMRecord:
     created_at: float
     last_exit_reason: str
     restart_count: int
+    exit_code: int | None = None  # an OCI image's main process, at the VM's last stop
 
     @property
     def name(self) -> str:
@@ -203,4 +204,5 @@ def _vm(row: sqlite3.Row) -> VMRecord:
         created_at=row["created_at"],
         last_exit_reason=row["last_exit_reason"],
         restart_count=row["restart_count"],
+        exit_code=row["exit_code"],
     )

@@ -163,7 +163,8 @@ ADDED_COLUMNS = {
     "runtime": {"provisioned_boot": "TEXT"},
     # Idle control: the project's default policy; each VM's last activity (wall time) as the daemon measured it.
     "projects": {"idle": "TEXT"},
-    "vms": {"last_active": "REAL"},
+    # The exit code of an OCI image's main process in its VM's last run (corral.images.oci); NULL: none seen.
+    "vms": {"last_active": "REAL", "exit_code": "INTEGER"},
     "templates": {"channel": "INTEGER NOT NULL DEFAULT 0"},
 }
 EVENT_INDEXES = """

@@ -14,6 +14,11 @@ from pathlib import Path
 from corral.paths import VMPaths
 
 SERIAL_LOG_MAX = 4 << 20  # rotate past 4 MiB
+#: Lines Corral's init of an OCI image writes to the console (corral.images.oci.guest): the daemon reads the main
+#: process's exit code from the last "exited" line after the last "started" line.
+STARTED_MARK = "corral-init: main process started"
+EXITED_MARK = "corral-init: main process exited with code "
+_TAIL = 256 << 10
 
 
 def rotate_stopped(path: Path) -> None:
@@ -56,3 +61,27 @@ def read_log_from(paths: VMPaths, offset: int) -> tuple[bytes, int]:
             return f.read(size - start), size
     except FileNotFoundError:
         return b"", 0
+
+
+def main_exit_code(paths: VMPaths) -> int | None:
+    """The exit code of an OCI VM's main process in its last run, from the end of its serial log: the last
+    :data:`EXITED_MARK` line after the last :data:`STARTED_MARK` line, or None (no such run, or it never ended).
+
+    Only Corral's init writes the exited line, after the main process is gone; a line the process itself printed
+    comes before that, and the last one wins."""
+    data = b""
+    for p in (paths.serial_log.with_suffix(".log.1"), paths.serial_log):  # a rotation may have split the run
+        with contextlib.suppress(FileNotFoundError), open(p, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _TAIL))
+            data = data[-_TAIL:] + f.read()
+    text = data.decode(errors="replace")
+    start = text.rfind(STARTED_MARK)
+    if start < 0:
+        return None
+    code = None
+    for line in text[start:].splitlines():
+        line = line.strip()
+        if line.startswith(EXITED_MARK) and line.removeprefix(EXITED_MARK).isdigit():
+            code = int(line.removeprefix(EXITED_MARK))
+    return code

@@ -19,6 +19,7 @@ from corral.engine import migration, process
 from corral.engine.guest_agent import GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
 from corral.store.db import RuntimeRecord, VMRecord
+from corral.vm import logs
 from corral.vm.core import VMCore
 from corral.vm.machine import Machine
 from corral.vm.spec import RestartPolicy
@@ -66,6 +67,7 @@ class Recovery:
                 if tail:
                     reason += f": {tail}"
                 self.vms.store.set_exit_reason(name, reason)
+                self.vms.store.set_exit_code(name, logs.main_exit_code(self.vms.paths(name)))  # an OCI main process
                 await self.vms._set_state(name, VMState.CRASHED, reason)
                 if rec.spec.restart != RestartPolicy.NEVER:
                     self.vms.spawn_background(self.supervisor.restart_later(name, 0.0), f"restart-{name}")

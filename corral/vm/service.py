@@ -86,6 +86,9 @@ class VMService(VMCore):
                     f"a VM named '{spec.name}' already exists: choose another name or `corral rm {spec.name}`"
                 )
             manifest = self.images.get(spec.image)
+            if spec.command is not None and manifest.oci is None:
+                raise InvalidInput(f"image '{spec.image}' is not an OCI image: only an OCI image's cmd can be "
+                                   "replaced (`-- ARGS`)")
             self.networks.check_spec(spec.networks)
             self.forwards.check_unclaimed(spec.name, spec.ports)
             host.check_spec_fits(spec.name, spec.memory, self.settings.memory_overcommit)

@@ -26,13 +26,14 @@ MIN_MEMORY_MIB = 64
 MAX_MEMORY_MIB = 1 << 20  # 1 TiB
 MAX_VCPUS = 255
 MAX_DISK_BYTES = 16 << 40  # 16 TiB
+MAX_COMMAND = 768  # characters of an OCI VM's command: base64 of it must fit the kernel's 2048-byte command line
 
 
 class RestartPolicy(StrEnum):
     """What the daemon does when a VM stops without being asked to (Docker's names)."""
 
     NEVER = "never"
-    ON_FAILURE = "on-failure"  # QEMU died, or the guest panicked
+    ON_FAILURE = "on-failure"  # QEMU died, the guest panicked, or an OCI image's main process exited non-zero
     ALWAYS = "always"  # also when the guest powered itself off
 
 
@@ -198,6 +199,9 @@ class VMSpec(BaseModel):
     mounts: Annotated[list[Mount], BeforeValidator(_mounts)] = Field(
         default_factory=list, description=f"shared host directories (at most {MAX_MOUNTS}): 'HOST[:GUEST][:ro|rw]' "
         "or {host, guest, read_only}; read-only by default (see docs/explanation/mounts.md)")
+    command: list[str] | None = Field(default=None, description="OCI images: the arguments that replace the image's "
+                                      "cmd (as `docker run IMAGE ARGS`); default: the image's cmd "
+                                      "(see docs/explanation/oci.md)")
     balloon: bool = Field(default=False, description="a virtio memory balloon with free page reporting: memory the "
                           "guest frees returns to the host, and `corral balloon` sets a live memory target (see "
                           "docs/explanation/memory.md); not for VMs made from templates")
@@ -247,6 +251,17 @@ class VMSpec(BaseModel):
     def _hostname(cls, v: str | None) -> str | None:
         if v is not None and not NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a valid hostname: use lower-case letters, digits and '-'")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("the command is empty: leave it out to run the image's own cmd")
+            if any("\0" in w for w in v) or sum(len(w) + 3 for w in v) > MAX_COMMAND:
+                raise ValueError(f"the command is longer than {MAX_COMMAND} characters or has a NUL: it goes on "
+                                 "the kernel command line; put a long one in a script in the image")
         return v
 
     @field_validator("owner")

@@ -19,6 +19,7 @@ from typing import Any
 from corral.engine import process
 from corral.errors import CorralError
 from corral.storage import full
+from corral.vm import logs
 from corral.vm.actor import ACTOR, SYSTEM_ACTOR, system_task
 from corral.vm.core import VMCore
 from corral.vm.machine import Machine
@@ -131,12 +132,15 @@ class Supervisor:
             how = f" (killed by {signal.Signals(-returncode).name})"
         else:
             how = f" (exit code {returncode})"
+        code = logs.main_exit_code(self.vms.paths(name))  # an OCI image's main process; None for other guests
         if m.requested == "suspend":
             state, reason, failed = VMState.SUSPENDED, m.suspend_reason, False
         elif m.requested:
             state, reason, failed = VMState.STOPPED, m.stop_reason or f"{m.requested} requested by user", False
         elif m.panicked or m.shutdown_reason == "guest-panic":
             state, reason, failed = VMState.CRASHED, "the guest kernel panicked", True
+        elif m.shutdown_reason == "guest-shutdown" and code is not None:  # as docker's on-failure: a non-zero exit
+            state, reason, failed = VMState.STOPPED, f"its main process exited with code {code}", code != 0
         elif m.shutdown_reason == "guest-shutdown":
             state, reason, failed = VMState.STOPPED, "the guest powered off", False
         elif m.shutdown_reason:
@@ -146,6 +150,7 @@ class Supervisor:
             state, failed = VMState.CRASHED, True
             reason = f"QEMU exited unexpectedly{how}" + (f": {tail}" if tail else "")
         self.vms.store.set_exit_reason(name, reason)
+        self.vms.store.set_exit_code(name, code)
         if self.vms.store.get_vm(name) is not None:
             await self.vms._set_state(name, state, reason)
         m.exited.set()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from corral.api.deps import Services, services
-from corral.api.models import BuildEvent, ImportRequest
+from corral.api.models import BuildEvent, ImportOciRequest, ImportRequest
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest, Progress
 from corral.images.builders import get_builder
@@ -84,6 +84,19 @@ async def import_image(req: ImportRequest, svc: Svc) -> StreamingResponse:
         lambda progress: run_import(svc.images, req.source, req.name, req.sha256, req.format, req.firmware, progress),
         lambda m: svc.vms.event(None, "image", f"image '{m.name}' imported from {req.source}", image=m.name),
         "image import",
+    )
+
+
+@router.post("/import-oci")
+async def import_oci(req: ImportOciRequest, svc: Svc) -> StreamingResponse:
+    """NDJSON stream of :class:`BuildEvent`: copy (skopeo), unpack (umoci), disk, then ``done`` (corral.images.oci)."""
+    from corral.images.oci.build import import_oci as run_import
+
+    return stream_job(
+        lambda progress: run_import(svc.images, req.ref, req.name, svc.settings.mirror, progress),
+        lambda m: svc.vms.event(None, "image", f"image '{m.name}' imported from OCI image {m.source} "
+                                f"(sha256:{m.source_sha256[:12]})", image=m.name),
+        "OCI image import",
     )
 
 

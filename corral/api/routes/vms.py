@@ -54,7 +54,7 @@ def info_fields(svc: Services, rec: VMRecord, runtimes: dict[str, RuntimeRecord]
     return {
         "name": rec.name, "id": rec.id, "spec": spec, "state": rec.state.value, "state_reason": rec.state_reason,
         "mac": rec.mac, "created_at": rec.created_at, "last_exit_reason": rec.last_exit_reason,
-        "restart_count": rec.restart_count,
+        "exit_code": rec.exit_code, "restart_count": rec.restart_count,
         "pid": rt.pid if rt else None, "accel": rt.accel if rt else None,
         "started_at": rt.started_at if rt else None, "uptime": now - rt.started_at if rt else None,
         "agent_ready": m.agent_ready if m else False, "addresses": list(m.addresses) if m else [], "disks": [],
