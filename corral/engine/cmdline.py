@@ -279,7 +279,8 @@ def _network(spec: VMSpec, ident: Identity, att: Attachments) -> list[str]:
     if att.ssh_port is not None:
         fwds.insert(0, f"hostfwd=tcp:127.0.0.1:{att.ssh_port}-:22")
     user = ",".join(["user,id=net0", *fwds])
-    args = ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"]
+    # nat=False (a sandbox's `--net none`): no NAT NIC at all, not a NIC with its link down.
+    args = ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"] if spec.nat else []
     for i, nic in enumerate(att.nics, start=1):
         if nic.tap is not None:
             args += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no",

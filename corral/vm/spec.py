@@ -201,6 +201,16 @@ class VMSpec(BaseModel):
     balloon: bool = Field(default=False, description="a virtio memory balloon with free page reporting: memory the "
                           "guest frees returns to the host, and `corral balloon` sets a live memory target (see "
                           "docs/explanation/memory.md); not for VMs made from templates")
+    nat: bool = Field(default=True, description="QEMU's user-mode NAT NIC (net0: outbound access, SSH and port "
+                      "forwards); false: no such NIC at all (a sandbox's `--net none`: docs/explanation/sandbox.md)")
+    ephemeral: bool = Field(default=False, description="disposable: the root disk reverts to its base (the image, "
+                            "or the template's disk) at every start, a fresh overlay each time")
+
+    @model_validator(mode="after")
+    def _nat_needed(self) -> VMSpec:
+        if not self.nat and self.ports:
+            raise ValueError("port forwards need the NAT NIC: drop the ports or keep nat on")
+        return self
 
     @field_validator("name")
     @classmethod
