@@ -26,6 +26,7 @@ MAX_ENTRIES = 200_000  # a file system with more inodes is walked up to this man
 MAX_DEPTH = 64
 DEBUGFS_TIMEOUT = 300.0
 S_IFMT, S_IFDIR, S_IFLNK = 0o170000, 0o040000, 0o120000
+ROOT_INODE = 2  # ext2/3/4's root directory
 
 
 class DiffError(Exception):
@@ -137,29 +138,27 @@ def _debugfs(device: str, commands: Iterable[str], workdir: Path) -> str:
     return r.stdout
 
 
-def _quote(path: str) -> str:
-    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def walk(device: str, workdir: Path) -> tuple[dict[str, Entry], bool]:
     """Every path of the ext file system on ``device`` (a raw file, optionally ``FILE?offset=N``) with its entry,
-    breadth first, one debugfs run per level and one for the ctimes; and whether it was cut at MAX_ENTRIES."""
+    breadth first, one debugfs run per level and one for the ctimes; and whether it was cut at MAX_ENTRIES.
+    Directories are listed by inode number (``ls -p <N>``), never by name: a name the guest chose (quotes, spaces)
+    cannot change what is listed."""
     entries: dict[str, Entry] = {}
-    level, cut = ["/"], False
+    level, cut = [("/", ROOT_INODE)], False
     for _ in range(MAX_DEPTH):
         if not level:
             break
-        listing = parse_ls(_debugfs(device, (f"ls -p {_quote(d)}" for d in level), workdir))
-        nxt: list[str] = []
-        for d in level:
-            for name, e in listing.get(_quote(d), listing.get(d, [])):
+        listing = parse_ls(_debugfs(device, (f"ls -p <{ino}>" for _, ino in level), workdir))
+        nxt: list[tuple[str, int]] = []
+        for d, ino in level:
+            for name, e in listing.get(f"<{ino}>", []):
                 path = ("" if d == "/" else d) + "/" + name
                 if len(entries) >= MAX_ENTRIES:
                     cut = True
                     break
                 entries[path] = e
-                if e.is_dir and name != "lost+found":
-                    nxt.append(path)
+                if e.is_dir and not (d == "/" and name == "lost+found"):
+                    nxt.append((path, e.inode))
         level = nxt
     inodes = sorted({e.inode for e in entries.values() if not e.is_dir})
     ctimes = parse_ctimes(_debugfs(device, (f"stat <{i}>" for i in inodes), workdir)) if inodes else {}

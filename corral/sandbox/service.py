@@ -153,13 +153,22 @@ class SandboxService:
         return res
 
     async def _processes(self, agent: GuestAgent, command: list[str]) -> tuple[list[ProcessSeen], str]:
-        note = (f"sampled from /proc in the guest every {guest.SAMPLE_EVERY}s while the command ran (a process "
-                "shorter than that can be missed; what the guest shows, which a sample running as root could forge)")
         try:
             text = (await agent.read_file(guest.PROC_LOG))[: 1 << 20].decode(errors="replace")
         except CorralError as exc:
             return [], f"no process list: the guest's log could not be read ({exc.message})"
-        return guest.parse_proc_log(text, command), note
+        trace: str | None = None
+        with contextlib.suppress(CorralError):
+            trace = (await agent.read_file(guest.TRACE))[: 8 << 20].decode(errors="replace")
+        procs, traced = guest.processes(text, trace, command)
+        if traced:
+            note = ("every fork from the guest kernel's tracer (sched_process_fork/exec/exit events), command lines "
+                    f"from /proc sampled every {guest.SAMPLE_EVERY}s (a short-lived process shows the file it "
+                    "executed); what the guest kernel shows, which a sample running as root could tamper with")
+        else:
+            note = (f"sampled from /proc in the guest every {guest.SAMPLE_EVERY}s (the guest has no tracefs: a "
+                    "process shorter than that can be missed; a sample running as root could forge it)")
+        return procs, note
 
     async def _file_changes(self, name: str, image: str, disk_format: str,
                             work: Path) -> tuple[list[diskdiff.FileChange] | None, str]:
