@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import crowd, density, memory
+from bench import crowd, density, memory, sandbox
 from bench.harness import (
     BASELINE_CONNECT_RETRY,
     BASELINE_SYNC_RESEND,
@@ -475,4 +475,5 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "balloon_reclaim": memory.balloon_reclaim,
     "cp_throughput": cp_throughput,
     "crowd": crowd.crowd,
+    "sandbox_run": sandbox.sandbox_run,
 }

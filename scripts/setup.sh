@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install whatever Corral needs that is missing: OS packages (QEMU, qemu-img, gpgv, the Debian archive keyring,
-# mmdebstrap, e2fsprogs, OVMF; extlinux, systemd-boot, dosfstools and mtools for the disk-boot tests; gcc-12, make,
+# mmdebstrap, e2fsprogs (mkfs.ext4; debugfs for the sandbox's file diff), OVMF; extlinux, systemd-boot, dosfstools
+# and mtools for the disk-boot tests; gcc-12, make,
 # binutils and libelf1, which build the 9p kernel modules for the images' cloud kernel, corral/images/kmods.py) and
 # the project virtualenv. A second run changes nothing and takes well under a second.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 # command -> Debian/Ubuntu package that provides it
 declare -A NEED=(
   [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [gpgv]=gpgv [mmdebstrap]=mmdebstrap
-  [mkfs.ext4]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd
+  [mkfs.ext4]=e2fsprogs [debugfs]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd
   [ssh]=openssh-client [ssh-keygen]=openssh-client [extlinux]=extlinux
   [mkfs.vfat]=dosfstools [mcopy]=mtools [sfdisk]=fdisk
   [gcc-12]=gcc-12 [make]=make [strip]=binutils

@@ -118,6 +118,7 @@ def test_sandbox_egress_log_records_and_blocks(corral: CorralEnv, tmp_path: Path
     assert vms_and_networks(c) == ([], [])  # the VM, its network and the sink are gone
 
 
+@pytest.mark.slow  # about a minute on a busy host: a boot, the 10 s timeout, the stop
 def test_sandbox_none_timeout_and_bad_input(corral: CorralEnv, tmp_path: Path) -> None:
     c = corral
     sample = tmp_path / "forever.sh"
@@ -134,16 +135,22 @@ def test_sandbox_none_timeout_and_bad_input(corral: CorralEnv, tmp_path: Path) -
     assert vms_and_networks(c) == ([], [])
 
     out = tmp_path / "out.json"
-    r = c.cli("sandbox", "run", str(sample), "--timeout", "15s", "--report", str(out), timeout=900)
+    r = c.cli("sandbox", "run", str(sample), "--timeout", "10s", "--keep", "--report", str(out), timeout=900)
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())
     assert rep["timed_out"] and rep["exit_code"] is None, rep
     assert "timed out" in r.stdout
     assert rep["stdout"]["text"].strip() == "ifaces: lo", rep["stdout"]  # --net none: no NIC but lo
-    assert rep["connections"] is None
+    assert rep["connections"] is None and "no network interface" in rep["connections_note"]
+    assert any(p["comm"] == "sleep" for p in rep["processes"])
+    # --keep: the VM stays, stopped, its disk as the sample left it; no network was made for it.
+    kept = json.loads(c.cli("show", rep["vm"], "--json").stdout)
+    assert kept["state"] == "stopped" and kept["spec"]["nat"] is False and kept["spec"]["labels"] == {"sandbox": "true"}
+    assert c.cli("rm", rep["vm"]).returncode == 0
     assert vms_and_networks(c) == ([], [])
 
 
+@pytest.mark.slow  # about a minute on a busy host: a boot, a clean stop, a second boot
 def test_ephemeral_vm_forgets_its_disk(corral: CorralEnv) -> None:
     c = corral
     assert c.cli("launch", "eph", "--ephemeral").returncode == 0
