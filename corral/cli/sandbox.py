@@ -9,6 +9,8 @@ import typer
 from pydantic import ValidationError
 
 from corral.cli.common import EXIT_INVALID, api, fail, out
+from corral.cli.images import build_with_progress
+from corral.images.builders import BUILDERS
 from corral.sandbox.models import MAX_SAMPLE, NetMode, SandboxReport, SandboxRun
 from corral.vm.expiry import parse_duration
 
@@ -50,9 +52,12 @@ def run(
                          command=list(command or []))
     except ValidationError as exc:
         fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()), EXIT_INVALID)
-    with api() as client, out.status(f"running [bold]{sample.name}[/] in a sandbox ({mode.value})...",
-                                     spinner="dots"):
-        rep = client.sandbox_run(req)
+    with api() as client:
+        want = image or "tiny"
+        if template is None and want in BUILDERS and want not in {m.name for m in client.list_images()}:
+            build_with_progress(client, want)  # as `corral launch` does: a known image is built (or fetched) first
+        with out.status(f"running [bold]{sample.name}[/] in a sandbox ({mode.value})...", spinner="dots"):
+            rep = client.sandbox_run(req)
     if report is not None:
         report.write_text(rep.model_dump_json(indent=2) + "\n")
     _summary(rep, report)

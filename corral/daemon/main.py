@@ -95,13 +95,14 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     portable = PortableService(storage)
     copies = DataCopyService(vms)
     mounts = MountService(vms)
-    for service in (templates, backups, disks, portable, copies, mounts):
+    sandbox = SandboxService(vms)
+    for service in (templates, backups, disks, portable, copies, mounts, sandbox):
         service.register_recovery(recovery)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
                     portable=portable, disks=disks, mounts=mounts,
                     backups=backups, idle=IdleService(vms, settings.idle_interval),
                     templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
-                    recovery=recovery, copies=copies, sandbox=SandboxService(vms))
+                    recovery=recovery, copies=copies, sandbox=sandbox)
 
 
 async def serve(settings: Settings) -> None:

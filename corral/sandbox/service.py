@@ -29,6 +29,7 @@ from corral.engine.guest_agent import ExecOutput, GuestAgent
 from corral.errors import CorralError, InvalidInput
 from corral.guest import commands, files
 from corral.network import private
+from corral.operations.recovery import Outcome, Recovery
 from corral.paths import SANDBOX_DIR
 from corral.sandbox import diskdiff, guest, sink
 from corral.sandbox.models import (
@@ -40,6 +41,7 @@ from corral.sandbox.models import (
     SandboxReport,
     SandboxRun,
 )
+from corral.store.db import OperationRecord
 from corral.vm.service import VMService
 from corral.vm.spec import VMSpec
 
@@ -76,7 +78,13 @@ class SandboxService:
         t0 = time.monotonic()
         seconds: dict[str, float] = {}
         work = self._dir(name)
+        sock, pidfile, sink_log = work / "sink.sock", work / "sink.pid", work / "sink.log"
+        # Journaled (begin/end, not the current operation of what it calls): a daemon that dies mid-run leaves
+        # nothing behind, the next one undoes it (_recover). Not `run`: the VM's own operations keep their rows.
+        op = self.vms.journal.begin("sandbox", name, network=name if req.net != NetMode.NONE else None,
+                                    keep=req.keep, sink=str(sock), pidfile=str(pidfile), dirs=[str(work)])
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.vms.journal.end, op)
             work.mkdir(parents=True, mode=0o700)
             stack.callback(shutil.rmtree, work, True)
             gateway = ""
@@ -94,7 +102,6 @@ class SandboxService:
             await self.vms.readiness.wait_ready(name, BOOT_TIMEOUT)
             agent = await self.vms.agent(name, "run a sandbox sample in")
             seconds["boot"] = time.monotonic() - t0
-            sock, pidfile, sink_log = work / "sink.sock", work / "sink.pid", work / "sink.log"
             if req.net == NetMode.EGRESS_LOG:
                 await asyncio.to_thread(sink.start, sock, self.networks.socket(name), pidfile, sink_log,
                                         private.random_mac(), gateway)
@@ -190,6 +197,26 @@ class SandboxService:
         if cut_a or cut_b:
             note += f"; cut at {diskdiff.MAX_ENTRIES} entries"
         return diskdiff.diff(before, after), note
+
+    def register_recovery(self, recovery: Recovery) -> None:
+        recovery.kinds["sandbox"] = self._recover
+
+    async def _recover(self, op: OperationRecord) -> Outcome:
+        """A run a dead daemon left: its sink stopped, its VM and network deleted (kept with ``keep``, stopped or
+        as the restart found it), its scratch directory removed (the journal's ``dirs``)."""
+        data, name = op.data, str(op.vm)
+        await asyncio.to_thread(sink.stop, Path(data["sink"]), Path(data["pidfile"]))
+        if data.get("keep"):
+            return Outcome(False, f"sandbox VM {name} kept (--keep)")
+        done = []
+        if self.vms.store.get_vm(name) is not None:
+            await self.vms.delete(name, force=True)
+            done.append(f"VM {name} deleted")
+        network = data.get("network")
+        if network and self.vms.store.get_network(network) is not None:
+            await self.networks.remove(network)
+            done.append(f"network {network} removed")
+        return Outcome(False, "; ".join(done))
 
     async def _delete_vm(self, name: str) -> None:
         try:
