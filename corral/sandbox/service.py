@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from corral.engine import qemu_img
+from corral.engine.cmdline import SANDBOX, SANDBOX_UNPRIVILEGED
 from corral.engine.guest_agent import ExecOutput, GuestAgent
 from corral.errors import CorralError, InvalidInput
 from corral.guest import commands, files
@@ -94,13 +95,15 @@ class SandboxService:
                     stack.push_async_callback(self._remove_network, name)
                 gateway = str(list(ipaddress.ip_network(net.subnet).hosts())[-1])
             spec = VMSpec(name=name, image=image, nat=False, networks=[name] if gateway else [], ephemeral=True,
-                          labels={LABEL: "true"}, description=f"sandbox run of {req.sample_name}")
+                          unprivileged=not gateway and os.geteuid() == 0, labels={LABEL: "true"},
+                          description=f"sandbox run of {req.sample_name}")
             await self.vms.create(spec)
             if not req.keep:
                 stack.push_async_callback(self._delete_vm, name)
             await self.vms.start(name)
             await self.vms.readiness.wait_ready(name, BOOT_TIMEOUT)
             agent = await self.vms.agent(name, "run a sandbox sample in")
+            qemu_uid = _qemu_uid(self.vms, name)
             seconds["boot"] = time.monotonic() - t0
             if req.net == NetMode.EGRESS_LOG:
                 await asyncio.to_thread(sink.start, sock, self.networks.socket(name), pidfile, sink_log,
@@ -138,7 +141,8 @@ class SandboxService:
                 seconds={k: round(v, 3) for k, v in seconds.items()},
                 processes=processes, processes_note=proc_note, files=changes, files_note=files_note,
                 connections=connections, connections_note=conn_note, screenshot=None, screenshot_note=NO_SCREEN,
-                kept=req.keep, protections=_protections(req.net) + ([result.note] if result.note else []),
+                kept=req.keep, protections=_protections(req.net, spec.unprivileged, qemu_uid)
+                + ([result.note] if result.note else []),
             )
         raise AssertionError("unreachable")  # pragma: no cover - the stack re-raises or the block returned
 
@@ -283,15 +287,29 @@ def _no_sink_note(net: NetMode) -> str:
     return "not recorded: an isolated network has no sink (use --net egress-log); nothing could leave it"
 
 
-def _protections(net: NetMode) -> list[str]:
+def _qemu_uid(vms: VMService, name: str) -> int | None:
+    """The uid the VM's QEMU runs as now (from /proc: what it is, not what it was told)."""
+    m = vms.machine(name)
+    try:
+        status = Path(f"/proc/{m.ident.pid}/status").read_text() if m is not None else ""
+    except OSError:
+        return None
+    line = next((x for x in status.splitlines() if x.startswith("Uid:")), "")
+    return int(line.split()[2]) if line else None  # the effective uid
+
+
+def _protections(net: NetMode, unprivileged: bool, uid: int | None) -> list[str]:
     nic = {NetMode.NONE: "no NIC at all (no NAT, no port or SSH forward)",
            NetMode.ISOLATED: "only a private network of its own, no route out (no NAT, no forwards)",
            NetMode.EGRESS_LOG: "only a private network of its own whose one other member is the sink, which "
                                "forwards nothing (no NAT, no forwards)"}[net]
     return [
-        "QEMU's seccomp sandbox: -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-        f"QEMU runs as the daemon's user (uid {os.getuid()}): QEMU 7.2 installs its seccomp filter before -runas "
-        "drops privileges, so -runas with elevateprivileges=deny is killed (SIGSYS); see docs/explanation/sandbox.md",
+        "QEMU's seccomp sandbox: -sandbox " + (SANDBOX_UNPRIVILEGED if unprivileged else SANDBOX),
+        (f"QEMU ran unprivileged: -runas nobody, seen running as uid {uid} (its seccomp filter allows set*id "
+         "calls, which give nothing once root is dropped: docs/explanation/sandbox.md)") if unprivileged else
+        (f"QEMU ran as the daemon's user (uid {uid}): " + (
+            "a private network's switch socket is the daemon's user's, which an unprivileged QEMU could not reach"
+            if net != NetMode.NONE else "the daemon does not run as root, so QEMU cannot drop to another user")),
         nic,
         "no shared folders, no extra disks; the disk is a temporary overlay on the image (ephemeral)",
         "guest agent used only to copy the sample in, run the command, read the process log and sync",

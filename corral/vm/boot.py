@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
 from datetime import UTC, datetime
 
@@ -59,6 +60,9 @@ class Booter:
         if rec.spec.expires_at is not None and rec.spec.expires_at <= datetime.now(UTC):
             raise Conflict(f"VM '{name}' expired at {rec.spec.expires_at:%Y-%m-%d %H:%M:%S}Z: push its expiry out "
                            f"first (`corral extend {name} 1h`)")
+        if rec.spec.unprivileged and os.geteuid() != 0:
+            raise Conflict(f"VM '{name}' is unprivileged (QEMU drops root with -runas), but the daemon does not run "
+                           "as root: run corrald as root, or set unprivileged false")
         resuming = rec.state == VMState.SUSPENDED
         if resuming and not self.vms.paths(name).state_file.is_file():
             raise EngineError(f"VM '{name}' is suspended but its saved state {self.vms.paths(name).state_file} is "

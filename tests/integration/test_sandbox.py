@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -143,6 +144,8 @@ def test_sandbox_none_timeout_and_bad_input(corral: CorralEnv, tmp_path: Path) -
     assert rep["stdout"]["text"].strip() == "ifaces: lo", rep["stdout"]  # --net none: no NIC but lo
     assert rep["connections"] is None and "no network interface" in rep["connections_note"]
     assert any(p["comm"] == "sleep" for p in rep["processes"])
+    if os.geteuid() == 0:  # a root daemon: the sandbox's QEMU dropped to nobody, as /proc showed during the run
+        assert any("uid 65534" in p and "-runas nobody" in p for p in rep["protections"]), rep["protections"]
     # --keep: the VM stays, stopped, its disk as the sample left it; no network was made for it.
     kept = json.loads(c.cli("show", rep["vm"], "--json").stdout)
     assert kept["state"] == "stopped" and kept["spec"]["nat"] is False and kept["spec"]["labels"] == {"sandbox": "true"}

@@ -324,3 +324,12 @@ def test_port_forwards_need_the_nat() -> None:
     with pytest.raises(ValueError, match="port forwards need the NAT NIC"):
         VMSpec(name="web", nat=False, ports=["8080:80"])
     assert VMSpec(name="web", ephemeral=True).ephemeral
+
+
+def test_unprivileged_qemu_drops_root_after_set_up() -> None:
+    args = argv(nat=False, unprivileged=True)
+    assert opt(args, "-runas") == ["nobody"]
+    assert opt(args, "-sandbox") == ["on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"]
+    assert not opt(argv(), "-runas") and "elevateprivileges=deny" in opt(argv(), "-sandbox")[0]
+    with pytest.raises(ValueError, match="unprivileged QEMU cannot reach"):
+        VMSpec(name="web", unprivileged=True, networks=["blue"])
