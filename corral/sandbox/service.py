@@ -94,7 +94,8 @@ class SandboxService:
                 if not req.keep:
                     stack.push_async_callback(self._remove_network, name)
                 gateway = str(list(ipaddress.ip_network(net.subnet).hosts())[-1])
-            spec = VMSpec(name=name, image=image, nat=False, networks=[name] if gateway else [], ephemeral=True,
+            spec = VMSpec(name=name, image=image, nat=False, networks=[name] if gateway else [],
+                          ephemeral=not req.keep,  # kept for study: started again, it shows what the sample left
                           unprivileged=not gateway and os.geteuid() == 0, labels={LABEL: "true"},
                           description=f"sandbox run of {req.sample_name}")
             await self.vms.create(spec)

@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class SinkCore:
     gateway: bytes  # the address the guest is given as its gateway and DNS server
     records: int = 0
     dropped: int = 0
-    seen: set[tuple[str, str, int]] = field(default_factory=set)
 
     def handle(self, frame: bytes) -> tuple[list[dict[str, Any]], list[bytes]]:
         eth = pk.parse_ether(frame)

@@ -148,7 +148,9 @@ def test_sandbox_none_timeout_and_bad_input(corral: CorralEnv, tmp_path: Path) -
         assert any("uid 65534" in p and "-runas nobody" in p for p in rep["protections"]), rep["protections"]
     # --keep: the VM stays, stopped, its disk as the sample left it; no network was made for it.
     kept = json.loads(c.cli("show", rep["vm"], "--json").stdout)
-    assert kept["state"] == "stopped" and kept["spec"]["nat"] is False and kept["spec"]["labels"] == {"sandbox": "true"}
+    spec = kept["spec"]
+    assert kept["state"] == "stopped" and spec["nat"] is False and spec["labels"] == {"sandbox": "true"}
+    assert spec["ephemeral"] is False  # started again, it would show what the sample left
     assert c.cli("rm", rep["vm"]).returncode == 0
     assert vms_and_networks(c) == ([], [])
 
