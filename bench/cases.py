@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import crowd, density, memory, oci
+from bench import crowd, density, memory, oci, sandbox
 from bench.harness import (
     BASELINE_CONNECT_RETRY,
     BASELINE_SYNC_RESEND,
@@ -476,4 +476,5 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "cp_throughput": cp_throughput,
     "crowd": crowd.crowd,
     "oci_launch": oci.oci_launch,
+    "sandbox_run": sandbox.sandbox_run,
 }

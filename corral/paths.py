@@ -29,6 +29,7 @@ VMS_DIR = "vms"
 LAYERS_DIR = "layers"
 BACKUPS_DIR = "backups"  # the default backup repository (corral.backup.repo)
 TEMPLATES_DIR = "templates"
+SANDBOX_DIR = "sandbox"  # a sandbox run's scratch (corral.sandbox): sink socket and log, raw disks; removed after
 
 # Inside an image directory.
 IMAGE_MANIFEST = "manifest.json"

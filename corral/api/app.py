@@ -26,6 +26,7 @@ from corral.api.routes import (
     ports,
     projects,
     quotas,
+    sandbox,
     snapshots,
     templates,
     vms,
@@ -39,6 +40,7 @@ def create_app(svc: Services | None = None) -> FastAPI:
     app.add_middleware(AuditMiddleware)
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
               files_virtio.router, files.router, images.router, daemon.router, snapshots.router, portable.router,
-              backups.router, idle.router, templates.router, balloon.router, pools.router, mounts.router):
+              backups.router, idle.router, templates.router, balloon.router, pools.router, mounts.router,
+              sandbox.router):
         app.include_router(r, prefix=API_PREFIX)
     return app

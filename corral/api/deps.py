@@ -15,6 +15,7 @@ from corral.mounts.service import MountService
 from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
 from corral.portable.service import PortableService
+from corral.sandbox.service import SandboxService
 from corral.settings import Settings
 from corral.storage.disks import DiskService
 from corral.storage.service import StorageService
@@ -44,6 +45,7 @@ class Services:
     pools: PoolService | None = None  # warm pools (the daemon always has them)
     recovery: Recovery | None = None  # what a dead daemon left mid-operation: finished or rolled back at start
     copies: DataCopyService | None = None  # `corral cp` over a hot-plugged virtio-serial port
+    sandbox: SandboxService | None = None  # `corral sandbox run`: samples in throwaway VMs
 
 
 def using(svc: Services, name: str) -> contextlib.AbstractContextManager[None]:

@@ -33,7 +33,7 @@ VERBS: dict[str, tuple[str, ...]] = {
 GROUPS: dict[str, str] = {
     "images": "images", "daemon": "daemon", "port": "port", "disk": "disk", "mount": "mount", "network": "network",
     "quota": "quota", "project": "project", "snapshot": "snapshot", "backup": "backup", "idle": "idle",
-    "template": "template", "pool": "pool",
+    "template": "template", "pool": "pool", "sandbox": "sandbox",
 }
 
 

@@ -145,6 +145,8 @@ def launch(
     balloon: bool = typer.Option(False, "--balloon", help="a memory balloon with free page reporting: memory the "
                                  "guest frees goes back to the host, and `corral balloon` sets a live target "
                                  "(not with --template)"),
+    ephemeral: bool = typer.Option(False, "--ephemeral", help="disposable: the root disk reverts to its base (the "
+                                   "image, or the template's disk) at every start"),
     template: str | None = typer.Option(None, "--template", "-t", help="start from a template's saved state "
                                         "(`corral template ls`) instead of booting: image, cpus, memory and disk "
                                         "are the template's"),
@@ -188,7 +190,7 @@ def launch(
                  _provisioning(cloud_init, ssh_key, hostname) | {
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
                      "labels": labels, "description": description} | expiry_fields
-                 | ({"balloon": True} if balloon else {})
+                 | ({"balloon": True} if balloon else {}) | ({"ephemeral": True} if ephemeral else {})
                  | {"mounts": [parse_mount(m) for m in mount]}
                  | ({"command": command} if command is not None else {}))
     t0 = time.monotonic()

@@ -10,6 +10,7 @@ from corral.client.base import APIError, DaemonUnavailable, Download
 from corral.client.daemon import DAEMON_PREFIX_ENV, daemon_prefix, daemon_running, start_daemon
 from corral.client.files import FileCalls
 from corral.client.host import HostCalls
+from corral.client.sandbox import SandboxCalls
 from corral.client.storage import StorageCalls
 from corral.client.vms import VMCalls
 from corral.settings import Settings, load_settings
@@ -18,7 +19,7 @@ __all__ = ["DAEMON_PREFIX_ENV", "APIError", "Client", "DaemonUnavailable", "Down
            "daemon_running", "start_daemon"]
 
 
-class Client(VMCalls, FileCalls, HostCalls, StorageCalls):
+class Client(VMCalls, FileCalls, HostCalls, StorageCalls, SandboxCalls):
     """A client of corrald's API, one method a call: the groups of calls are in corral.client's modules."""
 
 

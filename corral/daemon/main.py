@@ -34,6 +34,7 @@ from corral.mounts.service import MountService
 from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
 from corral.portable.service import PortableService
+from corral.sandbox.service import SandboxService
 from corral.settings import Settings, load_settings
 from corral.storage import full
 from corral.storage.disks import DiskService
@@ -94,13 +95,14 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     portable = PortableService(storage)
     copies = DataCopyService(vms)
     mounts = MountService(vms)
-    for service in (templates, backups, disks, portable, copies, mounts):
+    sandbox = SandboxService(vms)
+    for service in (templates, backups, disks, portable, copies, mounts, sandbox):
         service.register_recovery(recovery)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
                     portable=portable, disks=disks, mounts=mounts,
                     backups=backups, idle=IdleService(vms, settings.idle_interval),
                     templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
-                    recovery=recovery, copies=copies)
+                    recovery=recovery, copies=copies, sandbox=sandbox)
 
 
 async def serve(settings: Settings) -> None:

@@ -289,7 +289,8 @@ def _network(spec: VMSpec, ident: Identity, att: Attachments) -> list[str]:
     if att.ssh_port is not None:
         fwds.insert(0, f"hostfwd=tcp:127.0.0.1:{att.ssh_port}-:22")
     user = ",".join(["user,id=net0", *fwds])
-    args = ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"]
+    # nat=False (a sandbox's `--net none`): no NAT NIC at all, not a NIC with its link down.
+    args = ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"] if spec.nat else []
     for i, nic in enumerate(att.nics, start=1):
         if nic.tap is not None:
             args += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no",
@@ -385,8 +386,16 @@ def _mount_slots(paths: VMPaths, mounts: tuple[MountAttachment, ...]) -> list[st
     return args
 
 
-def _safety() -> list[str]:
-    return ["-nodefaults", "-no-user-config", "-display", "none", "-sandbox", SANDBOX, "-msg", "timestamp=on"]
+#: An unprivileged QEMU (spec ``unprivileged``): QEMU 7.2 installs its seccomp filter before ``-runas`` drops root,
+#: so ``elevateprivileges=deny`` would kill it at its own setuid (SIGSYS, exit 159: tried); allowing the set*id calls
+#: gives nothing once it runs as RUNAS_USER (real, effective and saved uid all dropped: nothing can regain root).
+SANDBOX_UNPRIVILEGED = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+RUNAS_USER = "nobody"
+
+
+def _safety(spec: VMSpec) -> list[str]:
+    sandbox = ["-sandbox", SANDBOX_UNPRIVILEGED, "-runas", RUNAS_USER] if spec.unprivileged else ["-sandbox", SANDBOX]
+    return ["-nodefaults", "-no-user-config", "-display", "none", *sandbox, "-msg", "timestamp=on"]
 
 
 def build_argv(
@@ -400,7 +409,7 @@ def build_argv(
         *_machine(host),
         *_resources(spec),
         *_memory(spec, memory),
-        *_safety(),
+        *_safety(spec),
         *_boot(spec, boot),
         *_root_disk(boot, paths, att.chain),
         *_network(spec, ident, att),

@@ -115,3 +115,10 @@ async def create_layer(path: Path, backing: Path, size: int) -> None:
     """A qcow2 overlay on the qcow2 ``backing`` of ``size`` bytes; the backing chain is not opened (-u: Corral knows
     it, and opening it would cost more the deeper it is)."""
     await run("create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", str(backing), str(path), str(size))
+
+
+async def convert_raw(src: Path, dst: Path, src_format: str = "qcow2") -> None:
+    """The whole chain under ``src`` as one sparse raw file ``dst`` (a sandbox reads its file system from it with
+    debugfs, corral.sandbox.diskdiff). The source format is stated; its backing files are the ones its header
+    names, with their formats, as Corral wrote them."""
+    await run("convert", "-f", src_format, "-O", "raw", "-S", "4k", str(src), str(dst))

@@ -360,6 +360,9 @@ class TemplateService:
             if given:
                 raise InvalidInput(f"{what} is not possible with a template: its machine has no such device "
                                    "(the hostname is the VM's name)")
+        if not spec.nat:
+            raise InvalidInput("a VM without the NAT NIC (nat false) is not possible with a template: the NIC is "
+                               "part of the template's machine; boot it from an image")
         async with self._lock:
             tpl = self.get(template)
             spec = spec.model_copy(update={"image": tpl.image, "vcpus": tpl.vcpus, "memory": tpl.memory,

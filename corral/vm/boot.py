@@ -11,13 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
 from datetime import UTC, datetime
 
 from corral import faults
-from corral.engine import migration, process, shares
+from corral.engine import migration, process, qemu_img, shares
 from corral.engine.accel import Accelerator
-from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, MountAttachment, build_argv
+from corral.engine.cmdline import (
+    Attachments,
+    HostConfig,
+    Identity,
+    MemoryFile,
+    MountAttachment,
+    build_argv,
+    root_chain,
+)
 from corral.engine.guest_agent import GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError
@@ -28,6 +37,7 @@ from corral.network import ports
 from corral.paths import VMPaths
 from corral.storage import check as image_check
 from corral.storage.attachments import attachments
+from corral.storage.chain import Chain
 from corral.store.db import RuntimeRecord, VMRecord
 from corral.vm import host, logs
 from corral.vm.core import VMCore
@@ -50,6 +60,9 @@ class Booter:
         if rec.spec.expires_at is not None and rec.spec.expires_at <= datetime.now(UTC):
             raise Conflict(f"VM '{name}' expired at {rec.spec.expires_at:%Y-%m-%d %H:%M:%S}Z: push its expiry out "
                            f"first (`corral extend {name} 1h`)")
+        if rec.spec.unprivileged and os.geteuid() != 0:
+            raise Conflict(f"VM '{name}' is unprivileged (QEMU drops root with -runas), but the daemon does not run "
+                           "as root: run corrald as root, or set unprivileged false")
         resuming = rec.state == VMState.SUSPENDED
         if resuming and not self.vms.paths(name).state_file.is_file():
             raise EngineError(f"VM '{name}' is suspended but its saved state {self.vms.paths(name).state_file} is "
@@ -88,6 +101,8 @@ class Booter:
         att = dataclasses.replace(att, mounts=self._mount_slots(rec, paths, resuming, from_template))
         if self.vms.root_chain is not None:
             att = dataclasses.replace(att, chain=self.vms.root_chain(rec, boot))
+        if spec.ephemeral and not resuming and not from_template:  # from a template: a fresh copy already
+            await self._fresh_overlay(rec, root_chain(boot, paths, att.chain))
         argv = build_argv(spec, boot, paths,
                           HostConfig(self.vms.settings.qemu_binary, accel.name, self.vms.settings.tcg_tb_size_mib),
                           Identity(rec.id, rec.mac), att, memory=MemoryFile(origin.memory) if origin else None)
@@ -191,6 +206,20 @@ class Booter:
         mount_host.write_layout(paths, layout)
         return mount_host.attachments(layout, plugged=not from_template)
 
+    async def _fresh_overlay(self, rec: VMRecord, chain: Chain) -> None:
+        """An ephemeral VM's disk reverts to its base at every start (not a resume: its saved state needs its disk):
+        the writable top layer is replaced by a new, empty overlay on the layer below. Made beside it and renamed
+        over it, so a failure leaves the old overlay in place (and the VM stopped)."""
+        top, below = chain.layers[-1], chain.layers[-2]
+        fresh = top.path.with_name(top.path.name + ".fresh")
+        fresh.unlink(missing_ok=True)
+        try:
+            await qemu_img.create_overlay(fresh, below.path, below.format, self.vms.disk_size(rec.spec))
+            fresh.replace(top.path)
+        finally:
+            fresh.unlink(missing_ok=True)
+        self.vms.event(rec.name, "start", "ephemeral: the disk reverts to its base (a fresh overlay)")
+
     async def _connect_agent_early(self, name: str, agent: GuestAgent) -> None:
         """Before a saved state loads: the host side of the guest agent's port connected, as it was when the state
         was saved (see GuestAgent.connect_early: it saves the agent a 100 ms sleep). If that fails, the agent is
@@ -209,7 +238,7 @@ class Booter:
         nics = await self.vms.networks.attach(rec)
         try:
             seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)
-            return Attachments(ssh_port=ports.free_port(), nics=nics, seed=seed,
+            return Attachments(ssh_port=ports.free_port() if rec.spec.nat else None, nics=nics, seed=seed,
                                disks=attachments(self.vms.store.list_disks(rec.name)))
         except BaseException:
             await self.vms.networks.release(rec)

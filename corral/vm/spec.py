@@ -205,6 +205,22 @@ class VMSpec(BaseModel):
     balloon: bool = Field(default=False, description="a virtio memory balloon with free page reporting: memory the "
                           "guest frees returns to the host, and `corral balloon` sets a live memory target (see "
                           "docs/explanation/memory.md); not for VMs made from templates")
+    nat: bool = Field(default=True, description="QEMU's user-mode NAT NIC (net0: outbound access, SSH and port "
+                      "forwards); false: no such NIC at all (a sandbox's `--net none`: docs/explanation/sandbox.md)")
+    unprivileged: bool = Field(default=False, description="QEMU drops root for the `nobody` user once it is set up "
+                               "(-runas; the daemon must run as root); no private networks then (their switch "
+                               "sockets are the daemon's user's); sandboxes with --net none get it")
+    ephemeral: bool = Field(default=False, description="disposable: the root disk reverts to its base (the image, "
+                            "or the template's disk) at every start, a fresh overlay each time")
+
+    @model_validator(mode="after")
+    def _nat_needed(self) -> VMSpec:
+        if not self.nat and self.ports:
+            raise ValueError("port forwards need the NAT NIC: drop the ports or keep nat on")
+        if self.unprivileged and (self.networks or self.mounts):
+            raise ValueError("an unprivileged QEMU cannot reach private networks' switches or shared folders: "
+                             "drop them or unprivileged")
+        return self
 
     @field_validator("name")
     @classmethod

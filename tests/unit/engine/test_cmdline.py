@@ -311,3 +311,25 @@ def test_mounts_of_a_template_vm_are_not_on_the_command_line() -> None:
     a = _with_mounts(MountAttachment(slot=0, plugged=False))
     assert not any(d.startswith("virtio-9p-pci") for d in opt(a, "-device"))
     assert a == _with_mounts()
+
+
+def test_without_nat_a_vm_has_no_nic_at_all() -> None:
+    """``nat: false`` (a sandbox's --net none): no user-mode NAT and no virtio-net device, not a NIC left down."""
+    args = argv(nat=False)
+    assert not opt(args, "-netdev") and not any(d.startswith("virtio-net") for d in opt(args, "-device"))
+    assert opt(argv(), "-netdev")[0].startswith("user,id=net0")
+
+
+def test_port_forwards_need_the_nat() -> None:
+    with pytest.raises(ValueError, match="port forwards need the NAT NIC"):
+        VMSpec(name="web", nat=False, ports=["8080:80"])
+    assert VMSpec(name="web", ephemeral=True).ephemeral
+
+
+def test_unprivileged_qemu_drops_root_after_set_up() -> None:
+    args = argv(nat=False, unprivileged=True)
+    assert opt(args, "-runas") == ["nobody"]
+    assert opt(args, "-sandbox") == ["on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"]
+    assert not opt(argv(), "-runas") and "elevateprivileges=deny" in opt(argv(), "-sandbox")[0]
+    with pytest.raises(ValueError, match="unprivileged QEMU cannot reach"):
+        VMSpec(name="web", unprivileged=True, networks=["blue"])

@@ -1,0 +1,1 @@
+"""Sandbox runs: a sample in a throwaway VM, watched (docs/explanation/sandbox.md)."""
