@@ -286,8 +286,7 @@ class PoolService:
                 if given:
                     raise InvalidInput(f"{what} is not possible with a template: its machine has no such device "
                                        "(the hostname is the VM's name)")
-            spec = spec.model_copy(update={"image": tpl.image, "vcpus": tpl.vcpus, "memory": tpl.memory,
-                                           "disk": tpl.disk})
+            spec = spec.model_copy(update=tpl.machine_fields())
             member = await self._hand_out(template, spec)
             if member is not None:
                 try:
