@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from corral.engine import guest_channel
+from corral.errors import InvalidInput
 from corral.paths import VMPaths
 from corral.storage.chain import Chain, ChainLayer
 from corral.vm.arch import Arch
@@ -33,6 +34,8 @@ class ArchProfile:
     pvpanic driver, so a panicked guest there just stops answering).
     ``power_button``: ``system_powerdown`` reaches the guest (ACPI on q35, gpio-keys on arm's ``virt``); where it
     does not (riscv64) a stop asks the guest agent to power off. ``console``: the guest's name of the serial port.
+    ``hotplug``: the guest sees devices plugged into its PCIe root ports while it runs (Debian's riscv64 kernel has
+    no pciehp, so disks and shared folders reach a riscv64 guest only at its start).
     """
 
     binary: str
@@ -42,6 +45,7 @@ class ArchProfile:
     ram_id: str
     panic: tuple[str, ...]
     power_button: bool
+    hotplug: bool = True
 
 
 ARCHES: dict[Arch, ArchProfile] = {
@@ -55,8 +59,15 @@ ARCHES: dict[Arch, ArchProfile] = {
                               power_button=True),
     # QEMU 7.2 has no riscv64 "max" CPU; rv64 is its full RV64GC model. The firmware is QEMU's built-in OpenSBI.
     Arch.RISCV64: ArchProfile(binary="qemu-system-riscv64", machine="virt", tcg_cpu="rv64", console="ttyS0",
-                              ram_id="riscv_virt_board.ram", panic=(), power_button=False),
+                              ram_id="riscv_virt_board.ram", panic=(), power_button=False, hotplug=False),
 }
+
+
+def check_hotplug(spec: VMSpec, vm: str, operation: str) -> None:
+    """Refuse (InvalidInput) to ``operation`` on running VM ``vm`` if its guest cannot see hot-plugged devices."""
+    if not ARCHES[spec.arch].hotplug:
+        raise InvalidInput(f"VM '{vm}' is {spec.arch}, whose kernel has no PCIe hot-plug: stop it first to "
+                           f"{operation} (`corral stop {vm}`); the change applies at its next start")
 
 
 @dataclass(frozen=True)
