@@ -2,8 +2,9 @@
 # Install whatever Corral needs that is missing: OS packages (QEMU, qemu-img, gpgv, the Debian archive keyring,
 # mmdebstrap, e2fsprogs, OVMF; zstd and lz4, which unpack the kernel for PVH boot, corral/images/pvh.py; extlinux,
 # systemd-boot, dosfstools and mtools for the disk-boot tests; gcc-12, make, binutils and libelf1, which build the
-# 9p kernel modules for the images' cloud kernel, corral/images/kmods.py) and the project virtualenv. A second run
-# changes nothing and takes well under a second.
+# 9p kernel modules for the images' cloud kernel, corral/images/kmods.py; qemu-system-arm and qemu-system-misc for
+# aarch64 and riscv64 guests, docs/explanation/architectures.md) and the project virtualenv. A second run changes
+# nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ declare -A NEED=(
   [ssh]=openssh-client [ssh-keygen]=openssh-client [extlinux]=extlinux
   [mkfs.vfat]=dosfstools [mcopy]=mtools [sfdisk]=fdisk
   [gcc-12]=gcc-12 [make]=make [strip]=binutils
+  [qemu-system-aarch64]=qemu-system-arm [qemu-system-riscv64]=qemu-system-misc
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -110,6 +110,8 @@ class ImageStore:
         if not m.is_file():
             have = ", ".join(image_ref(x.name, x.arch) for x in self.list()) or "none"
             bare, arch = split_ref(name)
+            if bare in BUILDERS:
+                BUILDERS[bare].check_arch(arch)  # a builder without that architecture: say so, not "build it"
             if arch != Arch.X86_64:
                 raise NotFound(f"image '{bare}' is not installed for {arch} (installed: {have}); build it with: "
                                f"corral images build {bare} --arch {arch}")
