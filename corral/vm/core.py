@@ -159,7 +159,7 @@ class VMCore:
         if spec.disk is not None:
             return spec.disk + extra
         try:
-            return self.images.get(spec.image).disk_virtual_size + extra
+            return self.images.get(spec.image_ref).disk_virtual_size + extra
         except CorralError:
             return extra
 
