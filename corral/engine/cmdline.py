@@ -63,6 +63,15 @@ ARCHES: dict[Arch, ArchProfile] = {
 }
 
 
+def check_template_mounts(spec: VMSpec) -> None:
+    """Refuse (InvalidInput) shared folders for a VM made from a template whose guest cannot see hot-plugged devices:
+    a template's saved state has no folder devices, so they are plugged after it loads."""
+    if spec.mounts and not ARCHES[spec.arch].hotplug:
+        raise InvalidInput(f"--mount is not possible with a {spec.arch} template: a VM made from a template gets its "
+                           f"folders hot-plugged, which {spec.arch}'s kernel cannot see; launch without --mount, or "
+                           f"boot from the image (`--image {spec.image} --arch {spec.arch} --mount ...`)")
+
+
 def check_hotplug(spec: VMSpec, vm: str, operation: str) -> None:
     """Refuse (InvalidInput) to ``operation`` on running VM ``vm`` if its guest cannot see hot-plugged devices."""
     if not ARCHES[spec.arch].hotplug:

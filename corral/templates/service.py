@@ -30,7 +30,7 @@ from pathlib import Path
 
 from corral import faults
 from corral.engine import guest_channel, migration, process, qemu_img
-from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv
+from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv, check_template_mounts
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, InvalidInput, NotFound
 from corral.images.boot import boot_source
@@ -363,6 +363,7 @@ class TemplateService:
         async with self._lock:
             tpl = self.get(template)
             spec = spec.model_copy(update=tpl.machine_fields())
+            check_template_mounts(spec)
             p = self.paths(template)
             await self.vms.create(spec, base=(p.disk, "qcow2"), overlay=p.overlay if p.overlay.is_file() else None)
             self.store.link_template_vm(spec.name, template)  # no await since create: nothing saw it unlinked

@@ -13,6 +13,7 @@ from corral.engine.cmdline import (
     MemoryFile,
     build_argv,
     check_hotplug,
+    check_template_mounts,
 )
 from corral.errors import InvalidInput
 from corral.paths import VMPaths
@@ -98,3 +99,10 @@ def test_image_refs_keep_x86_64_images_where_they_were() -> None:
     assert image_ref("tiny", Arch.AARCH64) == "tiny@aarch64"
     assert split_ref("tiny@riscv64") == ("tiny", Arch.RISCV64)
     assert VMSpec(name="web", arch="riscv64").image_ref == "tiny@riscv64"
+
+
+def test_a_riscv64_template_launch_with_a_folder_is_refused() -> None:
+    check_template_mounts(VMSpec(name="a", arch="aarch64", mounts=["/srv/data"]))
+    check_template_mounts(VMSpec(name="r", arch="riscv64"))
+    with pytest.raises(InvalidInput, match="--mount is not possible with a riscv64 template"):
+        check_template_mounts(VMSpec(name="r", arch="riscv64", mounts=["/srv/data"]))
