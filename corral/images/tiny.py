@@ -19,7 +19,15 @@ from corral.images import kmods, pvh
 from corral.images.archive import DebianArchive, Package, Progress, parse_relation
 from corral.images.artifacts import BuiltImage, SourcePackage
 from corral.images.initrd import Cpio, copy_with_libs, module_depends, module_load_order
-from corral.images.tiny_arch import ARCH_BUILDER_VERSION, FOREIGN, TinyArch, applet_names, builtin_modules, module_root
+from corral.images.tiny_arch import (
+    ARCH_BUILDER_VERSION,
+    FOREIGN,
+    TinyArch,
+    applet_names,
+    builtin_modules,
+    decompress_needed,
+    module_root,
+)
 from corral.vm.arch import Arch
 
 BUILDER_VERSION = "11"
@@ -410,6 +418,7 @@ def build_tiny(workdir: Path, archive: DebianArchive, progress: Progress | None 
     else:
         builtin = builtin_modules(moddir)
         modules = [m for m in foreign.modules if m.replace("-", "_") not in builtin]
+        decompress_needed(moddir, modules)
     make_initrd(busybox, module_load_order(moddir, modules), release, initrd)
 
     _note(progress, "assemble the root filesystem")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import ImageError
+from corral.images.initrd import module_depends
 from corral.vm.arch import Arch
 
 #: Part of the build-cache key of every architecture but x86_64 (whose key stays tiny.BUILDER_VERSION).
@@ -74,14 +75,26 @@ def applet_names(busybox: Path) -> list[str]:
 
 
 def module_root(kroot: Path) -> Path:
-    """``lib/modules/<release>`` of an unpacked kernel package (under usr/ in trixie), xz modules decompressed."""
+    """``lib/modules/<release>`` of an unpacked kernel package (under usr/ in trixie)."""
     dirs = sorted((kroot / "lib/modules").glob("*")) or sorted((kroot / "usr/lib/modules").glob("*"))
     if not dirs:
         raise ImageError("the kernel package holds no modules: the Debian package layout changed")
-    for xz in dirs[0].rglob("*.ko.xz"):
-        xz.with_suffix("").write_bytes(lzma.decompress(xz.read_bytes()))
-        xz.unlink()
     return dirs[0]
+
+
+def decompress_needed(moddir: Path, wanted: list[str]) -> None:
+    """Unpack the xz-compressed modules (trixie's) that ``wanted`` and their dependencies need, in place, so that
+    the initrd's module lookup finds plain ``.ko`` files; only those: unpacking all 3,000 took most of a minute."""
+    xz = {p.name.removesuffix(".ko.xz").replace("-", "_"): p for p in moddir.rglob("*.ko.xz")}
+    todo, seen = [w.replace("-", "_") for w in wanted], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in xz:
+            continue  # done, built in, or already plain (module_load_order names what is missing)
+        seen.add(name)
+        ko = xz[name].with_suffix("")
+        ko.write_bytes(lzma.decompress(xz[name].read_bytes()))
+        todo += [d.replace("-", "_") for d in module_depends(ko)]
 
 
 def builtin_modules(moddir: Path) -> set[str]:
