@@ -42,12 +42,12 @@ def ls_row(c: CorralEnv, name: str) -> tuple[list[str], list[str]]:
     return header.split(), next(r.split() for r in rows if r.split()[0] == name)
 
 
-def test_aarch64_vm_runs_execs_lists_snapshots_and_templates(corral: CorralEnv) -> None:
+@pytest.mark.slow  # 45 s of a worker at load 5-9, 4 min at load 13
+def test_aarch64_vm_runs_execs_lists_and_snapshots(corral: CorralEnv) -> None:
     # Bad input first (no VM needed): each a one-line error, nothing created.
     one_line_error(corral.cli("launch", "bad", "--arch", "sparc64"), "--arch 'sparc64'", "x86_64, aarch64, riscv64")
-    if "tiny@aarch64" not in {f"{m.name}@{m.arch}" for m in corral.client.list_images()}:
-        one_line_error(corral.cli("launch", "bad", "--arch", "aarch64"),
-                       "not installed for aarch64", "corral images build tiny --arch aarch64")
+    one_line_error(corral.cli("launch", "bad", "--arch", "aarch64"),  # a fresh home has only the host's tiny
+                   "not installed for aarch64", "corral images build tiny --arch aarch64")
     one_line_error(corral.cli("images", "build", "debian-12", "--arch", "aarch64"), "built for x86_64 only")
     one_line_error(corral.cli("images", "build", "tiny", "--arch", "mips"), "--arch 'mips'")
     assert ls_json(corral) == []
@@ -72,15 +72,13 @@ def test_aarch64_vm_runs_execs_lists_snapshots_and_templates(corral: CorralEnv) 
     assert guest(corral, "a1", "cat /root/mark") == "before"
     ok(corral, "snapshot", "rm", "a1", "s1")
 
-    # A template: its RAM file carries the machine's RAM block name (mach-virt.ram), its VMs its architecture.
+    # (A template of a foreign VM, whose RAM file must carry the machine's RAM block name, is checked on the command
+    # line in tests/unit/engine/test_cmdline_arch.py; one boot here is enough.) --arch comes from a template:
     one_line_error(corral.cli("launch", "a2", "--template", "ta", "--arch", "aarch64"),
                    "--arch comes from the template")
-    ok(corral, "template", "create", "ta", "--from", "a1")
-    ok(corral, "launch", "a2", "--template", "ta")
-    assert guest(corral, "a2", "uname -m; hostname").split() == ["aarch64", "a2"]
-    assert show(corral, "a2")["spec"]["arch"] == "aarch64"
 
 
+@pytest.mark.slow
 def test_riscv64_vm_runs_shares_a_folder_and_stops_without_a_power_button(corral: CorralEnv, tmp_path: Path) -> None:
     share = tmp_path / "share"
     share.mkdir()
