@@ -42,7 +42,7 @@ def ls_row(c: CorralEnv, name: str) -> tuple[list[str], list[str]]:
     return header.split(), next(r.split() for r in rows if r.split()[0] == name)
 
 
-@pytest.mark.slow  # 45 s of a worker at load 5-9, 4 min at load 13
+@pytest.mark.slow  # 36-46 s of a worker at load 4-5, 2.5-4 min at load 13: handed out first
 def test_aarch64_vm_runs_execs_lists_and_snapshots(corral: CorralEnv) -> None:
     # Bad input first (no VM needed): each a one-line error, nothing created.
     one_line_error(corral.cli("launch", "bad", "--arch", "sparc64"), "--arch 'sparc64'", "x86_64, aarch64, riscv64")
