@@ -1,6 +1,7 @@
 """Build the test images into the shared cache once, before the parallel test run (so workers do not race).
 
-Usage: prepare_images.py NAME... (built copies in $CORRAL_CACHE/built are reused; nothing is rebuilt).
+Usage: prepare_images.py NAME[@ARCH]... (built copies in $CORRAL_CACHE/built are reused; nothing is rebuilt).
+``tiny@aarch64`` and ``tiny@riscv64`` are tiny for those guest architectures (docs/explanation/architectures.md).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from corral.images.store import ImageStore
 from corral.settings import load_settings
+from corral.vm.arch import split_ref
 
 
 class Reporter:
@@ -30,10 +32,11 @@ def main(names: list[str]) -> None:
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="corral-prepare-") as tmp:
         store = ImageStore(Path(tmp) / "images", settings.cache)
-        for name in names:
+        for ref in names:
             t0 = time.monotonic()
-            m = store.ensure(name, settings.mirror, Reporter(name))
-            print(f"image {name}: ready ({m.size >> 20} MiB, {time.monotonic() - t0:.0f}s)", flush=True)
+            name, arch = split_ref(ref)
+            m = store.ensure(name, settings.mirror, Reporter(ref), arch=arch)
+            print(f"image {ref}: ready ({m.size >> 20} MiB, {time.monotonic() - t0:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":

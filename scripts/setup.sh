@@ -6,6 +6,7 @@
 #   gcc-12, make, binutils, libelf1: build the 9p kernel modules for the images' cloud kernel (corral/images/kmods.py)
 #   debugfs (e2fsprogs): the sandbox's file diff (corral/sandbox/)
 #   skopeo, umoci: copy and unpack OCI images (corral/images/oci/)
+#   qemu-system-arm, qemu-system-misc: aarch64 and riscv64 guests (docs/explanation/architectures.md)
 # A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ declare -A NEED=(
   [mkfs.vfat]=dosfstools [mcopy]=mtools [sfdisk]=fdisk
   [gcc-12]=gcc-12 [make]=make [strip]=binutils
   [skopeo]=skopeo [umoci]=umoci
+  [qemu-system-aarch64]=qemu-system-arm [qemu-system-riscv64]=qemu-system-misc
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -359,7 +359,7 @@ class BackupService:
                     spec = VMSpec.model_validate(spec_data)
                 except ValueError as exc:
                     raise InvalidInput(f"cannot restore to '{to}': {str(exc).splitlines()[-1].strip()}") from None
-                self.vms.images.get(spec.image)  # the image gives the kernel: it must exist before we start
+                self.vms.images.get(spec.image_ref)  # the image gives the kernel: it must exist before we start
             else:
                 assert in_place is not None
                 self._check_in_place(in_place)

@@ -9,15 +9,30 @@ from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, Te
 from rich.table import Table
 
 from corral.api.models import BuildEvent
-from corral.cli.common import api, out, print_json
+from corral.cli.common import EXIT_INVALID, api, fail, out, print_json
 from corral.client import Client
 from corral.images.artifacts import Manifest
+from corral.vm.arch import Arch
 from corral.vm.sizes import format_size
 
 app = typer.Typer(help="Guest images: built from Debian's archive, kept read-only in the store.", no_args_is_help=True)
 
 
-def build_with_progress(client: Client, name: str, refresh: bool = False) -> Manifest:
+ARCH_HELP = "guest architecture: x86_64, aarch64 or riscv64 (default: the host's)"
+
+
+def parse_arch(value: str | None) -> Arch | None:
+    """``--arch``'s value, or a one-line error naming the architectures there are."""
+    if value is None:
+        return None
+    try:
+        return Arch(value)
+    except ValueError:
+        fail(f"--arch {value!r} is not an architecture Corral runs: use one of "
+             f"{', '.join(a.value for a in Arch)}", EXIT_INVALID)
+
+
+def build_with_progress(client: Client, name: str, refresh: bool = False, arch: Arch | None = None) -> Manifest:
     """Build (or fetch from the cache) an image, showing the builder's stages and bytes."""
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                   TimeElapsedColumn(), console=out, transient=True) as bar:
@@ -26,7 +41,7 @@ def build_with_progress(client: Client, name: str, refresh: bool = False) -> Man
         def progress(ev: BuildEvent) -> None:
             bar.update(task, description=f"{name}: {ev.stage}", completed=ev.done, total=ev.total)
 
-        return client.build_image(name, refresh=refresh, progress=progress)
+        return client.build_image(name, refresh=refresh, progress=progress, arch=arch)
 
 
 OCI_HELP = ("an OCI image: an OCI layout DIR[:TAG], a `docker save`/`podman save` tarball, or a registry's "
@@ -77,11 +92,14 @@ def ls(json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
 
 @app.command()
 def build(name: str = typer.Argument(..., help="tiny or debian-12"),
-          refresh: bool = typer.Option(False, help="rebuild even if a built copy is cached")) -> None:
+          refresh: bool = typer.Option(False, help="rebuild even if a built copy is cached"),
+          arch: str | None = typer.Option(None, "--arch", help=ARCH_HELP + "; tiny has all three")) -> None:
     """Build an image from Debian's package archive (verified) and put it in the store."""
+    target = parse_arch(arch)
     with api() as client:
-        m = build_with_progress(client, name, refresh)
-    out.print(f"image [bold]{m.name}[/] ready: {format_size(m.size)}, {len(m.packages)} packages, "
+        m = build_with_progress(client, name, refresh, target)
+    arch_note = f" ({m.arch})" if m.arch != Arch.X86_64 else ""
+    out.print(f"image [bold]{m.name}[/]{arch_note} ready: {format_size(m.size)}, {len(m.packages)} packages, "
               f"disk sha256 {m.disk_sha256[:12]}")
 
 
@@ -139,8 +157,9 @@ def import_(
 
 
 @app.command("rm")
-def rm(name: str) -> None:
+def rm(name: str, arch: str | None = typer.Option(None, "--arch", help=ARCH_HELP)) -> None:
     """Remove an image (refused while a VM uses it)."""
+    target = parse_arch(arch)
     with api() as client:
-        client.remove_image(name)
-    out.print(f"image {name} removed")
+        client.remove_image(name, target)
+    out.print(f"image {name}{f' ({target})' if target else ''} removed")

@@ -15,11 +15,12 @@ from corral.cli import balloon as balloon_cli
 from corral.cli import idle as idle_cli
 from corral.cli import images as images_cli
 from corral.cli.common import EXIT_INVALID, api, fail, human_duration, out, print_json
-from corral.cli.images import build_with_progress
+from corral.cli.images import ARCH_HELP, build_with_progress, parse_arch
 from corral.cli.mount import MOUNT_HELP, parse_mount
 from corral.client import APIError, Client
 from corral.pools.plan import LABEL as POOL_LABEL
 from corral.vm import labels as lbl
+from corral.vm.arch import host_arch, image_ref
 from corral.vm.expiry import ExpiryAction, format_duration, parse_duration, parse_time
 from corral.vm.sizes import format_size
 from corral.vm.spec import VMSpec
@@ -150,6 +151,8 @@ def launch(
     template: str | None = typer.Option(None, "--template", "-t", help="start from a template's saved state "
                                         "(`corral template ls`) instead of booting: image, cpus, memory and disk "
                                         "are the template's"),
+    arch: str | None = typer.Option(None, "--arch", help=ARCH_HELP + "; another than the host's runs under TCG, "
+                                    "from an image built for it (`corral images build tiny --arch aarch64`)"),
 ) -> None:
     """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait).
 
@@ -161,6 +164,10 @@ def launch(
     if template is not None and (image != "tiny" or cpus != 1 or memory != "256M" or disk is not None):
         fail("--image, --cpus, --memory and --disk come from the template: leave them out with --template",
              EXIT_INVALID)
+    target = parse_arch(arch)
+    if template is not None and target is not None:
+        fail("--arch comes from the template (the architecture of the VM it was made from): leave it out with "
+             "--template", EXIT_INVALID)
     if template is not None and balloon:
         fail("--balloon is not possible with --template: a template's memory is a file shared by its VMs, which "
              "a balloon would punch holes in (docs/explanation/memory.md)", EXIT_INVALID)
@@ -191,6 +198,7 @@ def launch(
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
                      "labels": labels, "description": description} | expiry_fields
                  | ({"balloon": True} if balloon else {}) | ({"ephemeral": True} if ephemeral else {})
+                 | ({"arch": target} if target else {})
                  | {"mounts": [parse_mount(m) for m in mount]}
                  | ({"command": command} if command is not None else {}))
     t0 = time.monotonic()
@@ -207,19 +215,21 @@ def launch(
                   f"{info.accel}{addr})")
         return
     with api() as client:
-        images = {m.name: m for m in client.list_images()}
+        images = {image_ref(m.name, m.arch): m for m in client.list_images()}
         if oci is not None:
             m = images_cli.import_oci_with_progress(client, oci, None)
-            spec, images[m.name] = spec.model_copy(update={"image": m.name}), m
-        elif spec.image not in images:
-            build_with_progress(client, spec.image)
+            spec, images[image_ref(m.name, m.arch)] = spec.model_copy(update={"image": m.name}), m
+        # The host's architecture's image is built when missing; another's must be built first (the daemon's
+        # error says how): a foreign build is a deliberate download of another kernel and userland.
+        elif spec.arch == host_arch() and spec.image_ref not in images:
+            build_with_progress(client, spec.image, arch=spec.arch)
         client.create_vm(spec)
         try:
             client.start_vm(spec.name)
         except APIError:
             client.delete_vm(spec.name, force=True)  # launch is all or nothing
             raise
-        process = images[spec.image].oci if spec.image in images else None
+        process = images[spec.image_ref].oci if spec.image_ref in images else None
         if process is not None:  # its main process may end before the agent answers: nothing to wait for
             _report_oci(spec, process.argv(spec.command), t0)
             return
@@ -257,7 +267,7 @@ def ls(
     if json_:
         print_json(vms)
         return
-    cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"]
+    cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", "ARCH", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"]
     expiring = any(v.expires_in is not None for v in vms)  # the column only when some VM expires
     idling = any(idle_cli.column(v) != "-" for v in vms)  # the same for idle control
     t = Table(box=None)
@@ -267,7 +277,7 @@ def ls(
     for v in vms:
         style = STATE_STYLE.get(v.state, "")
         row = [v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.project, v.spec.owner or "-",
-               v.spec.image, str(v.spec.vcpus), format_size(v.spec.memory << 20),
+               v.spec.image, v.spec.arch, str(v.spec.vcpus), format_size(v.spec.memory << 20),
                format_size(v.spec.disk) if v.spec.disk else "image", ", ".join(v.addresses) or "-",
                human_duration(v.uptime), *([format_expires(v)] if expiring else []),
                *([idle_cli.column(v)] if idling else [])]
@@ -311,7 +321,8 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("state", v.state + (f" ({v.state_reason})" if v.state_reason else "")),
         ("owner", v.spec.owner or "-"), ("project", v.spec.project), ("labels", format_labels(v.spec.labels)),
         ("description", v.spec.description or "-"),
-        ("image", v.spec.image), ("vcpus", str(v.spec.vcpus)), ("memory", format_size(v.spec.memory << 20)),
+        ("image", v.spec.image), ("arch", v.spec.arch), ("vcpus", str(v.spec.vcpus)),
+        ("memory", format_size(v.spec.memory << 20)),
         ("restart policy", v.spec.restart.value), ("mac", v.mac),
         ("pid", str(v.pid) if v.pid else "-"), ("accelerator", v.accel or "-"),
         ("uptime", human_duration(v.uptime)), ("guest agent", "ready" if v.agent_ready else "not ready"),

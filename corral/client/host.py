@@ -114,9 +114,10 @@ class HostCalls(Core):
         return [Manifest.model_validate(m) for m in self._req("GET", "/images").json()]
 
     def build_image(self, name: str, refresh: bool = False,
-                    progress: Callable[[BuildEvent], None] | None = None) -> Manifest:
+                    progress: Callable[[BuildEvent], None] | None = None, arch: str | None = None) -> Manifest:
+        """Build (or install from the cache) image ``name`` for ``arch`` (default: the host's architecture)."""
         return self._image_job(f"the build of '{name}'", progress, "POST", f"/images/{name}/build",
-                               params={"refresh": refresh})
+                               params={"refresh": refresh} | ({"arch": arch} if arch else {}))
 
     def _image_job(self, what: str, progress: Callable[[BuildEvent], None] | None, method: str, url: str,
                    **kw: Any) -> Manifest:
@@ -131,8 +132,8 @@ class HostCalls(Core):
                 return ev.manifest
         raise APIError(500, "ImageError", f"{what} ended without a result")
 
-    def remove_image(self, name: str) -> None:
-        self._req("DELETE", f"/images/{name}")
+    def remove_image(self, name: str, arch: str | None = None) -> None:
+        self._req("DELETE", f"/images/{name}", params={"arch": arch} if arch else None)
 
     def import_image(self, source: str, name: str | None = None, sha256: str | None = None,
                      format: str | None = None, firmware: str = "bios",

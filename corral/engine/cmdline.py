@@ -16,11 +16,69 @@ from pathlib import Path
 from typing import Literal
 
 from corral.engine import guest_channel
+from corral.errors import InvalidInput
 from corral.paths import VMPaths
 from corral.storage.chain import Chain, ChainLayer
+from corral.vm.arch import Arch
 from corral.vm.spec import VMSpec
 
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+@dataclass(frozen=True)
+class ArchProfile:
+    """What differs between guest architectures on QEMU's side, as data (docs/explanation/architectures.md).
+
+    ``binary`` is used for every architecture but x86_64, whose binary is the configured one (CORRAL_QEMU).
+    ``ram_id`` is the name of the machine's RAM block without a backend: a template's file-backed RAM must carry it
+    for a migration stream from an ordinary VM to load into it. ``panic``: the device that turns a guest panic into a
+    GUEST_PANICKED event (none on aarch64 and riscv64: QEMU has pvpanic-pci, but Debian's kernels there have no
+    pvpanic driver, so a panicked guest there just stops answering).
+    ``power_button``: ``system_powerdown`` reaches the guest (ACPI on q35, gpio-keys on arm's ``virt``); where it
+    does not (riscv64) a stop asks the guest agent to power off. ``console``: the guest's name of the serial port.
+    ``hotplug``: the guest sees devices plugged into its PCIe root ports while it runs (Debian's riscv64 kernel has
+    no pciehp, so disks and shared folders reach a riscv64 guest only at its start).
+    """
+
+    binary: str
+    machine: str
+    tcg_cpu: str
+    console: str
+    ram_id: str
+    panic: tuple[str, ...]
+    power_button: bool
+    hotplug: bool = True
+
+
+ARCHES: dict[Arch, ArchProfile] = {
+    Arch.X86_64: ArchProfile(binary="qemu-system-x86_64", machine="q35", tcg_cpu="max", console="ttyS0",
+                             ram_id="pc.ram", panic=("-device", "pvpanic"), power_button=True),
+    # gic-version=max: GICv3 under TCG (more than 8 vCPUs), the host's GIC under KVM. pauth-impdef: pointer
+    # authentication with QEMU's own cheap algorithm instead of emulating QARMA (the architected one, which made the
+    # guest's kernel boot several times slower under TCG). No panic device: Debian's arm64 kernel has no pvpanic.
+    Arch.AARCH64: ArchProfile(binary="qemu-system-aarch64", machine="virt,gic-version=max",
+                              tcg_cpu="max,pauth-impdef=on", console="ttyAMA0", ram_id="mach-virt.ram", panic=(),
+                              power_button=True),
+    # QEMU 7.2 has no riscv64 "max" CPU; rv64 is its full RV64GC model. The firmware is QEMU's built-in OpenSBI.
+    Arch.RISCV64: ArchProfile(binary="qemu-system-riscv64", machine="virt", tcg_cpu="rv64", console="ttyS0",
+                              ram_id="riscv_virt_board.ram", panic=(), power_button=False, hotplug=False),
+}
+
+
+def check_template_mounts(spec: VMSpec) -> None:
+    """Refuse (InvalidInput) shared folders for a VM made from a template whose guest cannot see hot-plugged devices:
+    a template's saved state has no folder devices, so they are plugged after it loads."""
+    if spec.mounts and not ARCHES[spec.arch].hotplug:
+        raise InvalidInput(f"--mount is not possible with a {spec.arch} template: a VM made from a template gets its "
+                           f"folders hot-plugged, which {spec.arch}'s kernel cannot see; launch without --mount, or "
+                           f"boot from the image (`--image {spec.image} --arch {spec.arch} --mount ...`)")
+
+
+def check_hotplug(spec: VMSpec, vm: str, operation: str) -> None:
+    """Refuse (InvalidInput) to ``operation`` on running VM ``vm`` if its guest cannot see hot-plugged devices."""
+    if not ARCHES[spec.arch].hotplug:
+        raise InvalidInput(f"VM '{vm}' is {spec.arch}, whose kernel has no PCIe hot-plug: stop it first to "
+                           f"{operation} (`corral stop {vm}`); the change applies at its next start")
 
 
 @dataclass(frozen=True)
@@ -152,8 +210,8 @@ class MemoryFile:
 
     ``share=False`` (a VM from a template): a private copy-on-write mapping; the file is never written, pages the
     guest only reads stay the page cache's, shared by every VM mapping the file. ``share=True`` (only while a
-    template is made): writes go to the file. The backend is named ``pc.ram``, the name of q35's RAM block without
-    a backend, so a migration stream from an ordinary VM loads into it.
+    template is made): writes go to the file. The backend is named after the machine's RAM block without a backend
+    (:attr:`ArchProfile.ram_id`: ``pc.ram`` on q35), so a migration stream from an ordinary VM loads into it.
     """
 
     path: Path
@@ -168,13 +226,19 @@ class Identity:
     mac: str
 
 
-def _machine(host: HostConfig) -> list[str]:
-    if host.accel == "kvm":
+def qemu_binary(arch: Arch, configured: str) -> str:
+    """The QEMU binary for a guest of ``arch``: the configured one (CORRAL_QEMU) for x86_64, else the arch's own."""
+    return configured if arch == Arch.X86_64 else ARCHES[arch].binary
+
+
+def _machine(spec: VMSpec, host: HostConfig) -> list[str]:
+    profile = ARCHES[spec.arch]
+    if host.accel == "kvm":  # the caller only chooses KVM for a guest of the host's own architecture
         accel, cpu = "kvm", "host"
     else:
         # A small translation cache per VM: QEMU's default (1 GiB) would cap a host at a handful of VMs.
-        accel, cpu = f"tcg,tb-size={host.tcg_tb_size_mib}", "max"
-    return ["-machine", "q35", "-accel", accel, "-cpu", cpu]
+        accel, cpu = f"tcg,tb-size={host.tcg_tb_size_mib}", profile.tcg_cpu
+    return ["-machine", profile.machine, "-accel", accel, "-cpu", cpu]
 
 
 def _resources(spec: VMSpec) -> list[str]:
@@ -185,9 +249,10 @@ def _memory(spec: VMSpec, memory: MemoryFile | None) -> list[str]:
     if memory is None:
         return []
     share = "on" if memory.share else "off"
+    ram = ARCHES[spec.arch].ram_id
     return [
-        "-object", f"memory-backend-file,id=pc.ram,mem-path={memory.path},size={spec.memory}M,share={share}",
-        "-machine", "memory-backend=pc.ram",
+        "-object", f"memory-backend-file,id={ram},mem-path={memory.path},size={spec.memory}M,share={share}",
+        "-machine", f"memory-backend={ram}",
     ]  # fmt: skip
 
 
@@ -343,9 +408,9 @@ def _monitor(paths: VMPaths) -> list[str]:
     ]  # fmt: skip
 
 
-def _devices() -> list[str]:
+def _devices(spec: VMSpec) -> list[str]:
     # pvpanic turns a guest kernel panic into a GUEST_PANICKED event; virtio-rng gives the guest entropy early.
-    return ["-device", "pvpanic", "-device", "virtio-rng-pci", "-action", "panic=shutdown"]
+    return [*ARCHES[spec.arch].panic, "-device", "virtio-rng-pci", "-action", "panic=shutdown"]
 
 
 #: The balloon's QOM id (QMP: /machine/peripheral/balloon0) and how often QEMU asks the guest for its memory
@@ -404,9 +469,9 @@ def build_argv(
 ) -> list[str]:
     """The whole QEMU command line for ``spec``. Pure: same inputs, same list."""
     return [
-        host.qemu_binary,
+        qemu_binary(spec.arch, host.qemu_binary),
         *_identity(spec, ident),
-        *_machine(host),
+        *_machine(spec, host),
         *_resources(spec),
         *_memory(spec, memory),
         *_safety(spec),
@@ -417,7 +482,7 @@ def build_argv(
         *_guest_agent(paths),
         *_serial(paths),
         *_monitor(paths),
-        *_devices(),
+        *_devices(spec),
         *_hotplug_ports(),  # last: the ports take the next free slots, every other device keeps its address
         *_extra_disks(att.disks),
         *_balloon(spec, memory),  # after the ports: with or without it, every other device keeps its address

@@ -24,8 +24,8 @@ from corral.vm.spec import VMSpec
 
 LIVE_FIELDS = ("labels", "description", "restart", "idle")
 RESTART_FIELDS = ("vcpus", "memory", "balloon")
-FIXED_FIELDS = ("image", "disk", "ports", "networks", "cloud_init", "ssh_keys", "hostname", "owner", "project",
-                "mounts")
+FIXED_FIELDS = ("image", "arch", "disk", "ports", "networks", "cloud_init", "ssh_keys", "hostname", "owner",
+                "project", "mounts")
 
 Kind = Literal["create", "start", "change", "delete", "unchanged", "conflict"]
 

@@ -252,7 +252,9 @@ class DebianArchive:
         if rel_path not in table:
             raise ImageError(f"InRelease of {self.suite} lists no {rel_path}: check the suite and architecture")
         size, digest = table[rel_path]
-        pkgs_xz = d / "Packages.xz"
+        # Under the archive's own path (component, architecture): one suite's indexes for two architectures must
+        # never overwrite each other in a cache shared by concurrent builds.
+        pkgs_xz = d / rel_path
         if refresh or not pkgs_xz.exists() or pkgs_xz.stat().st_size != size or sha256_file(pkgs_xz) != digest:
             self._fetch(f"dists/{self.suite}/{rel_path}", pkgs_xz, progress, total=size)
             self._check_file(pkgs_xz, size, digest, rel_path)

@@ -64,6 +64,7 @@ class BuiltImage(BaseModel):
     """Files a builder made in its work directory, not yet in the store."""
 
     name: str
+    arch: str = "x86_64"
     kernel: Path
     initrd: Path
     disk: Path  # qcow2

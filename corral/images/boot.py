@@ -11,6 +11,7 @@ from corral.engine.cmdline import BootSource
 from corral.errors import EngineError
 from corral.images.artifacts import Manifest
 from corral.images.store import ImageStore
+from corral.vm.arch import host_arch, image_ref
 
 #: Debian's ovmf package: the firmware code (read-only, shared) and the template of a VM's variable store.
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
@@ -38,9 +39,10 @@ def boot_source(image_dir: Path, manifest: Manifest, vm_root: Path) -> BootSourc
 
 
 def probe_kernel(store: ImageStore) -> Path | None:
-    """A kernel to probe KVM with when the VM's own image has none: any installed kernel-boot image's."""
+    """A kernel to probe KVM with when the VM's own image has none: any installed kernel-boot image's of the host's
+    architecture (KVM runs no other)."""
     for m in store.list():
-        k = store.dir(m.name) / P.IMAGE_KERNEL
-        if m.boot == "kernel" and k.is_file():
+        k = store.dir(image_ref(m.name, m.arch)) / P.IMAGE_KERNEL
+        if m.boot == "kernel" and m.arch == host_arch() and k.is_file():
             return k
     return None

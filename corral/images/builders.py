@@ -11,8 +11,9 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import ImageError, NotFound
+from corral.errors import ImageError, InvalidInput, NotFound
 from corral.images.artifacts import BuiltImage, Progress
+from corral.vm.arch import DEBIAN_ARCH, Arch
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class BuilderInfo:
     name: str
     description: str
     module: str  # imported on first use
+    arches: tuple[Arch, ...] = (Arch.X86_64,)  # the guest architectures it builds for
 
     def _load(self):  # type: ignore[no-untyped-def]
         try:
@@ -32,20 +34,37 @@ class BuilderInfo:
         """BUILDER_VERSION of the builder module: part of the build-cache key."""
         return str(self._load().BUILDER_VERSION)
 
-    def build(self, workdir: Path, mirror: str, cache_dir: Path, progress: Progress | None = None) -> BuiltImage:
-        """Build the image in ``workdir`` (blocking; the daemon runs it in a thread)."""
+    def version_for(self, arch: Arch) -> str:
+        """The build-cache key's version for ``arch``: BUILDER_VERSION for x86_64, ARCH_BUILDER_VERSION else (a
+        foreign build can change without invalidating every cached x86_64 image)."""
+        self.check_arch(arch)
+        return self.version if arch == Arch.X86_64 else str(self._load().ARCH_BUILDER_VERSION)
+
+    def check_arch(self, arch: Arch) -> None:
+        """InvalidInput, naming what there is, if this builder has no ``arch`` build."""
+        if arch not in self.arches:
+            have = ", ".join(a.value for a in self.arches)
+            raise InvalidInput(f"image '{self.name}' is built for {have} only, not {arch}: use --image tiny for "
+                               f"{arch} guests")
+
+    def build(self, workdir: Path, mirror: str, cache_dir: Path, progress: Progress | None = None,
+              arch: Arch = Arch.X86_64) -> BuiltImage:
+        """Build the image for ``arch`` in ``workdir`` (blocking; the daemon runs it in a thread)."""
+        self.check_arch(arch)
         mod = self._load()
         if self.name == "tiny":
             from corral.images.archive import DebianArchive  # httpx and the index parser: only when building
+            from corral.images.tiny_arch import FOREIGN
 
-            archive = DebianArchive(mirror, mod.SUITE, cache_dir)
-            return mod.build_tiny(workdir, archive, progress)  # type: ignore[no-any-return]
+            suite = FOREIGN[arch].suite if arch in FOREIGN else mod.SUITE
+            archive = DebianArchive(mirror, suite, cache_dir, arch=DEBIAN_ARCH[arch])
+            return mod.build_tiny(workdir, archive, progress, arch)  # type: ignore[no-any-return]
         return mod.build_debian12(workdir, mirror, cache_dir, progress)  # type: ignore[no-any-return]
 
 
 BUILDERS: dict[str, BuilderInfo] = {
     "tiny": BuilderInfo("tiny", "busybox + qemu-guest-agent on Debian 12's cloud kernel; boots in seconds",
-                        "corral.images.tiny"),
+                        "corral.images.tiny", (Arch.X86_64, Arch.AARCH64, Arch.RISCV64)),
     "debian-12": BuilderInfo("debian-12", "Debian 12 (bookworm) with systemd, apt and qemu-guest-agent",
                              "corral.images.debian12"),
 }

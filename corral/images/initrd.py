@@ -15,6 +15,11 @@ from corral.errors import ImageError
 LIB_DIRS = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib"]
 
 
+def lib_dirs(multiarch: str) -> list[str]:
+    """Where a library of ``multiarch`` (``aarch64-linux-gnu``) may lie in unpacked packages."""
+    return [f"lib/{multiarch}", f"usr/lib/{multiarch}", "lib64", "usr/lib64", "lib", "usr/lib"]
+
+
 def elf_needed(path: Path) -> tuple[list[str], str | None]:
     """DT_NEEDED names and PT_INTERP of an ELF64 little-endian file (no binutils needed on the build host)."""
     data = path.read_bytes()
@@ -44,13 +49,16 @@ def elf_needed(path: Path) -> tuple[list[str], str | None]:
     return needed, interp
 
 
-def copy_with_libs(staging: Path, rel_binaries: list[str], tree: Path) -> None:
+def copy_with_libs(staging: Path, rel_binaries: list[str], tree: Path, multiarch: str = "x86_64-linux-gnu") -> None:
     """Copy binaries from staging into tree/usr/..., plus every library they need, transitively."""
-    lib_out = tree / "usr/lib/x86_64-linux-gnu"
+    search = lib_dirs(multiarch)
+    lib_out = tree / "usr/lib" / multiarch
     lib_out.mkdir(parents=True, exist_ok=True)
     todo: list[Path] = []
     for rel in rel_binaries:
         src = staging / rel
+        if not src.exists() and not rel.startswith("usr/"):  # merged /usr (trixie): the file is only under usr/
+            src = staging / "usr" / rel
         if not src.exists():
             raise ImageError(f"{rel} is missing from the extracted packages: the Debian package layout changed")
         dest = tree / "usr" / rel.removeprefix("usr/")
@@ -63,6 +71,8 @@ def copy_with_libs(staging: Path, rel_binaries: list[str], tree: Path) -> None:
         if interp and interp not in seen:
             seen.add(interp)
             src = staging / interp.lstrip("/")
+            if not src.exists():  # merged /usr (trixie): /lib/ld-linux-*.so.1 is only under usr/lib
+                src = staging / "usr" / interp.lstrip("/").removeprefix("usr/")
             dest = tree / "usr" / interp.lstrip("/").removeprefix("usr/")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src.resolve(), dest)
@@ -71,7 +81,7 @@ def copy_with_libs(staging: Path, rel_binaries: list[str], tree: Path) -> None:
             if name in seen:
                 continue
             seen.add(name)
-            lib = next((staging / d / name for d in LIB_DIRS if (staging / d / name).exists()), None)
+            lib = next((staging / d / name for d in search if (staging / d / name).exists()), None)
             if lib is None:
                 raise ImageError(f"shared library {name} is in no extracted package: add its package to the tiny image")
             dest = lib_out / name

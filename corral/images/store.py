@@ -21,6 +21,7 @@ from corral import paths
 from corral.errors import Conflict, ImageError, InvalidInput, NotFound
 from corral.images.artifacts import BuiltImage, Manifest, Progress, sha256_file
 from corral.images.builders import BUILDERS, get_builder
+from corral.vm.arch import Arch, image_ref, split_ref
 
 _FILES = (paths.IMAGE_KERNEL, paths.IMAGE_INITRD, paths.IMAGE_DISK)
 
@@ -37,6 +38,7 @@ def manifest_for(built: BuiltImage) -> Manifest:
     """Describe a freshly built image: checksums and sizes are measured, not trusted from the builder."""
     return Manifest(
         name=built.name,
+        arch=built.arch,
         disk_sha256=sha256_file(built.disk),
         disk_virtual_size=_virtual_size(built.disk),
         size=sum(p.stat().st_size for p in (built.kernel, built.initrd, built.disk)),
@@ -103,35 +105,47 @@ class ImageStore:
         return out
 
     def get(self, name: str) -> Manifest:
+        """The installed image whose store key is ``name`` (``tiny``, or ``tiny@aarch64``: corral.vm.arch)."""
         m = self.dir(name) / paths.IMAGE_MANIFEST
         if not m.is_file():
-            have = ", ".join(x.name for x in self.list()) or "none"
+            have = ", ".join(image_ref(x.name, x.arch) for x in self.list()) or "none"
+            bare, arch = split_ref(name)
+            if bare in BUILDERS:
+                BUILDERS[bare].check_arch(arch)  # a builder without that architecture: say so, not "build it"
+            if arch != Arch.X86_64:
+                raise NotFound(f"image '{bare}' is not installed for {arch} (installed: {have}); build it with: "
+                               f"corral images build {bare} --arch {arch}")
             raise NotFound(f"image '{name}' is not installed (installed: {have}); build it with: "
                            f"corral images build {name}")
         return Manifest.model_validate_json(m.read_text())
 
     # -- building and installing ---------------------------------------------------------------------------------
 
-    def ensure(self, name: str, mirror: str, progress: Progress | None = None, refresh: bool = False) -> Manifest:
-        """The installed image ``name``: installed from the build cache, or built first. ``refresh`` rebuilds."""
+    def ensure(self, name: str, mirror: str, progress: Progress | None = None, refresh: bool = False,
+               arch: Arch = Arch.X86_64) -> Manifest:
+        """The installed image ``name`` for ``arch``: installed from the build cache, or built first. ``refresh``
+        rebuilds. Kept under :func:`corral.vm.arch.image_ref` (``tiny`` for x86_64, ``tiny@aarch64``...)."""
         _check_name(name)
-        target = self.dir(name)
-        if not refresh and (target / paths.IMAGE_MANIFEST).is_file():
-            return self.get(name)
         builder = get_builder(name)
-        cached = self.cache_dir / "built" / name / builder.version
+        version = builder.version_for(arch)  # InvalidInput if the builder has no such architecture
+        ref = image_ref(name, arch)
+        target = self.dir(ref)
+        if not refresh and (target / paths.IMAGE_MANIFEST).is_file():
+            return self.get(ref)
+        cached = self.cache_dir / "built" / ref / version
         if refresh or not (cached / paths.IMAGE_MANIFEST).is_file():
-            self._build_into_cache(name, mirror, cached, progress)
+            self._build_into_cache(name, mirror, cached, progress, arch)
         if progress:
-            progress(f"install image {name}", 0, None)
-        return self.install_from(cached, name)
+            progress(f"install image {ref}", 0, None)
+        return self.install_from(cached, ref)
 
-    def _build_into_cache(self, name: str, mirror: str, cached: Path, progress: Progress | None) -> None:
+    def _build_into_cache(self, name: str, mirror: str, cached: Path, progress: Progress | None,
+                          arch: Arch = Arch.X86_64) -> None:
         tmp_root = self.cache_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"build-{name}-"))
+        workdir = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"build-{image_ref(name, arch)}-"))
         try:
-            built = get_builder(name).build(workdir / "work", mirror, self.cache_dir, progress)
+            built = get_builder(name).build(workdir / "work", mirror, self.cache_dir, progress, arch)
             out = workdir / "out"
             self.save_built(built, out)
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +206,7 @@ class ImageStore:
         staging = Path(tempfile.mkdtemp(dir=self.images_dir, prefix=f".stage-{built.name}-"))
         try:
             self.save_built(built, staging / "out")
-            return self.install_from(staging / "out", built.name)
+            return self.install_from(staging / "out", image_ref(built.name, built.arch))
         finally:
             _rmtree(staging)
 

@@ -19,6 +19,16 @@ from corral.images import kmods, pvh
 from corral.images.archive import DebianArchive, Package, Progress, parse_relation
 from corral.images.artifacts import BuiltImage, SourcePackage
 from corral.images.initrd import Cpio, copy_with_libs, module_depends, module_load_order
+from corral.images.tiny_arch import (
+    ARCH_BUILDER_VERSION,
+    FOREIGN,
+    TinyArch,
+    applet_names,
+    builtin_modules,
+    decompress_needed,
+    module_root,
+)
+from corral.vm.arch import Arch
 
 BUILDER_VERSION = "11"
 SUITE = "bookworm"
@@ -286,9 +296,10 @@ exit 0
 }
 
 
-def make_tree(tree: Path, busybox: Path, staging: Path) -> None:
-    """Assemble the root filesystem (merged /usr, like Debian 12) in ``tree``."""
-    for d in ("usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu", "usr/lib64", "etc", "dev", "proc", "sys", "run",
+def make_tree(tree: Path, busybox: Path, staging: Path, arch: TinyArch | None = None) -> None:
+    """Assemble the root filesystem (merged /usr, like Debian 12) in ``tree``; ``arch``: a foreign one's."""
+    multiarch = arch.multiarch if arch else "x86_64-linux-gnu"
+    for d in ("usr/bin", "usr/sbin", f"usr/lib/{multiarch}", "usr/lib64", "etc", "dev", "proc", "sys", "run",
               "tmp", "root", "var/log", "var/tmp", "mnt"):
         (tree / d).mkdir(parents=True, exist_ok=True)
     for link in ("bin", "sbin", "lib", "lib64"):
@@ -298,15 +309,21 @@ def make_tree(tree: Path, busybox: Path, staging: Path) -> None:
     (tree / "var/tmp").chmod(0o1777)
     (tree / "root").chmod(0o700)
     shutil.copy2(busybox, tree / "usr/bin/busybox")
-    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout
-    for rel in applets.split():
+    if arch is None:
+        applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout
+        rels = applets.split()
+    else:  # a foreign busybox does not run here: each applet in both bin directories (PATH has both)
+        rels = [f"usr/{d}/{n}" for n in applet_names(busybox) for d in ("sbin", "bin")]
+    for rel in rels:
         dest = tree / "usr" / rel.removeprefix("usr/")
         if dest.exists() or dest.is_symlink():
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.symlink_to(os.path.relpath(tree / "usr/bin/busybox", dest.parent))
-    copy_with_libs(staging, BINARIES, tree)
+    copy_with_libs(staging, BINARIES, tree, multiarch)
     for rel, (mode, text) in FILES.items():
+        if arch is not None and rel == "etc/inittab":  # the serial console's name (ttyAMA0 on arm)
+            text = text.replace("ttyS0", arch.console)
         dest = tree / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_symlink():
@@ -349,17 +366,21 @@ def _wanted_for_staging(pkgs: list[Package]) -> list[Package]:
     return [p for p in pkgs if p.name in keep or (p.name.startswith("lib") and "perl" not in p.name)]
 
 
-def build_tiny(workdir: Path, archive: DebianArchive, progress: Progress | None = None) -> BuiltImage:
-    """Build the tiny image in ``workdir`` (which the caller owns and removes)."""
+def build_tiny(workdir: Path, archive: DebianArchive, progress: Progress | None = None,
+               arch: Arch = Arch.X86_64) -> BuiltImage:
+    """Build the tiny image for ``arch`` in ``workdir`` (which the caller owns and removes); ``archive`` is that
+    architecture's (corral.images.tiny_arch: the suite, kernel and modules of each)."""
+    foreign = FOREIGN.get(arch)
     workdir.mkdir(parents=True, exist_ok=True)
     _note(progress, f"load the {archive.suite} package index")
     archive.load_index(progress)
-    meta = archive.package(KERNEL_META)
+    kernel_meta = foreign.kernel_meta if foreign else KERNEL_META
+    meta = archive.package(kernel_meta)
     kernel_pkg_name = next(
         (alt for group in parse_relation(meta.depends) for alt in group if alt.startswith("linux-image-")), None
     )
     if kernel_pkg_name is None:
-        raise ImageError(f"{KERNEL_META} depends on no linux-image package: the archive layout changed")
+        raise ImageError(f"{kernel_meta} depends on no linux-image package: the archive layout changed")
     kernel_pkg = archive.package(kernel_pkg_name)
     busybox_pkg = archive.package("busybox-static")
     agent_pkgs = _wanted_for_staging(archive.resolve(AGENT_PACKAGES))
@@ -376,23 +397,34 @@ def build_tiny(workdir: Path, archive: DebianArchive, progress: Progress | None 
             archive.extract(deb, staging)
 
     _note(progress, "make the initrd")
-    vmlinuz = next(iter(sorted((kroot / "boot").glob("vmlinuz-*"))), None)
-    moddirs = sorted((kroot / "lib/modules").glob("*"))
-    if vmlinuz is None or not moddirs:
+    # vmlinuz (x86, arm: compressed), vmlinux (riscv64: an uncompressed Image, which QEMU's -kernel boots)
+    vmlinuz = next(iter(sorted((kroot / "boot").glob("vmlinu[xz]-*"))), None)
+    moddir = module_root(kroot) if foreign else next(iter(sorted((kroot / "lib/modules").glob("*"))), None)
+    if vmlinuz is None or moddir is None:
         raise ImageError(f"{kernel_pkg.name} holds no vmlinuz or modules: the Debian package layout changed")
     kernel = workdir / "vmlinuz"
     shutil.copyfile(vmlinuz, kernel)
-    pvh.to_pvh(kernel)  # QEMU boots it at its PVH entry: no real-mode setup, no decompression under TCG
-    busybox = staging / "bin/busybox"
+    if foreign is None:  # x86_64: QEMU boots it at its PVH entry (no real-mode setup, no decompression)
+        pvh.to_pvh(kernel)
+    busybox = next((p for p in (staging / "bin/busybox", staging / "usr/bin/busybox") if p.is_file()), None)
+    if busybox is None:
+        raise ImageError("busybox-static holds no busybox: the Debian package layout changed")
     initrd = workdir / "initrd.img"
-    release = moddirs[0].name
-    ninep, ninep_sources = kmods.build_9p(archive, release, kernel_pkg.version, progress)
-    kmods.install(ninep, moddirs[0])
-    make_initrd(busybox, module_load_order(moddirs[0], MODULES), release, initrd)
+    release = moddir.name
+    ninep_sources: list[Package] = []
+    if foreign is None:
+        ninep, ninep_sources = kmods.build_9p(archive, release, kernel_pkg.version, progress)
+        kmods.install(ninep, moddir)
+        modules = MODULES
+    else:
+        builtin = builtin_modules(moddir)
+        modules = [m for m in foreign.modules if m.replace("-", "_") not in builtin]
+        decompress_needed(moddir, modules)
+    make_initrd(busybox, module_load_order(moddir, modules), release, initrd)
 
     _note(progress, "assemble the root filesystem")
     tree = workdir / "tree"
-    make_tree(tree, busybox, staging)
+    make_tree(tree, busybox, staging, foreign)
     _note(progress, "make the root disk")
     disk = workdir / "disk.qcow2"
     make_disk(tree, workdir / "disk.raw", disk)
@@ -401,15 +433,15 @@ def build_tiny(workdir: Path, archive: DebianArchive, progress: Progress | None 
     shutil.rmtree(tree)
     return BuiltImage(
         name="tiny",
+        arch=arch,
         kernel=kernel,
         initrd=initrd,
         disk=disk,
-        kernel_cmdline=KERNEL_CMDLINE,
-        builder=f"tiny {BUILDER_VERSION}",
+        kernel_cmdline=foreign.cmdline if foreign else KERNEL_CMDLINE,
+        builder=f"tiny {arch} {ARCH_BUILDER_VERSION}" if foreign else f"tiny {BUILDER_VERSION}",
         mirror=archive.mirror,
         suite=archive.suite,
         # The 9p modules' sources are listed too: the initrd holds what was built from them.
         packages=[SourcePackage(name=p.name, version=p.version, arch=p.arch, sha256=p.sha256)
                   for p in [*used, *ninep_sources]],
     )
-

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from corral import faults
 from corral.engine import shares
-from corral.engine.cmdline import MountAttachment, mount_tag
+from corral.engine.cmdline import MountAttachment, check_hotplug, mount_tag
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound, StateError
 from corral.mounts import guest, host
@@ -60,6 +60,7 @@ class MountService:
         if rec.state in STOPPED:
             return False
         if rec.state == VMState.RUNNING:
+            check_hotplug(rec.spec, vm, operation)
             return True
         if rec.state == VMState.PAUSED:
             raise Conflict(f"VM '{vm}' is paused: its guest cannot {operation}; resume it first (`corral resume {vm}`)")

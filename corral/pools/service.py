@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from corral.engine.cmdline import check_template_mounts
 from corral.errors import Conflict, CorralError, GuestAgentError, InvalidInput, NotFound
 from corral.guest import identity
 from corral.network import forwards, ports
@@ -286,8 +287,8 @@ class PoolService:
                 if given:
                     raise InvalidInput(f"{what} is not possible with a template: its machine has no such device "
                                        "(the hostname is the VM's name)")
-            spec = spec.model_copy(update={"image": tpl.image, "vcpus": tpl.vcpus, "memory": tpl.memory,
-                                           "disk": tpl.disk})
+            spec = spec.model_copy(update=tpl.machine_fields())
+            check_template_mounts(spec)
             member = await self._hand_out(template, spec)
             if member is not None:
                 try:

@@ -42,6 +42,7 @@ from corral.portable.archive import ArchiveError, ArchiveProgress, Member
 from corral.storage import check as image_check
 from corral.storage.service import LIVE_DISK, OFFLINE_DISK, TEMPLATE_REF, StorageService, check_name
 from corral.store.db import DiskRecord, LayerRecord, OperationRecord, SnapshotRecord, VMRecord
+from corral.vm.arch import image_ref, split_ref
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
 
@@ -94,7 +95,7 @@ class PortableService:
             await self.vms.delete(str(created), force=True)
             done.append(f"the half-imported VM '{created}' was deleted")
         image = op.data.get("image_installed")
-        if image and not any(r.spec.image == image for r in self.store.list_vms()):
+        if image and not any(r.spec.image_ref == image for r in self.store.list_vms()):
             with contextlib.suppress(CorralError):
                 await asyncio.to_thread(self.vms.images.remove, str(image), [])
                 done.append(f"image '{image}' it had installed was removed")
@@ -186,7 +187,8 @@ class PortableService:
         if any(b is not None and b.startswith(TEMPLATE_REF) for b in bottoms):
             raise Conflict(f"VM '{rec.name}' sits on a template's disk, which an export does not carry yet: export a "
                            f"full clone of it (`corral clone {rec.name} NEW --full`)")
-        image = rec.spec.image if rec.spec.image in bottoms else None
+        # The image store's key (corral.vm.arch.image_ref): tiny, or tiny@aarch64 for a VM of another architecture.
+        image = rec.spec.image_ref if rec.spec.image_ref in bottoms else None
         members = [Member(_layer_member(i), Path(layer.path)) for i, layer in layers.items()]
         for s in snaps:
             if s.state_file:
@@ -275,8 +277,8 @@ class PortableService:
                 if installed and image is not None:
                     op.note(image_installed=image)
                     undo.append(lambda name=image: self.vms.images.remove(name, []))
-                if image is not None and image != spec.image:
-                    spec = spec.model_copy(update={"image": image})
+                if image is not None and image != spec.image_ref:
+                    spec = spec.model_copy(update={"image": split_ref(image)[0]})
                 self.vms.check_quotas(spec, self.vms.disk_size(spec))
                 self.vms._creating[vm] = spec
                 undo.append(lambda: self.vms._creating.pop(vm, None))
@@ -334,12 +336,13 @@ class PortableService:
         if manifest.disk_sha256 != want.get("disk_sha256") or \
                 sha256_file(idir / P.IMAGE_DISK) != manifest.disk_sha256:
             raise ArchiveError(f"{src}: the image's disk does not match its manifest")
-        for candidate in (str(want["name"]), f"{want['name']}-{manifest.disk_sha256[:8]}"):
+        bare, arch = split_ref(str(want["name"]))  # a store key: tiny, or tiny@aarch64
+        for candidate in (str(want["name"]), image_ref(f"{bare}-{manifest.disk_sha256[:8]}", arch)):
             try:
                 have = self.vms.images.get(candidate)
             except NotFound:
-                if candidate != manifest.name:
-                    manifest = manifest.model_copy(update={"name": candidate})
+                if split_ref(candidate)[0] != manifest.name:
+                    manifest = manifest.model_copy(update={"name": split_ref(candidate)[0]})
                     os.chmod(idir / P.IMAGE_MANIFEST, 0o644)
                     (idir / P.IMAGE_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
                 self.vms.images.install_from(idir, candidate)
@@ -418,7 +421,7 @@ class PortableService:
             undo.append(lambda id_=rec.id: self.store.delete_layer(id_))
 
     def _image_name(self, vm: str) -> str:
-        return self.vms.get(vm).spec.image
+        return self.vms.get(vm).spec.image_ref
 
     def _bottom_up(self, meta: dict[str, Any], ids: dict[str, str], vm: str, now: float) -> list[LayerRecord]:
         top = str(meta["top"])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from corral import faults
 from corral.engine import hotplug, qemu_img
-from corral.engine.cmdline import HOTPLUG_PORTS
+from corral.engine.cmdline import HOTPLUG_PORTS, check_hotplug
 from corral.engine.monitor import Monitor
 from corral.errors import CapacityError, Conflict, EngineError, InvalidInput, NotFound, StateError
 from corral.operations.recovery import Outcome, Recovery
@@ -90,6 +90,7 @@ class DiskService:
             return None
         m = self.vms.machine(rec.name)
         if rec.state in HOTPLUG and m is not None and m.monitor is not None:
+            check_hotplug(rec.spec, rec.name, operation)
             return m.monitor
         if rec.state in (VMState.SUSPENDED, VMState.SUSPENDING):
             raise Conflict(f"VM '{rec.name}' is {rec.state}: its saved state holds its devices; resume or stop it "

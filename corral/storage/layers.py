@@ -73,7 +73,7 @@ class LayerTree:
         """What the bottom of a VM's chain is: its image's disk, or (``template:NAME``) the disk of the template it
         was launched from. Kept in each bottom layer's row, so a clone's chain knows it too."""
         link = self.store.template_of(rec.name)
-        return f"{TEMPLATE_REF}{link[0]}" if link else rec.spec.image
+        return f"{TEMPLATE_REF}{link[0]}" if link else rec.spec.image_ref
 
     def base_file(self, ref: str) -> tuple[Path, str]:
         """The file (and format) a :meth:`base_ref` names."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.idle.policy import IdlePolicy
+from corral.vm.arch import split_ref
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
 
@@ -91,6 +92,12 @@ class TemplateRecord:
     #: Captured with a shell listening on Corral's guest channel (corral.engine.guest_channel): a VM made from it
     #: takes its identity through the channel, else through the guest agent.
     channel: bool = False
+
+    def machine_fields(self) -> dict[str, object]:
+        """The spec fields a VM made from this template takes from it. ``image`` is the image store's key
+        (corral.vm.arch.image_ref: ``tiny``, ``tiny@aarch64``), which also says the architecture."""
+        image, arch = split_ref(self.image)
+        return {"image": image, "arch": arch, "vcpus": self.vcpus, "memory": self.memory, "disk": self.disk}
 
 
 @dataclass(frozen=True)

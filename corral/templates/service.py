@@ -30,7 +30,7 @@ from pathlib import Path
 
 from corral import faults
 from corral.engine import guest_channel, migration, process, qemu_img
-from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv
+from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv, check_template_mounts
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, InvalidInput, NotFound
 from corral.images.boot import boot_source
@@ -138,7 +138,7 @@ class TemplateService:
         full_state.unlink()
         # Its backing file is named by its final path (where the template is moved next), not opened (-u).
         await qemu_img.create_layer(work.overlay, final.disk, int(disk_info["virtual-size"]))
-        tpl = TemplateRecord(name=name, source=source, image=spec.image, vcpus=spec.vcpus,
+        tpl = TemplateRecord(name=name, source=source, image=spec.image_ref, vcpus=spec.vcpus,
                              memory=spec.memory, disk=int(disk_info["virtual-size"]), created_at=time.time(),
                              channel=channel)
         work.spec.write_text(json.dumps(dataclasses.asdict(tpl), indent=2) + "\n")
@@ -168,7 +168,7 @@ class TemplateService:
             raise InvalidInput(f"VM '{rec.name}' has shared folders: templates are made from VMs without (their "
                                f"devices would be in the saved state); `corral mount rm {rec.name} GUEST_DIR` first, "
                                "and give --mount to the VMs launched from the template")
-        manifest = self.vms.images.get(spec.image)
+        manifest = self.vms.images.get(spec.image_ref)
         if manifest.boot != "kernel":
             raise InvalidInput(f"VM '{rec.name}' boots from its own disk (image '{spec.image}'): templates are made "
                                "from kernel-boot images (tiny, debian-12)")
@@ -259,10 +259,10 @@ class TemplateService:
         build.root.mkdir(mode=0o700)
         try:
             await qemu_img.create_overlay(build.disk, work.disk, "qcow2", None)
-            manifest = self.vms.images.get(spec.image)
-            boot = dataclasses.replace(boot_source(self.vms.images.dir(spec.image), manifest, build.root),
+            manifest = self.vms.images.get(spec.image_ref)
+            boot = dataclasses.replace(boot_source(self.vms.images.dir(spec.image_ref), manifest, build.root),
                                        base_disk=work.disk, base_format="qcow2")
-            accel = await self.vms.accelerator(boot.kernel)
+            accel = await self.vms.accelerator(boot.kernel, spec.arch)
             host = HostConfig(self.settings.qemu_binary, accel.name if accel else "tcg",
                               self.settings.tcg_tb_size_mib)
             argv = migration.incoming_argv(build_argv(
@@ -365,8 +365,8 @@ class TemplateService:
                                "part of the template's machine; boot it from an image")
         async with self._lock:
             tpl = self.get(template)
-            spec = spec.model_copy(update={"image": tpl.image, "vcpus": tpl.vcpus, "memory": tpl.memory,
-                                           "disk": tpl.disk})
+            spec = spec.model_copy(update=tpl.machine_fields())
+            check_template_mounts(spec)
             p = self.paths(template)
             await self.vms.create(spec, base=(p.disk, "qcow2"), overlay=p.overlay if p.overlay.is_file() else None)
             self.store.link_template_vm(spec.name, template)  # no await since create: nothing saw it unlinked

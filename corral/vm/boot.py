@@ -75,10 +75,10 @@ class Booter:
         host.check_start_cpus(name, spec.vcpus, sum(s.vcpus for s in live.values()), settings.cpu_overcommit)
         self.vms.check_quotas(spec, self.vms.disk_size(spec))
         self.vms._starting[name] = spec  # released by _start, when the VM is live or the start failed
-        manifest = self.vms.images.get(spec.image)
-        image_dir = self.vms.images.dir(spec.image)
+        manifest = self.vms.images.get(spec.image_ref)
+        image_dir = self.vms.images.dir(spec.image_ref)
         boot = boot_source(image_dir, manifest, self.vms.paths(name).root)
-        accel = await self.vms.accelerator(boot.kernel or probe_kernel(self.vms.images))
+        accel = await self.vms.accelerator(boot.kernel or probe_kernel(self.vms.images), spec.arch)
         if accel is None:  # a disk-boot image, and no kernel-boot image installed to probe KVM with
             accel = Accelerator("tcg", "no kernel installed to probe KVM with (build the tiny image)")
         paths = self.vms.paths(name)

@@ -29,6 +29,7 @@ from corral.storage.chain import Chain
 from corral.store.db import EventRecord, RuntimeRecord, Store, VMRecord
 from corral.vm import quota
 from corral.vm.actor import system_task
+from corral.vm.arch import Arch, host_arch
 from corral.vm.eventlog import EventLog
 from corral.vm.machine import Machine, Origin
 from corral.vm.spec import VMSpec
@@ -131,8 +132,12 @@ class VMCore:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def accelerator(self, kernel: Path | None = None) -> Accelerator | None:
-        """The probed accelerator (probed once, with the kernel of the first VM started)."""
+    async def accelerator(self, kernel: Path | None = None, arch: Arch | None = None) -> Accelerator | None:
+        """The accelerator for a guest of ``arch`` (default: the host's): the probed one (probed once, with the
+        kernel of the first VM started), but never KVM for a guest of another architecture than the host's."""
+        if arch is not None and arch != host_arch():
+            return Accelerator("tcg", f"an {arch} guest on an {host_arch()} host: KVM runs only the host's "
+                               "architecture; using TCG (slow)")
         async with self._accel_lock:
             if self._accel is None and kernel is not None:
                 self._accel = await probe_accelerator(
@@ -154,7 +159,7 @@ class VMCore:
         if spec.disk is not None:
             return spec.disk + extra
         try:
-            return self.images.get(spec.image).disk_virtual_size + extra
+            return self.images.get(spec.image_ref).disk_virtual_size + extra
         except CorralError:
             return extra
 

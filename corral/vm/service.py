@@ -35,6 +35,7 @@ from typing import Any
 
 from corral import faults
 from corral.engine import migration, process, qemu_img
+from corral.engine.cmdline import ARCHES
 from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
 from corral.engine.monitor import MonitorError
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, StateError
@@ -85,7 +86,7 @@ class VMService(VMCore):
                 raise Conflict(
                     f"a VM named '{spec.name}' already exists: choose another name or `corral rm {spec.name}`"
                 )
-            manifest = self.images.get(spec.image)
+            manifest = self.images.get(spec.image_ref)
             if spec.command is not None and manifest.oci is None:
                 raise InvalidInput(f"image '{spec.image}' is not an OCI image: only an OCI image's cmd can be "
                                    "replaced (`-- ARGS`)")
@@ -115,7 +116,7 @@ class VMService(VMCore):
                     await asyncio.to_thread(shutil.copyfile, overlay, paths.disk)  # mode from the umask, as qemu-img
                 else:
                     await qemu_img.create_overlay(
-                        paths.disk, *(base or (self.images.dir(spec.image) / "disk.qcow2", manifest.disk_format)),
+                        paths.disk, *(base or (self.images.dir(spec.image_ref) / "disk.qcow2", manifest.disk_format)),
                         spec.disk)
                 self.store.insert_vm(rec)
             except BaseException:
@@ -160,8 +161,7 @@ class VMService(VMCore):
         try:
             if rec.state == VMState.PAUSED and m.monitor is not None:
                 await m.monitor.execute("cont")
-            if m.monitor is not None:
-                await m.monitor.execute("system_powerdown")
+            await self._power_off(m, rec.spec)
             await asyncio.wait_for(m.exited.wait(), timeout)
         except (TimeoutError, MonitorError) as exc:
             if not force:
@@ -172,6 +172,17 @@ class VMService(VMCore):
             self.event(name, "stop", f"guest did not power off ({exc or 'timeout'}); killing QEMU")
             await self._kill_machine(m)
         return self._get(name)
+
+    @staticmethod
+    async def _power_off(m: Machine, spec: VMSpec) -> None:
+        """Ask the guest to power off: through its power button (ACPI on q35, gpio-keys on arm's virt), or where the
+        machine has none (riscv64's virt: ArchProfile.power_button) through its guest agent."""
+        if ARCHES[spec.arch].power_button or not m.agent_ready:
+            if m.monitor is not None:
+                await m.monitor.execute("system_powerdown")
+            return
+        with contextlib.suppress(CorralError):  # guest-shutdown never answers on success: the agent goes down
+            await m.agent.execute("guest-shutdown", {"mode": "powerdown"}, timeout=2.0)
 
     async def _discard_suspended(self, name: str, force: bool) -> VMRecord:
         """Stop a suspended VM: like pulling the plug, its saved memory is thrown away (only with ``force``)."""

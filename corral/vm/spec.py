@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from corral.idle.policy import IdlePolicy
 from corral.vm import expiry
 from corral.vm import labels as lbl
+from corral.vm.arch import Arch, host_arch, image_ref
 from corral.vm.expiry import ExpiryAction
 from corral.vm.sizes import parse_size
 
@@ -164,6 +165,8 @@ class VMSpec(BaseModel):
 
     name: str = Field(description="DNS label: lower-case letters, digits and '-', 1-63 characters")
     image: str = Field(default="tiny", description="an image in the store: `corral images ls`")
+    arch: Arch = Field(default_factory=host_arch, description="guest architecture: x86_64, aarch64 or riscv64; "
+                       "default: the host's. A foreign one runs under TCG (docs/explanation/architectures.md)")
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
     memory: MemoryMiB = Field(default=256, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB, description="MiB")
     disk: DiskBytes | None = Field(
@@ -315,6 +318,11 @@ class VMSpec(BaseModel):
     @property
     def guest_hostname(self) -> str:
         return self.hostname or self.name
+
+    @property
+    def image_ref(self) -> str:
+        """The image store's key of this VM's image: its name and architecture (corral.vm.arch.image_ref)."""
+        return image_ref(self.image, self.arch)
 
     @field_validator("image")
     @classmethod

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TOP = ("corral.api", "corral.daemon", "corral.cli", "corral.client")
 #: Modules outside the engine it may import: the base (errors, paths, files) and the plain data a command line is
 #: built from (a VM's spec, a disk's layer chain). No service.
-ENGINE_MAY_IMPORT = {"corral.errors", "corral.fileio", "corral.paths", "corral.vm.spec", "corral.storage.chain"}
+ENGINE_MAY_IMPORT = {"corral.errors", "corral.fileio", "corral.paths", "corral.vm.spec", "corral.vm.arch",
+                     "corral.storage.chain"}
 
 
 def modules(package: str) -> dict[str, Path]:

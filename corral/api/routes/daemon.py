@@ -140,7 +140,7 @@ async def report(
         disk = rec.spec.disk
         if disk is None:
             try:
-                disk = svc.images.get(rec.spec.image).disk_virtual_size
+                disk = svc.images.get(rec.spec.image_ref).disk_virtual_size
             except CorralError:
                 disk = None
         running = rec.state in (VMState.RUNNING, VMState.PAUSED) and rt is not None

@@ -14,6 +14,7 @@ from corral.api.models import BuildEvent, ImportOciRequest, ImportRequest
 from corral.errors import CorralError
 from corral.images.artifacts import Manifest, Progress
 from corral.images.builders import get_builder
+from corral.vm.arch import Arch, host_arch, image_ref
 
 router = APIRouter(prefix="/images", tags=["images"])
 Svc = Annotated[Services, Depends(services)]
@@ -25,8 +26,9 @@ async def list_images(svc: Svc) -> list[Manifest]:
 
 
 @router.get("/{name}", response_model=Manifest)
-async def get_image(name: str, svc: Svc) -> Manifest:
-    return await asyncio.to_thread(svc.images.get, name)
+async def get_image(name: str, svc: Svc, arch: Arch | None = None) -> Manifest:
+    """The image ``name`` built for ``arch`` (default: the host's architecture)."""
+    return await asyncio.to_thread(svc.images.get, image_ref(name, arch or host_arch()))
 
 
 def stream_job(job: Callable[[Progress], Manifest], done: Callable[[Manifest], object], what: str) -> StreamingResponse:
@@ -65,12 +67,15 @@ def stream_job(job: Callable[[Progress], Manifest], done: Callable[[Manifest], o
 
 
 @router.post("/{name}/build")
-async def build_image(name: str, svc: Svc, refresh: bool = False) -> StreamingResponse:
-    """NDJSON stream of :class:`BuildEvent`: progress while the builder runs (in a thread), then ``done``."""
-    get_builder(name)  # an unknown image is a 404 now, not an error line in a 200 stream
+async def build_image(name: str, svc: Svc, refresh: bool = False, arch: Arch | None = None) -> StreamingResponse:
+    """NDJSON stream of :class:`BuildEvent`: progress while the builder runs (in a thread), then ``done``.
+    ``arch``: the guest architecture to build for (default: the host's)."""
+    target = arch or host_arch()
+    get_builder(name).check_arch(target)  # an unknown image (404) or architecture (400) now, not in a 200 stream
+    ref = image_ref(name, target)
     return stream_job(
-        lambda progress: svc.images.ensure(name, svc.settings.mirror, progress, refresh),
-        lambda m: svc.vms.event(None, "image", f"image '{name}' ready", image=name),
+        lambda progress: svc.images.ensure(name, svc.settings.mirror, progress, refresh, target),
+        lambda m: svc.vms.event(None, "image", f"image '{ref}' ready", image=ref),
         "image build",
     )
 
@@ -101,7 +106,9 @@ async def import_oci(req: ImportOciRequest, svc: Svc) -> StreamingResponse:
 
 
 @router.delete("/{name}", status_code=204)
-async def remove_image(name: str, svc: Svc) -> None:
-    users = [r.name for r in svc.vms.list() if r.spec.image == name]
-    await asyncio.to_thread(svc.images.remove, name, users)
-    svc.vms.event(None, "image", f"image '{name}' removed", image=name)
+async def remove_image(name: str, svc: Svc, arch: Arch | None = None) -> None:
+    """Remove the image ``name`` built for ``arch`` (default: the host's architecture)."""
+    ref = image_ref(name, arch or host_arch())
+    users = [r.name for r in svc.vms.list() if r.spec.image_ref == ref]
+    await asyncio.to_thread(svc.images.remove, ref, users)
+    svc.vms.event(None, "image", f"image '{ref}' removed", image=ref)

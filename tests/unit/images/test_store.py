@@ -78,7 +78,8 @@ def test_failed_install_leaves_nothing(store: ImageStore, tmp_path: Path) -> Non
 def _fake_builder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fail: bool = False) -> list[int]:
     calls: list[int] = []
 
-    def build(self: builders.BuilderInfo, workdir: Path, mirror: str, cache_dir: Path, progress: object = None):
+    def build(self: builders.BuilderInfo, workdir: Path, mirror: str, cache_dir: Path, progress: object = None,
+              arch: object = None):
         calls.append(1)
         if fail:
             (workdir / "half").mkdir(parents=True)
