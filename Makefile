@@ -12,7 +12,7 @@ test: setup
 	.venv/bin/ruff check corral tests bench scripts
 	.venv/bin/mypy
 	.venv/bin/python -m pytest tests/unit -q
-	.venv/bin/python scripts/prepare_images.py tiny debian-12
+	.venv/bin/python scripts/prepare_images.py tiny debian-12 tiny@aarch64 tiny@riscv64
 	.venv/bin/python -m pytest tests/integration tests/faults -m 'not soak and not extended' -q -n 2 --dist loadgroup --durations=15
 
 # The whole fault and load suite (tests/faults): make test runs its quick part; this adds the long runs (soak).
