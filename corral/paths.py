@@ -148,6 +148,11 @@ class VMPaths:
         """Which mount sits in which slot in the VM's QEMU (JSON): what a suspended VM's saved state holds."""
         return self.mounts_dir / "layout.json"
 
+    @property
+    def nat_pcap(self) -> Path:
+        """Every frame the guest sent on its NAT NIC (spec ``nat_capture``: QEMU's filter-dump, pcap format)."""
+        return self.root / "net0.pcap"
+
     def nic_socket(self, network: str) -> Path:
         """This VM's end of a private network: a unix datagram socket the switch sends frames to."""
         return self.root / f"net-{network}.sock"

@@ -348,14 +348,29 @@ def _extra_disks(disks: tuple[DiskAttachment, ...]) -> list[str]:
     return args
 
 
-def _network(spec: VMSpec, ident: Identity, att: Attachments) -> list[str]:
-    # NAT with outbound access, no root: QEMU's user networking. Forwards bind on the host side only.
-    fwds = [f"hostfwd={p.proto}:{p.host_addr}:{p.host_port}-:{p.guest_port}" for p in spec.ports]
-    if att.ssh_port is not None:
-        fwds.insert(0, f"hostfwd=tcp:127.0.0.1:{att.ssh_port}-:22")
-    user = ",".join(["user,id=net0", *fwds])
-    # nat=False (a sandbox's `--net none`): no NAT NIC at all, not a NIC with its link down.
-    args = ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"] if spec.nat else []
+def _nat(spec: VMSpec, ident: Identity, paths: VMPaths, att: Attachments) -> list[str]:
+    """net0, QEMU's user networking: NAT with outbound access, no root; forwards bind on the host side only.
+    ``nat_restricted`` (a sandbox from a template, whose saved machine has this NIC): the same netdev id and device,
+    so the saved state loads, but ``restrict=on`` (slirp answers ARP and DHCP itself and drops every datagram and
+    connection the guest starts towards the host or beyond; a TCP SYN gets a RST) and no forwards at all.
+    ``nat_capture``: QEMU's filter-dump on the netdev's receive queue, i.e. every frame the guest sends, into a pcap."""
+    if not spec.nat:  # a sandbox's `--net none` from an image: no NAT NIC at all, not a NIC with its link down
+        return []
+    if spec.nat_restricted:
+        user = "user,id=net0,restrict=on"
+    else:
+        fwds = [f"hostfwd={p.proto}:{p.host_addr}:{p.host_port}-:{p.guest_port}" for p in spec.ports]
+        if att.ssh_port is not None:
+            fwds.insert(0, f"hostfwd=tcp:127.0.0.1:{att.ssh_port}-:22")
+        user = ",".join(["user,id=net0", *fwds])
+    args = ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={ident.mac}"]
+    if spec.nat_capture:
+        args += ["-object", f"filter-dump,id=dump0,netdev=net0,queue=rx,file={paths.nat_pcap}"]
+    return args
+
+
+def _network(spec: VMSpec, ident: Identity, paths: VMPaths, att: Attachments) -> list[str]:
+    args = _nat(spec, ident, paths, att)
     for i, nic in enumerate(att.nics, start=1):
         if nic.tap is not None:
             args += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no",
@@ -477,7 +492,7 @@ def build_argv(
         *_safety(spec),
         *_boot(spec, boot),
         *_root_disk(boot, paths, att.chain),
-        *_network(spec, ident, att),
+        *_network(spec, ident, paths, att),
         *_seed(att),
         *_guest_agent(paths),
         *_serial(paths),

@@ -238,7 +238,8 @@ class Booter:
         nics = await self.vms.networks.attach(rec)
         try:
             seed = await asyncio.to_thread(cloudinit.make_seed, rec.spec, paths, public_key, rec.id)
-            return Attachments(ssh_port=ports.free_port() if rec.spec.nat else None, nics=nics, seed=seed,
+            forwarded = rec.spec.nat and not rec.spec.nat_restricted  # a restricted NAT NIC has no SSH forward
+            return Attachments(ssh_port=ports.free_port() if forwarded else None, nics=nics, seed=seed,
                                disks=attachments(self.vms.store.list_disks(rec.name)))
         except BaseException:
             await self.vms.networks.release(rec)

@@ -210,6 +210,12 @@ class VMSpec(BaseModel):
                           "docs/explanation/memory.md); not for VMs made from templates")
     nat: bool = Field(default=True, description="QEMU's user-mode NAT NIC (net0: outbound access, SSH and port "
                       "forwards); false: no such NIC at all (a sandbox's `--net none`: docs/explanation/sandbox.md)")
+    nat_restricted: bool = Field(default=False, description="the NAT NIC kept (a template's saved machine has it) "
+                                 "but cut off: QEMU's `restrict=on` and no SSH or port forwards, so the guest "
+                                 "reaches nothing on the host or beyond (a sandbox from a template: "
+                                 "docs/explanation/sandbox.md)")
+    nat_capture: bool = Field(default=False, description="every frame the guest sends on the NAT NIC is written to "
+                              "the VM's net0.pcap (QEMU's filter-dump; a sandbox's egress-log from a template)")
     unprivileged: bool = Field(default=False, description="QEMU drops root for the `nobody` user once it is set up "
                                "(-runas; the daemon must run as root); no private networks then (their switch "
                                "sockets are the daemon's user's); sandboxes with --net none get it")
@@ -220,6 +226,10 @@ class VMSpec(BaseModel):
     def _nat_needed(self) -> VMSpec:
         if not self.nat and self.ports:
             raise ValueError("port forwards need the NAT NIC: drop the ports or keep nat on")
+        if (self.nat_restricted or self.nat_capture) and not self.nat:
+            raise ValueError("nat_restricted and nat_capture are about the NAT NIC: keep nat on")
+        if self.nat_restricted and self.ports:
+            raise ValueError("a restricted NAT NIC has no port forwards: drop the ports or nat_restricted")
         if self.unprivileged and (self.networks or self.mounts):
             raise ValueError("an unprivileged QEMU cannot reach private networks' switches or shared folders: "
                              "drop them or unprivileged")
