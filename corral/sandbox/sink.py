@@ -41,6 +41,33 @@ MAX_RECORDS = 5000
 ANNOUNCE_EVERY = 5.0  # seconds between gratuitous ARPs (the switch learns the sink's socket from them)
 
 
+def attempt(ip: pk.IPv4) -> list[dict[str, Any]]:
+    """What one IPv4 packet the guest sent tried (at most one record): a TCP SYN (address and port), a DNS question
+    (UDP 53, to any address: the name and type), another UDP datagram, ICMP, another protocol. Pure: the sink's
+    records and those read from a pcap (:mod:`corral.sandbox.pcap`) are the same."""
+    src, dst = pk.ip_text(ip.src), pk.ip_text(ip.dst)
+    if ip.proto == pk.PROTO_TCP:
+        seg = pk.parse_tcp(ip.payload)
+        if seg is None or seg.flags & pk.TCP_RST or not seg.flags & pk.TCP_SYN or seg.flags & pk.TCP_ACK:
+            return []
+        return [{"proto": "tcp", "src": src, "dst": dst, "port": seg.dport}]
+    if ip.proto == pk.PROTO_UDP:
+        dgram = pk.parse_udp(ip.payload)
+        if dgram is None:
+            return []
+        if dgram.dport != pk.DNS_PORT:
+            return [{"proto": "udp", "src": src, "dst": dst, "port": dgram.dport, "bytes": len(dgram.payload)}]
+        try:
+            q = pk.parse_dns_query(dgram.payload)
+        except pk.Malformed as exc:
+            return [{"proto": "dns", "src": src, "dst": dst, "port": 53, "error": str(exc)}]
+        return [{"proto": "dns", "src": src, "dst": dst, "port": 53, "name": q.name,
+                 "type": pk.QTYPES.get(q.qtype, str(q.qtype))}]
+    if ip.proto == pk.PROTO_ICMP:
+        return [{"proto": "icmp", "src": src, "dst": dst, "icmp_type": ip.payload[0] if ip.payload else -1}]
+    return [{"proto": f"ip-{ip.proto}", "src": src, "dst": dst}]
+
+
 @dataclass
 class SinkCore:
     """What the sink does with one frame: the records it makes and the frames it answers with."""
@@ -61,37 +88,18 @@ class SinkCore:
         ip = pk.parse_ipv4(eth.payload)
         if ip is None:
             return [], []
-        records: list[dict[str, Any]] = []
+        records = attempt(ip)
         replies: list[bytes] = []
-        src, dst = pk.ip_text(ip.src), pk.ip_text(ip.dst)
         if ip.proto == pk.PROTO_TCP:
             seg = pk.parse_tcp(ip.payload)
-            if seg is None or seg.flags & pk.TCP_RST:
-                return [], []
-            if seg.flags & pk.TCP_SYN and not seg.flags & pk.TCP_ACK:
-                records.append({"proto": "tcp", "src": src, "dst": dst, "port": seg.dport})
-            replies.append(pk.tcp_rst_for(ip, seg))
-        elif ip.proto == pk.PROTO_UDP:
+            if seg is not None and not seg.flags & pk.TCP_RST:
+                replies.append(pk.tcp_rst_for(ip, seg))
+        elif records and records[0]["proto"] == "dns" and "name" in records[0]:
             dgram = pk.parse_udp(ip.payload)
-            if dgram is None:
-                return [], []
-            if dgram.dport == pk.DNS_PORT:
-                try:
-                    q = pk.parse_dns_query(dgram.payload)
-                except pk.Malformed as exc:
-                    records.append({"proto": "dns", "src": src, "dst": dst, "port": 53, "error": str(exc)})
-                else:
-                    records.append({"proto": "dns", "src": src, "dst": dst, "port": 53, "name": q.name,
-                                    "type": pk.QTYPES.get(q.qtype, str(q.qtype)), "answer": "NXDOMAIN"})
-                    replies.append(pk.udp(ip.dst, ip.src, pk.DNS_PORT, dgram.sport, pk.dns_nxdomain(q)))
-            else:
-                records.append({"proto": "udp", "src": src, "dst": dst, "port": dgram.dport,
-                                "bytes": len(dgram.payload)})
-        elif ip.proto == pk.PROTO_ICMP:
-            kind = ip.payload[0] if ip.payload else -1
-            records.append({"proto": "icmp", "src": src, "dst": dst, "icmp_type": kind})
-        else:
-            records.append({"proto": f"ip-{ip.proto}", "src": src, "dst": dst})
+            assert dgram is not None  # attempt() parsed it
+            records[0]["answer"] = "NXDOMAIN"
+            replies.append(pk.udp(ip.dst, ip.src, pk.DNS_PORT, dgram.sport,
+                                  pk.dns_nxdomain(pk.parse_dns_query(dgram.payload))))
         return self._bounded(records), [pk.ether(eth.src, self.mac, pk.ETH_IPV4, r) for r in replies]
 
     def _arp(self, eth: pk.Ether) -> list[bytes]:
