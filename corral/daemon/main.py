@@ -95,7 +95,7 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     portable = PortableService(storage)
     copies = DataCopyService(vms)
     mounts = MountService(vms)
-    sandbox = SandboxService(vms)
+    sandbox = SandboxService(vms, templates)
     for service in (templates, backups, disks, portable, copies, mounts, sandbox):
         service.register_recovery(recovery)
     return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,

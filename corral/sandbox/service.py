@@ -32,7 +32,7 @@ from corral.guest import commands, files
 from corral.network import private
 from corral.operations.recovery import Outcome, Recovery
 from corral.paths import SANDBOX_DIR
-from corral.sandbox import diskdiff, guest, sink
+from corral.sandbox import diskdiff, guest, pcap, sink
 from corral.sandbox.models import (
     MAX_OUTPUT,
     Connection,
@@ -43,6 +43,7 @@ from corral.sandbox.models import (
     SandboxRun,
 )
 from corral.store.db import OperationRecord
+from corral.templates.service import TemplateService
 from corral.vm.service import VMService
 from corral.vm.spec import VMSpec
 
@@ -58,9 +59,10 @@ NO_SCREEN = ("no screenshot: Corral's VMs have no display device (-nodefaults, -
 
 
 class SandboxService:
-    def __init__(self, vms: VMService) -> None:
+    def __init__(self, vms: VMService, templates: TemplateService | None = None) -> None:
         self.vms = vms
         self.networks = vms.networks
+        self.templates = templates
 
     def _dir(self, name: str) -> Path:
         return self.vms.settings.home / SANDBOX_DIR / name
@@ -69,10 +71,18 @@ class SandboxService:
         """Run ``req``'s sample in a fresh VM and report what it did. Raises (having removed everything) when the
         VM cannot be made or booted; a sample that fails, hangs or breaks its guest is a report, not an error."""
         if req.template is not None:
-            raise InvalidInput("--template is not possible for sandboxes yet: a template's machine holds the NAT "
-                               "NIC a sandbox must not have; use --image (docs/explanation/sandbox.md)")
-        image = req.image or "tiny"
-        manifest = self.vms.images.get(image)  # NotFound before anything is made
+            if self.templates is None:
+                raise InvalidInput("--template: this daemon has no template service")
+            tpl = self.templates.get(req.template)  # NotFound before anything is made
+            image, base = tpl.image, (self.templates.paths(tpl.name).disk, "qcow2")
+            source = f"template:{tpl.name}"
+        else:
+            image = req.image or "tiny"
+            manifest = self.vms.images.get(image)  # NotFound before anything is made
+            base, source = (self.vms.images.dir(image) / "disk.qcow2", manifest.disk_format), f"image:{image}"
+        # From an image, isolated and egress-log get a private network of their own; from a template the VM keeps
+        # the template's NAT NIC (its state is in the saved machine), cut off (restrict=on, no forwards).
+        private_net = req.template is None and req.net != NetMode.NONE
         name = f"sbx-{secrets.token_hex(3)}"
         command = req.command or [f"{guest.GUEST_DIR}/{req.sample_name}"]
         sample_path = f"{guest.GUEST_DIR}/{req.sample_name}"
@@ -82,38 +92,49 @@ class SandboxService:
         sock, pidfile, sink_log = work / "sink.sock", work / "sink.pid", work / "sink.log"
         # Journaled (begin/end, not the current operation of what it calls): a daemon that dies mid-run leaves
         # nothing behind, the next one undoes it (_recover). Not `run`: the VM's own operations keep their rows.
-        op = self.vms.journal.begin("sandbox", name, network=name if req.net != NetMode.NONE else None,
+        op = self.vms.journal.begin("sandbox", name, network=name if private_net else None,
                                     keep=req.keep, sink=str(sock), pidfile=str(pidfile), dirs=[str(work)])
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(self.vms.journal.end, op)
             work.mkdir(parents=True, mode=0o700)
             stack.callback(shutil.rmtree, work, True)
             gateway = ""
-            if req.net != NetMode.NONE:
+            if private_net:
                 net = await self.networks.create(name)
                 if not req.keep:
                     stack.push_async_callback(self._remove_network, name)
                 gateway = str(list(ipaddress.ip_network(net.subnet).hosts())[-1])
-            spec = VMSpec(name=name, image=image, nat=False, networks=[name] if gateway else [],
+            spec = VMSpec(name=name, image=image, nat=req.template is not None,
+                          nat_restricted=req.template is not None,
+                          nat_capture=req.template is not None and req.net == NetMode.EGRESS_LOG,
+                          networks=[name] if gateway else [],
                           ephemeral=not req.keep,  # kept for study: started again, it shows what the sample left
                           unprivileged=not gateway and os.geteuid() == 0, labels={LABEL: "true"},
                           description=f"sandbox run of {req.sample_name}")
-            await self.vms.create(spec)
-            if not req.keep:
-                stack.push_async_callback(self._delete_vm, name)
-            await self.vms.start(name)
+            if req.template is not None and self.templates is not None:
+                # All or nothing itself: a launch that fails deletes the VM it made.
+                await self.templates.launch(req.template, spec)
+                if not req.keep:
+                    stack.push_async_callback(self._delete_vm, name)
+            else:
+                await self.vms.create(spec)
+                if not req.keep:
+                    stack.push_async_callback(self._delete_vm, name)
+                await self.vms.start(name)
             await self.vms.readiness.wait_ready(name, BOOT_TIMEOUT)
             agent = await self.vms.agent(name, "run a sandbox sample in")
             qemu_uid = _qemu_uid(self.vms, name)
             seconds["boot"] = time.monotonic() - t0
-            if req.net == NetMode.EGRESS_LOG:
+            if req.net == NetMode.EGRESS_LOG and gateway:
                 await asyncio.to_thread(sink.start, sock, self.networks.socket(name), pidfile, sink_log,
                                         private.random_mac(), gateway)
                 stack.callback(sink.stop, sock, pidfile)
             await commands.run(agent, ["/bin/sh", "-c", SETUP_SCRIPT, "sh", guest.GUEST_DIR], timeout=60)
+            if req.template is not None and req.net == NetMode.NONE:
+                await self._unplug_nat(name, agent)
             if gateway:  # its DHCP client is gone now: the address again (it may have flushed it), then the route
                 await self.networks.configure_guest(self.vms._get(name), agent)
-            if req.net == NetMode.EGRESS_LOG:
+            if req.net == NetMode.EGRESS_LOG and gateway:
                 await commands.run(agent, ["/bin/sh", "-c", ROUTE_SCRIPT, "sh", gateway], timeout=30)
             await files.write_file(agent, sample_path, _once(req.sample_bytes()), mode=0o755)
             t_run = time.monotonic()
@@ -125,24 +146,26 @@ class SandboxService:
             with contextlib.suppress(CorralError):  # what the guest wrote reaches the disk before QEMU stops
                 await commands.run(agent, ["sync"], timeout=30, check=False)
             await self.vms.stop(name, timeout=STOP_TIMEOUT, force=True)
-            connections, conn_note = None, _no_sink_note(req.net)
-            if req.net == NetMode.EGRESS_LOG:
+            connections, conn_note = None, _no_sink_note(req.net, req.template is not None)
+            if req.net == NetMode.EGRESS_LOG and req.template is not None:
+                connections, conn_note = self._captured(name)
+            elif req.net == NetMode.EGRESS_LOG:
                 await asyncio.to_thread(sink.stop, sock, pidfile)
                 records, dropped = sink.read_records(sink_log)
                 connections = [Connection.model_validate(r) for r in records]
                 conn_note = ("recorded by the sink on the VM's network (it answered ARP, DNS with NXDOMAIN, TCP "
                              "with RST, and forwarded nothing)" + (f"; {dropped} more not kept" if dropped else ""))
-            changes, files_note = await self._file_changes(name, image, manifest.disk_format, work)
+            changes, files_note = await self._file_changes(name, base, work)
             seconds["collect"] = time.monotonic() - t_collect
             seconds["total"] = time.monotonic() - t0
             return SandboxReport(
-                vm=name, source=f"image:{image}", net=req.net, command=command, exit_code=result.exit_code,
+                vm=name, source=source, net=req.net, command=command, exit_code=result.exit_code,
                 signal=result.signal, timed_out=result.timed_out, timeout=req.timeout,
                 stdout=_output(result.stdout, result.stdout_bytes), stderr=_output(result.stderr, result.stderr_bytes),
                 seconds={k: round(v, 3) for k, v in seconds.items()},
                 processes=processes, processes_note=proc_note, files=changes, files_note=files_note,
                 connections=connections, connections_note=conn_note, screenshot=None, screenshot_note=NO_SCREEN,
-                kept=req.keep, protections=_protections(req.net, spec.unprivileged, qemu_uid)
+                kept=req.keep, protections=_protections(req.net, spec.unprivileged, qemu_uid, req.template is not None)
                 + ([result.note] if result.note else []),
             )
         raise AssertionError("unreachable")  # pragma: no cover - the stack re-raises or the block returned
@@ -182,12 +205,35 @@ class SandboxService:
                     "process shorter than that can be missed; a sample running as root could forge it)")
         return procs, note
 
-    async def _file_changes(self, name: str, image: str, disk_format: str,
+    async def _unplug_nat(self, name: str, agent: GuestAgent) -> None:
+        """``--net none`` from a template: the saved machine has the NAT NIC, which cannot be removed before the
+        load; it is restricted already (nothing gets out), its link is set down from the host (QMP ``set_link``:
+        QEMU drops whatever the guest sends on it, and the guest cannot undo that) and the interface down in the
+        guest."""
+        m = self.vms.machine(name)
+        if m is None or m.monitor is None:
+            raise CorralError(f"sandbox VM {name} is not running")
+        await m.monitor.execute("set_link", {"name": "net0", "up": False})
+        await commands.run(agent, ["/bin/sh", "-c", LINK_DOWN_SCRIPT], timeout=30)
+
+    def _captured(self, name: str) -> tuple[list[Connection] | None, str]:
+        """egress-log from a template: the attempts in what QEMU's filter-dump saw the guest send."""
+        try:
+            records, dropped, count = pcap.read(self.vms.paths(name).nat_pcap)
+        except (OSError, CorralError) as exc:
+            return None, f"no connection list: the capture could not be read ({exc})"
+        note = (f"read from every frame the guest sent on its NAT NIC ({count} frames, QEMU's filter-dump), which "
+                "restrict=on cut off: QEMU answered each TCP SYN with a RST, dropped every datagram (DNS included: "
+                "no answer) and forwarded nothing" + (f"; {dropped} more not kept" if dropped else ""))
+        return [Connection.model_validate(r) for r in records], note
+
+    async def _file_changes(self, name: str, base: tuple[Path, str],
                             work: Path) -> tuple[list[diskdiff.FileChange] | None, str]:
-        """The diff of the VM's disk against its image's, read on the host after the VM stopped."""
+        """The diff of the VM's disk against its base's (the image's or the template's disk), read on the host after
+        the VM stopped."""
         base_raw, after_raw = work / "image.raw", work / "after.raw"
         try:
-            await qemu_img.convert_raw(self.vms.images.dir(image) / "disk.qcow2", base_raw, disk_format)
+            await qemu_img.convert_raw(base[0], base_raw, base[1])
             await qemu_img.convert_raw(self.vms.paths(name).disk, after_raw)
             before, cut_b = await asyncio.to_thread(_walk, base_raw, work)
             after, cut_a = await asyncio.to_thread(_walk, after_raw, work)
@@ -196,7 +242,7 @@ class SandboxService:
         finally:
             base_raw.unlink(missing_ok=True)
             after_raw.unlink(missing_ok=True)
-        note = ("read on the host from the stopped VM's disk against the image's (qemu-img, debugfs): the guest "
+        note = ("read on the host from the stopped VM's disk against its base's (qemu-img, debugfs): the guest "
                 "cannot hide a change; files kept only in memory (tmpfs: /tmp, /run on tiny) are not on the disk; "
                 "the list includes Corral's own provisioning (/root/.ssh, /etc/hosts on a network)")
         if cut_a or cut_b:
@@ -246,6 +292,9 @@ while [ "$i" -lt 300 ] && pidof rc.background >/dev/null 2>&1; do sleep 0.1; i=$
 killall udhcpc 2>/dev/null
 exit 0
 """
+#: --net none from a template: every interface but lo down (the NAT NIC's link is down from the host already).
+LINK_DOWN_SCRIPT = ('for i in /sys/class/net/*; do n=${i##*/}; [ "$n" = lo ] || ip link set dev "$n" down || exit 1; '
+                    'done')
 #: egress-log: the sink ($1) is the guest's gateway and DNS server (an isolated guest has no route out at all).
 ROUTE_SCRIPT = 'ip route replace default via "$1" && printf "nameserver %s\\n" "$1" > /etc/resolv.conf'
 
@@ -282,7 +331,13 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _no_sink_note(net: NetMode) -> str:
+def _no_sink_note(net: NetMode, template: bool = False) -> str:
+    if template and net == NetMode.NONE:
+        return ("none possible: the template's NAT NIC had its link down (from the host, so QEMU dropped whatever "
+                "the guest sent, and in the guest) and was restricted")
+    if template:
+        return ("not recorded: --net isolated from a template has no capture (use --net egress-log); its NAT NIC "
+                "was restricted, nothing could leave it")
     if net == NetMode.NONE:
         return "none possible: the VM had no network interface but lo"
     return "not recorded: an isolated network has no sink (use --net egress-log); nothing could leave it"
@@ -299,8 +354,14 @@ def _qemu_uid(vms: VMService, name: str) -> int | None:
     return int(line.split()[2]) if line else None  # the effective uid
 
 
-def _protections(net: NetMode, unprivileged: bool, uid: int | None) -> list[str]:
-    nic = {NetMode.NONE: "no NIC at all (no NAT, no port or SSH forward)",
+def _protections(net: NetMode, unprivileged: bool, uid: int | None, template: bool = False) -> list[str]:
+    restricted = ("the template's NAT NIC only, cut off: QEMU's restrict=on (slirp refuses every connection and drops "
+                  "every datagram the guest starts, DNS at 10.0.2.3 included; it answers only ARP and DHCP itself) "
+                  "and no SSH or port forwards")
+    nic = {NetMode.NONE: restricted + "; its link set down from the host (QMP set_link) and in the guest",
+           NetMode.ISOLATED: restricted,
+           NetMode.EGRESS_LOG: restricted + "; every frame the guest sent recorded (QEMU's filter-dump)",
+           }[net] if template else {NetMode.NONE: "no NIC at all (no NAT, no port or SSH forward)",
            NetMode.ISOLATED: "only a private network of its own, no route out (no NAT, no forwards)",
            NetMode.EGRESS_LOG: "only a private network of its own whose one other member is the sink, which "
                                "forwards nothing (no NAT, no forwards)"}[net]
@@ -310,9 +371,11 @@ def _protections(net: NetMode, unprivileged: bool, uid: int | None) -> list[str]
          "calls, which give nothing once root is dropped: docs/explanation/sandbox.md)") if unprivileged else
         (f"QEMU ran as the daemon's user (uid {uid}): " + (
             "a private network's switch socket is the daemon's user's, which an unprivileged QEMU could not reach"
-            if net != NetMode.NONE else "the daemon does not run as root, so QEMU cannot drop to another user")),
+            if net != NetMode.NONE and not template
+            else "the daemon does not run as root, so QEMU cannot drop to another user")),
         nic,
-        "no shared folders, no extra disks; the disk is a temporary overlay on the image (ephemeral)",
+        "no shared folders, no extra disks; the disk is a temporary overlay on the "
+        + ("template's disk" if template else "image") + " (ephemeral)",
         "guest agent used only to copy the sample in, run the command, read the process log and sync",
         f"stdout and stderr kept up to {MAX_OUTPUT} bytes each; the command bounded by the timeout",
     ]

@@ -166,3 +166,48 @@ def test_ephemeral_vm_forgets_its_disk(corral: CorralEnv) -> None:
     assert c.cli("start", "eph").returncode == 0
     r = c.cli("exec", "eph", "--", "sh", "-c", "test -e /root/note && echo still-there || echo gone")
     assert r.stdout.strip() == "gone", (r.stdout, r.stderr)
+
+
+def test_sandbox_from_a_template_egress_log_and_none(corral: CorralEnv, tmp_path: Path) -> None:
+    """A template's machine has the NAT NIC: kept, but restrict=on and no forwards; egress-log reads what the guest
+    sent from QEMU's filter-dump, --net none also sets the NIC's link down. The same sample, the same checks."""
+    c = corral
+    assert c.cli("launch", "src", "--memory", "128M").returncode == 0
+    assert c.cli("template", "create", "base", "--from", "src").returncode == 0
+    assert c.cli("rm", "--force", "src").returncode == 0
+    host = host_address()
+    with listener() as (port, seen):
+        sample = tmp_path / "escape.sh"
+        sample.write_text(SAMPLE.replace("$PORT", str(port)).replace("$HOSTIP", host)
+                          .replace("$API", str(c.settings.socket))
+                          + 'echo "link: $(cat /sys/class/net/eth0/operstate)"\n')
+        out = tmp_path / "out.json"
+        r = c.cli("sandbox", "run", str(sample), "--template", "base", "--net", "egress-log", "--timeout", "2m",
+                  "--report", str(out), timeout=900)
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(out.read_text())
+        out_none = tmp_path / "none.json"
+        r_none = c.cli("sandbox", "run", str(sample), "--template", "base", "--timeout", "2m",
+                       "--report", str(out_none), timeout=900)
+        assert r_none.returncode == 0, r_none.stderr
+        assert seen == []  # nothing reached the host, on any of its addresses
+    assert rep["source"] == "template:base" and rep["exit_code"] == 0 and not rep["timed_out"], rep
+    for report in (rep, json.loads(out_none.read_text())):
+        stdout = report["stdout"]["text"]
+        assert "sample starts" in stdout and "api=absent" in stdout, stdout
+        for attempt in ("nslookup", "nslookup-nat-dns", "wget-nat-host", "wget-host", "nc-loopback"):
+            assert f"{attempt}=0" not in stdout and f"{attempt}=" in stdout, stdout  # tried, and failed
+        assert any("restrict=on" in p for p in report["protections"]), report["protections"]
+        changes = {(f["path"], f["change"]) for f in report["files"]}
+        assert {("/root/loot/stolen.txt", "created"), ("/etc/shells", "deleted")} <= changes, changes
+    assert "link: up" in rep["stdout"]["text"]
+    assert "link: down" in json.loads(out_none.read_text())["stdout"]["text"]
+    # Connections, from the frames QEMU's filter-dump saw the guest send: every attempt, by name and by address.
+    conns = rep["connections"]
+    names = {x["name"] for x in conns if x["proto"] == "dns"}
+    assert {"evil.example.com", "exfil.example.org"} <= names, conns
+    tcp = {(x["dst"], x["port"]) for x in conns if x["proto"] == "tcp"}
+    assert ("10.0.2.2", port) in tcp and (host, port) in tcp, conns
+    assert "filter-dump" in rep["connections_note"]
+    assert vms_and_networks(c) == ([], [])  # the sandbox VMs are gone, no network was made
+    assert not list((c.settings.home / "sandbox").iterdir())
