@@ -333,3 +333,29 @@ def test_unprivileged_qemu_drops_root_after_set_up() -> None:
     assert not opt(argv(), "-runas") and "elevateprivileges=deny" in opt(argv(), "-sandbox")[0]
     with pytest.raises(ValueError, match="unprivileged QEMU cannot reach"):
         VMSpec(name="web", unprivileged=True, networks=["blue"])
+
+
+def test_a_restricted_nat_keeps_net0_for_the_saved_state_but_restrict_on_and_no_forwards() -> None:
+    """A sandbox from a template: the same netdev id and device (the saved machine has them), restrict=on, no
+    hostfwd at all (not even SSH, not the spec's ports)."""
+    args = build_argv(VMSpec(name="web", nat_restricted=True), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32),
+                      IDENT, Attachments(ssh_port=2222))
+    assert opt(args, "-netdev") == ["user,id=net0,restrict=on"]
+    assert "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56" in opt(args, "-device")
+    assert not opt(args, "-object")
+    plain = build_argv(VMSpec(name="web"), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT,
+                       Attachments(ssh_port=2222))
+    assert opt(plain, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"]
+    with pytest.raises(ValueError, match="restricted NAT NIC has no port forwards"):
+        VMSpec(name="web", nat_restricted=True, ports=["8080:80"])
+    with pytest.raises(ValueError, match="keep nat on"):
+        VMSpec(name="web", nat=False, nat_restricted=True)
+
+
+def test_nat_capture_dumps_what_the_guest_sends_into_the_vms_pcap() -> None:
+    args = argv(nat_restricted=True, nat_capture=True)
+    # queue=rx: the netdev's receive queue, i.e. the frames the guest's NIC sends to it
+    assert opt(args, "-object") == ["filter-dump,id=dump0,netdev=net0,queue=rx,file=/home/vms/web/net0.pcap"]
+    assert args.index("-object") > args.index("-netdev")
+    with pytest.raises(ValueError, match="keep nat on"):
+        VMSpec(name="web", nat=False, nat_capture=True)
