@@ -172,6 +172,11 @@ def test_sandbox_from_a_template_egress_log_and_none(corral: CorralEnv, tmp_path
     """A template's machine has the NAT NIC: kept, but restrict=on and no forwards; egress-log reads what the guest
     sent from QEMU's filter-dump, --net none also sets the NIC's link down. The same sample, the same checks."""
     c = corral
+    (tmp_path / "x.sh").write_text("#!/bin/sh\n")
+    for args, message in ((["--template", "nope"], "nope"), (["--template", "nope", "--image", "tiny"], "not both")):
+        r = c.cli("sandbox", "run", str(tmp_path / "x.sh"), *args)
+        assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert vms_and_networks(c) == ([], [])
     assert c.cli("launch", "src", "--memory", "128M").returncode == 0
     assert c.cli("template", "create", "base", "--from", "src").returncode == 0
     assert c.cli("rm", "--force", "src").returncode == 0
@@ -201,7 +206,8 @@ def test_sandbox_from_a_template_egress_log_and_none(corral: CorralEnv, tmp_path
         changes = {(f["path"], f["change"]) for f in report["files"]}
         assert {("/root/loot/stolen.txt", "created"), ("/etc/shells", "deleted")} <= changes, changes
     assert "link: up" in rep["stdout"]["text"]
-    assert "link: down" in json.loads(out_none.read_text())["stdout"]["text"]
+    rep_none = json.loads(out_none.read_text())
+    assert "link: down" in rep_none["stdout"]["text"] and rep_none["connections"] is None
     # Connections, from the frames QEMU's filter-dump saw the guest send: every attempt, by name and by address.
     conns = rep["connections"]
     names = {x["name"] for x in conns if x["proto"] == "dns"}
