@@ -168,9 +168,10 @@ def test_ephemeral_vm_forgets_its_disk(corral: CorralEnv) -> None:
     assert r.stdout.strip() == "gone", (r.stdout, r.stderr)
 
 
-def test_sandbox_from_a_template_egress_log_and_none(corral: CorralEnv, tmp_path: Path) -> None:
+def test_sandbox_from_a_template_in_every_net_mode(corral: CorralEnv, tmp_path: Path) -> None:
     """A template's machine has the NAT NIC: kept, but restrict=on and no forwards; egress-log reads what the guest
-    sent from QEMU's filter-dump, --net none also sets the NIC's link down. The same sample, the same checks."""
+    sent from QEMU's filter-dump, --net none also sets the NIC's link down, isolated is the restricted NIC alone. The
+    image path's sample and checks, a listener on every host address throughout."""
     c = corral
     (tmp_path / "x.sh").write_text("#!/bin/sh\n")
     for args, message in ((["--template", "nope"], "nope"), (["--template", "nope", "--image", "tiny"], "not both")):
@@ -195,6 +196,12 @@ def test_sandbox_from_a_template_egress_log_and_none(corral: CorralEnv, tmp_path
         r_none = c.cli("sandbox", "run", str(sample), "--template", "base", "--timeout", "2m",
                        "--report", str(out_none), timeout=900)
         assert r_none.returncode == 0, r_none.stderr
+        short = tmp_path / "short.sh"  # --net isolated: the restricted NIC alone, no capture
+        short.write_text(f"#!/bin/sh\nwget -O /dev/null http://10.0.2.2:{port}/; echo \"wget-nat-host=$?\"\n")
+        out_iso = tmp_path / "isolated.json"
+        r_iso = c.cli("sandbox", "run", str(short), "--template", "base", "--net", "isolated", "--report",
+                      str(out_iso), timeout=900)
+        assert r_iso.returncode == 0, r_iso.stderr
         assert seen == []  # nothing reached the host, on any of its addresses
     assert rep["source"] == "template:base" and rep["exit_code"] == 0 and not rep["timed_out"], rep
     for report in (rep, json.loads(out_none.read_text())):
@@ -215,5 +222,8 @@ def test_sandbox_from_a_template_egress_log_and_none(corral: CorralEnv, tmp_path
     tcp = {(x["dst"], x["port"]) for x in conns if x["proto"] == "tcp"}
     assert ("10.0.2.2", port) in tcp and (host, port) in tcp, conns
     assert "filter-dump" in rep["connections_note"]
+    rep_iso = json.loads(out_iso.read_text())
+    assert "wget-nat-host=" in rep_iso["stdout"]["text"] and "wget-nat-host=0" not in rep_iso["stdout"]["text"]
+    assert rep_iso["connections"] is None and any("restrict=on" in p for p in rep_iso["protections"])
     assert vms_and_networks(c) == ([], [])  # the sandbox VMs are gone, no network was made
     assert not list((c.settings.home / "sandbox").iterdir())
