@@ -120,6 +120,9 @@ def launch(
     balloon: bool = typer.Option(False, "--balloon", help="a memory balloon with free page reporting: memory the "
                                  "guest frees goes back to the host, and `corral balloon` sets a live target "
                                  "(not with --template)"),
+    nested: bool = typer.Option(False, "--nested", help="nested virtualization: the guest gets the host CPU's "
+                                "vmx/svm extension to run VMs of its own (KVM with the kvm_intel/kvm_amd module's "
+                                "nested=1; refused under TCG)"),
     template: str | None = typer.Option(None, "--template", "-t", help="start from a template's saved state "
                                         "(`corral template ls`) instead of booting: image, cpus, memory and disk "
                                         "are the template's"),
@@ -158,6 +161,7 @@ def launch(
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
                      "labels": labels, "description": description} | expiry_fields
                  | ({"balloon": True} if balloon else {})
+                 | ({"nested": True} if nested else {})
                  | {"mounts": [parse_mount(m) for m in mount]})
     t0 = time.monotonic()
     if template is not None:
@@ -271,6 +275,7 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("description", v.spec.description or "-"),
         ("image", v.spec.image), ("vcpus", str(v.spec.vcpus)), ("memory", format_size(v.spec.memory << 20)),
         ("restart policy", v.spec.restart.value), ("mac", v.mac),
+        ("nested", "yes (the guest CPU has the host's vmx/svm)" if v.spec.nested else "no"),
         ("pid", str(v.pid) if v.pid else "-"), ("accelerator", v.accel or "-"),
         ("uptime", human_duration(v.uptime)), ("guest agent", "ready" if v.agent_ready else "not ready"),
         ("addresses", ", ".join(v.addresses) or "-"),

@@ -42,11 +42,14 @@ class BootSource:
 
 @dataclass(frozen=True)
 class HostConfig:
-    """What the host decided: the QEMU binary, the probed accelerator and the TCG translation-cache size."""
+    """What the host decided: the QEMU binary, the probed accelerator and the TCG translation-cache size; for a
+    nested VM, the CPU's virtualization flag to pass through (``vmx`` or ``svm``, checked by
+    corral.engine.nested.cpu_flag)."""
 
     qemu_binary: str
     accel: str  # "kvm" or "tcg"
     tcg_tb_size_mib: int = 32
+    nested_flag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,13 +169,25 @@ class Identity:
     mac: str
 
 
-def _machine(host: HostConfig) -> list[str]:
+def _machine(spec: VMSpec, host: HostConfig) -> list[str]:
     if host.accel == "kvm":
-        accel, cpu = "kvm", "host"
+        accel, cpu = "kvm", f"host,{_virt_extension(spec, host)}"
     else:
         # A small translation cache per VM: QEMU's default (1 GiB) would cap a host at a handful of VMs.
-        accel, cpu = f"tcg,tb-size={host.tcg_tb_size_mib}", "max"
+        accel, cpu = f"tcg,tb-size={host.tcg_tb_size_mib}", f"max,{_virt_extension(spec, host)}"
     return ["-machine", "q35", "-accel", accel, "-cpu", cpu]
+
+
+def _virt_extension(spec: VMSpec, host: HostConfig) -> str:
+    """The guest CPU's virtualization extension: only a nested VM gets one, the host's own (KVM only). Every other
+    VM has both turned off, so that what `corral show` says (nested or not) is what the guest sees: ``-cpu host``
+    would pass vmx/svm through whenever the KVM module nests, and TCG's ``max`` emulates svm, under which a guest's
+    own KVM cannot boot a kernel (docs/explanation/nested.md)."""
+    if not spec.nested:
+        return "vmx=off,svm=off"
+    if host.accel != "kvm" or host.nested_flag not in ("vmx", "svm"):
+        raise ValueError("a nested VM needs KVM and the host CPU's vmx or svm flag (corral.engine.nested.cpu_flag)")
+    return f"{host.nested_flag}=on"
 
 
 def _resources(spec: VMSpec) -> list[str]:
@@ -387,7 +402,7 @@ def build_argv(
     return [
         host.qemu_binary,
         *_identity(spec, ident),
-        *_machine(host),
+        *_machine(spec, host),
         *_resources(spec),
         *_memory(spec, memory),
         *_safety(),

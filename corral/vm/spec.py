@@ -201,6 +201,10 @@ class VMSpec(BaseModel):
     balloon: bool = Field(default=False, description="a virtio memory balloon with free page reporting: memory the "
                           "guest frees returns to the host, and `corral balloon` sets a live memory target (see "
                           "docs/explanation/memory.md); not for VMs made from templates")
+    nested: bool = Field(default=False, description="nested virtualization: the guest CPU gets the host's vmx "
+                         "(Intel) or svm (AMD) extension, so the guest can run VMs of its own under KVM; needs KVM "
+                         "with the kvm_intel/kvm_amd module's nested=1, refused under TCG (see docs/explanation/"
+                         "nested.md)")
 
     @field_validator("name")
     @classmethod

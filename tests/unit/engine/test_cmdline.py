@@ -52,13 +52,28 @@ def opt(args: list[str], flag: str) -> list[str]:
 def test_tcg_gets_a_small_translation_cache() -> None:
     a = argv("tcg")
     assert opt(a, "-accel") == ["tcg,tb-size=32"]
-    assert opt(a, "-cpu") == ["max"]
+    assert opt(a, "-cpu") == ["max,vmx=off,svm=off"]  # TCG's max emulates svm: a VM not nested does not get it
 
 
 def test_kvm_uses_host_cpu() -> None:
     a = argv("kvm")
     assert opt(a, "-accel") == ["kvm"]
-    assert opt(a, "-cpu") == ["host"]
+    assert opt(a, "-cpu") == ["host,vmx=off,svm=off"]  # -cpu host alone passes vmx/svm on when the module nests
+
+
+@pytest.mark.parametrize("flag", ["vmx", "svm"])
+def test_a_nested_vm_under_kvm_gets_the_hosts_extension(flag: str) -> None:
+    a = build_argv(VMSpec(name="web", nested=True), BOOT, PATHS,
+                   HostConfig("qemu-system-x86_64", "kvm", 32, nested_flag=flag), IDENT)
+    assert opt(a, "-accel") == ["kvm"]
+    assert opt(a, "-cpu") == [f"host,{flag}=on"]
+
+
+@pytest.mark.parametrize(("accel", "flag"), [("tcg", "svm"), ("tcg", None), ("kvm", None), ("kvm", "ept")])
+def test_a_nested_vm_is_never_built_without_kvm_and_a_checked_flag(accel: str, flag: str | None) -> None:
+    with pytest.raises(ValueError, match="nested VM needs KVM"):
+        build_argv(VMSpec(name="web", nested=True), BOOT, PATHS,
+                   HostConfig("qemu-system-x86_64", accel, 32, nested_flag=flag), IDENT)
 
 
 def test_resources_and_identity() -> None:
