@@ -7,7 +7,7 @@ What it holds (``<cache>/nested/`` by default, made again cheaply: every piece i
   from the suite the image was built from, so every version fits the guest's;
 - ``wheels/``: Corral's wheel, built from this source tree, and the wheels of its dependencies (``pip wheel``, at
   the versions this Corral runs with, for the host's Python, which is the guest's: both are Debian 12's 3.11);
-- ``site/``: those wheels installed (``pip install --target``) and compiled, ready to copy into the guest;
+- ``site.tar``: those wheels installed (``pip install --target``) and compiled, ready to unpack in the guest;
 - ``images/NAME/VERSION/``: built images from the host's build cache (hard links), so the inner Corral need not
   build any (building needs the archive);
 - ``install.sh``: run as root in the guest, it installs all of that (see :data:`INSTALL_SH`).
@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,7 +52,7 @@ GUEST_PREFIX = "/opt/corral"
 
 #: The guest side. ``dpkg -i`` of every .deb at once orders them itself; ``--force-unsafe-io`` skips its fsync of
 #: every file, which under TCG costs minutes (a crash during the install means running it again). Corral and its
-#: dependencies are copied as installed and compiled on the host (``site/``): pip and compiling ~800 modules in the
+#: dependencies are unpacked as installed and compiled on the host (``site.tar``): pip and compiling ~800 modules in the
 #: guest would take minutes more under TCG. A systemd unit runs corrald (at boot, and now), as root, with its
 #: home in /root/.local/share/corral. The images are copied to the guest's own build cache, where its Corral finds
 #: them as built.
@@ -65,7 +66,7 @@ export DEBIAN_FRONTEND=noninteractive
 dpkg -i --force-unsafe-io --force-confold "$B"/debs/*.deb >/dev/null
 rm -rf {GUEST_PREFIX}.new
 mkdir -p {GUEST_PREFIX}.new
-cp -R "$B"/site {GUEST_PREFIX}.new/site
+tar -xf "$B"/site.tar -C {GUEST_PREFIX}.new
 rm -rf {GUEST_PREFIX}
 mv {GUEST_PREFIX}.new {GUEST_PREFIX}
 for cmd in corral:corral.cli.main corrald:corral.daemon.main; do
@@ -169,8 +170,9 @@ def build_wheels(out: Path, source: Path, python: str = sys.executable) -> list[
 
 
 def build_site(wheels: Path, out: Path, python: str = sys.executable) -> None:
-    """Corral and its dependencies installed from ``wheels`` into ``out`` (``pip install --target``), every module
-    compiled (pyc checked by hash, not by time: the guest's copy has other times). The guest's Python must be this
+    """Corral and its dependencies installed from ``wheels`` (``pip install --target``), every module compiled
+    (pyc checked by hash, not by time: the guest's copy has other times), as one tar file ``out``: one long read
+    over 9p, where copying its 8,000 files one by one took minutes under TCG. The guest's Python must be this
     one's minor version (3.11 on both: the guest is Debian 12; pyc and binary wheels depend on it)."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -183,8 +185,13 @@ def build_site(wheels: Path, out: Path, python: str = sys.executable) -> None:
                             str(tmp)], capture_output=True, text=True, check=False)
         if r.returncode != 0:
             raise ImageError(f"compiling the guest's Corral failed: {(r.stdout + r.stderr).strip()[-200:]}")
-        shutil.rmtree(out, ignore_errors=True)
-        os.rename(tmp, out)
+        part = out.with_name(f".{out.name}.{os.getpid()}.part")
+        try:
+            with tarfile.open(part, "w") as tar:
+                tar.add(tmp, arcname="site")
+            os.replace(part, out)
+        finally:
+            part.unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -234,7 +241,8 @@ def make_bundle(cache_dir: Path, out: Path | None = None, images: Iterable[str] 
     out = out or cache_dir / BUNDLE_DIR
     fetch_debs(cache_dir, out / "debs", progress)
     build_wheels(out / "wheels", source or source_root())
-    build_site(out / "wheels", out / "site")
+    build_site(out / "wheels", out / "site.tar")
+    shutil.rmtree(out / "site", ignore_errors=True)  # an older bundle's unpacked copy
     link_images(cache_dir, out / "images", images)
     script = out / "install.sh"
     tmp = script.with_name(".install.sh.tmp")

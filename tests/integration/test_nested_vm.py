@@ -38,6 +38,7 @@ def test_nested_is_refused_under_tcg_and_nothing_is_made(corral: CorralEnv, tmp_
 
 
 @pytest.mark.extended
+@pytest.mark.timeout(5400)
 def test_corral_runs_inside_a_corral_vm(corral: CorralEnv) -> None:
     """The proof that Corral nests: under TCG here, so the inner VM runs under TCG inside TCG (tens of minutes on a
     loaded 2-core host: see docs/explanation/nested.md for its time)."""
