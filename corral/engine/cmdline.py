@@ -171,23 +171,22 @@ class Identity:
 
 def _machine(spec: VMSpec, host: HostConfig) -> list[str]:
     if host.accel == "kvm":
-        accel, cpu = "kvm", f"host,{_virt_extension(spec, host)}"
+        accel, cpu = "kvm", "host" + _virt_extension(spec, host)
     else:
         # A small translation cache per VM: QEMU's default (1 GiB) would cap a host at a handful of VMs.
-        accel, cpu = f"tcg,tb-size={host.tcg_tb_size_mib}", f"max,{_virt_extension(spec, host)}"
+        accel, cpu = f"tcg,tb-size={host.tcg_tb_size_mib}", "max" + _virt_extension(spec, host)
     return ["-machine", "q35", "-accel", accel, "-cpu", cpu]
 
 
 def _virt_extension(spec: VMSpec, host: HostConfig) -> str:
-    """The guest CPU's virtualization extension: only a nested VM gets one, the host's own (KVM only). Every other
-    VM has both turned off, so that what `corral show` says (nested or not) is what the guest sees: ``-cpu host``
-    would pass vmx/svm through whenever the KVM module nests, and TCG's ``max`` emulates svm, under which a guest's
-    own KVM cannot boot a kernel (docs/explanation/nested.md)."""
+    """A nested VM's CPU asks for the host's virtualization extension by name (KVM only), so QEMU fails rather than
+    boot without it. Other VMs' CPUs are left as they were: turning vmx/svm off (``max,svm=off``) made the ``tiny``
+    guest's static busybox abort under TCG here (docs/explanation/nested.md)."""
     if not spec.nested:
-        return "vmx=off,svm=off"
+        return ""
     if host.accel != "kvm" or host.nested_flag not in ("vmx", "svm"):
         raise ValueError("a nested VM needs KVM and the host CPU's vmx or svm flag (corral.engine.nested.cpu_flag)")
-    return f"{host.nested_flag}=on"
+    return f",{host.nested_flag}=on"
 
 
 def _resources(spec: VMSpec) -> list[str]:

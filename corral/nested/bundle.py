@@ -70,6 +70,7 @@ tar -xf "$B"/site.tar -C {GUEST_PREFIX}.new
 rm -rf {GUEST_PREFIX}
 mv {GUEST_PREFIX}.new {GUEST_PREFIX}
 for cmd in corral:corral.cli.main corrald:corral.daemon.main; do
+    rm -f /usr/local/bin/${{cmd%%:*}}
     cat > /usr/local/bin/${{cmd%%:*}} <<EOS
 #!/bin/sh
 export PYTHONPATH={GUEST_PREFIX}/site\\${{PYTHONPATH:+:\\$PYTHONPATH}}
