@@ -68,7 +68,8 @@ def cpu_flag(nested: bool, accel: str, accel_reason: str = "", facts: VirtFacts 
     if accel != "kvm":
         why = f" ({accel_reason})" if accel_reason else ""
         raise CapacityError(f"nested virtualization needs KVM, but this host runs VMs under {accel.upper()}{why}: "
-                            f"its guests cannot run VMs of their own; launch without --nested (see {DOC})")
+                            "there is no hardware extension to give its guests (they can still run QEMU under TCG, "
+                            f"slowly); launch without --nested (see {DOC})")
     facts = facts if facts is not None else read_facts()
     if facts.flag is None or facts.module is None:
         raise CapacityError("nested virtualization needs the CPU's vmx (Intel) or svm (AMD) extension, and "
