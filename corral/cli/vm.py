@@ -148,6 +148,9 @@ def launch(
                                  "(not with --template)"),
     ephemeral: bool = typer.Option(False, "--ephemeral", help="disposable: the root disk reverts to its base (the "
                                    "image, or the template's disk) at every start"),
+    nested: bool = typer.Option(False, "--nested", help="nested virtualization: the guest gets the host CPU's "
+                                "vmx/svm extension to run VMs of its own (KVM with the kvm_intel/kvm_amd module's "
+                                "nested=1; refused under TCG)"),
     template: str | None = typer.Option(None, "--template", "-t", help="start from a template's saved state "
                                         "(`corral template ls`) instead of booting: image, cpus, memory and disk "
                                         "are the template's"),
@@ -198,7 +201,7 @@ def launch(
                      "owner": owner if owner is not None else lbl.default_owner(), "project": project,
                      "labels": labels, "description": description} | expiry_fields
                  | ({"balloon": True} if balloon else {}) | ({"ephemeral": True} if ephemeral else {})
-                 | ({"arch": target} if target else {})
+                 | ({"arch": target} if target else {}) | ({"nested": True} if nested else {})
                  | {"mounts": [parse_mount(m) for m in mount]}
                  | ({"command": command} if command is not None else {}))
     t0 = time.monotonic()
@@ -324,6 +327,7 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("image", v.spec.image), ("arch", v.spec.arch), ("vcpus", str(v.spec.vcpus)),
         ("memory", format_size(v.spec.memory << 20)),
         ("restart policy", v.spec.restart.value), ("mac", v.mac),
+        ("nested", "yes (the guest CPU has the host's vmx/svm)" if v.spec.nested else "no"),
         ("pid", str(v.pid) if v.pid else "-"), ("accelerator", v.accel or "-"),
         ("uptime", human_duration(v.uptime)), ("guest agent", "ready" if v.agent_ready else "not ready"),
         ("addresses", ", ".join(v.addresses) or "-"),

@@ -231,7 +231,11 @@ class VMCalls(Core):
     ) -> Iterator[ExecChunk]:
         req = ExecRequest(argv=argv, env=env, cwd=cwd, timeout=timeout,
                           stdin_b64=base64.b64encode(stdin).decode() if stdin is not None else None)
-        for item in self._stream("POST", f"/vms/{name}/exec", json=req.model_dump(exclude_none=True)):
+        # A command may be silent for as long as its own timeout allows (an install in a TCG guest: many minutes),
+        # so the wait for the next line is at least that long, not only the client's default.
+        wait = self.timeout if timeout is None else max(self.timeout, timeout + 60.0)
+        for item in self._stream("POST", f"/vms/{name}/exec", json=req.model_dump(exclude_none=True),
+                                 timeout=httpx.Timeout(wait, connect=5.0)):
             yield ExecChunk.model_validate(item)
 
     def exec(self, name: str, argv: list[str], **kw: Any) -> tuple[int | None, bytes, bytes]:

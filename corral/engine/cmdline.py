@@ -102,11 +102,14 @@ class BootSource:
 
 @dataclass(frozen=True)
 class HostConfig:
-    """What the host decided: the QEMU binary, the probed accelerator and the TCG translation-cache size."""
+    """What the host decided: the QEMU binary, the probed accelerator and the TCG translation-cache size; for a
+    nested VM, the CPU's virtualization flag to pass through (``vmx`` or ``svm``, checked by
+    corral.engine.nested.cpu_flag)."""
 
     qemu_binary: str
     accel: str  # "kvm" or "tcg"
     tcg_tb_size_mib: int = 32
+    nested_flag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -234,11 +237,22 @@ def qemu_binary(arch: Arch, configured: str) -> str:
 def _machine(spec: VMSpec, host: HostConfig) -> list[str]:
     profile = ARCHES[spec.arch]
     if host.accel == "kvm":  # the caller only chooses KVM for a guest of the host's own architecture
-        accel, cpu = "kvm", "host"
+        accel, cpu = "kvm", "host" + _virt_extension(spec, host)
     else:
         # A small translation cache per VM: QEMU's default (1 GiB) would cap a host at a handful of VMs.
-        accel, cpu = f"tcg,tb-size={host.tcg_tb_size_mib}", profile.tcg_cpu
+        accel, cpu = f"tcg,tb-size={host.tcg_tb_size_mib}", profile.tcg_cpu + _virt_extension(spec, host)
     return ["-machine", profile.machine, "-accel", accel, "-cpu", cpu]
+
+
+def _virt_extension(spec: VMSpec, host: HostConfig) -> str:
+    """A nested VM's CPU asks for the host's virtualization extension by name (KVM only), so QEMU fails rather than
+    boot without it. Other VMs' CPUs are left as they were: turning vmx/svm off (``max,svm=off``) made the ``tiny``
+    guest's static busybox abort under TCG here (docs/explanation/nested.md)."""
+    if not spec.nested:
+        return ""
+    if host.accel != "kvm" or host.nested_flag not in ("vmx", "svm"):
+        raise ValueError("a nested VM needs KVM and the host CPU's vmx or svm flag (corral.engine.nested.cpu_flag)")
+    return f",{host.nested_flag}=on"
 
 
 def _resources(spec: VMSpec) -> list[str]:

@@ -111,8 +111,10 @@ def packages_from_index(text: str, every: dict[str, list[Package]] | None = None
     return out
 
 
-def resolve_closure(index: dict[str, Package], names: Iterable[str]) -> list[Package]:
+def resolve_closure(index: dict[str, Package], names: Iterable[str], installed: Iterable[str] = ()) -> list[Package]:
     """Depends/Pre-Depends closure: first satisfiable alternative, versions ignored, virtual names via Provides.
+    ``installed``: names a target system already has; they (and what they provide) satisfy a dependency and are
+    not returned (what to add to a built image).
 
     Good enough to assemble a guest from a consistent suite: the archive is self-consistent, so the newest version
     of each name satisfies its reverse dependencies. Order: each package appears after the ones that pulled it in.
@@ -123,6 +125,9 @@ def resolve_closure(index: dict[str, Package], names: Iterable[str]) -> list[Pac
             providers.setdefault(virt, []).append(pkg.name)
 
     chosen: dict[str, Package] = {}
+    have = {n for n in installed if n in index}
+    for n in have:
+        chosen[n] = index[n]
 
     def pick(alts: list[str]) -> str | None:
         for alt in alts:  # an alternative already chosen satisfies the group at no cost
@@ -150,7 +155,7 @@ def resolve_closure(index: dict[str, Package], names: Iterable[str]) -> list[Pac
             target = pick(group)
             if target and target not in chosen:
                 queue.append(target)
-    return list(chosen.values())
+    return [p for p in chosen.values() if p.name not in have]
 
 
 class DebianArchive:
@@ -295,9 +300,10 @@ class DebianArchive:
                            f"(it has: {have})")
         return found[-1]
 
-    def resolve(self, names: Iterable[str], progress: Progress | None = None) -> list[Package]:
+    def resolve(self, names: Iterable[str], progress: Progress | None = None,
+                installed: Iterable[str] = ()) -> list[Package]:
         """The packages ``names`` need to work: the Depends/Pre-Depends closure (see :func:`resolve_closure`)."""
-        return resolve_closure(self.load_index(progress), names)
+        return resolve_closure(self.load_index(progress), names, installed)
 
     def download(self, pkg: Package, progress: Progress | None = None) -> Path:
         """The verified .deb of ``pkg`` in cache_dir/debs/ (downloaded once, checked every time it is reused)."""

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from corral import faults
-from corral.engine import guest_channel, migration, process, qemu_img
+from corral.engine import guest_channel, migration, nested, process, qemu_img
 from corral.engine.cmdline import Attachments, HostConfig, Identity, MemoryFile, build_argv, check_template_mounts
 from corral.engine.monitor import Monitor, MonitorError
 from corral.errors import Conflict, CorralError, EngineError, GuestAgentError, InvalidInput, NotFound
@@ -264,7 +264,8 @@ class TemplateService:
                                        base_disk=work.disk, base_format="qcow2")
             accel = await self.vms.accelerator(boot.kernel, spec.arch)
             host = HostConfig(self.settings.qemu_binary, accel.name if accel else "tcg",
-                              self.settings.tcg_tb_size_mib)
+                              self.settings.tcg_tb_size_mib,
+                              nested_flag=nested.cpu_flag(spec.nested, accel.name if accel else "tcg"))
             argv = migration.incoming_argv(build_argv(
                 spec.model_copy(update={"ports": []}), boot, build, host, Identity(str(uuid.uuid4()), rec.mac),
                 Attachments(), memory=MemoryFile(work.memory, share=True)))

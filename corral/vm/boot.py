@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 
 from corral import faults
-from corral.engine import migration, process, qemu_img, shares
+from corral.engine import migration, nested, process, qemu_img, shares
 from corral.engine.accel import Accelerator
 from corral.engine.cmdline import (
     Attachments,
@@ -44,6 +44,9 @@ from corral.vm.core import VMCore
 from corral.vm.machine import Machine
 from corral.vm.states import LIVE, VMState, check_operation
 from corral.vm.supervision import Supervisor
+
+#: Seconds a started QEMU has to answer on its monitor.
+MONITOR_TIMEOUT = 120.0
 
 
 class Booter:
@@ -81,6 +84,7 @@ class Booter:
         accel = await self.vms.accelerator(boot.kernel or probe_kernel(self.vms.images), spec.arch)
         if accel is None:  # a disk-boot image, and no kernel-boot image installed to probe KVM with
             accel = Accelerator("tcg", "no kernel installed to probe KVM with (build the tiny image)")
+        flag = nested.cpu_flag(spec.nested, accel.name, accel.reason)  # the host may have changed since create
         paths = self.vms.paths(name)
         for sock in (paths.qmp_socket, paths.qga_socket, paths.channel_socket, paths.console_socket):
             sock.unlink(missing_ok=True)
@@ -104,7 +108,8 @@ class Booter:
         if spec.ephemeral and not resuming and not from_template:  # from a template: a fresh copy already
             await self._fresh_overlay(rec, root_chain(boot, paths, att.chain))
         argv = build_argv(spec, boot, paths,
-                          HostConfig(self.vms.settings.qemu_binary, accel.name, self.vms.settings.tcg_tb_size_mib),
+                          HostConfig(self.vms.settings.qemu_binary, accel.name, self.vms.settings.tcg_tb_size_mib,
+                                     nested_flag=flag),
                           Identity(rec.id, rec.mac), att, memory=MemoryFile(origin.memory) if origin else None)
         if resuming or from_template:
             argv = migration.incoming_argv(argv)
@@ -125,8 +130,10 @@ class Booter:
                                                      att.ssh_port))
             faults.point("resume.after-spawn" if resuming else "launch.after-spawn")
             monitor = Monitor(name, paths.qmp_socket)
-            await monitor.connect(timeout=15.0, alive=lambda: child is not None and child.returncode is None
-                                  and process.is_alive(ident.pid))
+            # A long bound: a QEMU that dies ends the wait at once (alive), and one in a TCG guest (Corral inside a
+            # Corral VM, docs/explanation/nested.md) takes more than 15 s to greet on its monitor.
+            await monitor.connect(timeout=MONITOR_TIMEOUT, alive=lambda: child is not None
+                                  and child.returncode is None and process.is_alive(ident.pid))
             if resuming or from_template:
                 await self._connect_agent_early(name, agent)
             if resuming:

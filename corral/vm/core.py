@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from corral.engine import nested
 from corral.engine.accel import Accelerator, probe_accelerator
 from corral.engine.cmdline import BootSource
 from corral.engine.guest_agent import GuestAgent
@@ -146,6 +147,19 @@ class VMCore:
                 self.event(None, "accel", f"accelerator: {self._accel.name} ({self._accel.reason})",
                            accel=self._accel.name, reason=self._accel.reason)
             return self._accel
+
+    async def nested_flag(self, spec: VMSpec, kernel: Path | None = None) -> str | None:
+        """The CPU flag (vmx or svm) a ``nested`` VM gets on this host, None for any other VM; CapacityError, one
+        line saying how to get it, when the host cannot give it (under TCG, or KVM without nesting). Probes the
+        accelerator first if no VM has started yet (with ``kernel``, else any installed image's)."""
+        if not spec.nested:
+            return None
+        from corral.images.boot import probe_kernel
+
+        accel = await self.accelerator(kernel or probe_kernel(self.images))
+        if accel is None:
+            accel = Accelerator("tcg", "no kernel installed to probe KVM with (build the tiny image)")
+        return nested.cpu_flag(True, accel.name, accel.reason)
 
     def machine(self, name: str) -> Machine | None:
         """The supervised QEMU of the VM; None when it has none (stopped, or not re-attached)."""

@@ -42,6 +42,7 @@ from corral.errors import Conflict, CorralError, EngineError, InvalidInput, Stat
 from corral.images.store import ImageStore
 from corral.mounts import host as mount_host
 from corral.network.private import NetworkService
+from corral.paths import IMAGE_KERNEL
 from corral.settings import Settings
 from corral.store.db import Store, VMRecord
 from corral.vm import host, logs
@@ -90,6 +91,8 @@ class VMService(VMCore):
             if spec.command is not None and manifest.oci is None:
                 raise InvalidInput(f"image '{spec.image}' is not an OCI image: only an OCI image's cmd can be "
                                    "replaced (`-- ARGS`)")
+            await self.nested_flag(spec, self.images.dir(spec.image_ref) / IMAGE_KERNEL
+                                   if manifest.boot == "kernel" else None)  # refused here: nothing is made
             self.networks.check_spec(spec.networks)
             self.forwards.check_unclaimed(spec.name, spec.ports)
             host.check_spec_fits(spec.name, spec.memory, self.settings.memory_overcommit)

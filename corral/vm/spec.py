@@ -221,6 +221,10 @@ class VMSpec(BaseModel):
                                "sockets are the daemon's user's); sandboxes with --net none get it")
     ephemeral: bool = Field(default=False, description="disposable: the root disk reverts to its base (the image, "
                             "or the template's disk) at every start, a fresh overlay each time")
+    nested: bool = Field(default=False, description="nested virtualization: the guest CPU gets the host's vmx "
+                         "(Intel) or svm (AMD) extension, so the guest can run VMs of its own under KVM; needs KVM "
+                         "with the kvm_intel/kvm_amd module's nested=1, refused under TCG (see docs/explanation/"
+                         "nested.md)")
 
     @model_validator(mode="after")
     def _nat_needed(self) -> VMSpec:

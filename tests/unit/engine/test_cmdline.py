@@ -61,6 +61,21 @@ def test_kvm_uses_host_cpu() -> None:
     assert opt(a, "-cpu") == ["host"]
 
 
+@pytest.mark.parametrize("flag", ["vmx", "svm"])
+def test_a_nested_vm_under_kvm_gets_the_hosts_extension(flag: str) -> None:
+    a = build_argv(VMSpec(name="web", nested=True), BOOT, PATHS,
+                   HostConfig("qemu-system-x86_64", "kvm", 32, nested_flag=flag), IDENT)
+    assert opt(a, "-accel") == ["kvm"]
+    assert opt(a, "-cpu") == [f"host,{flag}=on"]
+
+
+@pytest.mark.parametrize(("accel", "flag"), [("tcg", "svm"), ("tcg", None), ("kvm", None), ("kvm", "ept")])
+def test_a_nested_vm_is_never_built_without_kvm_and_a_checked_flag(accel: str, flag: str | None) -> None:
+    with pytest.raises(ValueError, match="nested VM needs KVM"):
+        build_argv(VMSpec(name="web", nested=True), BOOT, PATHS,
+                   HostConfig("qemu-system-x86_64", accel, 32, nested_flag=flag), IDENT)
+
+
 def test_resources_and_identity() -> None:
     a = argv(vcpus=2, memory="1G")
     assert opt(a, "-smp") == ["2"] and opt(a, "-m") == ["1024M"]

@@ -91,6 +91,14 @@ def test_resolve_closure_alternatives_and_virtuals() -> None:
     assert len(got) == len(set(got))
 
 
+def test_resolve_closure_onto_an_installed_system() -> None:
+    """What to add to an image: what it has is not returned, and satisfies dependencies (an installed provider of
+    a virtual name too)."""
+    idx = packages_from_index(index_text())
+    got = [p.name for p in archive_mod.resolve_closure(idx, ["app"], installed=["libc6", "postfix", "not-here"])]
+    assert sorted(got) == ["app", "libfoo-alt"]
+
+
 def test_resolve_unknown_name_is_not_found() -> None:
     with pytest.raises(NotFound, match="nope"):
         archive_mod.resolve_closure(packages_from_index(index_text()), ["nope"])
