@@ -270,7 +270,11 @@ def ls(
     if json_:
         print_json(vms)
         return
-    cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", "ARCH", "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"]
+    # ARCH only when some VM is of another architecture than the host's (like EXPIRES and IDLE below): the column
+    # would otherwise repeat the host's on every row and push the table past 80 columns. --json always has it.
+    foreign = any(v.spec.arch != host_arch() for v in vms)
+    cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", *(["ARCH"] if foreign else []), "CPUS", "MEMORY", "DISK",
+            "ADDRESSES", "UPTIME"]
     expiring = any(v.expires_in is not None for v in vms)  # the column only when some VM expires
     idling = any(idle_cli.column(v) != "-" for v in vms)  # the same for idle control
     t = Table(box=None)
@@ -280,7 +284,7 @@ def ls(
     for v in vms:
         style = STATE_STYLE.get(v.state, "")
         row = [v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.project, v.spec.owner or "-",
-               v.spec.image, v.spec.arch, str(v.spec.vcpus), format_size(v.spec.memory << 20),
+               v.spec.image, *([v.spec.arch] if foreign else []), str(v.spec.vcpus), format_size(v.spec.memory << 20),
                format_size(v.spec.disk) if v.spec.disk else "image", ", ".join(v.addresses) or "-",
                human_duration(v.uptime), *([format_expires(v)] if expiring else []),
                *([idle_cli.column(v)] if idling else [])]
