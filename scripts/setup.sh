@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Install whatever Corral needs that is missing: OS packages (QEMU, qemu-img, gpgv, the Debian archive keyring,
 # mmdebstrap, e2fsprogs, OVMF, and the project virtualenv), each for:
-#   zstd, lz4: unpack the kernel for PVH boot (corral/images/pvh.py)
 #   extlinux, systemd-boot, dosfstools, mtools: the disk-boot tests
 #   gcc-12, make, binutils, libelf1: build the 9p kernel modules for the images' cloud kernel (corral/images/kmods.py)
 #   debugfs (e2fsprogs): the sandbox's file diff (corral/sandbox/)
@@ -14,7 +13,7 @@ cd "$(dirname "$0")/.."
 # command -> Debian/Ubuntu package that provides it
 declare -A NEED=(
   [qemu-system-x86_64]=qemu-system-x86 [qemu-img]=qemu-utils [gpgv]=gpgv [mmdebstrap]=mmdebstrap
-  [mkfs.ext4]=e2fsprogs [debugfs]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd [lz4]=lz4
+  [mkfs.ext4]=e2fsprogs [debugfs]=e2fsprogs [dpkg-deb]=dpkg [cpio]=cpio [xz]=xz-utils [zstd]=zstd
   [ssh]=openssh-client [ssh-keygen]=openssh-client [extlinux]=extlinux
   [mkfs.vfat]=dosfstools [mcopy]=mtools [sfdisk]=fdisk
   [gcc-12]=gcc-12 [make]=make [strip]=binutils

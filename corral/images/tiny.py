@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from corral.errors import ImageError
-from corral.images import kmods, pvh
+from corral.images import kmods
 from corral.images.archive import DebianArchive, Package, Progress, parse_relation
 from corral.images.artifacts import BuiltImage, SourcePackage
 from corral.images.initrd import Cpio, copy_with_libs, module_depends, module_load_order
@@ -30,7 +30,7 @@ from corral.images.tiny_arch import (
 )
 from corral.vm.arch import Arch
 
-BUILDER_VERSION = "11"
+BUILDER_VERSION = "12"
 SUITE = "bookworm"
 # The cloud kernel: it boots in about half the time of the generic one under TCG. It has no 9p (CONFIG_NET_9P is not
 # set), so shared folders' modules are built from Debian's source for it (corral.images.kmods).
@@ -404,8 +404,6 @@ def build_tiny(workdir: Path, archive: DebianArchive, progress: Progress | None 
         raise ImageError(f"{kernel_pkg.name} holds no vmlinuz or modules: the Debian package layout changed")
     kernel = workdir / "vmlinuz"
     shutil.copyfile(vmlinuz, kernel)
-    if foreign is None:  # x86_64: QEMU boots it at its PVH entry (no real-mode setup, no decompression)
-        pvh.to_pvh(kernel)
     busybox = next((p for p in (staging / "bin/busybox", staging / "usr/bin/busybox") if p.is_file()), None)
     if busybox is None:
         raise ImageError("busybox-static holds no busybox: the Debian package layout changed")
