@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.detach import spawn_detached
+from corral.detach import DatagramService, start_and_wait
 from corral.engine import process
 
 MAX_FRAME = 65536
@@ -96,79 +96,49 @@ def write_members(path: Path, members: list[str]) -> None:
 
 # --------------------------------------------------------------------------------------------- the process --
 def serve(sock_path: Path, members_file: Path, pidfile: Path) -> None:
-    sock_path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    old = os.umask(0o077)
-    try:
-        sock.bind(str(sock_path))
-    finally:
-        os.umask(old)
-    sock.setblocking(False)
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    inode = sock_path.stat().st_ino
-    ticks = process.start_ticks(os.getpid())
-    tmp = pidfile.with_suffix(".tmp")
-    tmp.write_text(f"{os.getpid()} {ticks}\n")
-    tmp.replace(pidfile)
-
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    core = SwitchCore()
-    members_mtime = -1.0
-    next_check = 0.0
-    while not stop:
-        now = time.monotonic()
-        if now >= next_check:
-            next_check = now + 1.0
-            try:
-                if sock_path.stat().st_ino != inode:
-                    break  # replaced: another switch owns the name now
-            except FileNotFoundError:
-                break  # the network (or the whole home) was removed
-            try:
-                mtime = members_file.stat().st_mtime
-            except FileNotFoundError:
-                mtime = 0.0
-            if mtime != members_mtime:
-                members_mtime = mtime
-                core.set_members(read_members(members_file))
-        try:
-            readable, _, _ = select.select([sock], [], [], 1.0)
-        except InterruptedError:
-            continue
-        if not readable:
-            continue
-        for _ in range(256):  # drain what is queued, then look at the clock again
-            try:
-                frame, sender = sock.recvfrom(MAX_FRAME)
-            except (BlockingIOError, InterruptedError):
-                break
-            dead: set[str] = set()
-            for dest in core.route(frame, sender if isinstance(sender, str) else ""):
+    with DatagramService(sock_path, pidfile) as service:
+        sock = service.sock
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        core = SwitchCore()
+        members_mtime = -1.0
+        next_check = 0.0
+        while not service.stop:
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 1.0
+                if not service.still_ours():
+                    break  # removed (the network or the whole home was deleted), or another switch owns the name
                 try:
-                    sock.sendto(frame, dest)
+                    mtime = members_file.stat().st_mtime
+                except FileNotFoundError:
+                    mtime = 0.0
+                if mtime != members_mtime:
+                    members_mtime = mtime
+                    core.set_members(read_members(members_file))
+            try:
+                readable, _, _ = select.select([sock], [], [], 1.0)
+            except InterruptedError:
+                continue
+            if not readable:
+                continue
+            for _ in range(256):  # drain what is queued, then look at the clock again
+                try:
+                    frame, sender = sock.recvfrom(MAX_FRAME)
                 except (BlockingIOError, InterruptedError):
-                    pass  # the receiver is full: drop the frame, as a switch would
-                except OSError as exc:
-                    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-                        dead.add(dest)  # that VM is not running now
-            if dead:
-                core.forget(dead - core.static_members)
-    sock.close()
-    with contextlib.suppress(FileNotFoundError, OSError):
-        if sock_path.stat().st_ino == inode:
-            sock_path.unlink()
-    with contextlib.suppress(OSError):
-        if pidfile.read_text().split()[0] == str(os.getpid()):
-            pidfile.unlink()
+                    break
+                dead: set[str] = set()
+                for dest in core.route(frame, sender if isinstance(sender, str) else ""):
+                    try:
+                        sock.sendto(frame, dest)
+                    except (BlockingIOError, InterruptedError):
+                        pass  # the receiver is full: drop the frame, as a switch would
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                            dead.add(dest)  # that VM is not running now
+                if dead:
+                    core.forget(dead - core.static_members)
 
 
 # ------------------------------------------------------------------------------------- managing the process --
@@ -192,15 +162,8 @@ def start(sock_path: Path, members_file: Path, pidfile: Path, log: Path, timeout
     """Start a detached switch (double fork, own session, no inherited descriptors); wait until it serves."""
     argv = [sys.executable, "-m", "corral.network.switch", "--members", str(members_file), "--pidfile",
             str(pidfile), str(sock_path)]
-    pidfile.unlink(missing_ok=True)
-    spawn_detached(argv, log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ident = running(sock_path, pidfile)
-        if ident is not None:
-            return ident.pid
-        time.sleep(0.02)
-    raise OSError(f"the switch for {sock_path} did not start: see {log}")
+    return start_and_wait(argv, log, pidfile, lambda: running(sock_path, pidfile), f"the switch for {sock_path}",
+                          timeout)
 
 
 def stop(sock_path: Path, pidfile: Path, timeout: float = 5.0) -> None:

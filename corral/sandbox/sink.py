@@ -22,18 +22,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import select
-import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from corral.detach import spawn_detached
-from corral.engine import process
+from corral.detach import DatagramService, start_and_wait
 from corral.network import switch
 from corral.sandbox import packets as pk
 
@@ -148,63 +144,36 @@ def read_records(log: Path, limit: int = MAX_RECORDS) -> tuple[list[dict[str, An
 
 # --------------------------------------------------------------------------------------------- the process --
 def serve(sock_path: Path, switch_path: Path, pidfile: Path, mac: str, gateway: str) -> None:
-    sock_path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    old = os.umask(0o077)
-    try:
-        sock.bind(str(sock_path))
-    finally:
-        os.umask(old)
-    sock.setblocking(False)
-    inode = sock_path.stat().st_ino
-    tmp = pidfile.with_suffix(".tmp")
-    tmp.write_text(f"{os.getpid()} {process.start_ticks(os.getpid())}\n")
-    tmp.replace(pidfile)
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    core = SinkCore(pk.mac_bytes(mac), pk.ip_bytes(gateway))
-    next_announce = 0.0
-    while not stop:
-        now = time.monotonic()
-        if now >= next_announce:
-            next_announce = now + ANNOUNCE_EVERY
-            try:
-                if sock_path.stat().st_ino != inode:
+    with DatagramService(sock_path, pidfile) as service:
+        sock = service.sock
+        core = SinkCore(pk.mac_bytes(mac), pk.ip_bytes(gateway))
+        next_announce = 0.0
+        while not service.stop:
+            now = time.monotonic()
+            if now >= next_announce:
+                next_announce = now + ANNOUNCE_EVERY
+                if not service.still_ours():
                     break
-            except FileNotFoundError:
-                break
-            with contextlib.suppress(OSError):
-                sock.sendto(core.announce(), str(switch_path))
-        try:
-            readable, _, _ = select.select([sock], [], [], 1.0)
-        except InterruptedError:
-            continue
-        if not readable:
-            continue
-        for _ in range(256):
-            try:
-                frame = sock.recv(switch.MAX_FRAME)
-            except (BlockingIOError, InterruptedError):
-                break
-            records, replies = core.handle(frame)
-            for r in records:
-                print(json.dumps({"t": round(time.time(), 3), **r}), flush=True)
-            for reply in replies:
                 with contextlib.suppress(OSError):
-                    sock.sendto(reply, str(switch_path))
-    print(json.dumps({"dropped": core.dropped}), flush=True)
-    sock.close()
-    with contextlib.suppress(OSError):
-        if sock_path.stat().st_ino == inode:
-            sock_path.unlink()
-    with contextlib.suppress(OSError):
-        if pidfile.read_text().split()[0] == str(os.getpid()):
-            pidfile.unlink()
+                    sock.sendto(core.announce(), str(switch_path))
+            try:
+                readable, _, _ = select.select([sock], [], [], 1.0)
+            except InterruptedError:
+                continue
+            if not readable:
+                continue
+            for _ in range(256):
+                try:
+                    frame = sock.recv(switch.MAX_FRAME)
+                except (BlockingIOError, InterruptedError):
+                    break
+                records, replies = core.handle(frame)
+                for r in records:
+                    print(json.dumps({"t": round(time.time(), 3), **r}), flush=True)
+                for reply in replies:
+                    with contextlib.suppress(OSError):
+                        sock.sendto(reply, str(switch_path))
+        print(json.dumps({"dropped": core.dropped}), flush=True)
 
 
 def start(sock_path: Path, switch_path: Path, pidfile: Path, log: Path, mac: str, gateway: str,
@@ -212,15 +181,8 @@ def start(sock_path: Path, switch_path: Path, pidfile: Path, log: Path, mac: str
     """Start a detached sink; wait until it serves. Its records go to ``log``."""
     argv = [sys.executable, "-m", "corral.sandbox.sink", "--switch", str(switch_path), "--pidfile", str(pidfile),
             "--mac", mac, "--gateway", gateway, str(sock_path)]
-    pidfile.unlink(missing_ok=True)
-    spawn_detached(argv, log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ident = switch.running(sock_path, pidfile)
-        if ident is not None:
-            return ident.pid
-        time.sleep(0.02)
-    raise OSError(f"the sandbox's sink for {sock_path} did not start: see {log}")
+    return start_and_wait(argv, log, pidfile, lambda: switch.running(sock_path, pidfile),
+                          f"the sandbox's sink for {sock_path}", timeout)
 
 
 def stop(sock_path: Path, pidfile: Path) -> None:
