@@ -6,7 +6,7 @@
     service    users, tokens and logins over the store, with the rate limiter of failed logins
     ratelimit  failures per key in a sliding window, then a lock-out
     policy     THE table: (method, route template) -> action; roles -> actions; visible()
-    gate       the ASGI wrapper of the TCP listener: authenticates, checks the policy, records refusals
+    (the gate of the TCP listener, which checks the policy for every request, is corral.api.gate)
     tls        the listener's certificate: the user's own or a self-signed one made at first start
 
 Errors: :class:`Unauthorized` (401), :class:`Forbidden` (403), :class:`TooManyAttempts` (429), all CorralErrors.

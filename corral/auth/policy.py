@@ -1,4 +1,4 @@
-"""Who may do what: THE table, checked in one place (:mod:`corral.auth.gate`) for every request over TCP.
+"""Who may do what: THE table, checked in one place (:mod:`corral.api.gate`) for every request over TCP.
 
 :data:`POLICY` maps each route, by (method, path template), to a :class:`Rule`: the action it needs and where the
 project it acts on comes from ("vm": the VM named in the path; "body": the ``project`` of the request body, default

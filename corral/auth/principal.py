@@ -1,5 +1,5 @@
 """Who a request is for. The unix socket is the local root (mode 0600: only the daemon's user reaches it); a TCP
-request is for the user its bearer token belongs to (set by :mod:`corral.auth.gate`)."""
+request is for the user its bearer token belongs to (set by :mod:`corral.api.gate`)."""
 
 from __future__ import annotations
 

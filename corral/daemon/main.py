@@ -3,7 +3,7 @@
 Start-up: take the single-instance lock (flock on corrald.pid, released by the kernel when the process dies, so a
 crash leaves no stale lock), open the store, re-attach to running VMs, then serve the API on a unix socket created
 under umask 077 (mode 0600 from the first moment), and with ``--listen ADDR:PORT`` (CORRAL_LISTEN) over TCP with TLS
-too, through corral.auth's gate (corral.auth.listener). Shut-down (SIGTERM/SIGINT) stops supervising and leaves every
+too, through corral.api.gate (corral.daemon.listener). Shut-down (SIGTERM/SIGINT) stops supervising and leaves every
 QEMU running: VMs outlive the daemon.
 """
 
@@ -27,8 +27,9 @@ from fastapi import FastAPI
 from corral import paths
 from corral.api.app import create_app
 from corral.api.deps import Services, auth_service
-from corral.auth import listener, tls
+from corral.auth import tls
 from corral.backup.service import BackupService
+from corral.daemon import listener
 from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore

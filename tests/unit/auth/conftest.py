@@ -14,7 +14,7 @@ import pytest
 
 from corral.api.app import create_app
 from corral.api.deps import Services, auth_service
-from corral.auth.gate import RemoteGate
+from corral.api.gate import RemoteGate
 from corral.auth.models import UserCreate
 from corral.auth.service import AuthService
 from corral.daemon.main import build_services

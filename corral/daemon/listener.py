@@ -1,4 +1,4 @@
-"""`corrald --listen ADDR:PORT`: the same app over TCP with TLS, through :class:`corral.auth.gate.RemoteGate`.
+"""`corrald --listen ADDR:PORT`: the same app over TCP with TLS, through :class:`corral.api.gate.RemoteGate`.
 
 A second uvicorn server in the daemon's event loop, with no lifespan of its own (the unix socket's server runs the
 app's start-up and shut-down) and no signal handlers (the unix socket's server handles them and stops this one
@@ -16,7 +16,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from corral.auth.gate import RemoteGate
+from corral.api.gate import RemoteGate
 from corral.auth.service import AuthService
 from corral.errors import InvalidInput
 
