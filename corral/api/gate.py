@@ -118,8 +118,7 @@ class RemoteGate:
             body = await _read_body(receive)
             project = _body_project(body)
         if not policy.allowed(principal, rule.action, project):
-            where = f" in project '{project}'" if project else ""
-            msg = one_line(f"{principal.role} '{principal.name}' may not {rule.action}{where}: {method} {path}")
+            msg = one_line(f"{policy.refusal(principal, rule.action, project)}: {method} {path}")
             self._record_refusal(principal, scope, body or b"", msg)
             await _refuse(scope, receive, send, 403, "Forbidden", msg)
             return

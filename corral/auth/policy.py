@@ -172,8 +172,17 @@ def allowed(principal: Principal, action: str, project: str | None = None) -> bo
     return visible(principal, project)
 
 
+#: How a refusal names each action: "viewer 'ann' may not operate VMs in project 'web'".
+WHAT = {"read": "see this", "operate": "operate VMs", "console": "use consoles", "create": "create VMs",
+        "delete": "delete VMs", "admin": "do this (admins only)"}
+
+
+def refusal(principal: Principal, action: str, project: str | None = None) -> str:
+    where = f" in project '{project}'" if project else ""
+    return f"{principal.role} '{principal.name}' may not {WHAT.get(action, action)}{where}"
+
+
 def require(principal: Principal, action: str, project: str | None = None) -> None:
     """Raise :class:`Forbidden` (HTTP 403, one line) unless ``principal`` may do ``action`` on ``project``."""
     if not allowed(principal, action, project):
-        where = f" in project '{project}'" if project is not None else ""
-        raise Forbidden(f"{principal.role} '{principal.name}' may not {action}{where}")
+        raise Forbidden(refusal(principal, action, project))

@@ -63,7 +63,7 @@ def test_roles(who: Principal, action: str, project: str | None, ok: bool) -> No
 
 
 def test_require_is_one_line_forbidden() -> None:
-    with pytest.raises(Forbidden, match="viewer 'v' may not operate in project 'web'"):
+    with pytest.raises(Forbidden, match="viewer 'v' may not operate VMs in project 'web'"):
         policy.require(viewer, "operate", "web")
     policy.require(operator, "operate", "web")
 
