@@ -56,8 +56,8 @@ def login(
         elif not yes:
             err.print(f"The certificate of {base} has SHA-256 fingerprint\n  {fp}", highlight=False)
             if not sys.stdin.isatty() or not typer.confirm("Trust it?", default=False):
-                fail("certificate not trusted (check its fingerprint on the server: `corral daemon status` there, "
-                     "or give --yes / --fingerprint)")
+                fail("certificate not trusted: compare its fingerprint with the one corrald logged at start "
+                     "(corrald.log in its home), then give --yes or --fingerprint")
         pin = pem.decode()
     if token is None:
         name = user or default_owner()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,10 @@ from fastapi import FastAPI
 
 from corral.api.gate import RemoteGate
 from corral.auth.service import AuthService
+from corral.auth.tls import fingerprint
 from corral.errors import InvalidInput
+
+log = logging.getLogger("corrald")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -52,9 +56,12 @@ class RemoteListener:
                                 proxy_headers=False)
         self.server = _Quiet(config)
         self.sock = sock
+        self.fingerprint = fingerprint(cert.read_bytes())
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        host, port = self.sock.getsockname()[:2]
+        log.info("listening on https://%s:%d (certificate SHA-256 %s)", host, port, self.fingerprint)
         self._task = asyncio.create_task(self.server.serve(sockets=[self.sock]), name="corral-tcp-listener")
 
     async def stop(self) -> None:
