@@ -13,6 +13,7 @@ A refused request never reaches the app: it changes nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -39,6 +40,9 @@ ANONYMOUS = Principal("anonymous", "viewer", "")
 BODY_LIMIT = 1 << 20
 _USER_HEADER = USER_HEADER.lower().encode()
 _STATIC = re.compile(r"^/(|favicon\.ico|assets/.*)$")
+#: Whether the console routes redeem tickets (corral.auth.tickets, issue 13's web part): until they do, a websocket
+#: with a ticket and no token is refused like any other without a token, rather than reaching a console unchecked.
+TICKETS = importlib.util.find_spec("corral.auth.tickets") is not None
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class RemoteGate:
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)
-        if token is None and ws and "ticket" in parse_qs(scope.get("query_string", b"").decode("latin-1")):
+        if token is None and ws and TICKETS and "ticket" in parse_qs(scope.get("query_string", b"").decode("latin-1")):
             scope[SCOPE_PRINCIPAL] = ANONYMOUS  # the route redeems the ticket (bound to its user and VM)
             await self.app(scope, receive, send)
             return

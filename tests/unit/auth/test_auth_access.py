@@ -3,6 +3,7 @@ event log with the actor, list filtering by project, and the unix socket unchang
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from conftest import Remote
@@ -126,3 +127,23 @@ def test_removing_a_user_ends_their_tokens(remote: Remote) -> None:
     token = remote.user("vic", "viewer", "web")
     assert remote.request("DELETE", "/v1/users/vic", local=True).status_code == 204
     assert remote.request("GET", "/v1/auth/whoami", token=token).status_code == 401
+
+
+
+def test_a_websocket_without_a_token_is_refused(remote: Remote) -> None:
+    remote.vm("w1", "web")
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    async def send(msg: dict[str, object]) -> None:
+        sent.append(msg)
+
+    for query in (b"", b"ticket=forged"):
+        sent.clear()
+        scope = {"type": "websocket", "path": "/v1/vms/w1/console", "query_string": query, "headers": [],
+                 "client": ("192.0.2.7", 1), "scheme": "wss"}
+        asyncio.run(remote.gate(scope, receive, send))  # type: ignore[arg-type]
+        assert sent and sent[0]["type"] == "websocket.close", sent  # never accepted: no console reached
+        assert sent[0]["code"] in (4001, 4401)
