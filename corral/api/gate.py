@@ -113,6 +113,7 @@ class RemoteGate:
         scope[SCOPE_PRINCIPAL] = principal
         body: bytes | None = None
         project: str | None = None
+        action: str = rule.action
         if rule.target == "vm":
             project = self._vm_project(params.get("name", ""))
             if project is None:  # no such VM: the route answers 404
@@ -120,9 +121,10 @@ class RemoteGate:
                 return
         elif rule.target == "body":
             body = await _read_body(receive)
-            project = _body_project(body)
-        if not policy.allowed(principal, rule.action, project):
-            msg = one_line(f"{policy.refusal(principal, rule.action, project)}: {method} {path}")
+            doc = _json(body)
+            project, action = _body_project(doc), policy.body_action(rule.action, doc)
+        if not policy.allowed(principal, action, project):
+            msg = one_line(f"{policy.refusal(principal, action, project)}: {method} {path}")
             self._record_refusal(principal, scope, body or b"", msg)
             await _refuse(scope, receive, send, 403, "Forbidden", msg)
             return
@@ -165,13 +167,16 @@ def _bearer(scope: Scope) -> str | None:
     return None
 
 
-def _body_project(body: bytes) -> str | None:
-    """The project a create request names ("default" when it names none); None when it cannot be told (not JSON,
-    not a string): a scoped principal is then refused, and anyone else gets the route's own 422."""
+def _json(body: bytes) -> object:
     try:
-        doc = json.loads(body or b"{}")
+        return json.loads(body or b"{}")
     except ValueError:
         return None
+
+
+def _body_project(doc: object) -> str | None:
+    """The project a create request names ("default" when it names none); None when it cannot be told (not JSON,
+    not a string): a scoped principal is then refused, and anyone else gets the route's own 422."""
     if not isinstance(doc, dict):
         return None
     project = doc.get("project", "default")

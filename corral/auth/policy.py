@@ -11,7 +11,8 @@ actions each role has:
     read      GET of VMs, their events, logs, disks, snapshots; lists    yes     yes       yes
     operate   start/stop/restart/suspend/resume/exec/shell/cp/snapshot   -       yes       yes
     console   the serial and graphical consoles (web's tickets)          -       yes       yes
-    create    create or clone a VM (in the project it is created in)     -       yes       yes
+    create    create or clone a VM (in the project it is created in;     -       yes       yes
+              a spec with host folders needs admin)
     delete    delete a VM                                                -       yes       yes
     admin     hosts, quotas, projects, users, others' tokens, images,    -       -         yes
               networks, backups, pools, templates, the daemon
@@ -148,6 +149,17 @@ POLICY: dict[tuple[str, str], Rule] = {
 
 #: Mounts (not routes) of static files the web page is made of: no token (contract of issue 13).
 PUBLIC_MOUNTS = frozenset({"", "/", "/assets"})
+
+
+#: Fields of a VM spec that reach into the host (shared host folders): a body with any of them needs admin.
+HOST_FIELDS = ("mounts",)
+
+
+def body_action(action: str, doc: object) -> str:
+    """The action a request body needs: ``action``, or admin when a VM spec in it names host paths."""
+    if isinstance(doc, dict) and any(doc.get(f) for f in HOST_FIELDS):
+        return "admin"
+    return action
 
 
 def rule_for(method: str, template: str) -> Rule:

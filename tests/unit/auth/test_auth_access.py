@@ -87,6 +87,9 @@ def test_an_operator_acts_in_its_project_only(remote: Remote) -> None:
     assert remote.request("DELETE", "/v1/vms/d1", token=token).status_code == 403
     assert remote.request("POST", "/v1/users", token=token, json={"name": "z", "role": "admin"}).status_code == 403
     assert [r.name for r in remote.svc.store.list_vms()] == ["d1"]
+    r = remote.request("POST", "/v1/vms", token=token, json={"name": "x", "image": "tiny", "project": "web",
+                                                            "mounts": [{"host": "/etc"}]})
+    assert r.status_code == 403 and "admins only" in r.json()["message"]  # a host folder: admin
     # in its project, the request reaches the route (here: the image does not exist)
     r = remote.request("POST", "/v1/vms", token=token, json={"name": "x", "image": "nope", "project": "web"})
     assert r.status_code not in (401, 403), r.text
