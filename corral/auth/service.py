@@ -8,7 +8,9 @@ If a call here fails, the store is as before it (each change is one statement, o
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import sqlite3
 import time
 
 from corral.auth import hashing
@@ -29,14 +31,18 @@ class AuthService:
         self.limiter = limiter or RateLimiter()
 
     # --- users ---------------------------------------------------------------------------------------------
-    def add_user(self, req: UserCreate) -> UserInfo:
+    async def add_user(self, req: UserCreate) -> UserInfo:
+        """Add a user (its password hashed in a thread: argon2 takes tens of milliseconds, not for the event loop)."""
         if req.role == "admin" and req.project is not None:
             raise InvalidInput("an admin acts on every project: give no project for role admin")
         if self.store.get_user(req.name) is not None:
             raise Conflict(f"user '{req.name}' already exists (`corral user rm {req.name}` first)")
-        rec = UserRecord(req.name, req.role, req.project,
-                         hashing.hash_password(req.password) if req.password is not None else None, time.time())
-        self.store.insert_user(rec)
+        hashed = await asyncio.to_thread(hashing.hash_password, req.password) if req.password is not None else None
+        rec = UserRecord(req.name, req.role, req.project, hashed, time.time())
+        try:
+            self.store.insert_user(rec)
+        except sqlite3.IntegrityError:  # added meanwhile, while the password was being hashed
+            raise Conflict(f"user '{req.name}' already exists (`corral user rm {req.name}` first)") from None
         return self._info(rec)
 
     def list_users(self) -> list[UserInfo]:
@@ -98,13 +104,15 @@ class AuthService:
         return Principal(user.name, user.role, user.project) if user else None
 
     # --- logins --------------------------------------------------------------------------------------------
-    def login(self, user: str, password: str, address: str) -> LoginResponse:
+    async def login(self, user: str, password: str, address: str) -> LoginResponse:
+        """A session token for ``user``'s password (checked in a thread), unless too many logins failed lately."""
         keys = (f"user:{user}", f"addr:{address}")
         wait = max(self.limiter.retry_after(k) for k in keys)
         if wait > 0:
             raise TooManyAttempts(f"too many failed logins: try again in {int(wait) + 1} s")
         rec = self.store.get_user(user)
-        if not hashing.verify_password(rec.password_hash if rec else None, password) or rec is None:
+        good = await asyncio.to_thread(hashing.verify_password, rec.password_hash if rec else None, password)
+        if not good or rec is None:
             for k in keys:
                 self.limiter.failed(k)
             raise Unauthorized("wrong user name or password")

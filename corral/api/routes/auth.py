@@ -30,7 +30,7 @@ Svc = Annotated[Services, Depends(services)]
 async def login(req: LoginRequest, request: Request, svc: Svc) -> LoginResponse:
     """A session token (12 h) for a user's password. Failed logins are rate-limited per user and address (429)."""
     address = request.client.host if request.client else "local"
-    return auth_service(svc).login(req.user, req.password, address)
+    return await auth_service(svc).login(req.user, req.password, address)
 
 
 @router.get("/auth/whoami", response_model=WhoAmI)
@@ -46,7 +46,7 @@ async def list_users(svc: Svc) -> list[UserInfo]:
 
 @router.post("/users", response_model=UserInfo, status_code=201)
 async def add_user(req: UserCreate, svc: Svc) -> UserInfo:
-    return auth_service(svc).add_user(req)
+    return await auth_service(svc).add_user(req)
 
 
 @router.get("/users/{name}", response_model=UserInfo)

@@ -48,7 +48,8 @@ class Remote:
 
     def user(self, name: str, role: str, project: str | None = None, password: str = "pw-" + "x" * 8) -> str:
         """Add a user; their API token."""
-        self.auth.add_user(UserCreate(name=name, role=role, project=project, password=password))  # type: ignore[arg-type]
+        req = UserCreate(name=name, role=role, project=project, password=password)  # type: ignore[arg-type]
+        asyncio.run(self.auth.add_user(req))
         return self.auth.create_token(name, None).token
 
     def vm(self, name: str, project: str = "default") -> None:
