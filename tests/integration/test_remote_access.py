@@ -50,6 +50,16 @@ def test_remote_access(listening: tuple[CorralEnv, str], tmp_path: Path) -> None
     c, url = listening
     r = c.cli("user", "add", "vic", "--role", "viewer", "--project", "web", "--password-stdin", input=PASSWORD)
     assert r.returncode == 0, r.stderr
+    # bad input: one line, its exit code, nothing changed
+    bad = c.cli("user", "add", "eve", "--role", "root", "--password-stdin", input=PASSWORD)
+    assert bad.returncode == 2 and "role" in one_line_error(bad)
+    assert c.cli("user", "add", "eve", "--role", "viewer", "--project", "No_Such", "--password-stdin",
+                 input=PASSWORD).returncode == 2
+    assert c.cli("user", "add", "eve", "--role", "viewer", "--password-stdin", input=b"\n").returncode == 2
+    dup = c.cli("user", "add", "vic", "--role", "admin", "--password-stdin", input=PASSWORD)
+    assert dup.returncode == 4 and "already exists" in one_line_error(dup)
+    users = json.loads(c.cli("user", "ls", "--json").stdout)
+    assert [(u["name"], u["role"], u["project"]) for u in users] == [("vic", "viewer", "web")]
     for name, project in (("w1", "web"), ("d1", "data")):
         c.client.create_vm({"name": name, "image": "tiny", "project": project})
     assert c.cli("user", "add", "adm", "--role", "admin", "--no-password").returncode == 0
