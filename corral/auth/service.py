@@ -118,6 +118,7 @@ class AuthService:
             raise Unauthorized("wrong user name or password")
         for k in keys:
             self.limiter.succeeded(k)
+        self.store.delete_expired()  # sessions of past logins do not pile up
         tok = self.create_token(rec.name, SESSION_TTL, "login session", kind="session")
         assert tok.expires_at is not None
         return LoginResponse(token=tok.token, expires_at=tok.expires_at, user=rec.name, role=rec.role,
