@@ -116,7 +116,10 @@ class RemoteGate:
         action: str = rule.action
         if rule.target == "vm":
             project = self._vm_project(params.get("name", ""))
-            if project is None:  # no such VM: the route answers 404
+            if project is None:  # no such VM: the route answers 404, if the role may do this at all
+                if not policy.allowed(principal, action, principal.project):
+                    await self._deny(principal, action, None, scope, receive, send, b"")
+                    return
                 await self.app(scope, receive, send)
                 return
         elif rule.target == "body":
@@ -124,11 +127,16 @@ class RemoteGate:
             doc = _json(body)
             project, action = _body_project(doc), policy.body_action(rule.action, doc)
         if not policy.allowed(principal, action, project):
-            msg = one_line(f"{policy.refusal(principal, action, project)}: {method} {path}")
-            self._record_refusal(principal, scope, body or b"", msg)
-            await _refuse(scope, receive, send, 403, "Forbidden", msg)
+            await self._deny(principal, action, project, scope, receive, send, body or b"")
             return
         await self.app(scope, _replay(body, receive) if body is not None else receive, send)
+
+    async def _deny(self, principal: Principal, action: str, project: str | None, scope: Scope, receive: Receive,
+                    send: Send, body: bytes) -> None:
+        """403 with one line, recorded in the event log with the principal as the actor."""
+        msg = one_line(f"{policy.refusal(principal, action, project)}: {scope.get('method', 'WS')} {scope.get('path')}")
+        self._record_refusal(principal, scope, body, msg)
+        await _refuse(scope, receive, send, 403, "Forbidden", msg)
 
     def _services(self) -> Any:
         return getattr(self.app.state, "services", None)

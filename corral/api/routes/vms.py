@@ -122,7 +122,8 @@ async def list_vms(
     owner: Annotated[str | None, Query(description="only this owner's VMs")] = None,
     project: Annotated[str | None, Query(description="only this project's VMs")] = None,
 ) -> list[VMInfo]:
-    return Response(content=_LIST_CACHE.json(svc, label, owner, scoped_project(request, project)),  # type: ignore[return-value]
+    project = scoped_project(request, project)  # over TCP: the principal's project only (corral.auth)
+    return Response(content=_LIST_CACHE.json(svc, label, owner, project),  # type: ignore[return-value]
                     media_type="application/json")
 
 

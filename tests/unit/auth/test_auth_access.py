@@ -56,6 +56,8 @@ def test_a_viewer_sees_only_its_project(remote: Remote) -> None:
     assert remote.request("GET", "/v1/vms?project=data", token=token).json() == []
     assert remote.request("GET", "/v1/vms/w1", token=token).status_code == 200
     assert remote.request("GET", "/v1/vms/d1", token=token).status_code == 403
+    assert remote.request("GET", "/v1/vms/ghost", token=token).status_code == 404  # may read: the route's answer
+    assert remote.request("POST", "/v1/vms/ghost/stop", token=token, json={}).status_code == 403  # may not stop any
     remote.svc.vms.event("d1", "note", "in data")
     remote.svc.vms.event("w1", "note", "in web")
     seen = {e["vm"] for e in remote.request("GET", "/v1/events", token=token).json()}
