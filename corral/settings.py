@@ -130,9 +130,7 @@ def _validate(v: dict[str, str]) -> Settings:
         raise InvalidInput(f"CORRAL_IDLE_INTERVAL={idle_interval} is out of range: use 0.1 to 3600 (seconds)")
     listen = v.get("CORRAL_LISTEN")
     if listen is not None:
-        host, sep, port = listen.rpartition(":")
-        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidInput(f"CORRAL_LISTEN={listen!r} is not ADDR:PORT (e.g. 0.0.0.0:8443 or [::1]:8443)")
+        parse_listen(listen)
     if ("CORRAL_TLS_CERT" in v) != ("CORRAL_TLS_KEY" in v):
         raise InvalidInput("give both CORRAL_TLS_CERT and CORRAL_TLS_KEY, or neither (a self-signed one is made)")
     return Settings(
@@ -153,6 +151,15 @@ def _validate(v: dict[str, str]) -> Settings:
         tls_cert=Path(v["CORRAL_TLS_CERT"]).expanduser().absolute() if "CORRAL_TLS_CERT" in v else None,
         tls_key=Path(v["CORRAL_TLS_KEY"]).expanduser().absolute() if "CORRAL_TLS_KEY" in v else None,
     )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """CORRAL_LISTEN's "ADDR:PORT" (IPv6 as "[::1]:8443") -> (address, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"CORRAL_LISTEN={value!r} is not ADDR:PORT (e.g. 0.0.0.0:8443 or [::1]:8443)")
+    return host, int(port)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:

@@ -21,17 +21,9 @@ from corral.api.gate import RemoteGate
 from corral.auth.service import AuthService
 from corral.auth.tls import fingerprint
 from corral.errors import InvalidInput
+from corral.settings import parse_listen
 
 log = logging.getLogger("corrald")
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """"ADDR:PORT" (IPv6 as "[::1]:8443") -> (address, port)."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInput(f"CORRAL_LISTEN={value!r} is not ADDR:PORT (e.g. 0.0.0.0:8443 or [::1]:8443)")
-    return host, int(port)
 
 
 def bind(value: str) -> socket.socket:

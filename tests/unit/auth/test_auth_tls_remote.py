@@ -9,9 +9,8 @@ import pytest
 
 from corral.auth import tls
 from corral.client import remote as remotes
-from corral.daemon.listener import parse_listen
 from corral.errors import InvalidInput
-from corral.settings import load_settings
+from corral.settings import load_settings, parse_listen
 
 
 def test_self_signed_certificate_made_once_with_a_private_key(tmp_path: Path) -> None:
