@@ -18,6 +18,9 @@ CORRAL_EXPIRY_WARNING       3600                                   longest warni
 CORRAL_EXPIRY_WARNING_FRACTION  0.1                                warning before expiry, fraction of the lifetime
 CORRAL_BACKUP_CHECK_INTERVAL  30                                   seconds between the daemon's backup schedule checks
 CORRAL_IDLE_INTERVAL        10                                     seconds between samples of VMs' activity
+CORRAL_LISTEN               (none)                                 ADDR:PORT: serve the API over TCP with TLS too
+CORRAL_TLS_CERT             (none: self-signed, made under home)   PEM certificate of the TCP listener
+CORRAL_TLS_KEY              (none)                                 PEM key of CORRAL_TLS_CERT
 ==========================  =====================================  ==============================================
 """
 
@@ -46,6 +49,9 @@ class Settings:
     expiry_warning_fraction: float = 0.1
     backup_check_interval: float = 30.0
     idle_interval: float = 10.0
+    listen: str | None = None  # "ADDR:PORT": the TCP listener (corral.auth.listener); None: the unix socket only
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def socket(self) -> Path:
@@ -122,6 +128,11 @@ def _validate(v: dict[str, str]) -> Settings:
         raise InvalidInput(f"CORRAL_EXPIRY_WARNING_FRACTION={fraction} is out of range: use 0 to 1")
     if not 0.1 <= idle_interval <= 3600:
         raise InvalidInput(f"CORRAL_IDLE_INTERVAL={idle_interval} is out of range: use 0.1 to 3600 (seconds)")
+    listen = v.get("CORRAL_LISTEN")
+    if listen is not None:
+        parse_listen(listen)
+    if ("CORRAL_TLS_CERT" in v) != ("CORRAL_TLS_KEY" in v):
+        raise InvalidInput("give both CORRAL_TLS_CERT and CORRAL_TLS_KEY, or neither (a self-signed one is made)")
     return Settings(
         home=Path(v["CORRAL_HOME"]).expanduser().absolute(),
         cache=Path(v["CORRAL_CACHE"]).expanduser().absolute(),
@@ -136,7 +147,19 @@ def _validate(v: dict[str, str]) -> Settings:
         expiry_warning_fraction=fraction,
         backup_check_interval=backup_check,
         idle_interval=idle_interval,
+        listen=listen,
+        tls_cert=Path(v["CORRAL_TLS_CERT"]).expanduser().absolute() if "CORRAL_TLS_CERT" in v else None,
+        tls_key=Path(v["CORRAL_TLS_KEY"]).expanduser().absolute() if "CORRAL_TLS_KEY" in v else None,
     )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """CORRAL_LISTEN's "ADDR:PORT" (IPv6 as "[::1]:8443") -> (address, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"CORRAL_LISTEN={value!r} is not ADDR:PORT (e.g. 0.0.0.0:8443 or [::1]:8443)")
+    return host, int(port)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:

@@ -6,6 +6,7 @@
 #   debugfs (e2fsprogs): the sandbox's file diff (corral/sandbox/)
 #   skopeo, umoci: copy and unpack OCI images (corral/images/oci/)
 #   qemu-system-arm, qemu-system-misc: aarch64 and riscv64 guests (docs/explanation/architectures.md)
+#   (virtualenv) argon2-cffi, cryptography: users' passwords and the TLS certificate of corrald --listen (corral/auth/)
 # A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
 """Who did it, and what failed: one ASGI middleware around every request.
 
-It sets the actor (the ``X-Corral-User`` header, "anonymous" without one) for everything the request does, so each
+It sets the actor (on the unix socket the ``X-Corral-User`` header, "anonymous" without one; over TCP the
+authenticated principal, whatever the header says) for everything the request does, so each
 event the VM service records carries it. When a request that changes something (POST, PUT, PATCH, DELETE; not the
 waits) fails, it records one event for the operation with ``result="error"`` and the error, whatever raised it:
 a domain error, a refused request body, or a bug.
@@ -15,6 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.models import API_PREFIX, USER_HEADER
+from corral.auth.principal import is_remote, principal_of
 from corral.vm.actor import ACTOR
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -67,7 +69,7 @@ class AuditMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        token = ACTOR.set(actor_of(scope.get("headers", [])))
+        token = ACTOR.set(principal_of(scope).name if is_remote(scope) else actor_of(scope.get("headers", [])))
         method = scope.get("method", "")
         body = bytearray()
         status = 0

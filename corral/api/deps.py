@@ -25,6 +25,7 @@ from corral.vm.data_copy import DataCopyService
 from corral.vm.service import VMService
 
 if TYPE_CHECKING:
+    from corral.auth.service import AuthService
     from corral.backup.service import BackupService
 
 
@@ -46,6 +47,16 @@ class Services:
     recovery: Recovery | None = None  # what a dead daemon left mid-operation: finished or rolled back at start
     copies: DataCopyService | None = None  # `corral cp` over a hot-plugged virtio-serial port
     sandbox: SandboxService | None = None  # `corral sandbox run`: samples in throwaway VMs
+    auth: AuthService | None = None  # users, tokens, logins (corral.auth): made on first use, see auth_service()
+
+
+def auth_service(svc: Services) -> AuthService:
+    """The users, tokens and logins of ``svc``'s store, made on first use (argon2 is imported only then)."""
+    if svc.auth is None:
+        from corral.auth.service import AuthService
+
+        svc.auth = AuthService(svc.store)
+    return svc.auth
 
 
 def using(svc: Services, name: str) -> contextlib.AbstractContextManager[None]:

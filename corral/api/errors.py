@@ -8,8 +8,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import errors as e
+from corral.auth import errors as auth_errors
 
 STATUS: list[tuple[type[e.CorralError], int]] = [
+    (auth_errors.Unauthorized, 401),
+    (auth_errors.Forbidden, 403),
+    (auth_errors.TooManyAttempts, 429),
     (e.InvalidInput, 422),
     (e.NotFound, 404),
     (e.StateError, 409),

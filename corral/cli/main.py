@@ -28,12 +28,13 @@ VERBS: dict[str, tuple[str, ...]] = {
     "snapshot": ("clone",),
     "portable": ("export", "import"),
     "balloon": ("balloon",),
+    "login": ("login", "logout", "whoami"),
 }
 #: Command group -> the module whose ``app`` it is.
 GROUPS: dict[str, str] = {
     "images": "images", "daemon": "daemon", "port": "port", "disk": "disk", "mount": "mount", "network": "network",
     "quota": "quota", "project": "project", "snapshot": "snapshot", "backup": "backup", "idle": "idle",
-    "template": "template", "pool": "pool", "sandbox": "sandbox",
+    "template": "template", "pool": "pool", "sandbox": "sandbox", "user": "user", "token": "token",
 }
 
 

@@ -6,6 +6,7 @@ Errors come back as :class:`APIError` carrying the HTTP status, the error class 
 
 from __future__ import annotations
 
+from corral.client.auth import AuthCalls
 from corral.client.base import APIError, DaemonUnavailable, Download
 from corral.client.daemon import DAEMON_PREFIX_ENV, daemon_prefix, daemon_running, start_daemon
 from corral.client.files import FileCalls
@@ -19,13 +20,19 @@ __all__ = ["DAEMON_PREFIX_ENV", "APIError", "Client", "DaemonUnavailable", "Down
            "daemon_running", "start_daemon"]
 
 
-class Client(VMCalls, FileCalls, HostCalls, StorageCalls, SandboxCalls):
+class Client(VMCalls, FileCalls, HostCalls, StorageCalls, SandboxCalls, AuthCalls):
     """A client of corrald's API, one method a call: the groups of calls are in corral.client's modules."""
 
 
 def connect(settings: Settings | None = None, autostart: bool = True) -> Client:
-    """A client of this host's daemon, starting the daemon first if it is not running."""
+    """A client of this host's daemon, starting the daemon first if it is not running; or of the remote one that
+    CORRAL_URL and CORRAL_TOKEN, or `corral login`, selected (corral.client.remote)."""
+    from corral.client import remote as remotes
+
+    chosen = remotes.selected()
     settings = settings or load_settings()
+    if chosen is not None:
+        return Client(settings.socket, remote=chosen)
     if autostart and not daemon_running(settings):
         start_daemon(settings)
     return Client(settings.socket)

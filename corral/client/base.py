@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
@@ -17,6 +17,9 @@ from corral.api.models import (
 )
 from corral.errors import CorralError
 from corral.vm.labels import default_owner
+
+if TYPE_CHECKING:
+    from corral.client.remote import Remote
 
 
 class APIError(CorralError):
@@ -48,16 +51,30 @@ class Download:
 class Core:
     """The connection to the daemon and the calls every group of API calls is built on."""
 
-    def __init__(self, socket: Path, timeout: float = 600.0, user: str | None = None) -> None:
+    def __init__(self, socket: Path, timeout: float = 600.0, user: str | None = None,
+                 remote: Remote | None = None) -> None:
         """``user``: who the daemon records as the actor of each request (and the owner of new VMs); default
-        $CORRAL_OWNER, else the login name."""
+        $CORRAL_OWNER, else the login name. With ``remote``: that daemon over HTTPS with its token instead (the
+        actor is then the token's user, whatever ``user`` says)."""
         self.socket = socket
         self.timeout = timeout
         self.user = user or default_owner()
+        self.remote = remote
+        if remote is not None:
+            self._http = httpx.Client(
+                base_url=remote.url + API_PREFIX, verify=remote.ssl_context(),
+                timeout=httpx.Timeout(timeout, connect=10.0),
+                headers={"Authorization": f"Bearer {remote.token}"} if remote.token else {},
+            )
+            return
         self._http = httpx.Client(
             transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://corral" + API_PREFIX,
             timeout=httpx.Timeout(timeout, connect=5.0), headers={USER_HEADER: self.user},
         )
+
+    @property
+    def where(self) -> str:
+        return self.remote.url if self.remote is not None else str(self.socket)
 
     def close(self) -> None:
         self._http.close()
@@ -91,7 +108,7 @@ class Core:
         try:
             return self._check(self._http.request(method, url, **kw))
         except httpx.TransportError as exc:
-            raise DaemonUnavailable(f"cannot reach corrald at {self.socket}: {exc}") from exc
+            raise DaemonUnavailable(f"cannot reach corrald at {self.where}: {exc}") from exc
 
     def _stream(self, method: str, url: str, **kw: Any) -> Iterator[dict[str, Any]]:
         try:
@@ -103,7 +120,7 @@ class Core:
                     if line.strip():
                         yield json.loads(line)
         except httpx.TransportError as exc:
-            raise DaemonUnavailable(f"lost the connection to corrald at {self.socket}: {exc}") from exc
+            raise DaemonUnavailable(f"lost the connection to corrald at {self.where}: {exc}") from exc
 
 
 

@@ -2,12 +2,14 @@
 
 Start-up: take the single-instance lock (flock on corrald.pid, released by the kernel when the process dies, so a
 crash leaves no stale lock), open the store, re-attach to running VMs, then serve the API on a unix socket created
-under umask 077 (mode 0600 from the first moment). Shut-down (SIGTERM/SIGINT) stops supervising and leaves every
+under umask 077 (mode 0600 from the first moment), and with ``--listen ADDR:PORT`` (CORRAL_LISTEN) over TCP with TLS
+too, through corral.api.gate (corral.daemon.listener). Shut-down (SIGTERM/SIGINT) stops supervising and leaves every
 QEMU running: VMs outlive the daemon.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -24,8 +26,10 @@ from fastapi import FastAPI
 
 from corral import paths
 from corral.api.app import create_app
-from corral.api.deps import Services
+from corral.api.deps import Services, auth_service
+from corral.auth import tls
 from corral.backup.service import BackupService
+from corral.daemon import listener
 from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
@@ -107,6 +111,7 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
 
 async def serve(settings: Settings) -> None:
     lock = take_lock(settings)
+    tcp = listener.bind(settings.listen) if settings.listen else None  # first: a port in use fails the start
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
     svc = build_services(settings, store, images)
@@ -125,9 +130,13 @@ async def serve(settings: Settings) -> None:
         await idle.reconcile()  # hold the forwarded ports of VMs suspended with an idle policy again
         idle_loop = asyncio.create_task(idle.run())
         pool_fill = asyncio.create_task(pools.run())  # after recover: members re-attached like any VM
+        if remote is not None:
+            remote.start()
         try:
             yield
         finally:
+            if remote is not None:
+                await remote.stop()  # first: no remote request runs on a store being closed
             housekeeping.cancel()
             expiry.cancel()
             disk_full.cancel()
@@ -141,6 +150,10 @@ async def serve(settings: Settings) -> None:
 
     app = create_app(svc)
     app.router.lifespan_context = lifespan
+    remote = None
+    if tcp is not None:
+        cert, key = tls.ensure_certificate(settings.home, settings.tls_cert, settings.tls_key)
+        remote = listener.RemoteListener(app, auth_service(svc), tcp, cert, key)
     sock = bind_socket(settings)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
     server = _Server(config, vms.events)
@@ -223,6 +236,12 @@ async def _backup_schedules(backups: BackupService, interval: float) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="corrald", description="Corral's daemon: serves the API on a unix socket.")
+    parser.add_argument("--listen", metavar="ADDR:PORT", help="serve the API over TCP with TLS too (CORRAL_LISTEN): "
+                        "every request needs a token; see docs/explanation/access.md")
+    args = parser.parse_args()
+    if args.listen:
+        os.environ["CORRAL_LISTEN"] = args.listen
     try:
         settings = load_settings()
     except CorralError as exc:
@@ -235,7 +254,7 @@ def main() -> None:
     )
     try:
         asyncio.run(serve(settings))
-    except AlreadyRunning as exc:
+    except CorralError as exc:  # already running, a port in use, a bad TLS file
         print(f"corrald: {exc.message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -7,17 +7,19 @@ import os
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from corral import __version__
 from corral.api.deps import Services, services
 from corral.api.models import MAX_INT64, DaemonStatus, EventInfo, Report
-from corral.api.routes.vms import select
+from corral.api.routes.vms import scoped_project, select
+from corral.auth.policy import visible
+from corral.auth.principal import Principal, principal_of
 from corral.errors import CorralError, InvalidInput
 from corral.idle.policy import IDLE_REASON
 from corral.store.db import EventQuery, EventRecord
@@ -41,14 +43,14 @@ def qemu_version(binary: str) -> str:
 
 
 @router.get("/status", response_model=DaemonStatus)
-async def status(svc: Svc) -> DaemonStatus:
+async def status(svc: Svc, request: Request) -> DaemonStatus:
     accel = await svc.vms.accelerator()
     return DaemonStatus(
         version=__version__, pid=os.getpid(), home=str(svc.settings.home), socket=str(svc.settings.socket),
         accel=accel.name if accel else None,
         accel_reason=accel.reason if accel else "not probed yet: probed when the first VM starts",
         qemu=qemu_version(svc.settings.qemu_binary),
-        vms=dict(Counter(r.state.value for r in svc.vms.list())),
+        vms=dict(Counter(r.state.value for r in svc.vms.list() if visible(principal_of(request), r.spec.project))),
     )
 
 
@@ -76,20 +78,41 @@ def _info(e: EventRecord) -> EventInfo:
     return EventInfo(**e.__dict__)
 
 
+def _event_filter(svc: Services, p: Principal) -> Callable[[EventRecord], bool]:
+    """Which events ``p`` sees: all (a principal of every project), else those of the VMs of its project (as they
+    are now: the events of a deleted VM, and the daemon's own, are not shown)."""
+    if p.project is None:
+        return lambda e: True
+    cache: dict[str, bool] = {}
+
+    def seen(e: EventRecord) -> bool:
+        if e.vm is None:
+            return False
+        if e.vm not in cache:
+            rec = svc.store.get_vm(e.vm)
+            cache[e.vm] = rec is not None and visible(p, rec.spec.project)
+        return cache[e.vm]
+
+    return seen
+
+
 @router.get("/events", response_model=list[EventInfo])
-async def events(svc: Svc, query: Filters, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+async def events(svc: Svc, query: Filters, request: Request,
+                 limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
                  newest: Annotated[bool, Query(description="the last `limit` events rather than the first")] = False,
                  ) -> list[EventInfo]:
     """Who did what, when, with what result: every operation and state change, oldest first."""
-    return [_info(e) for e in svc.store.events(query=query, limit=limit, newest=newest)]
+    seen = _event_filter(svc, principal_of(request))
+    return [_info(e) for e in svc.store.events(query=query, limit=limit, newest=newest) if seen(e)]
 
 
 @router.get("/events/stream", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-ndjson": {}},
                              "description": "one EventInfo per line; empty lines are heartbeats"}})
-async def event_stream(svc: Svc, query: Filters) -> StreamingResponse:
+async def event_stream(svc: Svc, query: Filters, request: Request) -> StreamingResponse:
     """NDJSON: the events matching the filters as they are recorded (pushed by the VM service, no polling); with
     ``since`` or ``after``, the stored ones first. The stream ends when the daemon stops."""
+    seen = _event_filter(svc, principal_of(request))
     sub = svc.vms.events.subscribe(query)  # before reading the backlog: nothing falls in between
     try:
         backlog = svc.store.events(query=query, limit=10_000) if query.since is not None or query.after else []
@@ -102,7 +125,8 @@ async def event_stream(svc: Svc, query: Filters) -> StreamingResponse:
             last = 0
             for old in backlog:
                 last = old.id
-                yield _info(old).model_dump_json().encode() + b"\n"
+                if seen(old):
+                    yield _info(old).model_dump_json().encode() + b"\n"
             while True:
                 try:
                     e = await asyncio.wait_for(sub.next(), HEARTBEAT)
@@ -116,7 +140,8 @@ async def event_stream(svc: Svc, query: Filters) -> StreamingResponse:
                     return
                 if e.id > last:
                     last = e.id
-                    yield _info(e).model_dump_json().encode() + b"\n"
+                    if seen(e):
+                        yield _info(e).model_dump_json().encode() + b"\n"
         finally:
             svc.vms.events.unsubscribe(sub)
 
@@ -126,6 +151,7 @@ async def event_stream(svc: Svc, query: Filters) -> StreamingResponse:
 @router.get("/report", response_model=Report)
 async def report(
     svc: Svc,
+    request: Request,
     by: Annotated[str, Query(description="owner, project or label:KEY")] = "owner",
     label: Annotated[list[str], Query(description="only VMs matching these label selectors")] = [],  # noqa: B006
     owner: str | None = None, project: str | None = None,
@@ -135,7 +161,7 @@ async def report(
     now = time.time()
     activity = svc.store.last_activity() | svc.store.last_active()  # measured activity first, else events
     rows = []
-    for rec in select(svc.vms.list(), label, owner, project):
+    for rec in select(svc.vms.list(), label, owner, scoped_project(request, project)):
         rt = svc.vms.runtime(rec.name)
         disk = rec.spec.disk
         if disk is None:

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import TypeAdapter
 
@@ -29,6 +29,7 @@ from corral.api.models import (
     VMInfo,
     WaitRequest,
 )
+from corral.auth.principal import principal_of
 from corral.engine import qemu_img
 from corral.engine.guest_agent import ExecExit
 from corral.errors import CorralError, EngineError, InvalidInput
@@ -103,14 +104,25 @@ def select(recs: list[VMRecord], label: list[str], owner: str | None, project: s
             and (project is None or r.spec.project == project) and labels.selects(r.spec.labels, selector)]
 
 
+def scoped_project(request: Request, project: str | None) -> str | None:
+    """The ``project`` filter of a list, narrowed to the one project of the requesting principal (corral.auth):
+    a viewer of project web asking for another project's VMs gets none."""
+    own = principal_of(request).project
+    if own is None or project in (None, own):
+        return own if own is not None else project
+    return "\x00"  # no project has this name: nothing is listed
+
+
 @router.get("", response_model=list[VMInfo])
 async def list_vms(
     svc: Svc,
+    request: Request,
     label: Annotated[list[str], Query(description="label selector, ANDed: `env=dev`, `env!=prod`, `gpu` (has "
                                       "the key); repeatable, or comma-separated")] = [],  # noqa: B006
     owner: Annotated[str | None, Query(description="only this owner's VMs")] = None,
     project: Annotated[str | None, Query(description="only this project's VMs")] = None,
 ) -> list[VMInfo]:
+    project = scoped_project(request, project)  # over TCP: the principal's project only (corral.auth)
     return Response(content=_LIST_CACHE.json(svc, label, owner, project),  # type: ignore[return-value]
                     media_type="application/json")
 

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 from corral.api.deps import Services
 from corral.api.routes import vms as routes
@@ -19,7 +20,8 @@ from corral.vm.states import VMState
 
 
 def _listing(svc: Services, label: list[str] | None = None) -> list[dict]:  # type: ignore[type-arg]
-    r = asyncio.run(routes.list_vms(svc, label or [], None, None))
+    local = SimpleNamespace(scope={})  # a request on the unix socket: the local root (corral.auth)
+    r = asyncio.run(routes.list_vms(svc, local, label or [], None, None))  # type: ignore[arg-type]
     return json.loads(r.body)  # type: ignore[attr-defined, no-any-return]
 
 
