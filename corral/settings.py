@@ -18,6 +18,7 @@ CORRAL_EXPIRY_WARNING       3600                                   longest warni
 CORRAL_EXPIRY_WARNING_FRACTION  0.1                                warning before expiry, fraction of the lifetime
 CORRAL_BACKUP_CHECK_INTERVAL  30                                   seconds between the daemon's backup schedule checks
 CORRAL_IDLE_INTERVAL        10                                     seconds between samples of VMs' activity
+CORRAL_METRICS_INTERVAL     10                                     seconds between the metrics sampler's passes
 ==========================  =====================================  ==============================================
 """
 
@@ -46,6 +47,7 @@ class Settings:
     expiry_warning_fraction: float = 0.1
     backup_check_interval: float = 30.0
     idle_interval: float = 10.0
+    metrics_interval: float = 10.0
 
     @property
     def socket(self) -> Path:
@@ -88,6 +90,7 @@ def _defaults(raw: dict[str, str]) -> dict[str, str]:
         "CORRAL_EXPIRY_WARNING_FRACTION": "0.1",
         "CORRAL_BACKUP_CHECK_INTERVAL": "30",
         "CORRAL_IDLE_INTERVAL": "10",
+        "CORRAL_METRICS_INTERVAL": "10",
     } | raw
 
 
@@ -104,6 +107,7 @@ def _validate(v: dict[str, str]) -> Settings:
         fraction = float(v["CORRAL_EXPIRY_WARNING_FRACTION"])
         backup_check = float(v["CORRAL_BACKUP_CHECK_INTERVAL"])
         idle_interval = float(v["CORRAL_IDLE_INTERVAL"])
+        metrics_interval = float(v["CORRAL_METRICS_INTERVAL"])
     except ValueError as exc:
         raise InvalidInput(f"bad number in Corral settings: {exc}") from exc
     if not 0.1 <= overcommit <= 100:
@@ -122,6 +126,8 @@ def _validate(v: dict[str, str]) -> Settings:
         raise InvalidInput(f"CORRAL_EXPIRY_WARNING_FRACTION={fraction} is out of range: use 0 to 1")
     if not 0.1 <= idle_interval <= 3600:
         raise InvalidInput(f"CORRAL_IDLE_INTERVAL={idle_interval} is out of range: use 0.1 to 3600 (seconds)")
+    if not 0.1 <= metrics_interval <= 3600:
+        raise InvalidInput(f"CORRAL_METRICS_INTERVAL={metrics_interval} is out of range: use 0.1 to 3600 (seconds)")
     return Settings(
         home=Path(v["CORRAL_HOME"]).expanduser().absolute(),
         cache=Path(v["CORRAL_CACHE"]).expanduser().absolute(),
@@ -136,6 +142,7 @@ def _validate(v: dict[str, str]) -> Settings:
         expiry_warning_fraction=fraction,
         backup_check_interval=backup_check,
         idle_interval=idle_interval,
+        metrics_interval=metrics_interval,
     )
 
 

@@ -30,6 +30,8 @@ from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
+from corral.metrics.collector import VMCollector
+from corral.metrics.sampler import MetricsSampler, host_name
 from corral.mounts.service import MountService
 from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
@@ -112,6 +114,7 @@ async def serve(settings: Settings) -> None:
     svc = build_services(settings, store, images)
     vms, backups, idle, pools, recovery = svc.vms, svc.backups, svc.idle, svc.pools, svc.recovery
     assert backups is not None and idle is not None and pools is not None and recovery is not None
+    sampler = MetricsSampler(vms, settings.metrics_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -125,6 +128,7 @@ async def serve(settings: Settings) -> None:
         await idle.reconcile()  # hold the forwarded ports of VMs suspended with an idle policy again
         idle_loop = asyncio.create_task(idle.run())
         pool_fill = asyncio.create_task(pools.run())  # after recover: members re-attached like any VM
+        metrics = asyncio.create_task(sampler.run())  # GET /metrics renders what it caches
         try:
             yield
         finally:
@@ -134,6 +138,7 @@ async def serve(settings: Settings) -> None:
             scheduled.cancel()
             idle_loop.cancel()
             pool_fill.cancel()
+            metrics.cancel()
             await idle.close()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")
@@ -141,6 +146,7 @@ async def serve(settings: Settings) -> None:
 
     app = create_app(svc)
     app.router.lifespan_context = lifespan
+    app.state.metrics = VMCollector(lambda: sampler.cache, host_name(), daemon_starts=lambda: sampler.daemon_starts)
     sock = bind_socket(settings)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
     server = _Server(config, vms.events)

@@ -1,0 +1,140 @@
+"""The per-VM and per-host metrics, rendered at each scrape from the sampler's cache (never a QMP round trip).
+
+A prometheus_client custom collector: :meth:`VMCollector.collect` builds the metric families from the cache it is
+given. ``visible(project) -> bool`` leaves out the VMs of projects the requester may not see (the contract of issue
+13: a viewer of project ``web`` sees only web's VMs in the metrics); None shows every VM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from corral.metrics.samples import Cache, VMSample
+from corral.vm.states import VMState
+
+Visible = Callable[[str], bool]
+
+VM_LABELS = ["vm", "project", "owner", "host"]
+STATES = [s.value for s in VMState]
+
+
+class VMCollector(Collector):
+    """Renders ``source()`` (the sampler's current cache) for ``host``; ``daemon_starts()``: corrald's starts."""
+
+    def __init__(self, source: Callable[[], Cache], host: str, visible: Visible | None = None,
+                 daemon_starts: Callable[[], int] | None = None) -> None:
+        self.source = source
+        self.host = host
+        self.visible = visible
+        self.daemon_starts = daemon_starts
+
+    def filtered(self, visible: Visible | None) -> VMCollector:
+        """The same collector for one requester: only the VMs of the projects ``visible`` accepts."""
+        return VMCollector(self.source, self.host, visible, self.daemon_starts)
+
+    def describe(self) -> list[Metric]:
+        return []  # registered without a name check: the families depend on what is sampled
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.source()
+        vms = [s for s in cache.vms.values() if self.visible is None or self.visible(s.project)]
+        vms.sort(key=lambda s: s.vm)
+        yield from self._vm_families(vms)
+        yield from self._host_families(cache)
+        if self.daemon_starts is not None:
+            starts = CounterMetricFamily(
+                "corral_daemon_starts", "How many times corrald started in this Corral home, this start included "
+                "(from the event log): it goes up by one at each restart", labels=["host"])
+            starts.add_metric([self.host], self.daemon_starts())
+            yield starts
+
+    def _labels(self, s: VMSample) -> list[str]:
+        return [s.vm, s.project, s.owner, self.host]
+
+    def _vm_families(self, vms: list[VMSample]) -> Iterator[Metric]:
+        state = GaugeMetricFamily("corral_vm_state", "1 for the VM's current state, 0 for every other state "
+                                  "(one series per state, as kube-state-metrics)", labels=[*VM_LABELS, "state"])
+        vcpus = GaugeMetricFamily("corral_vm_vcpus", "vCPUs the VM is given (its spec)", labels=VM_LABELS)
+        memory = GaugeMetricFamily("corral_vm_memory_bytes", "Memory the VM is given (its spec)", labels=VM_LABELS)
+        cpu = CounterMetricFamily("corral_vm_cpu_seconds", "CPU time of the VM's QEMU process, user + system, all "
+                                  "its threads, since it started (/proc/PID/stat)", labels=VM_LABELS)
+        rss = GaugeMetricFamily("corral_vm_memory_rss_bytes", "Resident memory of the VM's QEMU process "
+                                "(/proc/PID/status VmRSS)", labels=VM_LABELS)
+        balloon = GaugeMetricFamily("corral_vm_balloon_bytes", "Memory the guest has now: its memory less what is in "
+                                    "the balloon (QMP query-balloon actual); --balloon VMs only", labels=VM_LABELS)
+        disk_labels = [*VM_LABELS, "drive"]
+        rd_bytes = CounterMetricFamily("corral_vm_disk_read_bytes", "Bytes the guest read from the drive "
+                                       "(QMP query-blockstats rd_bytes)", labels=disk_labels)
+        wr_bytes = CounterMetricFamily("corral_vm_disk_written_bytes", "Bytes the guest wrote to the drive "
+                                       "(QMP query-blockstats wr_bytes)", labels=disk_labels)
+        rd_ops = CounterMetricFamily("corral_vm_disk_reads", "Read operations on the drive (QMP query-blockstats "
+                                     "rd_operations)", labels=disk_labels)
+        wr_ops = CounterMetricFamily("corral_vm_disk_writes", "Write operations on the drive (QMP query-blockstats "
+                                     "wr_operations)", labels=disk_labels)
+        nic_labels = [*VM_LABELS, "device", "source"]
+        rx = CounterMetricFamily("corral_vm_network_receive_bytes", "Bytes the guest received on the interface; "
+                                 "source=tap: the host's counters of its tap device, source=guest-agent: the guest's "
+                                 "own counters", labels=nic_labels)
+        tx = CounterMetricFamily("corral_vm_network_transmit_bytes", "Bytes the guest sent on the interface; "
+                                 "source as for corral_vm_network_receive_bytes", labels=nic_labels)
+        for s in vms:
+            labels = self._labels(s)
+            for st in STATES:
+                state.add_metric([*labels, st], 1.0 if st == s.state else 0.0)
+            vcpus.add_metric(labels, s.vcpus)
+            memory.add_metric(labels, s.memory_bytes)
+            if s.cpu_seconds is not None:
+                cpu.add_metric(labels, s.cpu_seconds)
+            if s.rss_bytes is not None:
+                rss.add_metric(labels, s.rss_bytes)
+            if s.balloon_bytes is not None:
+                balloon.add_metric(labels, s.balloon_bytes)
+            for d in s.disks:
+                dl = [*labels, d.drive]
+                rd_bytes.add_metric(dl, d.read_bytes)
+                wr_bytes.add_metric(dl, d.written_bytes)
+                rd_ops.add_metric(dl, d.read_ops)
+                wr_ops.add_metric(dl, d.write_ops)
+            for n in s.nics:
+                nl = [*labels, n.device, n.source]
+                rx.add_metric(nl, n.received_bytes)
+                tx.add_metric(nl, n.sent_bytes)
+        yield from (state, vcpus, memory, cpu, rss, balloon, rd_bytes, wr_bytes, rd_ops, wr_ops, rx, tx)
+
+    def _host_families(self, cache: Cache) -> Iterator[Metric]:
+        h = cache.host
+        if h is None:
+            return
+        host = [self.host]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=["host"])
+            g.add_metric(host, value)
+            return g
+
+        def allocated(name: str, doc: str, running: float, defined: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc + " (scope=running: the live VMs, what capacity limits; scope=defined: "
+                                  "every defined VM, what quotas count)", labels=["host", "scope"])
+            g.add_metric([self.host, "running"], running)
+            g.add_metric([self.host, "defined"], defined)
+            return g
+
+        yield gauge("corral_host_vcpus", "Host CPU threads", h.vcpus)
+        yield gauge("corral_host_vcpus_limit", "vCPUs the running VMs may have together: threads x "
+                    "CORRAL_CPU_OVERCOMMIT", h.vcpus_limit)
+        yield allocated("corral_host_vcpus_allocated", "vCPUs given to VMs", h.vcpus_running, h.vcpus_defined)
+        yield gauge("corral_host_memory_bytes", "Host RAM (MemTotal)", h.memory_bytes)
+        yield gauge("corral_host_memory_limit_bytes", "Memory the running VMs may have together: RAM x "
+                    "CORRAL_MEMORY_OVERCOMMIT", h.memory_limit_bytes)
+        yield allocated("corral_host_memory_allocated_bytes", "Memory given to VMs", h.memory_running_bytes,
+                        h.memory_defined_bytes)
+        yield gauge("corral_host_memory_used_bytes", "Resident memory of the VMs' QEMU processes", h.memory_used_bytes)
+        yield gauge("corral_host_disk_bytes", "Size of the file system holding the Corral home", h.disk_bytes)
+        yield gauge("corral_host_disk_free_bytes", "Free space on that file system", h.disk_free_bytes)
+        yield allocated("corral_host_disk_allocated_bytes", "Virtual size of the VMs' disks (root and extra)",
+                        h.disk_running_bytes, h.disk_defined_bytes)
+        yield gauge("corral_host_disk_used_bytes", "Bytes the VMs' disks occupy on the file system",
+                    h.disk_used_bytes)
