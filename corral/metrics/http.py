@@ -20,7 +20,17 @@ UNMATCHED = "unmatched"
 
 
 def route_template(scope: Scope) -> str:
-    """The template of the route the router matched for this request (set by Starlette as ``scope["route"]``)."""
+    """The template of the route the router matched for this request, with its router's prefix.
+
+    FastAPI (0.150 and later) keeps included routers nested: ``scope["route"]`` is the route as its router declared
+    it (``/vms/{name}``, without ``/v1``), and the template with the prefix is the one of the effective route it
+    records under ``scope["fastapi"]``. Earlier versions copied every route with the prefix, so ``scope["route"]``
+    (set by Starlette's router) has it whole.
+    """
+    effective = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(effective, "path_format", None)
+    if isinstance(path, str) and path:
+        return path
     route = scope.get("route")
     path = getattr(route, "path", None)
     if not isinstance(path, str):

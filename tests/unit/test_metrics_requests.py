@@ -74,6 +74,18 @@ def test_get_metrics_on_the_api_app_counts_itself_and_parses() -> None:
     assert requests("GET", "/metrics", "200") == before + 2
 
 
+def test_routes_of_included_routers_are_counted_with_their_prefix() -> None:
+    before = requests("GET", "/v1/status", "500")
+
+    async def status() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(None)), base_url="http://c") as c:
+            with pytest.raises(AttributeError):  # no services behind this app: the route fails
+                await c.get("/v1/status")
+
+    asyncio.run(status())
+    assert requests("GET", "/v1/status", "500") == before + 1
+
+
 def test_journaled_operations_are_observed_by_kind_and_result(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     try:
