@@ -30,7 +30,7 @@ from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
-from corral.metrics.collector import VMCollector
+from corral.metrics.collector import VMCollector, VMScrape
 from corral.metrics.sampler import MetricsSampler, host_name
 from corral.mounts.service import MountService
 from corral.operations.recovery import Recovery
@@ -146,7 +146,8 @@ async def serve(settings: Settings) -> None:
 
     app = create_app(svc)
     app.router.lifespan_context = lifespan
-    app.state.metrics = VMCollector(lambda: sampler.cache, host_name(), daemon_starts=lambda: sampler.daemon_starts)
+    app.state.metrics = sampler.scrape = VMScrape(VMCollector(lambda: sampler.cache, host_name(),
+                                                              daemon_starts=lambda: sampler.daemon_starts))
     sock = bind_socket(settings)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
     server = _Server(config, vms.events)

@@ -1,14 +1,22 @@
-"""The per-VM and per-host metrics, rendered at each scrape from the sampler's cache (never a QMP round trip).
+"""The per-VM and per-host metrics, rendered from the sampler's cache (never a QMP round trip).
 
 A prometheus_client custom collector: :meth:`VMCollector.collect` builds the metric families from the cache it is
 given. ``visible(project) -> bool`` leaves out the VMs of projects the requester may not see (the contract of issue
 13: a viewer of project ``web`` sees only web's VMs in the metrics); None shows every VM.
+
+:class:`VMScrape` keeps the collector's output as text, rendered by prometheus_client once per sampler pass and
+per project (:meth:`VMScrape.refresh`), so that a scrape only joins the text of the projects its requester may see:
+rendering 100 VMs' 2,500 series costs about 25 ms of Python, once per pass instead of once per scrape. The text is
+what prometheus_client renders for the collector (tests/unit/test_metrics_collector.py checks they are the same).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -40,9 +48,17 @@ class VMCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         cache = self.source()
+        yield from self.vm_families(cache)
+        yield from self.host_families(cache)
+
+    def vm_families(self, cache: Cache) -> Iterator[Metric]:
+        """The per-VM families of the VMs ``visible`` accepts (every family, empty when no VM is)."""
         vms = [s for s in cache.vms.values() if self.visible is None or self.visible(s.project)]
         vms.sort(key=lambda s: s.vm)
         yield from self._vm_families(vms)
+
+    def host_families(self, cache: Cache) -> Iterator[Metric]:
+        """The families that are no project's: the host's, corrald's starts."""
         yield from self._host_families(cache)
         if self.daemon_starts is not None:
             starts = CounterMetricFamily(
@@ -138,3 +154,83 @@ class VMCollector(Collector):
                         h.disk_running_bytes, h.disk_defined_bytes)
         yield gauge("corral_host_disk_used_bytes", "Bytes the VMs' disks occupy on the file system",
                     h.disk_used_bytes)
+
+
+class _Families:
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def _split(metrics: list[Metric]) -> list[tuple[str, str]]:
+    """(the ``# HELP``/``# TYPE`` lines, the sample lines) of each family, as prometheus_client renders them (one
+    rendering for all: each family's text starts at its ``# HELP`` line)."""
+    out: list[tuple[list[str], list[str]]] = []
+    for line in generate_latest(_Families(metrics)).decode().splitlines(keepends=True):
+        if line.startswith("# HELP "):
+            out.append(([], []))
+        out[-1][0 if line.startswith("#") else 1].append(line)
+    assert len(out) == len(metrics), "one # HELP line per family"
+    return [("".join(head), "".join(body)) for head, body in out]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One cache, rendered: each per-VM family's header and each project's sample lines; the rest whole."""
+
+    cache: Cache
+    vm_families: list[tuple[str, dict[str, str]]]
+    rest: str
+
+    def text(self, visible: Visible | None) -> str:
+        out = []
+        for head, by_project in self.vm_families:
+            out.append(head)
+            out.extend(lines for project, lines in by_project.items() if visible is None or visible(project))
+        out.append(self.rest)
+        return "".join(out)
+
+
+def _only(project: str) -> Visible:
+    return lambda p: p == project
+
+
+def render_cache(collector: VMCollector, cache: Cache) -> Rendered:
+    projects = sorted({s.project for s in cache.vms.values()})
+    heads = [head for head, _ in _split(list(collector.vm_families(Cache())))]  # no VM: each family's header
+    families: list[tuple[str, dict[str, str]]] = [(h, {}) for h in heads]
+    for project in projects:
+        rendered = _split(list(collector.filtered(_only(project)).vm_families(cache)))
+        for i, (_, lines) in enumerate(rendered):
+            if lines:
+                families[i][1][project] = lines
+    rest = generate_latest(_Families(collector.host_families(cache))).decode()
+    return Rendered(cache=cache, vm_families=families, rest=rest)
+
+
+class VMScrape:
+    """The VM collector's output as text, rendered once per cache (:meth:`refresh`, by the sampler after each pass;
+    else by the first scrape that finds a new cache)."""
+
+    def __init__(self, collector: VMCollector) -> None:
+        self.collector = collector
+        self._rendered: Rendered | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> Rendered:
+        """Render the collector's current cache, unless it is rendered already."""
+        cache = self.collector.source()
+        done = self._rendered
+        if done is not None and done.cache is cache:
+            return done
+        with self._lock:
+            done = self._rendered
+            if done is None or done.cache is not cache:
+                done = self._rendered = render_cache(self.collector, cache)
+            return done
+
+    def text(self, visible: Visible | None = None) -> str:
+        return self.refresh().text(visible)
+

@@ -1,18 +1,16 @@
 """``GET /metrics`` (beside /v1, not under it): Prometheus' text format, rendered by prometheus_client.
 
 It renders the daemon's counters (corral.metrics.registry) and the sampler's cached per-VM and per-host figures
-(corral.metrics.collector): no QMP round trip, so a scrape costs the same whatever the VMs do.
+(corral.metrics.collector, rendered once per sampler pass): no QMP round trip, so a scrape costs the same whatever
+the VMs do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.core import Metric
 
-from corral.metrics.collector import Visible, VMCollector
+from corral.metrics.collector import Visible, VMScrape
 from corral.metrics.registry import REGISTRY
 
 router = APIRouter(tags=["metrics"])
@@ -27,24 +25,14 @@ def visibility(request: Request) -> Visible | None:
     return None
 
 
-class _Scrape:
-    """What one scrape renders: the daemon's registry, then the VM collector seen through ``visible``."""
-
-    def __init__(self, vms: VMCollector | None, visible: Visible | None) -> None:
-        self.vms = vms.filtered(visible) if vms is not None else None
-
-    def collect(self) -> Iterable[Metric]:
-        yield from REGISTRY.collect()
-        if self.vms is not None:
-            yield from self.vms.collect()
-
-
-def render(vms: VMCollector | None, visible: Visible | None = None) -> bytes:
-    """The text of one scrape."""
-    return generate_latest(_Scrape(vms, visible))
+def render(vms: VMScrape | None, visible: Visible | None = None) -> bytes:
+    """The text of one scrape: the daemon's registry, rendered now (it is small), then the VMs' pre-rendered text
+    for the projects ``visible`` accepts."""
+    daemon = generate_latest(REGISTRY)
+    return daemon if vms is None else daemon + vms.text(visible).encode()
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    vms: VMCollector | None = getattr(request.app.state, "metrics", None)
+    vms: VMScrape | None = getattr(request.app.state, "metrics", None)
     return Response(render(vms, visibility(request)), media_type=CONTENT_TYPE_PLAIN_0_0_4)

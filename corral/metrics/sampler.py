@@ -35,6 +35,7 @@ from corral.store.db import EventQuery
 from corral.vm.capacity import capacity
 
 if TYPE_CHECKING:
+    from corral.metrics.collector import VMScrape
     from corral.store.db import VMRecord
     from corral.vm.machine import Machine
     from corral.vm.service import VMService
@@ -120,6 +121,8 @@ class MetricsSampler:
         self.cache = Cache()
         monitor.error_hook = registry.qmp_error  # every failed QMP command of the daemon counts
         self.daemon_starts = 0  #: corrald's starts in this home (count_starts), rendered by the collector
+        #: The scrape's text, rendered again after each pass (in a thread: off the event loop's path); set by the daemon
+        self.scrape: VMScrape | None = None
 
     # ------------------------------------------------------------------------------------------------ passes --
     async def run(self) -> None:
@@ -146,6 +149,8 @@ class MetricsSampler:
                                          for rec in recs))
         host = self.sample_host()
         self.cache = Cache(vms={s.vm: s for s in samples}, host=host, at=time.time())
+        if self.scrape is not None:
+            await asyncio.to_thread(self.scrape.refresh)
         registry.SAMPLE_DURATION.set(time.monotonic() - t0)
         registry.SAMPLE_TIME.set(self.cache.at)
         return self.cache

@@ -3,10 +3,11 @@ parser reads back every family with the values and labels put in; a visibility f
 
 from __future__ import annotations
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from corral.metrics.collector import STATES, VMCollector
+from corral.metrics.collector import STATES, Visible, VMCollector, VMScrape
 from corral.metrics.route import render
 from corral.metrics.samples import Cache, DiskSample, HostSample, NicSample, VMSample
 
@@ -28,7 +29,7 @@ def cache() -> Cache:
 
 def scrape(visible: object = None) -> dict[str, list[Sample]]:
     c = cache()
-    text = render(VMCollector(lambda: c, HOST, daemon_starts=lambda: 3), visible)  # type: ignore[arg-type]
+    text = render(VMScrape(VMCollector(lambda: c, HOST, daemon_starts=lambda: 3)), visible)  # type: ignore[arg-type]
     return {f.name: f.samples for f in text_string_to_metric_families(text.decode())}
 
 
@@ -98,7 +99,31 @@ def test_visible_leaves_out_the_vms_of_other_projects() -> None:
 
 
 def test_no_cache_yet_renders_the_vm_families_empty() -> None:
-    text = render(VMCollector(Cache, HOST)).decode()
+    text = render(VMScrape(VMCollector(Cache, HOST))).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["corral_vm_state"].samples == []
     assert "corral_host_vcpus" not in families
+
+
+def parsed(text: str) -> dict[str, tuple[str, str, list[tuple[str, list[tuple[str, str]], float]]]]:
+    return {f.name: (f.type, f.documentation, sorted((s.name, sorted(s.labels.items()), s.value) for s in f.samples))
+            for f in text_string_to_metric_families(text)}
+
+
+def test_the_pre_rendered_text_is_what_prometheus_client_renders_for_the_collector() -> None:
+    c = cache()
+    collector = VMCollector(lambda: c, HOST, daemon_starts=lambda: 3)
+    scrape = VMScrape(collector)
+    only_shop: Visible = lambda project: project == "shop"  # noqa: E731
+    for visible in (None, only_shop, lambda project: False):
+        direct = generate_latest(collector.filtered(visible)).decode()
+        assert parsed(scrape.text(visible)) == parsed(direct)
+    assert scrape.refresh() is scrape.refresh()  # rendered once per cache
+
+
+def test_a_new_cache_is_rendered_again() -> None:
+    caches = [cache(), Cache()]
+    scrape = VMScrape(VMCollector(lambda: caches[0], HOST))
+    assert 'vm="web"' in scrape.text()
+    caches[0] = caches[1]
+    assert 'vm="web"' not in scrape.text()
