@@ -6,8 +6,9 @@ Per pass, every VM is sampled concurrently. What is read, for a VM whose QEMU ru
 - from /proc (never blocks): CPU seconds (``corral.engine.process.cpu_seconds``, as idle control reads it) and RSS;
 - from /sys/class/net: the byte counters of its tap devices (bridged networks);
 - over QMP: ``query-blockstats`` (per drive) and, for a ``--balloon`` VM, ``query-balloon``;
-- over the guest agent, when it is ready: ``guest-network-get-interfaces`` statistics (as idle control reads them,
-  ``corral.idle.sampler.interface_bytes``): the only byte counters there are for user-mode (NAT) and socket networks.
+- over the guest agent, when it is ready and the VM running (not paused): ``guest-network-get-interfaces``
+  statistics (as idle control reads them, ``corral.idle.sampler.interface_bytes``): the only byte counters there are
+  for user-mode (NAT) and socket networks.
 
 The QMP and agent questions of one VM share a deadline (``timeout``): what has not answered by then is cancelled
 and that part of the sample is the VM's previous one (same QEMU pid), so a stuck monitor never stalls the other VMs
@@ -33,6 +34,7 @@ from corral.metrics.samples import Cache, DiskSample, HostSample, NicSample, VMS
 from corral.network.private import tap_name
 from corral.store.db import EventQuery
 from corral.vm.capacity import capacity
+from corral.vm.states import VMState
 
 if TYPE_CHECKING:
     from corral.metrics.collector import VMScrape
@@ -172,7 +174,7 @@ class MetricsSampler:
             questions["disks"] = m.monitor.execute("query-blockstats", timeout=inner)
             if rec.spec.balloon:
                 questions["balloon"] = m.monitor.execute("query-balloon", timeout=inner)
-        if m.agent_ready:
+        if m.agent_ready and rec.state == VMState.RUNNING:  # a paused guest's agent cannot answer (as idle control)
             questions["nics"] = m.agent.execute("guest-network-get-interfaces", timeout=inner)
         answers = await self._ask(rec.name, questions)
         try:
