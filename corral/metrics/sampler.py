@@ -147,8 +147,16 @@ class MetricsSampler:
         t0 = time.monotonic()
         recs = self.vms.list()
         previous = self.cache.vms
-        samples = await asyncio.gather(*(self.sample_vm(rec, self.vms.machine(rec.name), previous.get(rec.name))
-                                         for rec in recs))
+        got = await asyncio.gather(*(self.sample_vm(rec, self.vms.machine(rec.name), previous.get(rec.name))
+                                     for rec in recs), return_exceptions=True)
+        samples = []
+        for rec, s in zip(recs, got, strict=True):
+            if isinstance(s, BaseException):
+                if not isinstance(s, Exception):
+                    raise s  # cancelled: the daemon is stopping
+                log.warning("metrics: sampling %s failed", rec.name, exc_info=s)
+                s = base_sample(rec)
+            samples.append(s)
         host = self.sample_host()
         self.cache = Cache(vms={s.vm: s for s in samples}, host=host, at=time.time())
         if self.scrape is not None:
@@ -200,9 +208,11 @@ class MetricsSampler:
         if not questions:
             return {}
         tasks = {asyncio.ensure_future(q): key for key, q in questions.items()}
-        done, pending = await asyncio.wait(tasks, timeout=self.timeout)
-        for t in pending:
-            t.cancel()
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=self.timeout)
+        finally:
+            for t in tasks:
+                t.cancel()  # the ones still pending at the deadline (or when this pass is cancelled)
         if pending:
             await asyncio.wait(pending)  # let them finish cancelling (bounded: cancellation is prompt)
         answers: dict[str, Any] = {}
