@@ -51,11 +51,25 @@ class VMCollector(Collector):
         yield from self.vm_families(cache)
         yield from self.host_families(cache)
 
-    def vm_families(self, cache: Cache) -> Iterator[Metric]:
-        """The per-VM families of the VMs ``visible`` accepts (every family, empty when no VM is)."""
+    def vm_families(self, cache: Cache, owners: bool | None = None) -> Iterator[Metric]:
+        """The families of what belongs to projects: the VMs ``visible`` accepts, the quotas of those projects, and,
+        with ``owners`` (default: when every project is visible), the owners' quotas. Every family, empty or not."""
         vms = [s for s in cache.vms.values() if self.visible is None or self.visible(s.project)]
         vms.sort(key=lambda s: s.vm)
         yield from self._vm_families(vms)
+        owners = self.visible is None if owners is None else owners
+        quotas = [q for q in cache.quotas if (q.scope == "owner" and owners)
+                  or (q.scope == "project" and (self.visible is None or self.visible(q.name)))]
+        labels = ["scope", "name", "resource", "host"]
+        limit = GaugeMetricFamily("corral_quota_limit", "A quota's limit (`corral quota set`): resource vms, vcpus, "
+                                  "memory_bytes or disk_bytes", labels=labels)
+        used = GaugeMetricFamily("corral_quota_used", "What the quota's project or owner holds of the resource "
+                                 "(every defined VM counts, whatever its state)", labels=labels)
+        for q in quotas:
+            limit.add_metric([q.scope, q.name, q.resource, self.host], q.limit)
+            used.add_metric([q.scope, q.name, q.resource, self.host], q.used)
+        yield limit
+        yield used
 
     def host_families(self, cache: Cache) -> Iterator[Metric]:
         """The families that are no project's: the host's, corrald's starts."""
@@ -181,14 +195,16 @@ class Rendered:
     """One cache, rendered: each per-VM family's header and each project's sample lines; the rest whole."""
 
     cache: Cache
-    vm_families: list[tuple[str, dict[str, str]]]
+    #: Each family's header and its lines by project (None: the owners' quotas, shown only when all projects are).
+    vm_families: list[tuple[str, dict[str | None, str]]]
     rest: str
 
     def text(self, visible: Visible | None) -> str:
         out = []
         for head, by_project in self.vm_families:
             out.append(head)
-            out.extend(lines for project, lines in by_project.items() if visible is None or visible(project))
+            out.extend(lines for project, lines in by_project.items()
+                       if visible is None or (project is not None and visible(project)))
         out.append(self.rest)
         return "".join(out)
 
@@ -198,14 +214,16 @@ def _only(project: str) -> Visible:
 
 
 def render_cache(collector: VMCollector, cache: Cache) -> Rendered:
-    projects = sorted({s.project for s in cache.vms.values()})
+    projects = sorted({s.project for s in cache.vms.values()} | {q.name for q in cache.quotas if q.scope == "project"})
     heads = [head for head, _ in _split(list(collector.vm_families(Cache())))]  # no VM: each family's header
-    families: list[tuple[str, dict[str, str]]] = [(h, {}) for h in heads]
-    for project in projects:
-        rendered = _split(list(collector.filtered(_only(project)).vm_families(cache)))
-        for i, (_, lines) in enumerate(rendered):
+    families: list[tuple[str, dict[str | None, str]]] = [(h, {}) for h in heads]
+    keys: list[tuple[str | None, Iterator[Metric]]] = [
+        (p, collector.filtered(_only(p)).vm_families(cache, owners=False)) for p in projects]
+    keys.append((None, collector.filtered(lambda p: False).vm_families(cache, owners=True)))
+    for key, metrics in keys:
+        for i, (_, lines) in enumerate(_split(list(metrics))):
             if lines:
-                families[i][1][project] = lines
+                families[i][1][key] = lines
     rest = generate_latest(_Families(collector.host_families(cache))).decode()
     return Rendered(cache=cache, vm_families=families, rest=rest)
 

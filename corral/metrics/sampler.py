@@ -30,9 +30,10 @@ from corral.engine import monitor, process
 from corral.errors import CorralError
 from corral.idle.sampler import interface_bytes
 from corral.metrics import registry
-from corral.metrics.samples import Cache, DiskSample, HostSample, NicSample, VMSample
+from corral.metrics.samples import Cache, DiskSample, HostSample, NicSample, QuotaSample, VMSample
 from corral.network.private import tap_name
 from corral.store.db import EventQuery
+from corral.vm import quota
 from corral.vm.capacity import capacity
 from corral.vm.states import VMState
 
@@ -158,7 +159,7 @@ class MetricsSampler:
                 s = base_sample(rec)
             samples.append(s)
         host = self.sample_host()
-        self.cache = Cache(vms={s.vm: s for s in samples}, host=host, at=time.time())
+        self.cache = Cache(vms={s.vm: s for s in samples}, host=host, quotas=self.sample_quotas(), at=time.time())
         if self.scrape is not None:
             await asyncio.to_thread(self.scrape.refresh)
         registry.SAMPLE_DURATION.set(time.monotonic() - t0)
@@ -244,3 +245,21 @@ class MetricsSampler:
             disk_running_bytes=c.allocated_running.disk, disk_defined_bytes=c.allocated_defined.disk,
             memory_used_bytes=c.used_memory * mib, disk_used_bytes=c.used_disk)
 
+    def sample_quotas(self) -> tuple[QuotaSample, ...]:
+        """Every quota's limits and what its project or owner holds, as `corral quota ls` counts it."""
+        quotas = self.vms.store.list_quotas()
+        if not quotas:
+            return ()
+        specs = [(r.spec, self.vms.disk_size(r.spec)) for r in self.vms.store.list_vms()]
+        out = []
+        for q in quotas:
+            held = quota.usage(q.scope, q.name, specs)
+            for resource, limit in q.limits().items():
+                used = getattr(held, resource)
+                if resource == "memory":  # MiB in the quota: bytes in the metrics
+                    out.append(QuotaSample(q.scope, q.name, "memory_bytes", limit << 20, used << 20))
+                elif resource == "disk":
+                    out.append(QuotaSample(q.scope, q.name, "disk_bytes", limit, used))
+                else:
+                    out.append(QuotaSample(q.scope, q.name, resource, limit, used))
+        return tuple(out)

@@ -73,9 +73,21 @@ class HostSample:
 
 
 @dataclass(frozen=True)
+class QuotaSample:
+    """One limit of a quota (`corral quota set`) and what its project or owner holds (every defined VM counts)."""
+
+    scope: str  #: project or owner
+    name: str
+    resource: str  #: vms, vcpus, memory_bytes, disk_bytes
+    limit: int
+    used: int
+
+
+@dataclass(frozen=True)
 class Cache:
     """The sampler's last pass. ``at``: when it ended (0: no pass yet)."""
 
     vms: dict[str, VMSample] = field(default_factory=dict)
     host: HostSample | None = None
+    quotas: tuple[QuotaSample, ...] = ()
     at: float = 0.0

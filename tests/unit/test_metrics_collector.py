@@ -9,7 +9,7 @@ from prometheus_client.samples import Sample
 
 from corral.metrics.collector import STATES, Visible, VMCollector, VMScrape
 from corral.metrics.route import render
-from corral.metrics.samples import Cache, DiskSample, HostSample, NicSample, VMSample
+from corral.metrics.samples import Cache, DiskSample, HostSample, NicSample, QuotaSample, VMSample
 
 HOST = "h1"
 
@@ -24,7 +24,9 @@ def cache() -> Cache:
                       disk_free_bytes=1 << 39, vcpus_running=2, vcpus_defined=3, memory_running_bytes=512 << 20,
                       memory_defined_bytes=768 << 20, disk_running_bytes=4 << 30, disk_defined_bytes=8 << 30,
                       memory_used_bytes=300 << 20, disk_used_bytes=1 << 30)
-    return Cache(vms={"web": web, "db": db}, host=host, at=1.0)
+    quotas = (QuotaSample("project", "shop", "vcpus", 8, 2), QuotaSample("project", "empty", "vms", 3, 0),
+              QuotaSample("owner", "ann", "memory_bytes", 1 << 30, 512 << 20))
+    return Cache(vms={"web": web, "db": db}, host=host, quotas=quotas, at=1.0)
 
 
 def scrape(visible: object = None) -> dict[str, list[Sample]]:
@@ -84,6 +86,15 @@ def test_host_allocation_and_capacity() -> None:
     assert value(f, "corral_daemon_starts", "corral_daemon_starts_total", host=HOST) == 3
 
 
+def test_quotas_are_shown_with_their_project() -> None:
+    f = scrape()
+    assert value(f, "corral_quota_limit", scope="project", name="shop", resource="vcpus") == 8
+    assert value(f, "corral_quota_used", scope="project", name="shop", resource="vcpus") == 2
+    assert value(f, "corral_quota_used", scope="owner", name="ann", resource="memory_bytes") == 512 << 20
+    seen = scrape(lambda project: project in ("shop", "empty"))
+    assert {s.labels["name"] for s in seen["corral_quota_limit"]} == {"shop", "empty"}  # owners' only to all-seeing
+
+
 def test_the_daemon_counters_are_in_the_same_scrape() -> None:
     f = scrape()
     for family in ("corral_api_requests", "corral_qmp_errors", "corral_operation_duration_seconds"):
@@ -115,7 +126,8 @@ def test_the_pre_rendered_text_is_what_prometheus_client_renders_for_the_collect
     collector = VMCollector(lambda: c, HOST, daemon_starts=lambda: 3)
     scrape = VMScrape(collector)
     only_shop: Visible = lambda project: project == "shop"  # noqa: E731
-    for visible in (None, only_shop, lambda project: False):
+    only_empty: Visible = lambda project: project == "empty"  # noqa: E731
+    for visible in (None, only_shop, only_empty, lambda project: False):
         direct = generate_latest(collector.filtered(visible)).decode()
         assert parsed(scrape.text(visible)) == parsed(direct)
     assert scrape.refresh() is scrape.refresh()  # rendered once per cache

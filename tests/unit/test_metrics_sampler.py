@@ -13,8 +13,9 @@ from typing import Any
 from corral.engine.process import ProcessIdentity
 from corral.metrics import registry
 from corral.metrics.sampler import MetricsSampler, drive_of, parse_blockstats, tap_counters
-from corral.metrics.samples import DiskSample, HostSample, NicSample
+from corral.metrics.samples import DiskSample, HostSample, NicSample, QuotaSample
 from corral.store.db import VMRecord
+from corral.vm.quota import Quota
 from corral.vm.spec import VMSpec
 from corral.vm.states import VMState
 
@@ -49,8 +50,18 @@ class FakeMachine:
 
 
 class FakeStore:
+    def __init__(self) -> None:
+        self.quotas: list[Quota] = []
+        self.vms: list[VMRecord] = []
+
     def get_network(self, name: str) -> None:
         return None
+
+    def list_quotas(self) -> list[Quota]:
+        return self.quotas
+
+    def list_vms(self) -> list[VMRecord]:
+        return self.vms
 
 
 class FakeVMs:
@@ -62,6 +73,9 @@ class FakeVMs:
 
     def machine(self, name: str) -> FakeMachine | None:
         return self.machines.get(name)
+
+    def disk_size(self, spec: VMSpec) -> int:
+        return 1 << 30
 
 
 class Sampler(MetricsSampler):
@@ -123,3 +137,15 @@ def test_tap_counters_are_from_the_guests_side(tmp_path: Path) -> None:
     (stats / "rx_bytes").write_text("20\n")
     assert tap_counters("crt123", tmp_path) == NicSample("crt123", "tap", received_bytes=1000, sent_bytes=20)
     assert tap_counters("gone", tmp_path) is None
+
+
+def test_quotas_limits_and_what_is_held() -> None:
+    recs = [rec("a"), rec("b", VMState.STOPPED)]  # project p: a stopped VM holds its quota too
+    vms = FakeVMs(recs, {})
+    vms.store.vms = recs
+    vms.store.quotas = [Quota("project", "p", vms=5, memory=1024), Quota("owner", "bob", vcpus=4)]
+    sampler = Sampler(vms, interval=10)  # type: ignore[arg-type]
+    assert sampler.sample_quotas() == (
+        QuotaSample("project", "p", "vms", 5, 2),
+        QuotaSample("project", "p", "memory_bytes", 1024 << 20, 2 * (VMSpec(name="x").memory << 20)),
+        QuotaSample("owner", "bob", "vcpus", 4, 0))
