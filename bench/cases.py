@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import crowd, density, memory, oci, sandbox
+from bench import crowd, density, memory, metrics, oci, sandbox
 from bench.harness import (
     BASELINE_CONNECT_RETRY,
     BASELINE_SYNC_RESEND,
@@ -477,4 +477,5 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     "crowd": crowd.crowd,
     "oci_launch": oci.oci_launch,
     "sandbox_run": sandbox.sandbox_run,
+    "metrics_scrape": metrics.metrics_scrape,
 }

@@ -21,6 +21,7 @@ CORRAL_IDLE_INTERVAL        10                                     seconds betwe
 CORRAL_LISTEN               (none)                                 ADDR:PORT: serve the API over TCP with TLS too
 CORRAL_TLS_CERT             (none: self-signed, made under home)   PEM certificate of the TCP listener
 CORRAL_TLS_KEY              (none)                                 PEM key of CORRAL_TLS_CERT
+CORRAL_METRICS_INTERVAL     10                                     seconds between the metrics sampler's passes
 ==========================  =====================================  ==============================================
 """
 
@@ -52,6 +53,7 @@ class Settings:
     listen: str | None = None  # "ADDR:PORT": the TCP listener (corral.auth.listener); None: the unix socket only
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    metrics_interval: float = 10.0
 
     @property
     def socket(self) -> Path:
@@ -94,6 +96,7 @@ def _defaults(raw: dict[str, str]) -> dict[str, str]:
         "CORRAL_EXPIRY_WARNING_FRACTION": "0.1",
         "CORRAL_BACKUP_CHECK_INTERVAL": "30",
         "CORRAL_IDLE_INTERVAL": "10",
+        "CORRAL_METRICS_INTERVAL": "10",
     } | raw
 
 
@@ -110,6 +113,7 @@ def _validate(v: dict[str, str]) -> Settings:
         fraction = float(v["CORRAL_EXPIRY_WARNING_FRACTION"])
         backup_check = float(v["CORRAL_BACKUP_CHECK_INTERVAL"])
         idle_interval = float(v["CORRAL_IDLE_INTERVAL"])
+        metrics_interval = float(v["CORRAL_METRICS_INTERVAL"])
     except ValueError as exc:
         raise InvalidInput(f"bad number in Corral settings: {exc}") from exc
     if not 0.1 <= overcommit <= 100:
@@ -133,6 +137,8 @@ def _validate(v: dict[str, str]) -> Settings:
         parse_listen(listen)
     if ("CORRAL_TLS_CERT" in v) != ("CORRAL_TLS_KEY" in v):
         raise InvalidInput("give both CORRAL_TLS_CERT and CORRAL_TLS_KEY, or neither (a self-signed one is made)")
+    if not 0.1 <= metrics_interval <= 3600:
+        raise InvalidInput(f"CORRAL_METRICS_INTERVAL={metrics_interval} is out of range: use 0.1 to 3600 (seconds)")
     return Settings(
         home=Path(v["CORRAL_HOME"]).expanduser().absolute(),
         cache=Path(v["CORRAL_CACHE"]).expanduser().absolute(),
@@ -150,6 +156,7 @@ def _validate(v: dict[str, str]) -> Settings:
         listen=listen,
         tls_cert=Path(v["CORRAL_TLS_CERT"]).expanduser().absolute() if "CORRAL_TLS_CERT" in v else None,
         tls_key=Path(v["CORRAL_TLS_KEY"]).expanduser().absolute() if "CORRAL_TLS_KEY" in v else None,
+        metrics_interval=metrics_interval,
     )
 
 

@@ -32,6 +32,8 @@ from corral.api.routes import (
     templates,
     vms,
 )
+from corral.metrics import route as metrics_route
+from corral.metrics.http import MetricsMiddleware
 
 
 def create_app(svc: Services | None = None) -> FastAPI:
@@ -39,9 +41,11 @@ def create_app(svc: Services | None = None) -> FastAPI:
     app.state.services = svc
     errors.install(app)
     app.add_middleware(AuditMiddleware)
+    app.add_middleware(MetricsMiddleware)  # API requests counted by route template (corral.metrics)
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
               files_virtio.router, files.router, images.router, daemon.router, snapshots.router, portable.router,
               backups.router, idle.router, templates.router, balloon.router, pools.router, mounts.router,
               sandbox.router, auth.router):
         app.include_router(r, prefix=API_PREFIX)
+    app.include_router(metrics_route.router)  # GET /metrics, beside /v1
     return app

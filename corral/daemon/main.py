@@ -34,6 +34,8 @@ from corral.errors import CorralError
 from corral.idle.service import IdleService
 from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
+from corral.metrics.collector import VMCollector, VMScrape
+from corral.metrics.sampler import MetricsSampler, host_name
 from corral.mounts.service import MountService
 from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
@@ -117,6 +119,7 @@ async def serve(settings: Settings) -> None:
     svc = build_services(settings, store, images)
     vms, backups, idle, pools, recovery = svc.vms, svc.backups, svc.idle, svc.pools, svc.recovery
     assert backups is not None and idle is not None and pools is not None and recovery is not None
+    sampler = MetricsSampler(vms, settings.metrics_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -132,6 +135,7 @@ async def serve(settings: Settings) -> None:
         pool_fill = asyncio.create_task(pools.run())  # after recover: members re-attached like any VM
         if remote is not None:
             remote.start()
+        metrics = asyncio.create_task(sampler.run())  # GET /metrics renders what it caches
         try:
             yield
         finally:
@@ -143,6 +147,7 @@ async def serve(settings: Settings) -> None:
             scheduled.cancel()
             idle_loop.cancel()
             pool_fill.cancel()
+            metrics.cancel()
             await idle.close()
             await vms.shutdown()
             vms.event(None, "daemon", "corrald stopped; VMs left running")
@@ -154,6 +159,8 @@ async def serve(settings: Settings) -> None:
     if tcp is not None:
         cert, key = tls.ensure_certificate(settings.home, settings.tls_cert, settings.tls_key)
         remote = listener.RemoteListener(app, auth_service(svc), tcp, cert, key)
+    app.state.metrics = sampler.scrape = VMScrape(VMCollector(lambda: sampler.cache, host_name(),
+                                                              daemon_starts=lambda: sampler.daemon_starts))
     sock = bind_socket(settings)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
     server = _Server(config, vms.events)

@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
+#: Told of every QMP command that failed, as (command, error class or "NoAnswer"); the daemon's metrics set it
+#: (corral.metrics.sampler: ``corral_qmp_errors_total``). The engine itself keeps no counters.
+error_hook: Callable[[str, str], None] | None = None
+
+
+def _failed(cmd: str, error: str) -> None:
+    if error_hook is not None:
+        error_hook(cmd, error)
+
 
 class MonitorError(EngineError):
     """A QMP command failed, or the monitor could not be reached."""
@@ -71,12 +80,19 @@ class Monitor:
 
         self._events_task = asyncio.create_task(pump(), name=f"qmp-events-{self.name}")
 
-    async def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0,
+                      *, counted: bool = True) -> Any:
+        """Run one QMP command; each failure counts in ``corral_qmp_errors_total`` unless ``counted`` is False (a
+        failure that is the usual answer, as ``closefd`` of a name not passed yet)."""
         try:
             return await asyncio.wait_for(self._qmp.execute(cmd, args), timeout=timeout)
         except ExecuteError as exc:
+            if counted:
+                _failed(cmd, str(exc.error_class))
             raise MonitorError(f"QMP {cmd} failed on '{self.name}': {exc.error_class}: {exc}") from exc
         except (TimeoutError, QMPError, OSError, EOFError) as exc:
+            if counted:
+                _failed(cmd, "NoAnswer")
             raise MonitorError(f"QMP {cmd} on '{self.name}' got no answer: {exc or type(exc).__name__}") from exc
 
     async def pass_fd(self, fd: int, fdname: str, timeout: float = 10.0) -> None:
@@ -86,7 +102,7 @@ class Monitor:
         closed first, so the name always means this one.
         """
         try:
-            await self.execute("closefd", {"fdname": fdname}, timeout=timeout)
+            await self.execute("closefd", {"fdname": fdname}, timeout=timeout, counted=False)
         except MonitorError:
             pass  # no such name yet: the usual case
         try:

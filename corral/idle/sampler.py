@@ -32,17 +32,24 @@ def disk_bytes(blockstats: list[dict[str, Any]]) -> int:
                for b in blockstats)
 
 
-def net_bytes(interfaces: list[dict[str, Any]]) -> int | None:
-    """Bytes received + sent by the guest's NICs (not loopback) in a ``guest-network-get-interfaces`` answer;
-    None when the agent gives no statistics (an agent older than QEMU 7.1)."""
-    total, seen = 0, False
+def interface_bytes(interfaces: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """(received, sent) bytes of each of the guest's NICs (not loopback) in a ``guest-network-get-interfaces``
+    answer, by interface name; only the interfaces the agent gives statistics for (QEMU 7.1's agent and later).
+    Also read by the metrics sampler (corral.metrics.sampler)."""
+    found: dict[str, tuple[int, int]] = {}
     for iface in interfaces:
         if iface.get("name") == "lo" or "statistics" not in iface:
             continue
         st = iface["statistics"]
-        total += int(st.get("rx-bytes", 0)) + int(st.get("tx-bytes", 0))
-        seen = True
-    return total if seen else None
+        found[str(iface.get("name", ""))] = (int(st.get("rx-bytes", 0)), int(st.get("tx-bytes", 0)))
+    return found
+
+
+def net_bytes(interfaces: list[dict[str, Any]]) -> int | None:
+    """Bytes received + sent by the guest's NICs (not loopback) in a ``guest-network-get-interfaces`` answer;
+    None when the agent gives no statistics (an agent older than QEMU 7.1)."""
+    found = interface_bytes(interfaces)
+    return sum(rx + tx for rx, tx in found.values()) if found else None
 
 
 async def sample(m: Machine) -> Counters:

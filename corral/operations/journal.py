@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from corral.metrics.registry import operation_ended
 from corral.store.db import OperationRecord, Store
 
 _current: contextvars.ContextVar[Operation | None] = contextvars.ContextVar("corral_operation", default=None)
@@ -104,12 +105,15 @@ class Journal:
                                                {k: v for k, v in data.items() if v is not None}))
         self.store.put_operation(op.rec)
         token = _current.set(op)
+        ok = False
         try:
             yield op
+            ok = True
         finally:
             _current.reset(token)
             op.ended = True
             self.store.delete_operation(op.id)
+            operation_ended(kind, time.time() - op.rec.started_at, ok)
 
     def begin(self, kind: str, vm: str | None, **data: Any) -> Operation:
         """Journal an operation that is not one block of one task (a streamed copy, entered by a request's handler
@@ -119,8 +123,10 @@ class Journal:
         self.store.put_operation(op.rec)
         return op
 
-    def end(self, op: Operation) -> None:
-        """The operation begun by :meth:`begin` is over (succeeded, or undone what it must)."""
+    def end(self, op: Operation, ok: bool = True) -> None:
+        """The operation begun by :meth:`begin` is over (succeeded, or undone what it must: ``ok`` False)."""
+        if not op.ended:
+            operation_ended(op.rec.kind, time.time() - op.rec.started_at, ok)
         op.ended = True
         self.store.delete_operation(op.id)
 
