@@ -13,6 +13,7 @@ from corral.api.routes import (
     access,
     backups,
     balloon,
+    consoles,
     daemon,
     disks,
     files,
@@ -41,6 +42,6 @@ def create_app(svc: Services | None = None) -> FastAPI:
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
               files_virtio.router, files.router, images.router, daemon.router, snapshots.router, portable.router,
               backups.router, idle.router, templates.router, balloon.router, pools.router, mounts.router,
-              sandbox.router):
+              sandbox.router, consoles.router):
         app.include_router(r, prefix=API_PREFIX)
     return app
