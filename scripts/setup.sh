@@ -6,6 +6,7 @@
 #   debugfs (e2fsprogs): the sandbox's file diff (corral/sandbox/)
 #   skopeo, umoci: copy and unpack OCI images (corral/images/oci/)
 #   qemu-system-arm, qemu-system-misc: aarch64 and riscv64 guests (docs/explanation/architectures.md)
+#   chromium: the web page's browser tests (tests/integration/test_web.py, Playwright on Debian's chromium)
 # A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ declare -A NEED=(
   [gcc-12]=gcc-12 [make]=make [strip]=binutils
   [skopeo]=skopeo [umoci]=umoci
   [qemu-system-aarch64]=qemu-system-arm [qemu-system-riscv64]=qemu-system-misc
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
