@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from corral import __version__
+from corral import __version__, web
 from corral.api import errors
 from corral.api.audit import AuditMiddleware
 from corral.api.deps import Services
@@ -44,4 +44,5 @@ def create_app(svc: Services | None = None) -> FastAPI:
               backups.router, idle.router, templates.router, balloon.router, pools.router, mounts.router,
               sandbox.router, consoles.router):
         app.include_router(r, prefix=API_PREFIX)
+    app.mount("/", web.static_files(), name="web")  # last: the web page (docs/explanation/web.md)
     return app
