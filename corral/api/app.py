@@ -44,5 +44,5 @@ def create_app(svc: Services | None = None) -> FastAPI:
               backups.router, idle.router, templates.router, balloon.router, pools.router, mounts.router,
               sandbox.router, consoles.router):
         app.include_router(r, prefix=API_PREFIX)
-    app.mount("/", web.static_files(), name="web")  # last: the web page (docs/explanation/web.md)
+    app.router.routes.append(web.page())  # last: the web page at / (docs/explanation/web.md)
     return app

@@ -340,6 +340,7 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("memory", format_size(v.spec.memory << 20)),
         ("restart policy", v.spec.restart.value), ("mac", v.mac),
         ("nested", "yes (the guest CPU has the host's vmx/svm)" if v.spec.nested else "no"),
+        ("display", "vnc (graphical console: the web page)" if v.spec.display == "vnc" else "none"),
         ("pid", str(v.pid) if v.pid else "-"), ("accelerator", v.accel or "-"),
         ("uptime", human_duration(v.uptime)), ("guest agent", "ready" if v.agent_ready else "not ready"),
         ("addresses", ", ".join(v.addresses) or "-"),

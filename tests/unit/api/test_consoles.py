@@ -106,3 +106,17 @@ def test_over_the_network_a_console_needs_a_ticket(kind: str, path: str) -> None
 def test_on_the_unix_socket_no_ticket_is_needed() -> None:
     code, reason = closed_with(client(None), "/v1/vms/web/console")
     assert code == 4000 and "stopped" in reason
+
+
+def test_the_page_is_served_at_the_root_and_the_api_keeps_its_errors() -> None:
+    from corral.api.app import create_app
+
+    c = TestClient(create_app(None))
+    r = c.get("/")
+    assert r.status_code == 200 and "<title>Corral</title>" in r.text
+    asset = r.text.split('src="')[1].split('"')[0]
+    assert asset.startswith("/assets/") and c.get(asset).status_code == 200
+    assert c.put("/v1/status").status_code == 405  # the route's, not the page's
+    r = c.post("/v1/nope")
+    assert r.status_code == 404 and r.json()["error"] == "NotFound"
+    assert c.get("/v1/nope").json()["error"] == "NotFound"
