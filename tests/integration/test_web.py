@@ -150,14 +150,20 @@ def serial_uname(pg: Any, shots: str | None = SHOTS) -> None:
     pg.wait_for_selector("[data-testid=console-status]:has-text('connected')", timeout=30_000)
     pg.click("[data-testid=terminal]")
 
-    def answered() -> bool:
-        if "Linux" in terminal_text(pg):
+    def prompt() -> bool:  # the guest's shell is up: its prompt (an Enter asks for a fresh one)
+        if terminal_text(pg).rstrip().endswith("#"):
             return True
-        pg.keyboard.type("uname -a\n")  # again if the guest's shell was not up yet
+        pg.keyboard.press("Enter")
         time.sleep(2)
+        return terminal_text(pg).rstrip().endswith("#")
+
+    until(prompt, 120, "the guest shell's prompt in the page's terminal")
+    pg.keyboard.type("uname -a\n")
+
+    def answered() -> bool:
         return "Linux" in terminal_text(pg)
 
-    until(answered, 120, "`uname -a` answered in the page's terminal")
+    until(answered, 30, "`uname -a` answered in the page's terminal")
     shot(pg, "serial", shots)
 
 
