@@ -123,3 +123,25 @@ export async function consoleURL(name, kind) {
 export function mib(bytes) {
   return bytes == null ? '' : `${Math.round(bytes / 1048576)}`;
 }
+
+// GET /metrics (Prometheus text, from the metrics part of issue 13), with the token; null where there is none.
+// Only the per-VM samples the list shows: CPU seconds (for a CPU %), RSS, and each VM's host label.
+export async function vmSamples() {
+  let r;
+  try {
+    r = await fetch('/metrics', { headers: headers() });
+  } catch {
+    return null;
+  }
+  if (!r.ok) return null;
+  const out = {};
+  const line = /^(corral_vm_cpu_seconds_total|corral_vm_memory_rss_bytes)\{([^}]*)\} ([0-9.eE+-]+)/;
+  for (const l of (await r.text()).split('\n')) {
+    const m = line.exec(l);
+    if (!m) continue;
+    const labels = Object.fromEntries([...m[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    const vm = (out[labels.vm] ??= { host: labels.host });
+    vm[m[1] === 'corral_vm_cpu_seconds_total' ? 'cpu' : 'rss'] = Number(m[3]);
+  }
+  return out;
+}
