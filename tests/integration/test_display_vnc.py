@@ -1,5 +1,5 @@
 """`corral launch --display vnc`: QEMU's VNC server on the VM's unix socket, reached through /v1/vms/NAME/vnc (the
-web page's graphical console; tests/integration/test_web.py draws it in a browser). No browser here: RFB's first
+web page's graphical console; tests/integration/test_web.py draws it in a browser). No browser here: RFB's
 handshake and the screen's size through the websocket, over the daemon's unix socket (no ticket there)."""
 
 from __future__ import annotations
