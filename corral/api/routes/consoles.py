@@ -55,6 +55,8 @@ def create_ticket(name: str, body: TicketRequest, request: Request, svc: Svc) ->
     rec = svc.vms.get(name)
     principal = principal_of(request)
     policy.require(principal, "console", rec.spec.project)
+    if body.kind == "vnc" and rec.spec.display != "vnc":
+        raise Conflict(f"VM '{name}' has no screen: launch it with --display vnc")
     t = tickets_of(request.app).issue(principal.name, name, body.kind)
     return TicketInfo(ticket=t.value, expires_at=datetime.fromtimestamp(t.expires_at, UTC))
 

@@ -77,6 +77,8 @@ def test_a_viewer_or_an_operator_of_another_project_gets_403(who: Principal) -> 
 
 def test_bad_kind_and_unknown_vm_are_one_line_errors() -> None:
     c = client(ALICE)
+    r = c.post("/v1/vms/web/console/tickets", json={"kind": "vnc"})
+    assert r.status_code == 409 and r.json()["message"] == "VM 'web' has no screen: launch it with --display vnc"
     assert c.post("/v1/vms/web/console/tickets", json={"kind": "sdl"}).status_code == 422
     r = c.post("/v1/vms/nope/console/tickets", json={"kind": "vnc"})
     assert r.status_code == 404 and r.json()["message"] == "no VM named 'nope'"
@@ -95,9 +97,9 @@ def test_over_the_network_a_console_needs_a_ticket(kind: str, path: str) -> None
     assert code == consoles.NO_TICKET and "ticket" in reason
     code, _ = closed_with(c, f"/v1/vms/web/{path}?ticket=made-up")
     assert code == consoles.NO_TICKET
-    other = ticket(c, "vnc" if kind == "serial" else "serial")
+    other = consoles.tickets_of(c.app).issue("alice", "web", "vnc" if kind == "serial" else "serial").value
     assert closed_with(c, f"/v1/vms/web/{path}?ticket={other}")[0] == consoles.NO_TICKET
-    good = ticket(c, kind)
+    good = consoles.tickets_of(c.app).issue("alice", "web", kind).value
     code, reason = closed_with(c, f"/v1/vms/web/{path}?ticket={good}")
     assert code == 4000 and ("stopped" in reason or "no screen" in reason)  # past the ticket: the VM itself
     assert closed_with(c, f"/v1/vms/web/{path}?ticket={good}")[0] == consoles.NO_TICKET  # one use
