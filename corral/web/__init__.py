@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ class PageMount(Mount):
     """The static files at /, for GET and HEAD outside /v1 only: to the API's router the mount is not there, so a
     wrong method on a route is still a 405 and a path that is no route still the API's own 404 (one-line JSON)."""
 
-    def matches(self, scope: Scope) -> tuple[Match, dict[str, Any]]:
+    def matches(self, scope: Scope) -> tuple[Match, MutableMapping[str, Any]]:
         path = scope.get("path", "")
         if (scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD")
                 or path == "/v1" or path.startswith("/v1/")):
