@@ -70,11 +70,10 @@ def web(corral_home: CorralEnv) -> Iterator[tuple[CorralEnv, str]]:
     port = free_port()
     c = start_daemon_with(corral_home, {"CORRAL_LISTEN": f"127.0.0.1:{port}"})
     until(lambda: serving_tls(port), 30, "corrald's TCP listener")
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(c.settings.socket)), base_url="http://corral") as h:
-        for user in ({"name": "alice", "role": "operator", "project": "web", "password": PASSWORD},
-                     {"name": "vic", "role": "viewer", "project": "other", "password": PASSWORD}):
-            r = h.post("/v1/users", json=user)
-            assert r.status_code in (200, 201), r.text
+    for user, role, project in (("alice", "operator", "web"), ("vic", "viewer", "other")):
+        r = c.cli("user", "add", user, "--role", role, "--project", project, "--password-stdin",
+                  input=f"{PASSWORD}\n".encode())
+        assert r.returncode == 0, r.stderr
     yield c, f"https://127.0.0.1:{port}"
 
 
