@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import Services, services
 from corral.auth import policy
@@ -37,8 +36,8 @@ class TicketRequest(BaseModel):
 
 
 class TicketInfo(BaseModel):
-    ticket: str
-    expires_at: datetime
+    ticket: str = Field(description="one use: ?ticket= on the console's websocket")
+    expires_at: float = Field(description="Unix time (60 s from now), as the API's other times")
 
 
 def tickets_of(app: object) -> Tickets:
@@ -58,7 +57,7 @@ def create_ticket(name: str, body: TicketRequest, request: Request, svc: Svc) ->
     if body.kind == "vnc" and rec.spec.display != "vnc":
         raise Conflict(f"VM '{name}' has no screen: launch it with --display vnc")
     t = tickets_of(request.app).issue(principal.name, name, body.kind)
-    return TicketInfo(ticket=t.value, expires_at=datetime.fromtimestamp(t.expires_at, UTC))
+    return TicketInfo(ticket=t.value, expires_at=t.expires_at)
 
 
 async def admit(websocket: WebSocket, name: str, kind: Kind) -> bool:
