@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (README): `make run` and `make test`.
-.PHONY: setup run test test-faults test-extended unit lint bench images clean-cache
+.PHONY: setup run test test-faults test-extended unit lint bench images clean-cache web
 
 setup:
 	@scripts/setup.sh
@@ -25,6 +25,10 @@ test-faults: setup
 test-extended: setup
 	.venv/bin/python scripts/prepare_images.py tiny debian-12
 	.venv/bin/python -m pytest tests/integration -m extended -q -n 2
+
+# The web page (docs/explanation/web.md): web/ built into corral/web/static, which is committed (CI needs no npm).
+web:
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 unit: setup
 	.venv/bin/python -m pytest tests/unit -q

@@ -67,6 +67,11 @@ class VMPaths:
         return self.root / "console.sock"
 
     @property
+    def vnc_socket(self) -> Path:
+        """QEMU's VNC server of a ``display: vnc`` VM (the web page's graphical console), never on the network."""
+        return self.root / "vnc.sock"
+
+    @property
     def serial_log(self) -> Path:
         """Everything the guest wrote to its serial console, kept by QEMU even while the daemon is away."""
         return self.root / "serial.log"

@@ -7,6 +7,7 @@
 #   skopeo, umoci: copy and unpack OCI images (corral/images/oci/)
 #   qemu-system-arm, qemu-system-misc: aarch64 and riscv64 guests (docs/explanation/architectures.md)
 #   (virtualenv) argon2-cffi, cryptography: users' passwords and the TLS certificate of corrald --listen (corral/auth/)
+#   chromium: the web page's browser tests (tests/integration/test_web.py, Playwright on Debian's chromium)
 # A second run changes nothing and takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ declare -A NEED=(
   [gcc-12]=gcc-12 [make]=make [strip]=binutils
   [skopeo]=skopeo [umoci]=umoci
   [qemu-system-aarch64]=qemu-system-arm [qemu-system-riscv64]=qemu-system-misc
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from corral import __version__
+from corral import __version__, web
 from corral.api import errors
 from corral.api.audit import AuditMiddleware
 from corral.api.deps import Services
@@ -14,6 +14,7 @@ from corral.api.routes import (
     auth,
     backups,
     balloon,
+    consoles,
     daemon,
     disks,
     files,
@@ -37,7 +38,8 @@ from corral.metrics.http import MetricsMiddleware
 
 
 def create_app(svc: Services | None = None) -> FastAPI:
-    app = FastAPI(title="Corral", version=__version__, description="Corral's REST API (served on a unix socket).")
+    app = FastAPI(title="Corral", version=__version__,
+                  description="Corral's REST API: on a unix socket, and over TCP with TLS and tokens (--listen).")
     app.state.services = svc
     errors.install(app)
     app.add_middleware(AuditMiddleware)
@@ -45,7 +47,8 @@ def create_app(svc: Services | None = None) -> FastAPI:
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
               files_virtio.router, files.router, images.router, daemon.router, snapshots.router, portable.router,
               backups.router, idle.router, templates.router, balloon.router, pools.router, mounts.router,
-              sandbox.router, auth.router):
+              sandbox.router, auth.router, consoles.router):
         app.include_router(r, prefix=API_PREFIX)
     app.include_router(metrics_route.router)  # GET /metrics, beside /v1
+    app.router.routes.append(web.page())  # last: the web page at / (docs/explanation/web.md)
     return app

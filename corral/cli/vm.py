@@ -151,6 +151,8 @@ def launch(
     nested: bool = typer.Option(False, "--nested", help="nested virtualization: the guest gets the host CPU's "
                                 "vmx/svm extension to run VMs of its own (KVM with the kvm_intel/kvm_amd module's "
                                 "nested=1; refused under TCG)"),
+    display: str = typer.Option("none", "--display", help="vnc: a virtual screen and USB tablet behind a VNC "
+                                "server on a unix socket, for the web page's graphical console; none: serial only"),
     template: str | None = typer.Option(None, "--template", "-t", help="start from a template's saved state "
                                         "(`corral template ls`) instead of booting: image, cpus, memory and disk "
                                         "are the template's"),
@@ -174,6 +176,11 @@ def launch(
     if template is not None and balloon:
         fail("--balloon is not possible with --template: a template's memory is a file shared by its VMs, which "
              "a balloon would punch holes in (docs/explanation/memory.md)", EXIT_INVALID)
+    if display not in ("none", "vnc"):
+        fail(f"--display {display!r}: give none or vnc", EXIT_INVALID)
+    if template is not None and display != "none":
+        fail("--display vnc is not possible with --template: the template's saved machine has no screen",
+             EXIT_INVALID)
     try:
         labels = lbl.parse_set(label)
     except ValueError as exc:
@@ -202,6 +209,7 @@ def launch(
                      "labels": labels, "description": description} | expiry_fields
                  | ({"balloon": True} if balloon else {}) | ({"ephemeral": True} if ephemeral else {})
                  | ({"arch": target} if target else {}) | ({"nested": True} if nested else {})
+                 | ({"display": display} if display != "none" else {})
                  | {"mounts": [parse_mount(m) for m in mount]}
                  | ({"command": command} if command is not None else {}))
     t0 = time.monotonic()
@@ -332,6 +340,7 @@ def show(name: str, json_: bool = typer.Option(False, "--json", help="print JSON
         ("memory", format_size(v.spec.memory << 20)),
         ("restart policy", v.spec.restart.value), ("mac", v.mac),
         ("nested", "yes (the guest CPU has the host's vmx/svm)" if v.spec.nested else "no"),
+        ("display", "vnc (graphical console: the web page)" if v.spec.display == "vnc" else "none"),
         ("pid", str(v.pid) if v.pid else "-"), ("accelerator", v.accel or "-"),
         ("uptime", human_duration(v.uptime)), ("guest agent", "ready" if v.agent_ready else "not ready"),
         ("addresses", ", ".join(v.addresses) or "-"),

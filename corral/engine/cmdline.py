@@ -480,6 +480,17 @@ def _mount_slots(paths: VMPaths, mounts: tuple[MountAttachment, ...]) -> list[st
     return args
 
 
+def _display(spec: VMSpec, paths: VMPaths) -> list[str]:
+    """A ``display: vnc`` VM's virtual screen (std VGA on x86_64, virtio-gpu where there is no VGA), a USB tablet
+    (absolute pointer: the browser's mouse lands where it points) and QEMU's VNC server on a unix socket in the VM's
+    directory: only the daemon (the web page's /v1/vms/NAME/vnc websocket) reaches it, never the network."""
+    if spec.display != "vnc":
+        return []
+    screen = "VGA" if spec.arch == Arch.X86_64 else "virtio-gpu-pci"
+    return ["-device", screen, "-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0",
+            "-vnc", f"unix:{paths.vnc_socket}"]
+
+
 #: An unprivileged QEMU (spec ``unprivileged``): QEMU 7.2 installs its seccomp filter before ``-runas`` drops root,
 #: so ``elevateprivileges=deny`` would kill it at its own setuid (SIGSYS, exit 159: tried); allowing the set*id calls
 #: gives nothing once it runs as RUNAS_USER (real, effective and saved uid all dropped: nothing can regain root).
@@ -515,5 +526,6 @@ def build_argv(
         *_hotplug_ports(),  # last: the ports take the next free slots, every other device keeps its address
         *_extra_disks(att.disks),
         *_balloon(spec, memory),  # after the ports: with or without it, every other device keeps its address
-        *_mount_slots(paths, att.mounts),  # last: the mount ports came after every other device
+        *_mount_slots(paths, att.mounts),  # the mount ports came after every other device
+        *_display(spec, paths),  # last: with or without a screen, every other device keeps its address
     ]

@@ -5,7 +5,7 @@ longer declared. Any other VM is never touched; a declared name already taken by
 
 What can change in place: labels, description, the restart policy and the idle policy at once; vcpus, memory and the
 balloon in the spec, which take effect when the VM is next started (a running VM is stopped and started: "restart
-needed"). Any other field (image, disk, ports, networks, cloud-init, mounts: `corral mount` changes those, ...)
+needed"). Any other field (image, disk, ports, networks, cloud-init, display, mounts: `corral mount` changes those, ...)
 cannot change in place: the plan reports a conflict, and the VM must be deleted (or renamed in the file) to be
 recreated.
 
@@ -25,7 +25,7 @@ from corral.vm.spec import VMSpec
 LIVE_FIELDS = ("labels", "description", "restart", "idle")
 RESTART_FIELDS = ("vcpus", "memory", "balloon")
 FIXED_FIELDS = ("image", "arch", "disk", "ports", "networks", "cloud_init", "ssh_keys", "hostname", "owner",
-                "project", "mounts")
+                "project", "mounts", "display")
 
 Kind = Literal["create", "start", "change", "delete", "unchanged", "conflict"]
 

@@ -176,6 +176,9 @@ class TemplateService:
             raise InvalidInput(f"VM '{rec.name}' has a balloon (--balloon): a template's memory is a file its VMs "
                                "share, which free page reporting would punch holes in; capture a VM launched "
                                "without --balloon")
+        if spec.display != "none":
+            raise InvalidInput(f"VM '{rec.name}' has a screen (--display vnc): a template's VMs have none; capture "
+                               "a VM launched without --display")
         if self.store.template_of(rec.name) is not None:
             raise InvalidInput(f"VM '{rec.name}' was itself made from a template: capture a VM booted from an image")
         if any(d.attached for d in self.store.list_disks(rec.name)):
@@ -356,6 +359,8 @@ class TemplateService:
         if spec.balloon:
             raise InvalidInput("--balloon is not possible with a template: its memory is a file its VMs share, "
                                "which a balloon would punch holes in (docs/explanation/memory.md)")
+        if spec.display != "none":
+            raise InvalidInput("--display vnc is not possible with a template: its saved machine has no screen")
         for what, given in (("--network", spec.networks), ("--cloud-init", spec.cloud_init is not None),
                             ("--ssh-key", spec.ssh_keys), ("--hostname", spec.hostname is not None)):
             if given:

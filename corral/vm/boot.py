@@ -86,7 +86,8 @@ class Booter:
             accel = Accelerator("tcg", "no kernel installed to probe KVM with (build the tiny image)")
         flag = nested.cpu_flag(spec.nested, accel.name, accel.reason)  # the host may have changed since create
         paths = self.vms.paths(name)
-        for sock in (paths.qmp_socket, paths.qga_socket, paths.channel_socket, paths.console_socket):
+        for sock in (paths.qmp_socket, paths.qga_socket, paths.channel_socket, paths.console_socket,
+                     paths.vnc_socket):
             sock.unlink(missing_ok=True)
         if not resuming:  # a resumed guest carries on with the same boot, and the same serial log
             logs.rotate_stopped(paths.serial_log)

@@ -10,7 +10,7 @@ import os
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -225,6 +225,10 @@ class VMSpec(BaseModel):
                          "(Intel) or svm (AMD) extension, so the guest can run VMs of its own under KVM; needs KVM "
                          "with the kvm_intel/kvm_amd module's nested=1, refused under TCG (see docs/explanation/"
                          "nested.md)")
+    display: Literal["none", "vnc"] = Field(default="none", description="vnc: a virtual screen and a USB tablet, "
+                                             "shown by a VNC server on a unix socket in the VM's directory (never "
+                                             "on the network), for the web page's graphical console (see "
+                                             "docs/explanation/web.md); none: serial console only")
 
     @model_validator(mode="after")
     def _nat_needed(self) -> VMSpec:

@@ -139,3 +139,21 @@ def test_a_new_cache_is_rendered_again() -> None:
     assert 'vm="web"' in scrape.text()
     caches[0] = caches[1]
     assert 'vm="web"' not in scrape.text()
+
+
+def test_the_route_filters_by_the_requesters_projects() -> None:
+    """A viewer of project ``back`` over TCP sees only back's VMs; an admin and the unix socket's root see all."""
+    from starlette.requests import Request
+
+    from corral.auth.principal import LOCAL_ROOT, SCOPE_PRINCIPAL, Principal
+    from corral.metrics.route import visibility
+
+    def vms_seen(principal: Principal | None) -> set[str]:
+        scope = {"type": "http", "headers": [], **({SCOPE_PRINCIPAL: principal} if principal else {})}
+        f = scrape(visibility(Request(scope)))
+        return {s.labels["vm"] for s in f["corral_vm_state"]}
+
+    assert vms_seen(Principal("vic", "viewer", "back")) == {"db"}
+    assert vms_seen(Principal("ops", "operator", "nowhere")) == set()
+    assert vms_seen(Principal("ada", "admin", None)) == {"web", "db"}
+    assert vms_seen(None) == vms_seen(LOCAL_ROOT) == {"web", "db"}

@@ -29,6 +29,7 @@ from corral.api.models import (
     VMInfo,
     WaitRequest,
 )
+from corral.api.routes import consoles
 from corral.auth.principal import principal_of
 from corral.engine import qemu_img
 from corral.engine.guest_agent import ExecExit
@@ -325,6 +326,8 @@ async def console(websocket: WebSocket, name: str) -> None:
     """Bridge a websocket to the VM's serial console socket (one attached client at a time, as QEMU allows)."""
     svc: Services = websocket.app.state.services
     await websocket.accept()
+    if not await consoles.admit(websocket, name, "serial"):  # over the network: a ticket (docs/explanation/web.md)
+        return
     try:
         rec = svc.vms.get(name)
         if rec.state not in (VMState.RUNNING, VMState.PAUSED, VMState.STARTING):

@@ -374,3 +374,29 @@ def test_nat_capture_dumps_what_the_guest_sends_into_the_vms_pcap() -> None:
     assert args.index("-object") > args.index("-netdev")
     with pytest.raises(ValueError, match="keep nat on"):
         VMSpec(name="web", nat=False, nat_capture=True)
+
+
+def test_no_screen_by_default() -> None:
+    a = build_argv(VMSpec(name="web"), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT)
+    assert "-vnc" not in a and "usb-tablet,bus=xhci.0" not in a
+    assert opt(a, "-display") == ["none"]
+
+
+def test_display_vnc_gets_a_screen_a_tablet_and_vnc_on_a_unix_socket_last() -> None:
+    a = build_argv(VMSpec(name="web", display="vnc"), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT)
+    assert a[-8:] == ["-device", "VGA", "-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0",
+                      "-vnc", "unix:/home/vms/web/vnc.sock"]
+    assert all(not v.startswith(("tcp", ":", "0.0.0.0")) for v in opt(a, "-vnc"))  # never on the network
+    # every other device keeps the address it has without a screen
+    assert a[:-8] == build_argv(VMSpec(name="web"), BOOT, PATHS, HostConfig("qemu-system-x86_64", "tcg", 32), IDENT)
+
+
+def test_display_vnc_on_other_arches_uses_virtio_gpu() -> None:
+    a = build_argv(VMSpec(name="web", display="vnc", arch="aarch64"), BOOT, PATHS,
+                   HostConfig("qemu-system-x86_64", "tcg", 32), IDENT)
+    assert "virtio-gpu-pci" in opt(a, "-device") and "VGA" not in opt(a, "-device")
+
+
+def test_display_is_none_or_vnc() -> None:
+    with pytest.raises(ValueError):
+        VMSpec(name="web", display="sdl")  # type: ignore[arg-type]

@@ -73,6 +73,11 @@ def test_fields_that_cannot_change_in_place_are_conflicts() -> None:
     assert [(c.field, c.old, c.new) for c in a.changes] == [("image", "tiny", "debian12")]
 
 
+def test_a_screen_cannot_be_added_in_place() -> None:
+    (a,) = plan("demo", [spec("a", display="vnc")], [cur(spec("a"))]).actions
+    assert a.kind == "conflict" and "display cannot change in place" in a.reason
+
+
 def test_order_deletes_then_changes_then_creates() -> None:
     p = plan("demo", [spec("new"), spec("a", memory=512), spec("same")],
              [cur(spec("a")), cur(spec("same")), cur(spec("old"))], prune=True)
