@@ -10,7 +10,6 @@ page there (docs/screenshots/ holds the committed ones).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import ssl
@@ -27,21 +26,8 @@ from tests.conftest import CorralEnv, start_daemon_with, until
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _have_auth() -> bool:
-    """Whether this Corral has auth's part of issue 13 (logins, users, the TCP listener)."""
-    from corral.api.app import create_app
-
-    return "/v1/auth/login" in create_app(None).openapi()["paths"]
-
-
-HAVE_AUTH = _have_auth()
-
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (scripts/setup.sh)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="needs playwright (pip, dev extra)"),
-    pytest.mark.skipif(not HAVE_AUTH, reason="needs corral.auth (the TCP listener, users, logins): issue 13's auth"),
-]
+# No skip: scripts/setup.sh installs Debian's chromium and the dev extra Playwright, so a missing one is a failure here.
+pytestmark = [pytest.mark.vm]
 
 PASSWORD = "correct horse battery staple"
 SHOTS = os.environ.get("CORRAL_WEB_SCREENSHOTS")
