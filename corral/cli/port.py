@@ -11,7 +11,7 @@ app = typer.Typer(help="Forward host ports to a VM: add, rm, ls.", no_args_is_he
 
 
 @app.command("add")
-def add(vm: str, forward: str = typer.Argument(..., help="[ADDR:]HOST:GUEST[/udp], e.g. 8080:80")) -> None:
+def add(vm: str, forward: str = typer.Argument(..., help="\\[ADDR:]HOST:GUEST\\[/udp], e.g. 8080:80")) -> None:
     """Forward a host port to the VM (at once if it runs; kept across restarts)."""
     with api() as client:
         client.add_port(vm, forward)

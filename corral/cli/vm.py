@@ -114,7 +114,7 @@ def launch(
     timeout: float = typer.Option(300.0, help="seconds to wait for the guest agent"),
     no_wait: bool = typer.Option(False, "--no-wait", help="return once QEMU runs, without waiting for the guest"),
     publish: list[str] = typer.Option([], "--publish", "-p",
-                                      help="forward a host port: [ADDR:]HOST:GUEST[/udp] (repeatable)"),
+                                      help="forward a host port: \\[ADDR:]HOST:GUEST\\[/udp] (repeatable)"),
     network: list[str] = typer.Option([], "--network", help="attach to a private network (repeatable)"),
     mount: list[str] = typer.Option([], "--mount", help=MOUNT_HELP),
     cloud_init: str | None = typer.Option(None, "--cloud-init", help="cloud-init user-data FILE (images with "
