@@ -117,6 +117,7 @@ async def serve(settings: Settings) -> None:
     store = Store(settings.database)
     images = ImageStore(settings.images_dir, settings.cache)
     svc = build_services(settings, store, images)
+    auth_service(svc)  # users and tokens tables made now, not by the first request (a refused login changes nothing)
     vms, backups, idle, pools, recovery = svc.vms, svc.backups, svc.idle, svc.pools, svc.recovery
     assert backups is not None and idle is not None and pools is not None and recovery is not None
     sampler = MetricsSampler(vms, settings.metrics_interval)

@@ -106,6 +106,7 @@ class ImageStore:
 
     def get(self, name: str) -> Manifest:
         """The installed image whose store key is ``name`` (``tiny``, or ``tiny@aarch64``: corral.vm.arch)."""
+        split_ref(name)  # InvalidInput for what is no image name: it is a folder name below
         m = self.dir(name) / paths.IMAGE_MANIFEST
         if not m.is_file():
             have = ", ".join(image_ref(x.name, x.arch) for x in self.list()) or "none"

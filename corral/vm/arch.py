@@ -8,7 +8,10 @@ per architecture on the QEMU side is data in :data:`corral.engine.cmdline.ARCHES
 from __future__ import annotations
 
 import platform
+import re
 from enum import StrEnum
+
+from corral.errors import InvalidInput
 
 
 class Arch(StrEnum):
@@ -39,7 +42,15 @@ def image_ref(name: str, arch: Arch | str) -> str:
     return name if Arch(arch) == Arch.X86_64 else f"{name}@{Arch(arch).value}"
 
 
+#: What an image name may be: also the name of its folder in the image store, so no '/', '@' or leading dot.
+IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
 def split_ref(ref: str) -> tuple[str, Arch]:
-    """The image name and architecture of a store key made by :func:`image_ref`."""
-    name, _, arch = ref.partition("@")
+    """The image name and architecture of a store key made by :func:`image_ref`; InvalidInput for a key that is
+    not one (a name a user typed reaches the image store as a key)."""
+    name, at, arch = ref.partition("@")
+    if not IMAGE_NAME.match(name) or (at and arch not in Arch.__members__.values()):
+        raise InvalidInput(f"{ref!r} is not an image name: use lower-case letters, digits, '.', '_' and '-' "
+                           f"(up to 63), optionally @ARCH ({', '.join(a.value for a in Arch)})")
     return name, Arch(arch) if arch else Arch.X86_64

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from corral.idle.policy import IdlePolicy
 from corral.vm import expiry
 from corral.vm import labels as lbl
-from corral.vm.arch import Arch, host_arch, image_ref
+from corral.vm.arch import IMAGE_NAME, Arch, host_arch, image_ref
 from corral.vm.expiry import ExpiryAction
 from corral.vm.sizes import parse_size
 
@@ -345,6 +345,6 @@ class VMSpec(BaseModel):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}$", v):
+        if not IMAGE_NAME.match(v):
             raise ValueError(f"{v!r} is not a valid image name")
         return v

@@ -101,6 +101,17 @@ def test_image_refs_keep_x86_64_images_where_they_were() -> None:
     assert VMSpec(name="web", arch="riscv64").image_ref == "tiny@riscv64"
 
 
+@pytest.mark.parametrize("ref", ["@K\u00ab", "tiny@ppc64le", "Tiny", "../x", "a/b", "", "tiny@"])
+def test_a_key_that_is_no_image_name_is_invalid_input_not_a_crash(ref: str, tmp_path: Path) -> None:
+    """The API's fuzzing found GET /v1/images/@... answered 500 (an unknown architecture was a ValueError)."""
+    from corral.images.store import ImageStore
+
+    with pytest.raises(InvalidInput, match="is not an image name"):
+        split_ref(ref)
+    with pytest.raises(InvalidInput, match="is not an image name"):
+        ImageStore(tmp_path / "images", tmp_path / "cache").get(ref)
+
+
 def test_a_riscv64_template_launch_with_a_folder_is_refused() -> None:
     check_template_mounts(VMSpec(name="a", arch="aarch64", mounts=["/srv/data"]))
     check_template_mounts(VMSpec(name="r", arch="riscv64"))
