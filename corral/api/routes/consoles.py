@@ -1,4 +1,4 @@
-"""Consoles in the browser: one-use tickets for the console websockets, and the graphical console's websocket.
+"""The consoles' websockets (serial and graphical), and the one-use tickets that open them from a browser.
 
 A browser cannot send an Authorization header with a websocket, so over the network (``scope["corral.remote"]``,
 set by the auth layer for TCP) a console's websocket carries ``?ticket=`` from ``POST .../console/tickets``; on the
@@ -108,6 +108,25 @@ async def _open(path: Path, what: str) -> tuple[asyncio.StreamReader, asyncio.St
         return await asyncio.open_unix_connection(str(path))
     except OSError as exc:
         raise EngineError(f"cannot attach to {what}: {exc}") from exc
+
+
+@router.websocket("/{name}/console")
+async def serial(websocket: WebSocket, name: str) -> None:
+    """The serial console: its bytes both ways, bridged to the VM's console socket (one attached client at a time,
+    as QEMU allows). `corral console` attaches here on the unix socket; the web page's xterm.js with a ticket."""
+    svc: Services = websocket.app.state.services
+    await websocket.accept()
+    if not await admit(websocket, name, "serial"):
+        return
+    try:
+        rec = svc.vms.get(name)
+        if rec.state not in LIVE:
+            raise EngineError(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
+        reader, writer = await _open(svc.vms.paths(name).console_socket, f"the console of '{name}'")
+    except CorralError as exc:
+        await websocket.close(code=4000, reason=exc.message[:120])
+        return
+    await bridge(websocket, reader, writer)
 
 
 @router.websocket("/{name}/vnc")

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import TypeAdapter
 
@@ -29,17 +29,16 @@ from corral.api.models import (
     VMInfo,
     WaitRequest,
 )
-from corral.api.routes import consoles
 from corral.auth.principal import principal_of
 from corral.engine import qemu_img
 from corral.engine.guest_agent import ExecExit
-from corral.errors import CorralError, EngineError, InvalidInput
+from corral.errors import CorralError, InvalidInput
 from corral.store.db import RuntimeRecord, VMRecord
 from corral.vm import labels
 from corral.vm.actor import ACTOR, SYSTEM_ACTOR
 from corral.vm.logs import read_log_from, render_logs
 from corral.vm.spec import VMSpec
-from corral.vm.states import VMState, check_operation
+from corral.vm.states import check_operation
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 Svc = Annotated[Services, Depends(services)]
@@ -319,46 +318,3 @@ async def vm_events(
 ) -> list[EventInfo]:
     svc.vms.get(name)
     return [EventInfo(**e.__dict__) for e in svc.store.events(vm=name, after=after)]
-
-
-@router.websocket("/{name}/console")
-async def console(websocket: WebSocket, name: str) -> None:
-    """Bridge a websocket to the VM's serial console socket (one attached client at a time, as QEMU allows)."""
-    svc: Services = websocket.app.state.services
-    await websocket.accept()
-    if not await consoles.admit(websocket, name, "serial"):  # over the network: a ticket (docs/explanation/web.md)
-        return
-    try:
-        rec = svc.vms.get(name)
-        if rec.state not in (VMState.RUNNING, VMState.PAUSED, VMState.STARTING):
-            raise EngineError(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(svc.vms.paths(name).console_socket))
-        except OSError as exc:
-            raise EngineError(f"cannot attach to the console of '{name}': {exc}") from exc
-    except CorralError as exc:
-        await websocket.close(code=4000, reason=exc.message[:120])
-        return
-
-    async def guest_to_client() -> None:
-        while data := await reader.read(65536):
-            await websocket.send_bytes(data)
-
-    async def client_to_guest() -> None:
-        while True:
-            data = await websocket.receive_bytes()
-            writer.write(data)
-            await writer.drain()
-
-    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    except WebSocketDisconnect:
-        pass
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        writer.close()
-        with contextlib.suppress(Exception):
-            await websocket.close()
