@@ -13,7 +13,6 @@ A refused request never reaches the app: it changes nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -40,9 +39,6 @@ ANONYMOUS = Principal("anonymous", "viewer", "")
 BODY_LIMIT = 1 << 20
 _USER_HEADER = USER_HEADER.lower().encode()
 _STATIC = re.compile(r"^/(|favicon\.ico|assets/.*)$")
-#: Whether the console routes redeem tickets (corral.auth.tickets, issue 13's web part): until they do, a websocket
-#: with a ticket and no token is refused like any other without a token, rather than reaching a console unchecked.
-TICKETS = importlib.util.find_spec("corral.auth.tickets") is not None
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,7 @@ class RemoteGate:
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)
-        if token is None and ws and TICKETS and "ticket" in parse_qs(scope.get("query_string", b"").decode("latin-1")):
+        if token is None and ws and "ticket" in parse_qs(scope.get("query_string", b"").decode("latin-1")):
             scope[SCOPE_PRINCIPAL] = ANONYMOUS  # the route redeems the ticket (bound to its user and VM)
             await self.app(scope, receive, send)
             return
@@ -124,6 +120,10 @@ class RemoteGate:
                 return
         elif rule.target == "body":
             body = await _read_body(receive)
+            if body is None:
+                await _refuse(scope, receive, send, 413, "InvalidInput",
+                              f"the request body is over {BODY_LIMIT >> 20} MiB: send a smaller one")
+                return
             doc = _json(body)
             project, action = _body_project(doc), policy.body_action(rule.action, doc)
         if not policy.allowed(principal, action, project):
@@ -191,7 +191,9 @@ def _body_project(doc: object) -> str | None:
     return project if isinstance(project, str) else None
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, to read its project before the app runs; None when it is over BODY_LIMIT (never cut short:
+    the app would see half a document)."""
     chunks, size = [], 0
     while True:
         msg = await receive()
@@ -200,7 +202,7 @@ async def _read_body(receive: Receive) -> bytes:
         chunk = msg.get("body", b"")
         size += len(chunk)
         if size > BODY_LIMIT:
-            break
+            return None
         chunks.append(chunk)
         if not msg.get("more_body", False):
             break

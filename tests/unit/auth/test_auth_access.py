@@ -157,3 +157,13 @@ def test_a_websocket_without_a_valid_ticket_is_refused(remote: Remote) -> None:
         assert not any(m["type"].startswith("websocket.send") for m in sent), sent  # no console byte reached
         if not query:
             assert sent[0]["type"] == "websocket.close", sent
+
+
+def test_a_create_body_over_the_limit_is_refused_whole_not_cut_short(remote: Remote) -> None:
+    """The gate reads a create's body to learn its project: one over 1 MiB is a 413 in one line, and the app never
+    sees half a document."""
+    token = remote.user("ops", "operator", "web")
+    big = {"name": "x", "image": "tiny", "project": "web", "description": "d" * (1 << 20)}
+    r = remote.request("POST", "/v1/vms", token=token, json=big)
+    assert r.status_code == 413 and "over 1 MiB" in r.json()["message"], r.text
+    assert remote.svc.store.get_vm("x") is None
