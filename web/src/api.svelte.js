@@ -113,6 +113,22 @@ export async function followEvents(query, onEvent, signal, onError = () => {}) {
 }
 
 // A one-use console ticket, then the websocket URL that redeems it (wss:// under https).
+// A page that follows the event stream: refresh() now, and again after the events matching `query` (a burst at
+// most every 300 ms). Returns the clean-up, for an $effect to return.
+export function liveRefresh(query, refresh, onError) {
+  let timer = null;
+  const soon = () => {
+    if (timer === null) timer = setTimeout(() => ((timer = null), refresh()), 300);
+  };
+  refresh();
+  const ctl = new AbortController();
+  followEvents(query, soon, ctl.signal, onError);
+  return () => {
+    ctl.abort();
+    clearTimeout(timer);
+  };
+}
+
 export async function consoleURL(name, kind) {
   const { ticket } = await api('POST', `/vms/${encodeURIComponent(name)}/console/tickets`, { kind });
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
