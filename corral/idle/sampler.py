@@ -65,7 +65,9 @@ async def sample(m: Machine) -> Counters:
     net: int | None = None
     if m.agent_ready:
         try:
-            net = net_bytes(await m.agent.execute("guest-network-get-interfaces", timeout=AGENT_TIMEOUT))
+            interfaces = await m.agent.execute("guest-network-get-interfaces", timeout=AGENT_TIMEOUT)
+            m.interfaces_seen = (time.monotonic(), interfaces)
+            net = net_bytes(interfaces)
         except CorralError:
             net = None
     return Counters(t=t, cpu_seconds=cpu, disk_bytes=disk, net_bytes=net)

@@ -8,7 +8,8 @@ Per pass, every VM is sampled concurrently. What is read, for a VM whose QEMU ru
 - over QMP: ``query-blockstats`` (per drive) and, for a ``--balloon`` VM, ``query-balloon``;
 - over the guest agent, when it is ready and the VM running (not paused): ``guest-network-get-interfaces``
   statistics (as idle control reads them, ``corral.idle.sampler.interface_bytes``): the only byte counters there are
-  for user-mode (NAT) and socket networks.
+  for user-mode (NAT) and socket networks. Idle control asks every running VM's agent that question each of its
+  passes; an answer of its younger than one interval (``Machine.interfaces_seen``) is read instead of asking again.
 
 The QMP and agent questions of one VM share a deadline (``timeout``): what has not answered by then is cancelled
 and that part of the sample is the VM's previous one (same QEMU pid), so a stuck monitor never stalls the other VMs
@@ -183,9 +184,13 @@ class MetricsSampler:
             questions["disks"] = m.monitor.execute("query-blockstats", timeout=inner)
             if rec.spec.balloon:
                 questions["balloon"] = m.monitor.execute("query-balloon", timeout=inner)
-        if m.agent_ready and rec.state == VMState.RUNNING:  # a paused guest's agent cannot answer (as idle control)
+        seen = m.interfaces_seen  # idle control asks every running VM's agent each of its passes: read its answer
+        recent = seen is not None and time.monotonic() - seen[0] < self.interval
+        if m.agent_ready and rec.state == VMState.RUNNING and not recent:  # a paused guest's agent cannot answer
             questions["nics"] = m.agent.execute("guest-network-get-interfaces", timeout=inner)
         answers = await self._ask(rec.name, questions)
+        if recent and seen is not None:
+            answers["nics"] = seen[1]
         try:
             disks = parse_blockstats(answers["disks"]) if "disks" in answers else None
             balloon = int(answers["balloon"]["actual"]) if "balloon" in answers else None

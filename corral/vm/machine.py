@@ -47,6 +47,9 @@ class Machine:
     addresses: list[str] = field(default_factory=list)
     addresses_at: float = 0.0  #: monotonic time of the last answer (VMService.refresh_addresses)
     addresses_task: asyncio.Future[None] | None = None  #: the question being asked, shared by all who ask
+    #: The agent's last ``guest-network-get-interfaces`` answer and its monotonic time, kept by idle control's
+    #: sampler (it asks every running VM each interval): the metrics sampler reads it rather than ask the guest again.
+    interfaces_seen: tuple[float, list[dict[str, Any]]] | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     #: A copy's data port id -> set when the guest closes that port (QMP VSERPORT_CHANGE, open false): its guest
     #: side has exited, so corral.vm.data_copy asks its exit status now rather than polling all along.

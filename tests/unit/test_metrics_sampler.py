@@ -47,6 +47,7 @@ class FakeMachine:
     ident: ProcessIdentity = field(default_factory=lambda: ProcessIdentity(os.getpid(), 0))
     agent_ready: bool = False
     agent: Any = None
+    interfaces_seen: tuple[float, list[dict[str, Any]]] | None = None
 
 
 class FakeStore:
@@ -149,3 +150,27 @@ def test_quotas_limits_and_what_is_held() -> None:
         QuotaSample("project", "p", "vms", 5, 2),
         QuotaSample("project", "p", "memory_bytes", 1024 << 20, 2 * (VMSpec(name="x").memory << 20)),
         QuotaSample("owner", "bob", "vcpus", 4, 0))
+
+
+class CountingAgent:
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+        assert cmd == "guest-network-get-interfaces"
+        self.asked += 1
+        return [{"name": "eth0", "statistics": {"rx-bytes": 7, "tx-bytes": 8}}]
+
+
+def test_idle_controls_recent_answer_is_read_not_asked_again() -> None:
+    """Idle control asks every running VM's agent each pass; the metrics sampler reads that answer while it is
+    younger than one interval, and asks the guest itself only when it is older (or there is none)."""
+    agent = CountingAgent()
+    machine = FakeMachine(FakeMonitor(hang=False), agent_ready=True, agent=agent)
+    machine.interfaces_seen = (time.monotonic(), [{"name": "eth0", "statistics": {"rx-bytes": 1, "tx-bytes": 2}}])
+    sampler = Sampler(FakeVMs([rec("a")], {"a": machine}), interval=10, timeout=1)  # type: ignore[arg-type]
+    nics = asyncio.run(sampler.sample_once()).vms["a"].nics
+    assert agent.asked == 0 and nics == (NicSample("eth0", "guest-agent", received_bytes=1, sent_bytes=2),)
+    machine.interfaces_seen = (time.monotonic() - 11, machine.interfaces_seen[1])
+    nics = asyncio.run(sampler.sample_once()).vms["a"].nics
+    assert agent.asked == 1 and nics == (NicSample("eth0", "guest-agent", received_bytes=7, sent_bytes=8),)
