@@ -110,41 +110,37 @@ async def _open(path: Path, what: str) -> tuple[asyncio.StreamReader, asyncio.St
         raise EngineError(f"cannot attach to {what}: {exc}") from exc
 
 
-@router.websocket("/{name}/console")
-async def serial(websocket: WebSocket, name: str) -> None:
-    """The serial console: its bytes both ways, bridged to the VM's console socket (one attached client at a time,
-    as QEMU allows). `corral console` attaches here on the unix socket; the web page's xterm.js with a ticket."""
+async def attach(websocket: WebSocket, name: str, kind: Kind) -> None:
+    """Accept, admit (a ticket over the network), check the VM can be reached, then bridge to its console's unix
+    socket; a refusal closes with 4001 (no ticket) or 4000 and a one-line reason."""
     svc: Services = websocket.app.state.services
     await websocket.accept()
-    if not await admit(websocket, name, "serial"):
+    if not await admit(websocket, name, kind):
         return
     try:
         rec = svc.vms.get(name)
+        if kind == "vnc" and rec.spec.display != "vnc":
+            raise Conflict(f"VM '{name}' has no screen: launch it with --display vnc")
         if rec.state not in LIVE:
-            raise EngineError(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
-        reader, writer = await _open(svc.vms.paths(name).console_socket, f"the console of '{name}'")
+            raise Conflict(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
+        paths = svc.vms.paths(name)
+        path, what = (paths.console_socket, "the console") if kind == "serial" else (paths.vnc_socket, "the screen")
+        reader, writer = await _open(path, f"{what} of '{name}'")
     except CorralError as exc:
         await websocket.close(code=4000, reason=exc.message[:120])
         return
     await bridge(websocket, reader, writer)
+
+
+@router.websocket("/{name}/console")
+async def serial(websocket: WebSocket, name: str) -> None:
+    """The serial console: its bytes both ways, bridged to the VM's console socket (one attached client at a time,
+    as QEMU allows). `corral console` attaches here on the unix socket; the web page's xterm.js with a ticket."""
+    await attach(websocket, name, "serial")
 
 
 @router.websocket("/{name}/vnc")
 async def vnc(websocket: WebSocket, name: str) -> None:
     """The graphical console of a ``display: vnc`` VM: RFB over binary websocket frames (noVNC), bridged to QEMU's
     VNC server on the VM's unix socket."""
-    svc: Services = websocket.app.state.services
-    await websocket.accept()
-    if not await admit(websocket, name, "vnc"):
-        return
-    try:
-        rec = svc.vms.get(name)
-        if rec.spec.display != "vnc":
-            raise Conflict(f"VM '{name}' has no screen: launch it with --display vnc")
-        if rec.state not in LIVE:
-            raise Conflict(f"VM '{name}' is {rec.state}: start it first (`corral start {name}`)")
-        reader, writer = await _open(svc.vms.paths(name).vnc_socket, f"the screen of '{name}'")
-    except CorralError as exc:
-        await websocket.close(code=4000, reason=exc.message[:120])
-        return
-    await bridge(websocket, reader, writer)
+    await attach(websocket, name, "vnc")
