@@ -47,11 +47,12 @@ class Services:
     recovery: Recovery | None = None  # what a dead daemon left mid-operation: finished or rolled back at start
     copies: DataCopyService | None = None  # `corral cp` over a hot-plugged virtio-serial port
     sandbox: SandboxService | None = None  # `corral sandbox run`: samples in throwaway VMs
-    auth: AuthService | None = None  # users, tokens, logins (corral.auth): made on first use, see auth_service()
+    auth: AuthService | None = None  # users, tokens, logins (corral.auth): see auth_service()
 
 
 def auth_service(svc: Services) -> AuthService:
-    """The users, tokens and logins of ``svc``'s store, made on first use (argon2 is imported only then)."""
+    """The users, tokens and logins of ``svc``'s store. corrald makes it at start (its tables exist before any
+    request: a refused login changes nothing); an app made without it (tests) gets it on first use."""
     if svc.auth is None:
         from corral.auth.service import AuthService
 
