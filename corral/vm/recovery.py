@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
+from corral import fileio
 from corral.engine import migration, process
 from corral.engine.guest_agent import GuestAgent
 from corral.engine.monitor import Monitor, MonitorError
@@ -25,6 +27,8 @@ from corral.vm.machine import Machine
 from corral.vm.spec import RestartPolicy
 from corral.vm.states import LIVE, VMState
 from corral.vm.supervision import Supervisor
+
+log = logging.getLogger(__name__)
 
 
 class Recovery:
@@ -38,6 +42,8 @@ class Recovery:
         """Re-attach to every VM whose QEMU still runs; settle the ones that died while the daemon was away."""
         await asyncio.gather(*(self._recover_one(rec) for rec in self.vms.store.list_vms()))
         await self.vms.networks.recover(r for r in self.vms.store.list_vms() if r.state in LIVE)
+        for path in await asyncio.to_thread(fileio.sweep_removed, self.vms.settings.vms_dir):
+            log.info("removed %s, a deleted VM's folder a crash left behind", path)
 
     async def _recover_one(self, rec: VMRecord) -> None:
         """Find the VM's QEMU again; attach to it, or settle the state of a VM whose QEMU is gone."""

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from corral import faults
+from corral import faults, fileio
 from corral.engine import migration, process, qemu_img
 from corral.engine.cmdline import ARCHES
 from corral.engine.guest_agent import ExecExit, ExecOutput, GuestAgent
@@ -342,7 +342,7 @@ class VMService(VMCore):
         for hook in self.delete_hooks:
             await hook(rec)
         self.store.delete_vm(name)
-        await asyncio.to_thread(shutil.rmtree, paths.root, True)
+        await asyncio.to_thread(fileio.remove_dir, paths.root)
         self.event(name, "delete", "deleted with its disks", owner=rec.spec.owner)
 
     # ------------------------------------------------------------------------------------------ guest agent --

@@ -86,7 +86,9 @@ def test_delete_at_expiry(fast: CorralEnv) -> None:
     launch(fast, "exp-del", "--ttl", "4s", "--on-expiry", "delete")
     until(lambda: fast.cli("show", "exp-del").returncode != 0, ACT_WITHIN, "the VM deleted at expiry")
     check_events(fast, "exp-del", "delete")
-    assert not (fast.settings.vms_dir / "exp-del").exists()
+    left = fast.settings.vms_dir / "exp-del"
+    assert not left.exists(), f"the deleted VM's folder is back, holding {sorted(p.name for p in left.iterdir())}"
+    assert not [p.name for p in fast.settings.vms_dir.iterdir() if p.name.startswith(".")], "nothing left aside"
     assert "exp-del" not in fast.qemu_pids()
 
 
