@@ -22,6 +22,7 @@ declare -A NEED=(
   [skopeo]=skopeo [umoci]=umoci
   [qemu-system-aarch64]=qemu-system-arm [qemu-system-riscv64]=qemu-system-misc
   [chromium]=chromium
+  [etcd]=etcd-server
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

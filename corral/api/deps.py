@@ -27,6 +27,7 @@ from corral.vm.service import VMService
 if TYPE_CHECKING:
     from corral.auth.service import AuthService
     from corral.backup.service import BackupService
+    from corral.cluster.service import ClusterService
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Services:
     copies: DataCopyService | None = None  # `corral cp` over a hot-plugged virtio-serial port
     sandbox: SandboxService | None = None  # `corral sandbox run`: samples in throwaway VMs
     auth: AuthService | None = None  # users, tokens, logins (corral.auth): see auth_service()
+    cluster: ClusterService | None = None  # many hosts on etcd (corral.cluster); idle on a host in no cluster
 
 
 def auth_service(svc: Services) -> AuthService:

@@ -23,13 +23,14 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount, compile_path
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.audit import operation
 from corral.api.models import USER_HEADER
 from corral.auth import policy
 from corral.auth.principal import SCOPE_PRINCIPAL, SCOPE_REMOTE, Principal
 from corral.auth.service import AuthService
+from corral.cluster import peer
 from corral.errors import one_line
 from corral.vm.actor import ACTOR
 
@@ -61,9 +62,10 @@ def app_routes(app: FastAPI) -> list[_Route]:
 
 
 class RemoteGate:
-    def __init__(self, app: FastAPI, auth: Callable[[], AuthService]) -> None:
+    def __init__(self, app: FastAPI, auth: Callable[[], AuthService], inner: ASGIApp | None = None) -> None:
         self.app = app
         self.auth = auth
+        self.inner: ASGIApp = inner or app  # what serves an admitted request (corral.cluster.forward, then the app)
         self._routes: list[_Route] | None = None
 
     def match(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
@@ -78,7 +80,7 @@ class RemoteGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+            await self.inner(scope, receive, send)
             return
         scope = dict(scope, headers=[(k, v) for k, v in scope.get("headers", []) if k.lower() != _USER_HEADER])
         scope[SCOPE_REMOTE] = True
@@ -87,21 +89,21 @@ class RemoteGate:
         path = scope.get("path", "")
         if not ws and method in ("GET", "HEAD") and _STATIC.match(path) and self.match(method, path) is None:
             scope[SCOPE_PRINCIPAL] = ANONYMOUS  # the web page's own files
-            await self.app(scope, receive, send)
+            await self.inner(scope, receive, send)
             return
         found = self.match(method, path)
         template, params = found if found is not None else ("", {})
         rule = policy.rule_for(method, template) if found is not None else policy.ADMIN
         if rule.action == "public":
             scope[SCOPE_PRINCIPAL] = ANONYMOUS
-            await self.app(scope, receive, send)
+            await self.inner(scope, receive, send)
             return
         token = _bearer(scope)
         if token is None and ws and "ticket" in parse_qs(scope.get("query_string", b"").decode("latin-1")):
             scope[SCOPE_PRINCIPAL] = ANONYMOUS  # the route redeems the ticket (bound to its user and VM)
-            await self.app(scope, receive, send)
+            await self.inner(scope, receive, send)
             return
-        principal = self.auth().authenticate(token) if token else None
+        principal = self._peer(scope, token) or (self.auth().authenticate(token) if token else None)
         if principal is None:
             msg = "a valid bearer token is needed (Authorization: Bearer ...): see `corral login`"
             await _refuse(scope, receive, send, 401, "Unauthorized", msg)
@@ -116,7 +118,7 @@ class RemoteGate:
                 if not policy.allowed(principal, action, principal.project):
                     await self._deny(principal, action, None, scope, receive, send, b"")
                     return
-                await self.app(scope, receive, send)
+                await self.inner(scope, receive, send)
                 return
         elif rule.target == "body":
             body = await _read_body(receive)
@@ -129,7 +131,7 @@ class RemoteGate:
         if not policy.allowed(principal, action, project):
             await self._deny(principal, action, project, scope, receive, send, body or b"")
             return
-        await self.app(scope, _replay(body, receive) if body is not None else receive, send)
+        await self.inner(scope, _replay(body, receive) if body is not None else receive, send)
 
     async def _deny(self, principal: Principal, action: str, project: str | None, scope: Scope, receive: Receive,
                     send: Send, body: bytes) -> None:
@@ -137,6 +139,17 @@ class RemoteGate:
         msg = one_line(f"{policy.refusal(principal, action, project)}: {scope.get('method', 'WS')} {scope.get('path')}")
         self._record_refusal(principal, scope, body, msg)
         await _refuse(scope, receive, send, 403, "Forbidden", msg)
+
+    def _peer(self, scope: Scope, token: str | None) -> Principal | None:
+        """Another member of the cluster, forwarding for the principal it names (corral.cluster.peer); the policy
+        is then checked for that principal, as if it had come here itself."""
+        svc = self._services()
+        cluster = getattr(svc, "cluster", None) if svc is not None else None
+        if token is None or cluster is None or not peer.is_peer_token(token, cluster.secret):
+            return None
+        header = peer.PRINCIPAL_HEADER.lower().encode()
+        value = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == header), None)
+        return peer.parse_principal(value)
 
     def _services(self) -> Any:
         return getattr(self.app.state, "services", None)

@@ -72,6 +72,8 @@ class VMInfo(BaseModel):
                                     "whether it was suspended for being idle")
     balloon: BalloonStatus | None = Field(default=None, description="a running --balloon VM's balloon and the "
                                           "guest's memory (`corral show` only)")
+    host: str = Field(default="", description="in a cluster: the host that runs it (`corral host ls`); "
+                      "empty on a host alone")
 
 
 class ExtendRequest(BaseModel):

@@ -69,6 +69,14 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/redoc"): READ,
     # --- metrics (corral.metrics: samples of VMs not visible are left out) ---
     ("GET", "/metrics"): READ,
+    # --- the cluster (corral.cluster): its hosts are the admins' ---
+    ("POST", "/v1/cluster/init"): ADMIN,
+    ("POST", "/v1/cluster/join"): ADMIN,
+    ("GET", "/v1/cluster"): READ,
+    ("GET", "/v1/hosts"): READ,
+    ("GET", "/v1/hosts/{name}"): READ,
+    ("POST", "/v1/hosts/{name}/drain"): ADMIN,
+    ("POST", "/v1/hosts/{name}/undrain"): ADMIN,
     # --- the daemon and the fleet as a whole (lists filtered by visible()) ---
     ("GET", "/v1/status"): READ,
     ("GET", "/v1/capacity"): READ,

@@ -35,6 +35,7 @@ GROUPS: dict[str, str] = {
     "images": "images", "daemon": "daemon", "port": "port", "disk": "disk", "mount": "mount", "network": "network",
     "quota": "quota", "project": "project", "snapshot": "snapshot", "backup": "backup", "idle": "idle",
     "template": "template", "pool": "pool", "sandbox": "sandbox", "user": "user", "token": "token",
+    "cluster": "cluster", "host": "host",
 }
 
 

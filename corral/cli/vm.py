@@ -158,6 +158,11 @@ def launch(
                                         "are the template's"),
     arch: str | None = typer.Option(None, "--arch", help=ARCH_HELP + "; another than the host's runs under TCG, "
                                     "from an image built for it (`corral images build tiny --arch aarch64`)"),
+    host: str | None = typer.Option(None, "--host", help="in a cluster: run it on this host (`corral host ls`)"),
+    host_label: list[str] = typer.Option([], "--host-label", help="in a cluster: only on hosts with this label "
+                                         "KEY=VALUE (repeatable)"),
+    strategy: str = typer.Option("spread", "--strategy", help="in a cluster: spread (the host with the most room "
+                                 "left) or pack (the fullest one it fits)"),
 ) -> None:
     """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait).
 
@@ -185,6 +190,13 @@ def launch(
         labels = lbl.parse_set(label)
     except ValueError as exc:
         fail(str(exc), EXIT_INVALID)
+    if strategy not in ("spread", "pack"):
+        fail(f"--strategy {strategy!r}: give spread or pack", EXIT_INVALID)
+    try:
+        host_labels = lbl.parse_set(host_label)
+    except ValueError as exc:
+        fail(f"--host-label: {exc}", EXIT_INVALID)
+    placement = {"host": host, "host_labels": host_labels, "strategy": strategy}
     expiry_fields: dict[str, object] = {}
     if ttl is not None and expires_at is not None:
         fail("give --ttl or --expires-at, not both", EXIT_INVALID)
@@ -211,7 +223,8 @@ def launch(
                  | ({"arch": target} if target else {}) | ({"nested": True} if nested else {})
                  | ({"display": display} if display != "none" else {})
                  | {"mounts": [parse_mount(m) for m in mount]}
-                 | ({"command": command} if command is not None else {}))
+                 | ({"command": command} if command is not None else {})
+                 | ({"placement": placement} if host or host_labels or strategy != "spread" else {}))
     t0 = time.monotonic()
     if template is not None:
         with api() as client:
@@ -281,8 +294,9 @@ def ls(
     # ARCH only when some VM is of another architecture than the host's (like EXPIRES and IDLE below): the column
     # would otherwise repeat the host's on every row and push the table past 80 columns. --json always has it.
     foreign = any(v.spec.arch != host_arch() for v in vms)
-    cols = ["NAME", "STATE", "PROJECT", "OWNER", "IMAGE", *(["ARCH"] if foreign else []), "CPUS", "MEMORY", "DISK",
-            "ADDRESSES", "UPTIME"]
+    clustered = any(v.host for v in vms)  # HOST only in a cluster
+    cols = ["NAME", *(["HOST"] if clustered else []), "STATE", "PROJECT", "OWNER", "IMAGE",
+            *(["ARCH"] if foreign else []), "CPUS", "MEMORY", "DISK", "ADDRESSES", "UPTIME"]
     expiring = any(v.expires_in is not None for v in vms)  # the column only when some VM expires
     idling = any(idle_cli.column(v) != "-" for v in vms)  # the same for idle control
     t = Table(box=None)
@@ -291,7 +305,8 @@ def ls(
         t.add_column(col)
     for v in vms:
         style = STATE_STYLE.get(v.state, "")
-        row = [v.name, f"[{style}]{v.state}[/]" if style else v.state, v.spec.project, v.spec.owner or "-",
+        state = f"[{style}]{v.state}[/]" if style else v.state
+        row = [v.name, *([v.host] if clustered else []), state, v.spec.project, v.spec.owner or "-",
                v.spec.image, *([v.spec.arch] if foreign else []), str(v.spec.vcpus), format_size(v.spec.memory << 20),
                format_size(v.spec.disk) if v.spec.disk else "image", ", ".join(v.addresses) or "-",
                human_duration(v.uptime), *([format_expires(v)] if expiring else []),

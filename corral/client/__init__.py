@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from corral.client.auth import AuthCalls
 from corral.client.base import APIError, DaemonUnavailable, Download
+from corral.client.cluster import ClusterCalls
 from corral.client.daemon import DAEMON_PREFIX_ENV, daemon_prefix, daemon_running, start_daemon
 from corral.client.files import FileCalls
 from corral.client.host import HostCalls
@@ -20,7 +21,7 @@ __all__ = ["DAEMON_PREFIX_ENV", "APIError", "Client", "DaemonUnavailable", "Down
            "daemon_running", "start_daemon"]
 
 
-class Client(VMCalls, FileCalls, HostCalls, StorageCalls, SandboxCalls, AuthCalls):
+class Client(VMCalls, FileCalls, HostCalls, StorageCalls, SandboxCalls, AuthCalls, ClusterCalls):
     """A client of corrald's API, one method a call: the groups of calls are in corral.client's modules."""
 
 

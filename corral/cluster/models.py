@@ -3,12 +3,13 @@ the registry, the scheduler, the API and the CLI."""
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 
-class HostState(str, Enum):
+class HostState(StrEnum):
     """``ready`` takes new VMs; ``draining`` (set by `corral host drain`) takes none and is being emptied;
     ``down``: its lease in etcd expired (it is not heard from), shown, never chosen."""
 
@@ -56,7 +57,7 @@ class HostRecord(BaseModel):
         return max(0, self.memory_limit_mib - self.memory_allocated_mib)
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     SPREAD = "spread"  # the host with the most room left (default): failures hit fewer VMs
     PACK = "pack"  # the fullest host that still fits: whole hosts stay free
 
@@ -91,3 +92,23 @@ class VMPlacement(BaseModel):
     ha: bool = False
     vm_id: str = ""
     updated_at: float = 0.0
+    info: dict[str, Any] | None = None  # the VM as `corral ls` showed it last (shown, as unknown, if its host is down)
+
+
+# -- requests and answers of /v1/cluster ----------------------------------------------------------------------
+class ClusterInit(BaseModel):
+    etcd: str | None = Field(default=None, description="an etcd to use (http://HOST:2379); default: start one here")
+    name: str | None = Field(default=None, description="this host's name in the cluster; default: its hostname")
+    labels: dict[str, str] = Field(default_factory=dict, description="this host's labels (for --host-label)")
+
+
+class ClusterJoin(BaseModel):
+    etcd: str = Field(description="the cluster's etcd, as `corral cluster init` printed it (http://HOST:2379)")
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterInfo(BaseModel):
+    name: str = Field(description="this host's name; empty: in no cluster")
+    etcd: str = ""
+    hosts: list[HostRecord] = Field(default_factory=list)

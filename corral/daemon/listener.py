@@ -16,6 +16,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from corral.api.gate import RemoteGate
 from corral.auth.service import AuthService
@@ -42,10 +43,11 @@ class _Quiet(uvicorn.Server):
 
 
 class RemoteListener:
-    def __init__(self, app: FastAPI, auth: AuthService, sock: socket.socket, cert: Path, key: Path) -> None:
-        config = uvicorn.Config(RemoteGate(app, lambda: auth), lifespan="off", log_level="warning", access_log=False,
-                                ssl_certfile=str(cert), ssl_keyfile=str(key), timeout_graceful_shutdown=5,
-                                proxy_headers=False)
+    def __init__(self, app: FastAPI, auth: AuthService, sock: socket.socket, cert: Path, key: Path,
+                 inner: ASGIApp | None = None) -> None:
+        config = uvicorn.Config(RemoteGate(app, lambda: auth, inner), lifespan="off", log_level="warning",
+                                access_log=False, ssl_certfile=str(cert), ssl_keyfile=str(key),
+                                timeout_graceful_shutdown=5, proxy_headers=False)
         self.server = _Quiet(config)
         self.sock = sock
         self.fingerprint = fingerprint(cert.read_bytes())

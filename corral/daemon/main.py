@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 from collections.abc import AsyncIterator
-from typing import IO
+from typing import IO, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,8 +27,12 @@ from fastapi import FastAPI
 from corral import paths
 from corral.api.app import create_app
 from corral.api.deps import Services, auth_service
+from corral.api.forward import ClusterForward
+from corral.api.routes import daemon as daemon_routes
+from corral.api.routes import vms as vm_routes
 from corral.auth import tls
 from corral.backup.service import BackupService
+from corral.cluster.service import ClusterService
 from corral.daemon import listener
 from corral.errors import CorralError
 from corral.idle.service import IdleService
@@ -104,11 +108,28 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     sandbox = SandboxService(vms, templates)
     for service in (templates, backups, disks, portable, copies, mounts, sandbox):
         service.register_recovery(recovery)
-    return Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
-                    portable=portable, disks=disks, mounts=mounts,
-                    backups=backups, idle=IdleService(vms, settings.idle_interval),
-                    templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
-                    recovery=recovery, copies=copies, sandbox=sandbox)
+    svc = Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
+                   portable=portable, disks=disks, mounts=mounts,
+                   backups=backups, idle=IdleService(vms, settings.idle_interval),
+                   templates=templates, pools=PoolService(templates), balloon=BalloonService(vms),
+                   recovery=recovery, copies=copies, sandbox=sandbox)
+    svc.cluster = ClusterService(vms, settings, info=lambda name: _vm_info(svc, name),
+                                 cert_pem=lambda: _cert_pem(settings))
+    svc.cluster.templates = lambda: [t.name for t in templates.all()]  # type: ignore[method-assign]
+    return svc
+
+
+def _vm_info(svc: Services, name: str) -> dict[str, Any] | None:
+    """A VM as `corral ls` shows it, JSON-ready: what the cluster shows of it while its host does not answer."""
+    rec = svc.store.get_vm(name)
+    if rec is None:
+        return None
+    return vm_routes.to_info(svc, rec).model_dump(mode="json", exclude={"disks", "balloon"})
+
+
+def _cert_pem(settings: Settings) -> str:
+    cert, _ = tls.ensure_certificate(settings.home, settings.tls_cert, settings.tls_key)
+    return cert.read_text()
 
 
 async def serve(settings: Settings) -> None:
@@ -119,7 +140,11 @@ async def serve(settings: Settings) -> None:
     svc = build_services(settings, store, images)
     auth_service(svc)  # users and tokens tables made now, not by the first request (a refused login changes nothing)
     vms, backups, idle, pools, recovery = svc.vms, svc.backups, svc.idle, svc.pools, svc.recovery
+    cluster = svc.cluster
     assert backups is not None and idle is not None and pools is not None and recovery is not None
+    assert cluster is not None
+    if settings.listen:
+        cluster.qemu_version = daemon_routes.qemu_version(settings.qemu_binary)
     sampler = MetricsSampler(vms, settings.metrics_interval)
 
     @contextlib.asynccontextmanager
@@ -127,6 +152,7 @@ async def serve(settings: Settings) -> None:
         vms.event(None, "daemon", f"corrald started (pid {os.getpid()})")
         await vms.recovery.recover()
         await recovery.run()  # operations a dead daemon left half done: finished or rolled back, then swept
+        await cluster.start()  # rejoin the cluster this home belongs to, if any (etcd down: VMs run, it retries)
         housekeeping = asyncio.create_task(_housekeeping(vms))
         expiry = asyncio.create_task(_expiry(vms, settings.expiry_interval))
         disk_full = asyncio.create_task(_disk_full(vms))
@@ -142,6 +168,7 @@ async def serve(settings: Settings) -> None:
         finally:
             if remote is not None:
                 await remote.stop()  # first: no remote request runs on a store being closed
+            await cluster.stop()
             housekeeping.cancel()
             expiry.cancel()
             disk_full.cancel()
@@ -156,14 +183,16 @@ async def serve(settings: Settings) -> None:
 
     app = create_app(svc)
     app.router.lifespan_context = lifespan
+    served = ClusterForward(app, lambda: svc.cluster)  # a VM another host holds: its request goes there
     remote = None
     if tcp is not None:
         cert, key = tls.ensure_certificate(settings.home, settings.tls_cert, settings.tls_key)
-        remote = listener.RemoteListener(app, auth_service(svc), tcp, cert, key)
+        remote = listener.RemoteListener(app, auth_service(svc), tcp, cert, key, inner=served)
     app.state.metrics = sampler.scrape = VMScrape(VMCollector(lambda: sampler.cache, host_name(),
                                                               daemon_starts=lambda: sampler.daemon_starts))
     sock = bind_socket(settings)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(served, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=5)
     server = _Server(config, vms.events)
     try:
         await server.serve(sockets=[sock])

@@ -158,6 +158,19 @@ def _mounts(v: Any) -> Any:
     return v
 
 
+class Placement(BaseModel):
+    """Where a cluster may run the VM (docs/explanation/cluster.md); a host alone ignores it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str | None = Field(default=None, description="only this host (`corral host ls`)")
+    host_labels: dict[str, str] = Field(default_factory=dict, description="only hosts with all these labels")
+    strategy: Literal["spread", "pack"] = Field(default="spread", description="spread: the host with the most room "
+                                                "left; pack: the fullest host it still fits")
+    group: str | None = Field(default=None, description="anti-affinity: VMs of one group go to different hosts "
+                              "while there are enough (a fleet's members: the fleet's name)")
+
+
 class VMSpec(BaseModel):
     """What a VM is. Sizes accept numbers or human strings: memory "512M" or 512 (MiB), disk "10G" or bytes."""
 
@@ -229,6 +242,7 @@ class VMSpec(BaseModel):
                                              "shown by a VNC server on a unix socket in the VM's directory (never "
                                              "on the network), for the web page's graphical console (see "
                                              "docs/explanation/web.md); none: serial console only")
+    placement: Placement = Field(default_factory=Placement, description="in a cluster: which hosts may run it")
 
     @model_validator(mode="after")
     def _nat_needed(self) -> VMSpec:

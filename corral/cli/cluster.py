@@ -1,0 +1,73 @@
+"""`corral cluster`: make this host the first member of a cluster, or join one, and show it (the hosts: `corral
+host`). See docs/explanation/cluster.md."""
+
+from __future__ import annotations
+
+import typer
+
+from corral.cli.common import EXIT_INVALID, api, fail, out, print_json
+from corral.cluster.models import ClusterInit, ClusterJoin, HostRecord
+from corral.vm.sizes import format_size
+
+app = typer.Typer(help="A cluster of hosts on etcd: init (the first host), join (the others), show.",
+                  no_args_is_help=True)
+
+NAME = typer.Option(None, "--name", help="this host's name in the cluster (default: its hostname)")
+LABEL = typer.Option([], "--label", "-l", help="a label of this host, KEY=VALUE (repeatable): for --host-label")
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out_: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            fail(f"--label {item!r} is not KEY=VALUE", EXIT_INVALID)
+        out_[k] = v
+    return out_
+
+
+def _joined(h: HostRecord, verb: str) -> None:
+    out.print(f"host [bold]{h.name}[/] {verb} ({h.address}, {h.cpus} CPUs, {format_size(h.memory_mib << 20)})",
+              highlight=False)
+
+
+@app.command("init")
+def init(
+    etcd: str | None = typer.Option(None, "--etcd", help="use this etcd (http://HOST:2379) instead of starting one "
+                                    "here"),
+    name: str | None = NAME,
+    label: list[str] = LABEL,
+) -> None:
+    """Make this host the first member of a new cluster: starts etcd here (Debian's etcd-server) unless --etcd
+    names one. corrald must listen on an address the other hosts reach (`corrald --listen IP:PORT`)."""
+    with api() as client, out.status("starting the cluster...", spinner="dots"):
+        h = client.cluster_init(ClusterInit(etcd=etcd, name=name, labels=_labels(label)))
+        info = client.cluster()
+    _joined(h, "created the cluster")
+    out.print(f"other hosts join with: corral cluster join {info.etcd}", highlight=False)
+
+
+@app.command("join")
+def join(
+    etcd: str = typer.Argument(..., help="the cluster's etcd, as `corral cluster init` printed it"),
+    name: str | None = NAME,
+    label: list[str] = LABEL,
+) -> None:
+    """Make this host a member of an existing cluster."""
+    with api() as client, out.status("joining the cluster...", spinner="dots"):
+        h = client.cluster_join(ClusterJoin(etcd=etcd, name=name, labels=_labels(label)))
+    _joined(h, "joined the cluster")
+
+
+@app.command("show")
+def show(json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """This host's cluster: its name in it, its etcd, and the hosts."""
+    with api() as client:
+        info = client.cluster()
+    if json_:
+        print_json(info)
+        return
+    if not info.name:
+        out.print("this host is in no cluster: `corral cluster init`, or `corral cluster join ETCD`")
+        return
+    out.print(f"host {info.name} of the cluster on etcd {info.etcd}: {len(info.hosts)} hosts", highlight=False)

@@ -1,0 +1,199 @@
+"""The cluster's shared state in etcd, through aetcd (an asyncio etcd v3 client on grpc: it runs on corrald's own event
+loop, with no thread per call).
+
+Keys (all under ``/corral/``; values are JSON of corral.cluster.models unless said):
+  ``secret``             the cluster's secret: peers authenticate to each other with it (corral.cluster.peer)
+  ``hosts/<host>``       HostRecord, published by the host itself (kept when it dies: `host ls` shows it down)
+  ``alive/<host>``       empty, on the host's lease: present while the host renews it (its heartbeat)
+  ``drain/<host>``       present while an admin drains the host: it takes no new VM
+  ``vms/<vm>``           VMPlacement: which host holds the VM; created in a transaction when the VM is placed
+  ``hostrev/<host>``     bumped by every placement onto the host: the transaction of a placement compares it, so
+                         two launches racing for the host's last room cannot both get it
+
+A read of the whole prefix is one range request: one revision, a consistent picture of the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.exceptions
+
+from corral.cluster.models import HostRecord, HostState, VMPlacement
+from corral.errors import Conflict, CorralError, InvalidInput
+
+PREFIX = b"/corral/"
+
+
+class EtcdUnavailable(CorralError):
+    """etcd does not answer: the cluster's state cannot be read or changed now (the host's VMs keep running)."""
+
+
+def key(*parts: str) -> bytes:
+    return PREFIX + "/".join(parts).encode()
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    """``http://10.0.0.1:2379`` (or ``10.0.0.1:2379``) as (host, port); a bad one is InvalidInput, one line."""
+    s = urlsplit(url if "://" in url else f"http://{url}")
+    if s.scheme not in ("http", "") or not s.hostname:
+        raise InvalidInput(f"{url!r} is not an etcd address: give it as http://HOST:PORT (client port, e.g. 2379)")
+    try:
+        port = s.port or 2379
+    except ValueError:
+        raise InvalidInput(f"{url!r} has a bad port: give the etcd address as http://HOST:PORT") from None
+    return s.hostname, port
+
+
+@dataclass
+class Snapshot:
+    """The whole cluster at one etcd revision."""
+
+    secret: str
+    hosts: dict[str, HostRecord]
+    alive: set[str]
+    draining: set[str]
+    placements: dict[str, VMPlacement]
+    hostrev: dict[str, int]  # mod revision of hostrev/<host> (0: never placed on)
+
+    def host_state(self, name: str) -> HostState:
+        if name not in self.alive:
+            return HostState.DOWN
+        return HostState.DRAINING if name in self.draining else HostState.READY
+
+    def host_list(self) -> list[HostRecord]:
+        """Every member, with its state as the cluster sees it now (not as it last said)."""
+        return [h.model_copy(update={"state": self.host_state(n)}) for n, h in sorted(self.hosts.items())]
+
+
+class Registry:
+    """One host's connection to etcd."""
+
+    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        host, port = parse_endpoint(endpoint)
+        self.client = aetcd.Client(host=host, port=port, timeout=int(max(1, timeout)))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError) as exc:
+            raise EtcdUnavailable(f"etcd at {self.endpoint} does not answer: check it runs "
+                                  "(`corral host ls` works again once it does)") from exc
+
+    # -- reads ----------------------------------------------------------------------------------------------------
+    async def snapshot(self) -> Snapshot:
+        kvs = await self._call(self.client.get_prefix(PREFIX))
+        snap = Snapshot("", {}, set(), set(), {}, {})
+        for kv in kvs:
+            parts = kv.key[len(PREFIX):].decode().split("/", 1)
+            kind, name = parts[0], parts[1] if len(parts) > 1 else ""
+            if kind == "secret":
+                snap.secret = kv.value.decode()
+            elif kind == "hosts":
+                snap.hosts[name] = HostRecord.model_validate_json(kv.value)
+            elif kind == "alive":
+                snap.alive.add(name)
+            elif kind == "drain":
+                snap.draining.add(name)
+            elif kind == "vms":
+                snap.placements[name] = VMPlacement.model_validate_json(kv.value)
+            elif kind == "hostrev":
+                snap.hostrev[name] = kv.mod_revision
+        return snap
+
+    async def placement(self, vm: str) -> VMPlacement | None:
+        got = await self._call(self.client.get(key("vms", vm)))
+        return VMPlacement.model_validate_json(got.value) if got is not None else None
+
+    # -- membership -----------------------------------------------------------------------------------------------
+    async def ensure_secret(self) -> str:
+        """The cluster's secret, made by the first host (a transaction: two first hosts agree on one)."""
+        fresh = secrets.token_urlsafe(32)
+        t = self.client.transactions
+        await self._call(self.client.transaction(compare=[t.version(key("secret")) == 0],
+                                                 success=[t.put(key("secret"), fresh.encode())], failure=[]))
+        got = await self._call(self.client.get(key("secret")))
+        return str(got.value.decode())
+
+    async def secret(self) -> str:
+        got = await self._call(self.client.get(key("secret")))
+        if got is None:
+            raise InvalidInput(f"etcd at {self.endpoint} holds no Corral cluster: run `corral cluster init` first")
+        return str(got.value.decode())
+
+    async def publish_host(self, rec: HostRecord) -> None:
+        await self._call(self.client.put(key("hosts", rec.name), rec.model_dump_json().encode()))
+
+    async def lease(self, ttl: int) -> Any:
+        return await self._call(self.client.lease(ttl))
+
+    async def mark_alive(self, host: str, lease: Any) -> None:
+        await self._call(self.client.put(key("alive", host), b"", lease=lease))
+
+    async def refresh(self, lease: Any) -> int:
+        """Renew the lease; its TTL left (0 or less: it expired, the host is seen down)."""
+        resp = await self._call(self.client.refresh_lease(lease.id))
+        return int(resp.TTL)
+
+    async def set_draining(self, host: str, draining: bool) -> None:
+        if draining:
+            await self._call(self.client.put(key("drain", host), b"1"))
+        else:
+            await self._call(self.client.delete(key("drain", host)))
+
+    async def forget_host(self, host: str) -> None:
+        for k in ("hosts", "alive", "drain", "hostrev"):
+            await self._call(self.client.delete(key(k, host)))
+
+    # -- placements -----------------------------------------------------------------------------------------------
+    async def reserve(self, p: VMPlacement, seen_hostrev: int) -> bool:
+        """Record ``p`` if no VM of that name is placed and nothing was placed on its host since ``seen_hostrev``
+        (the mod revision of hostrev/<host> in the snapshot the scheduler read); False: try again on a new snapshot.
+        """
+        t = self.client.transactions
+        ok, _ = await self._call(self.client.transaction(
+            compare=[t.version(key("vms", p.name)) == 0, t.mod(key("hostrev", p.host)) == seen_hostrev],
+            success=[t.put(key("vms", p.name), p.model_dump_json().encode()),
+                     t.put(key("hostrev", p.host), b"")],
+            failure=[]))
+        if not ok and await self.placement(p.name) is not None:
+            raise Conflict(f"a VM named '{p.name}' already exists in the cluster: choose another name")
+        return bool(ok)
+
+    async def update_placement(self, p: VMPlacement) -> None:
+        """The host that holds the VM publishes its state (and nothing else may change it)."""
+        await self._call(self.client.put(key("vms", p.name), p.model_dump_json().encode()))
+
+    async def move(self, vm: str, from_host: str, to: VMPlacement) -> bool:
+        """The commit point of a migration: the placement moves to the new host only if the old one still holds it."""
+        t = self.client.transactions
+        cur = await self._call(self.client.get(key("vms", vm)))
+        if cur is None or VMPlacement.model_validate_json(cur.value).host != from_host:
+            return False
+        ok, _ = await self._call(self.client.transaction(
+            compare=[t.mod(key("vms", vm)) == cur.mod_revision],
+            success=[t.put(key("vms", vm), to.model_dump_json().encode()), t.put(key("hostrev", to.host), b"")],
+            failure=[]))
+        return bool(ok)
+
+    async def release(self, vm: str, host: str) -> None:
+        """The VM is gone from ``host`` (deleted, or it failed to be made): its placement goes, if still that host's."""
+        t = self.client.transactions
+        cur = await self._call(self.client.get(key("vms", vm)))
+        if cur is None or VMPlacement.model_validate_json(cur.value).host != host:
+            return
+        await self._call(self.client.transaction(compare=[t.mod(key("vms", vm)) == cur.mod_revision],
+                                                 success=[t.delete(key("vms", vm))], failure=[]))
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc).encode()

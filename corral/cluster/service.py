@@ -1,0 +1,278 @@
+"""The cluster as the API sees it: init and join, the hosts, drain, and where a VM is or goes.
+
+A host is in a cluster when its home holds ``cluster.json`` (written by `corral cluster init|join`): its name, the
+etcd it uses (and whether corrald started that etcd itself), its labels. Without it none of this runs and the host
+is alone, on SQLite, as before. The host's own VMs stay in its SQLite store (their runtime: QEMU, disks); etcd holds
+what the cluster shares (corral.cluster.registry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field
+
+from corral.auth.principal import Principal
+from corral.cluster import etcd_server, peer
+from corral.cluster.member import LEASE_TTL, Member
+from corral.cluster.models import HostRecord, HostState, PlacementRequest, Strategy, VMPlacement
+from corral.cluster.registry import EtcdUnavailable, Registry, Snapshot, parse_endpoint
+from corral.errors import Conflict, CorralError, InvalidInput, NotFound
+from corral.fleet import FLEET_LABEL
+from corral.settings import Settings, parse_listen
+from corral.vm import host as host_capacity
+from corral.vm import labels as lbl
+from corral.vm.service import VMService
+from corral.vm.spec import VMSpec
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "cluster.json"
+#: Tries of a placement whose transaction lost a race (another launch took the room first).
+PLACE_TRIES = 8
+HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class ClusterConfig(BaseModel):
+    name: str
+    etcd: str = Field(description="http://HOST:PORT of an etcd member")
+    managed_etcd: bool = Field(False, description="corrald started this etcd (`cluster init` with no --etcd)")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterService:
+    def __init__(self, vms: VMService, settings: Settings, info: Callable[[str], dict[str, Any] | None],
+                 cert_pem: Callable[[], str]) -> None:
+        self.vms = vms
+        self.settings = settings
+        self.info = info
+        self.cert_pem = cert_pem
+        self.config: ClusterConfig | None = None
+        self.member: Member | None = None
+        self.registry: Registry | None = None
+
+    # -- configuration ----------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.settings.home / CONFIG_FILE
+
+    @property
+    def secret(self) -> str | None:
+        """The cluster's secret, once read from etcd: the gate admits the other members with it."""
+        return self.member.secret if self.member is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.member is not None
+
+    @property
+    def name(self) -> str:
+        return self.config.name if self.config is not None else ""
+
+    def address(self) -> tuple[str, str]:
+        """(IP, https URL) of this host's TLS listener: what the other members reach it by."""
+        if not self.settings.listen:
+            raise InvalidInput("this host's corrald does not listen on TCP, so other hosts cannot reach it: start "
+                               "it with `corrald --listen ADDR:PORT` (CORRAL_LISTEN), ADDR an address they reach")
+        ip, port = parse_listen(self.settings.listen)
+        if ip in ("0.0.0.0", "::", ""):
+            raise InvalidInput(f"corrald listens on {self.settings.listen}, which is no address another host can "
+                               "use: listen on this host's cluster address (CORRAL_LISTEN=IP:PORT)")
+        return ip, f"https://{ip}:{port}"
+
+    def base_record(self) -> HostRecord:
+        assert self.config is not None
+        _, url = self.address()
+        accel = self.vms._accel  # noqa: SLF001 - what the first start probed; empty until then
+        return HostRecord(name=self.config.name, address=url, cert_pem=self.cert_pem(), labels=self.config.labels,
+                          cpus=host_capacity.host_cpus(), memory_mib=host_capacity.host_memory_mib(),
+                          cpu_overcommit=self.settings.cpu_overcommit,
+                          memory_overcommit=self.settings.memory_overcommit,
+                          images=sorted(m.name if m.arch == "x86_64" else f"{m.name}@{m.arch}"
+                                        for m in self.vms.images.list()),
+                          templates=sorted(self.templates()), qemu_version=self.qemu_version,
+                          accelerator=accel.name if accel is not None else "")
+
+    qemu_version = ""
+    templates: Callable[[], list[str]] = staticmethod(lambda: [])  # type: ignore[assignment]
+
+    # -- start, init, join ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """At daemon start: rejoin the cluster this home belongs to, if any (etcd down: keep trying, VMs run)."""
+        try:
+            doc = json.loads(self.config_path.read_text())
+        except FileNotFoundError:
+            return
+        self.config = ClusterConfig.model_validate(doc)
+        await self._connect(first=False)
+
+    async def _connect(self, first: bool) -> None:
+        assert self.config is not None
+        if self.config.managed_etcd:
+            try:
+                await asyncio.to_thread(self._ensure_etcd)
+            except (CorralError, OSError) as exc:
+                if first:
+                    raise
+                log.warning("%s; tried again while this host runs", exc)  # the daemon starts, its VMs run
+        self.registry = Registry(self.config.etcd)
+        secret = await self.registry.ensure_secret() if first else None
+        restart = (lambda: asyncio.to_thread(self._ensure_etcd)) if self.config.managed_etcd else None
+        self.member = Member(self.vms, self.registry, self.base_record, self.info,
+                             int(os.environ.get("CORRAL_CLUSTER_LEASE_TTL", LEASE_TTL)), on_unavailable=restart)
+        self.member.secret = secret
+        self.member.start()
+        if first:
+            await asyncio.wait_for(self.member.connected.wait(), 30)
+
+    def _ensure_etcd(self) -> None:
+        ip, _ = self.address()
+        etcd_server.ensure(self.settings.home / "etcd" / "data", self.name, ip)
+
+    async def init(self, etcd: str | None, name: str | None, labels: dict[str, str]) -> HostRecord:
+        """Make this host the first member: start etcd here (or use ``etcd``), make the cluster's secret."""
+        return await self._begin(etcd, name, labels, creating=True)
+
+    async def join(self, etcd: str, name: str | None, labels: dict[str, str]) -> HostRecord:
+        return await self._begin(etcd, name, labels, creating=False)
+
+    async def _begin(self, etcd: str | None, name: str | None, labels: dict[str, str], creating: bool) -> HostRecord:
+        if self.config is not None:
+            raise Conflict(f"this host is already a member of a cluster, as '{self.config.name}' (etcd "
+                           f"{self.config.etcd}): nothing changed")
+        ip, _ = self.address()
+        name = name or socket.gethostname().split(".")[0].lower()
+        if not HOST_NAME.match(name):
+            raise InvalidInput(f"{name!r} is not a host name: use lower-case letters, digits and '-'")
+        try:
+            checked = lbl.check_labels(labels)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        managed = creating and etcd is None
+        url = etcd or f"http://{ip}:{etcd_server.CLIENT_PORT}"
+        parse_endpoint(url)
+        self.config = ClusterConfig(name=name, etcd=url, managed_etcd=managed, labels=checked)
+        try:
+            if not creating:
+                probe = Registry(url)
+                try:
+                    snap = await probe.snapshot()
+                finally:
+                    await probe.close()
+                if not snap.secret:
+                    raise InvalidInput(f"etcd at {url} holds no Corral cluster: run `corral cluster init` on the "
+                                       "first host, then join it")
+                if name in snap.alive:
+                    raise Conflict(f"a host named '{name}' is already a live member: join with another --name")
+            await self._connect(first=True)
+        except BaseException:
+            await self._drop()
+            raise
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(self.config.model_dump_json(indent=2) + "\n")
+        tmp.replace(self.config_path)
+        self.vms.event(None, "cluster", f"{'created the cluster' if creating else 'joined the cluster'} as host "
+                       f"'{name}' (etcd {url})", host=name, etcd=url)
+        return self.base_record()
+
+    async def _drop(self) -> None:
+        if self.member is not None:
+            await self.member.stop()
+        elif self.registry is not None:
+            await self.registry.close()
+        self.config, self.member, self.registry = None, None, None
+
+    async def stop(self) -> None:
+        if self.member is not None:
+            await self.member.stop()
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def _need(self) -> Registry:
+        if self.registry is None:
+            raise InvalidInput("this host is in no cluster: `corral cluster init`, or `corral cluster join ETCD`")
+        return self.registry
+
+    async def snapshot(self) -> Snapshot:
+        return await self._need().snapshot()
+
+    async def hosts(self) -> list[HostRecord]:
+        return (await self.snapshot()).host_list()
+
+    async def host(self, name: str) -> HostRecord:
+        for h in await self.hosts():
+            if h.name == name:
+                return h
+        raise NotFound(f"no host named '{name}' in the cluster: see `corral host ls`")
+
+    async def set_draining(self, name: str, draining: bool) -> HostRecord:
+        await self.host(name)
+        await self._need().set_draining(name, draining)
+        self.vms.event(None, "drain" if draining else "undrain",
+                       f"host '{name}' {'takes no new VMs' if draining else 'takes new VMs again'}", host=name)
+        return await self.host(name)
+
+    # -- where a VM is, or goes -------------------------------------------------------------------------------
+    async def owner_of(self, vm: str) -> HostRecord | None:
+        """The other host that holds ``vm``; None when this host does (or nobody: the local route answers)."""
+        if self.registry is None or self.vms.store.get_vm(vm) is not None:
+            return None
+        snap = await self.registry.snapshot()
+        p = snap.placements.get(vm)
+        if p is None or p.host == self.name:
+            return None
+        h = snap.hosts.get(p.host)
+        if h is None:
+            return None
+        if snap.host_state(p.host) == HostState.DOWN:
+            raise CorralError(f"VM '{vm}' is on host '{p.host}', which is down (its lease expired): it cannot be "
+                              "reached now; see `corral host ls`")
+        return h
+
+    async def place(self, spec: VMSpec, *, exclude: list[str] | None = None) -> tuple[HostRecord, bool]:
+        """Choose the host for a new VM and reserve its room there (a transaction, retried when another placement
+        won the race); (host, whether it is this one)."""
+        from corral.cluster.placement import place  # the scheduler: a pure function
+
+        reg = self._need()
+        req = PlacementRequest(vm=spec.name, vcpus=spec.vcpus, memory_mib=spec.memory, image=_image_key(spec),
+                               host=spec.placement.host, host_labels=spec.placement.host_labels,
+                               group=spec.placement.group or spec.labels.get(FLEET_LABEL),
+                               strategy=Strategy(spec.placement.strategy), exclude=exclude or [])
+        for _ in range(PLACE_TRIES):
+            snap = await reg.snapshot()
+            if spec.name in snap.placements:
+                raise Conflict(f"a VM named '{spec.name}' already exists in the cluster (on host "
+                               f"'{snap.placements[spec.name].host}'): choose another name")
+            chosen = place(req, snap.host_list(), list(snap.placements.values()))
+            p = VMPlacement(name=spec.name, host=chosen.name, vcpus=spec.vcpus, memory_mib=spec.memory,
+                            group=req.group, state="creating", project=spec.project, owner=spec.owner,
+                            image=spec.image, updated_at=time.time())
+            if await reg.reserve(p, snap.hostrev.get(chosen.name, 0)):
+                return chosen, chosen.name == self.name
+        raise Conflict(f"VM '{spec.name}' could not be placed: other launches kept taking the room first; try again")
+
+    async def unplace(self, vm: str, host: str) -> None:
+        with contextlib.suppress(CorralError):
+            await self._need().release(vm, host)
+
+    def peer(self, host: HostRecord, principal: Principal | None = None, timeout: float = 600.0) -> httpx.AsyncClient:
+        if not self.secret:
+            raise EtcdUnavailable("the cluster's secret was not read from etcd yet: try again")
+        return peer.client(host, self.secret, principal, timeout)
+
+
+def _image_key(spec: VMSpec) -> str:
+    from corral.vm.arch import host_arch
+
+    return spec.image if spec.arch == host_arch() else f"{spec.image}@{spec.arch}"
