@@ -22,6 +22,7 @@ from corral.api.routes import (
     files_virtio,
     idle,
     images,
+    migrations,
     mounts,
     networks,
     pools,
@@ -48,7 +49,7 @@ def create_app(svc: Services | None = None) -> FastAPI:
     for r in (vms.router, access.router, ports.router, disks.router, networks.router, quotas.router, projects.router,
               files_virtio.router, files.router, images.router, daemon.router, snapshots.router, portable.router,
               backups.router, idle.router, templates.router, balloon.router, pools.router, mounts.router,
-              sandbox.router, auth.router, consoles.router, cluster.router):
+              sandbox.router, auth.router, consoles.router, migrations.router, cluster.router):
         app.include_router(r, prefix=API_PREFIX)
     app.include_router(metrics_route.router)  # GET /metrics, beside /v1
     app.router.routes.append(web.page())  # last: the web page at / (docs/explanation/web.md)

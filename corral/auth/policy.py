@@ -77,6 +77,11 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/hosts/{name}"): READ,
     ("POST", "/v1/hosts/{name}/drain"): ADMIN,
     ("POST", "/v1/hosts/{name}/undrain"): ADMIN,
+    # --- live migration (corral.migration): host to host, the admins' ---
+    ("POST", "/v1/migrations/incoming"): ADMIN,
+    ("POST", "/v1/migrations/incoming/{name}/commit"): ADMIN,
+    ("DELETE", "/v1/migrations/incoming/{name}"): ADMIN,
+    ("POST", VM + "/migrate"): ADMIN,
     # --- the daemon and the fleet as a whole (lists filtered by visible()) ---
     ("GET", "/v1/status"): READ,
     ("GET", "/v1/capacity"): READ,

@@ -40,6 +40,7 @@ from corral.images.store import ImageStore
 from corral.memory.balloon import BalloonService
 from corral.metrics.collector import VMCollector, VMScrape
 from corral.metrics.sampler import MetricsSampler, host_name
+from corral.migration import service as migration_service
 from corral.mounts.service import MountService
 from corral.operations.recovery import Recovery
 from corral.pools.service import PoolService
@@ -108,6 +109,7 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     sandbox = SandboxService(vms, templates)
     for service in (templates, backups, disks, portable, copies, mounts, sandbox):
         service.register_recovery(recovery)
+    migration_service.attach(vms, storage, recovery)  # live migration (corral.migration)
     svc = Services(settings=settings, store=store, images=images, vms=vms, storage=storage,
                    portable=portable, disks=disks, mounts=mounts,
                    backups=backups, idle=IdleService(vms, settings.idle_interval),

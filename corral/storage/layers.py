@@ -117,6 +117,17 @@ class LayerTree:
             raise
         return id_, path
 
+    async def standalone_top(self, vm: str, size: int, op: journal.Operation | None = None) -> Path:
+        """An empty standalone qcow2 of ``size`` bytes as the new VM's root disk: its one layer, no backing (the
+        target of a live migration, corral.migration, which fills it). Noted in the operation's files first (``op``,
+        else the current one)."""
+        id_, path = self._new_path()
+        (op or journal.current()).add("files", str(path))
+        await qemu_img.create(path, size)
+        self.store.insert_layer(LayerRecord(id_, str(path), None, None, vm, "top", time.time()))
+        self._point_disk(vm)
+        return path
+
     def _adopt(self, rec: VMRecord) -> LayerRecord:
         """The VM's top layer row, made for a VM that has none yet (its disk.qcow2, hard-linked into layers/)."""
         top = self.store.top_layer(rec.name)

@@ -203,6 +203,65 @@ class Booter:
         self.supervisor.attach(m)
         await self.vms._set_state(name, VMState.RUNNING)
 
+    async def spawn_incoming(self, name: str, extra_args: tuple[str, ...]) -> tuple[
+            asyncio.subprocess.Process, process.ProcessIdentity, Monitor, int | None]:
+        """Start the ``incoming`` VM's QEMU with its usual command line plus ``extra_args`` (a live migration's
+        receiving side, corral.migration: ``-S -incoming defer``), its monitor connected: (child, identity, monitor,
+        SSH port). Not supervised and not ``running``: the caller hands it to :meth:`attach_incoming` once the
+        machine state is there. If this fails, no QEMU is left and the host's preparations are released."""
+        rec = self.vms._get(name)
+        spec, paths, settings = rec.spec, self.vms.paths(name), self.vms.settings
+        live = {r.name: r.spec for r in self.vms.store.list_vms() if r.state in LIVE and r.name != name}
+        live |= {n: s for n, s in self.vms._starting.items() if n != name}
+        host.check_start_fits(name, spec.memory, sum(s.memory for s in live.values()), settings.memory_overcommit)
+        host.check_start_cpus(name, spec.vcpus, sum(s.vcpus for s in live.values()), settings.cpu_overcommit)
+        manifest = self.vms.images.get(spec.image_ref)
+        boot = boot_source(self.vms.images.dir(spec.image_ref), manifest, paths.root)
+        accel = await self.vms.accelerator(boot.kernel or probe_kernel(self.vms.images), spec.arch)
+        if accel is None:
+            accel = Accelerator("tcg", "no kernel installed to probe KVM with (build the tiny image)")
+        flag = nested.cpu_flag(spec.nested, accel.name, accel.reason)
+        att = await self._prepare(rec, paths)
+        att = dataclasses.replace(att, mounts=self._mount_slots(rec, paths, False, False))
+        if self.vms.root_chain is not None:
+            att = dataclasses.replace(att, chain=self.vms.root_chain(rec, boot))
+        argv = [*build_argv(spec, boot, paths, HostConfig(self.vms.settings.qemu_binary, accel.name,
+                                                          self.vms.settings.tcg_tb_size_mib, nested_flag=flag),
+                            Identity(rec.id, rec.mac), att), *extra_args]
+        self.vms.event(name, "start", f"starting QEMU for an incoming migration ({accel.name})", argv=argv)
+        child: asyncio.subprocess.Process | None = None
+        paths.images_open.touch()
+        try:
+            child = await process.spawn(argv, paths.qemu_log, paths.root)
+            ident = process.identify(child.pid)
+            self.vms.store.put_runtime(RuntimeRecord(name, ident.pid, ident.start_ticks, time.time(), accel.name,
+                                                     att.ssh_port))
+            monitor = Monitor(name, paths.qmp_socket)
+            await monitor.connect(timeout=MONITOR_TIMEOUT, alive=lambda: child is not None
+                                  and child.returncode is None and process.is_alive(ident.pid))
+        except BaseException as exc:
+            if child is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+                await child.wait()
+            self.vms.store.delete_runtime(name)
+            with contextlib.suppress(Exception):
+                await self.vms.networks.release(rec)
+            if isinstance(exc, CorralError) or not isinstance(exc, Exception):
+                raise
+            raise EngineError(f"QEMU for '{name}' failed to start: {process.tail(paths.qemu_log) or exc}") from exc
+        return child, ident, monitor, att.ssh_port
+
+    async def attach_incoming(self, name: str, child: asyncio.subprocess.Process, ident: process.ProcessIdentity,
+                              monitor: Monitor, ssh_port: int | None, accel: str) -> None:
+        """The migrated VM's QEMU runs its guest now: supervised, made ready (guest agent, provisioning) as after a
+        resume, and ``running``."""
+        m = Machine(name=name, vm_id=self.vms._get(name).id, ident=ident, accel=accel, started_at=time.time(),
+                    monitor=monitor, agent=GuestAgent(self.vms.paths(name).qga_socket), child=child,
+                    ssh_port=ssh_port, resumed=True)
+        self.supervisor.attach(m)
+        await self.vms._set_state(name, VMState.RUNNING)
+
     def _mount_slots(self, rec: VMRecord, paths: VMPaths, resuming: bool,
                      from_template: bool) -> tuple[MountAttachment, ...]:
         """The shared folders' slots for this start: a resume puts them where its saved state has them

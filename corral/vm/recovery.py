@@ -48,6 +48,8 @@ class Recovery:
     async def _recover_one(self, rec: VMRecord) -> None:
         """Find the VM's QEMU again; attach to it, or settle the state of a VM whose QEMU is gone."""
         name = rec.name
+        if rec.state == VMState.INCOMING:  # a live migration arriving: removed by its own recovery (corral.migration)
+            return
         rt = self.vms.store.get_runtime(name)
         ident: process.ProcessIdentity | None = None
         if rt is not None:

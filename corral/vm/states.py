@@ -20,6 +20,11 @@ Operations (what a user asks) are legal only from the states in :data:`ALLOWED_F
 left as it was. A resting state like ``stopped``: it survives daemon restarts.
 
 ``unknown`` means the VM's QEMU process exists but its monitor cannot be reached: never treated as absent.
+
+``incoming``: a live migration from another host is arriving (corral.migration): a QEMU waits for the machine state
+(``-S -incoming defer``) while the source's disks are mirrored into this host's over NBD. It becomes ``running`` when
+the source hands over (commit), and goes (``stopped``, then deleted with its files) on an abort; a daemon restart
+finds no migration to finish it and removes it. Never supervised, restarted or listed as running.
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ class VMState(StrEnum):
     UNKNOWN = "unknown"
     SUSPENDING = "suspending"
     SUSPENDED = "suspended"
+    INCOMING = "incoming"
 
 
 S = VMState
 
 #: States in which a QEMU process is believed to exist.
-LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SUSPENDING, S.UNKNOWN})
+LIVE = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.SUSPENDING, S.UNKNOWN, S.INCOMING})
 
 TRANSITIONS: frozenset[tuple[VMState, VMState]] = frozenset(
     {
@@ -88,6 +94,9 @@ TRANSITIONS: frozenset[tuple[VMState, VMState]] = frozenset(
         (S.SUSPENDED, S.STOPPED),  # stop: the saved state is discarded
         (S.STOPPED, S.SUSPENDED),  # reverted to a whole-machine snapshot: its state loads at the next start
         (S.CRASHED, S.SUSPENDED),
+        # A live migration arriving from another host (corral.migration): handed over, or aborted.
+        (S.INCOMING, S.RUNNING),
+        (S.INCOMING, S.STOPPED),
     }
 )
 
