@@ -72,6 +72,11 @@ def inet(host: str, port: int) -> dict[str, Any]:
     return {"type": "inet", "host": host, "port": str(port)}
 
 
+def inet_legacy(host: str, port: int) -> dict[str, Any]:
+    """The same as nbd-server-start takes it (SocketAddressLegacy: the address under ``data``)."""
+    return {"type": "inet", "data": {"host": host, "port": str(port)}}
+
+
 def tcp_uri(host: str, port: int) -> str:
     """A migration URI; an IPv6 address goes in brackets."""
     return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
@@ -122,7 +127,7 @@ async def listen(monitor: Monitor, host: str, port: int) -> str:
 
 async def export_disks(monitor: Monitor, host: str, port: int, exports: list[Export]) -> None:
     """An NBD server on ``host:port`` exporting each disk node writable (the source's mirrors write into them)."""
-    await monitor.execute("nbd-server-start", {"addr": inet(host, port)})
+    await monitor.execute("nbd-server-start", {"addr": inet_legacy(host, port)})
     for e in exports:
         await monitor.execute("block-export-add", export_args(e))
 

@@ -137,7 +137,7 @@ class Departures:
                                  migrate_ms=stream.total_ms)
         vms.event(name, "migrate", f"migrated to {target.url} in {result.seconds:.1f}s (downtime "
                   f"{result.downtime_ms} ms, {result.ram_bytes >> 20} MiB of state, {result.disk_bytes >> 20} MiB "
-                  "of disk)", **result.model_dump())
+                  "of disk)", **result.model_dump(exclude={"vm"}))
         return result
 
     async def _prepare(self, http: httpx.AsyncClient, req: IncomingRequest) -> IncomingAnswer:
