@@ -29,14 +29,14 @@ WRITER = "i=0; while :; do i=$((i+1)); echo $i >> /root/lines; sync; sleep 0.05;
 
 
 def qemus_of(home: Path) -> list[int]:
-    """The QEMU processes whose command line is in ``home`` (both hosts' QEMUs of a VM carry the same UUID, so the
-    UUID alone does not tell them apart)."""
+    """The VMs' QEMU processes whose command line is in ``home`` (both hosts' QEMUs of a VM carry the same UUID, so
+    the UUID alone does not tell them apart; the accelerator probe's QEMU has none)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         argv = process.cmdline(int(entry.name))
-        if argv and "qemu-system" in argv[0] and any(str(home) + "/" in a for a in argv):
+        if argv and "qemu-system" in argv[0] and "-uuid" in argv and any(str(home) + "/" in a for a in argv):
             found.append(int(entry.name))
     return found
 
@@ -138,12 +138,13 @@ def test_failed_migration_leaves_the_vm_running_on_the_source(
     launch_writer(a, "stay")
     before = show(a, "stay")
 
-    # B's QEMU for the arriving VM is killed as soon as it exists (during the disk copy)
+    # B's QEMU for the arriving VM is killed once it is ready to receive (during the disk copy or the stream)
     killed: list[int] = []
+    log = b.home / "corrald.log"
 
     def kill_target_qemu() -> bool:
         pids = qemus_of(b.home)
-        if not pids:
+        if not pids or "stay: arriving from" not in log.read_text():
             return False
         os.kill(pids[0], signal.SIGKILL)
         killed.append(pids[0])
