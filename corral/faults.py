@@ -43,6 +43,8 @@ POINTS: dict[str, str] = {
     "template-launch.before-identity": "launch from a template: its state loaded and running, its guest still with "
                                        "the template's identity",
     "resume.after-spawn": "resume of a suspended VM: QEMU spawned to load its saved state, the load not begun",
+    "migrate.during-mirror": "live migration, the source: its disks mirrored to the target (ready), no state sent",
+    "migrate.before-commit": "live migration, the source: the state sent (vCPUs stopped), the target not yet told",
 }
 
 _armed = frozenset(n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip())

@@ -26,10 +26,12 @@ import asyncio
 import contextlib
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 
+from corral import faults
 from corral.engine import blockjobs
 from corral.engine import live_migration as live
 from corral.engine.cmdline import DiskNodes
@@ -119,7 +121,11 @@ class Departures:
             disks = await _disks(vms, rec, monitor)
             req = IncomingRequest(spec=rec.spec.model_dump(mode="json"), id=rec.id, mac=rec.mac,
                                   created_at=rec.created_at, disks=[d for d, _ in disks], source=self.host_name)
-            with vms.journal.run(KIND, name, target=target.url) as op:
+            # The target, so that a restarted daemon can settle the migration there too (the row, token included,
+            # lives as long as the migration, in the daemon's private store).
+            peer = {"url": target.url, "token": target.token, "cert_pem": getattr(target, "cert_pem", None),
+                    "ca_file": getattr(target, "ca_file", None)}
+            with vms.journal.run(KIND, name, target=target.url, peer=peer) as op:
                 vms.event(name, "migrate", f"migrating to {target.url}", target=target.url)
                 answer = await self._prepare(http, req)
                 mirrors = [live.Mirror(device=node, target=f"mig-{i}", job=f"mig-{i}") for i, (_, node)
@@ -159,6 +165,7 @@ class Departures:
                                 list(zip(mirrors, answer.exports, strict=True)), noted)
         jobs = [mm.job for mm in mirrors]
         await live.wait_ready(monitor, jobs, timeout)
+        faults.point("migrate.during-mirror")
         op.note(migrating=True, paused=True)  # QEMU stops the vCPUs at the end of the stream
         stream = await live.migrate(monitor, answer.migrate_uri, timeout, jobs)
         copied = await live.finish_mirrors(monitor, jobs)
@@ -166,6 +173,7 @@ class Departures:
         for mm in mirrors:
             await blockjobs.remove_node(monitor, mm.target)
         op.note(nodes=None)
+        faults.point("migrate.before-commit")
         return stream, copied
 
     async def _roll_back(self, op: Operation, name: str, m: Machine, http: httpx.AsyncClient,
@@ -233,19 +241,62 @@ class Departures:
         await self.vms._delete(name, False)  # noqa: SLF001
 
 
+@dataclass(frozen=True)
+class _JournaledTarget:
+    """The target as the journal row keeps it (what :class:`corral.client.remote.Remote` holds, and verifies alike)."""
+
+    url: str
+    token: str
+    cert_pem: str | None = None
+    ca_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if self.cert_pem:
+            ctx = ssl.create_default_context(cadata=self.cert_pem)
+            ctx.check_hostname = False  # pinned: only this very certificate verifies
+            return ctx
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+
+
+async def _abort_there(data: dict[str, Any], name: str) -> int | str:
+    """Ask the target to remove its arriving copy: the HTTP status (204, 404: none there; 409: it runs there), or
+    why it could not be asked."""
+    peer = data.get("peer")
+    if not isinstance(peer, dict):
+        return "the target is not known"
+    try:
+        async with http_client(_JournaledTarget(**peer), timeout=15.0) as http:
+            return (await http.delete(f"/migrations/incoming/{name}")).status_code
+    except (httpx.HTTPError, TypeError, ssl.SSLError) as exc:
+        return f"the target cannot be reached ({exc})"
+
+
 async def recover(vms: VMService, op: OperationRecord) -> Outcome:
-    """``migrate`` left by a dead daemon. Before ``committing``: rolled back by the shared keys (jobs, nodes,
-    migration cancelled, vCPUs continued). After it: the VM may run on the target now; it is left paused here, with a
-    reason saying so, never continued (it must not run on both hosts)."""
+    """``migrate`` left by a dead daemon. The target is asked to remove its arriving copy. Before ``committing``: rolled
+    back (the shared keys cancel the jobs and the migration, remove the nodes, continue the vCPUs). After it: removed
+    there (or never there) means the VM runs on here (continued); running there (409) means the migration is done (the
+    copy here is removed); the target out of reach leaves the VM paused here, with a reason saying so, never continued
+    (it must not run on both hosts)."""
     data: dict[str, Any] = op.data
-    if not data.get("committing") or op.vm is None:
-        return Outcome(False, "the VM runs on here")
+    if op.vm is None:
+        return Outcome(False)
+    there = await _abort_there(data, op.vm)
+    said = {204: "its arriving copy removed there", 404: "nothing there"}.get(there, str(there)) \
+        if isinstance(there, int) else there
     rec = vms.store.get_vm(op.vm)
-    if rec is None:
-        return Outcome(True, "")
-    reason = (f"its migration to {data.get('target')} was interrupted after the hand-over: it may run there now; "
-              f"check there, then `corral rm --force {op.vm}` here (or `corral resume {op.vm}` if it does not)")
+    if not data.get("committing") or rec is None:
+        return Outcome(False, f"the VM runs on here; the target: {said}")
+    m = vms.machine(op.vm)
+    if there == 409:
+        await vms._delete(op.vm, True)  # noqa: SLF001 - it runs on the target: this copy's QEMU killed, its files go
+        return Outcome(True, f"it runs on the target {data.get('target')}: removed here")
+    if there in (204, 404) and m is not None and m.monitor is not None:
+        if not (await m.monitor.execute("query-status")).get("running"):
+            await m.monitor.execute("cont")
+        await vms._set_state(op.vm, VMState.RUNNING, "")  # noqa: SLF001
+        return Outcome(False, f"the target had not taken it over ({said}): the VM runs on here")
+    reason = (f"its migration to {data.get('target')} was interrupted after the hand-over and {said}: it may run "
+              f"there now; check there, then `corral rm --force {op.vm}` here (or `corral resume {op.vm}` if not)")
     if rec.state == VMState.PAUSED:
         await vms._set_state(op.vm, VMState.PAUSED, reason)  # noqa: SLF001
     return Outcome(True, reason)
-

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from corral.engine import process
-from tests.conftest import CorralEnv, guest, make_env, ok, show, start_daemon_with, until
+from tests.conftest import CorralEnv, guest, make_env, ok, show, start_daemon, start_daemon_with, until
 from tests.integration.test_remote_access import free_port
 
 pytestmark = pytest.mark.vm
@@ -180,3 +180,34 @@ def test_failed_migration_leaves_the_vm_running_on_the_source(
     r = migrate(a, "stay", target)
     assert r.status_code == 200, r.text
     assert show(b, "stay")["state"] == "running"
+
+
+@pytest.mark.parametrize("point", ["migrate.during-mirror", "migrate.before-commit"])
+def test_source_daemon_killed_mid_migration_is_rolled_back(
+        hosts: tuple[CorralEnv, CorralEnv, dict[str, Any]], point: str) -> None:
+    """corrald of the source SIGKILLs itself mid-way (its disks mirrored; or the state sent, its vCPUs stopped): the
+    next one rolls the migration back: the VM runs on the source, the target's arriving copy is removed."""
+    a, b, target = hosts
+    launch_writer(a, "crash")
+    pid = show(a, "crash")["pid"]
+    a.kill_daemon()
+    start_daemon(a.settings, environ=dict(a.env, CORRAL_FAULT=point))
+    with pytest.raises(httpx.HTTPError):
+        r = migrate(a, "crash", target)
+        raise AssertionError(f"the daemon answered: {r.status_code} {r.text}")
+    until(lambda: a.daemon_pid() is None, 15, "the source daemon killed at the fault point")
+    assert process.is_alive(pid), "the VM's QEMU outlives the daemon"
+    a.start_daemon()
+
+    s = show(a, "crash")
+    assert s["state"] == "running" and s["pid"] == pid, s
+    n = len(lines(a, "crash"))
+    until(lambda: len(lines(a, "crash")) > n, 30, "the guest writing on")
+    got = lines(a, "crash")
+    assert got == list(range(1, len(got) + 1))
+    events = [e.message for e in a.client.events(vm="crash")]
+    assert any("migrate interrupted by a daemon restart: rolled back" in m for m in events), events[-5:]
+
+    until(lambda: b.cli("show", "crash").returncode != 0, 30, "the target's copy removed")
+    assert not (b.settings.vms_dir / "crash").exists()
+    assert qemus_of(b.home) == []
