@@ -27,7 +27,7 @@ from corral.api.audit import actor_of
 from corral.api.models import API_PREFIX
 from corral.auth.principal import Principal, is_remote, principal_of
 from corral.cluster import peer
-from corral.cluster.models import HostState
+from corral.cluster.models import HostState, VMPlacement
 from corral.cluster.registry import EtcdUnavailable
 from corral.cluster.service import ClusterService
 from corral.errors import CorralError
@@ -153,6 +153,7 @@ class ClusterForward:
             if vms is not None:
                 answered.add(name)
                 merged += [dict(v, host=name) for v in vms]
+        merged = _one_each(merged, snap.placements)
         seen = {v["name"] for v in merged}
         for p in snap.placements.values():  # on hosts that did not answer: as last published, state unknown
             if p.host not in answered and p.name not in seen and p.info is not None and _visible(principal, p.project):
@@ -163,6 +164,18 @@ class ClusterForward:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
         await send({"type": "http.response.body", "body": out})
+
+
+def _one_each(vms: list[dict[str, Any]], placements: dict[str, VMPlacement]) -> list[dict[str, Any]]:
+    """One entry a VM: while it moves, both hosts list it (the target as ``incoming``); the one etcd places it on is
+    kept."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for v in vms:
+        other = by_name.get(v["name"])
+        p = placements.get(v["name"])
+        if other is None or (p is not None and v["host"] == p.host):
+            by_name[v["name"]] = v
+    return list(by_name.values())
 
 
 def _visible(p: Principal, project: str) -> bool:

@@ -77,6 +77,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/hosts/{name}"): READ,
     ("POST", "/v1/hosts/{name}/drain"): ADMIN,
     ("POST", "/v1/hosts/{name}/undrain"): ADMIN,
+    ("POST", VM + "/move"): ADMIN,
     # --- live migration (corral.migration): host to host, the admins' ---
     ("POST", "/v1/migrations/incoming"): ADMIN,
     ("POST", "/v1/migrations/incoming/{name}/commit"): ADMIN,

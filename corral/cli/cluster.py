@@ -71,3 +71,21 @@ def show(json_: bool = typer.Option(False, "--json", help="print JSON")) -> None
         out.print("this host is in no cluster: `corral cluster init`, or `corral cluster join ETCD`")
         return
     out.print(f"host {info.name} of the cluster on etcd {info.etcd}: {len(info.hosts)} hosts", highlight=False)
+
+
+def migrate(
+    name: str = typer.Argument(..., help="a running VM, on any host of the cluster"),
+    to: str | None = typer.Option(None, "--to", help="the host to move it to (default: where the scheduler puts it)"),
+    timeout: float = typer.Option(600.0, "--timeout", help="seconds for its disks and memory to move"),
+) -> None:
+    """Move a running VM live to another host: its disks are mirrored over NBD and its memory sent over TCP while it
+    runs, then it pauses for a moment and continues there, with its id, MAC, forwards and data. If anything fails it
+    runs on where it was, and nothing is left on the other host."""
+    with api() as client, out.status(f"moving [bold]{name}[/] live{f' to {to}' if to else ''}...", spinner="dots"):
+        r = client.move_vm(name, to, timeout)
+    out.print(f"[bold]{name}[/] now runs on {r.target}: moved in {r.seconds:.1f}s, paused {r.downtime_ms} ms "
+              f"({format_size(r.disk_bytes)} of disk, {format_size(r.ram_bytes)} of memory)")
+
+
+def register(app_: typer.Typer) -> None:
+    app_.command()(migrate)

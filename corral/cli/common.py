@@ -32,7 +32,7 @@ _BY_ERROR = {
     "InvalidInput": EXIT_INVALID, "NotFound": EXIT_NOT_FOUND, "Conflict": EXIT_CONFLICT,
     "StateError": EXIT_CONFLICT, "CapacityError": EXIT_CAPACITY, "EngineError": EXIT_ENGINE,
     "MonitorError": EXIT_ENGINE, "MigrationError": EXIT_ENGINE, "GuestAgentError": EXIT_ENGINE,
-    "GuestAgentTimeout": EXIT_ENGINE,
+    "GuestAgentTimeout": EXIT_ENGINE, "NoHostFits": EXIT_CAPACITY, "MigrationFailed": EXIT_ENGINE,
 }
 
 

@@ -7,7 +7,7 @@ import time
 import typer
 from rich.table import Table
 
-from corral.cli.common import api, out, print_json
+from corral.cli.common import EXIT_ENGINE, api, out, print_json
 from corral.vm.sizes import format_size
 
 app = typer.Typer(help="The cluster's hosts: ls, show, drain, undrain.", no_args_is_help=True)
@@ -50,15 +50,21 @@ def show_host(name: str, json_: bool = typer.Option(False, "--json", help="print
 
 @app.command("drain")
 def drain(name: str) -> None:
-    """The host takes no new VMs (placement skips it)."""
-    with api() as client:
-        h = client.drain(name, True)
-    out.print(f"host {h.name}: {h.state.value}", highlight=False)
+    """The host takes no new VMs (placement skips it) and its running VMs move live to the others; stopped VMs stay
+    with their disks. Exits non-zero if a VM could not move (it runs on where it was)."""
+    with api() as client, out.status(f"draining host {name}: moving its running VMs...", spinner="dots"):
+        r = client.drain(name)
+    out.print(f"host {r.host}: draining; moved {len(r.moved)} VMs" + (f" ({', '.join(r.moved)})" if r.moved else "")
+              + (f"; left {len(r.stayed)} not running ({', '.join(r.stayed)})" if r.stayed else ""), highlight=False)
+    for vm, why in r.failed.items():
+        out.print(f"  {vm} did not move: {why}", highlight=False)
+    if r.failed:
+        raise typer.Exit(EXIT_ENGINE)
 
 
 @app.command("undrain")
 def undrain(name: str) -> None:
     """The host takes new VMs again."""
     with api() as client:
-        h = client.drain(name, False)
+        h = client.undrain(name)
     out.print(f"host {h.name}: {h.state.value}", highlight=False)

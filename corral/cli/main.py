@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "portable": ("export", "import"),
     "balloon": ("balloon",),
     "login": ("login", "logout", "whoami"),
+    "cluster": ("migrate",),
 }
 #: Command group -> the module whose ``app`` it is.
 GROUPS: dict[str, str] = {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from corral.client.base import Core
-from corral.cluster.models import ClusterInfo, ClusterInit, ClusterJoin, HostRecord
+from corral.cluster.models import ClusterInfo, ClusterInit, ClusterJoin, DrainResult, HostRecord, MoveRequest
+from corral.migration.models import MigrationResult
 
 
 class ClusterCalls(Core):
@@ -24,6 +25,15 @@ class ClusterCalls(Core):
     def host(self, name: str) -> HostRecord:
         return HostRecord.model_validate(self._req("GET", f"/hosts/{name}").json())
 
-    def drain(self, name: str, draining: bool = True) -> HostRecord:
-        verb = "drain" if draining else "undrain"
-        return HostRecord.model_validate(self._req("POST", f"/hosts/{name}/{verb}", timeout=3600).json())
+    def drain(self, name: str) -> DrainResult:
+        """Mark the host draining and move its running VMs to the others (as long as that takes)."""
+        return DrainResult.model_validate(self._req("POST", f"/hosts/{name}/drain", timeout=None).json())
+
+    def undrain(self, name: str) -> HostRecord:
+        return HostRecord.model_validate(self._req("POST", f"/hosts/{name}/undrain").json())
+
+    def move_vm(self, name: str, to: str | None, timeout: float = 600.0) -> MigrationResult:
+        """Move running VM ``name`` live to host ``to`` (None: where the scheduler puts it)."""
+        body = MoveRequest(to=to, timeout=timeout).model_dump()
+        return MigrationResult.model_validate(self._req("POST", f"/vms/{name}/move", json=body,
+                                                        timeout=timeout + 30).json())

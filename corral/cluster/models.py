@@ -112,3 +112,17 @@ class ClusterInfo(BaseModel):
     name: str = Field(description="this host's name; empty: in no cluster")
     etcd: str = ""
     hosts: list[HostRecord] = Field(default_factory=list)
+
+
+class MoveRequest(BaseModel):
+    """``POST /v1/vms/{name}/move``: where to (None: where the scheduler puts it, its host excluded)."""
+
+    to: str | None = Field(default=None, description="the host to move it to (`corral host ls`)")
+    timeout: float = Field(default=600.0, gt=0, le=86400, description="seconds for the disks and the state")
+
+
+class DrainResult(BaseModel):
+    host: str
+    moved: list[str] = Field(default_factory=list, description="VMs moved live to other hosts")
+    failed: dict[str, str] = Field(default_factory=dict, description="VMs that could not move, and why")
+    stayed: list[str] = Field(default_factory=list, description="VMs not running: left with their disks")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import ssl
+from dataclasses import dataclass
 
 import httpx
 
@@ -56,3 +57,23 @@ def client(host: HostRecord, secret: str, principal: Principal | None = None,
         headers[PRINCIPAL_HEADER] = principal_header(principal)
     return httpx.AsyncClient(base_url=host.address, verify=ssl_context(host), headers=headers,
                              timeout=httpx.Timeout(timeout, connect=5.0))
+
+
+@dataclass(frozen=True)
+class PeerTarget:
+    """Another member as the target of a live migration (corral.migration.outgoing.Target): its listener, the
+    cluster's peer token, its pinned certificate."""
+
+    host: HostRecord
+    secret: str
+
+    @property
+    def url(self) -> str:
+        return self.host.address
+
+    @property
+    def token(self) -> str:
+        return peer_token(self.secret)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl_context(self.host)

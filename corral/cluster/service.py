@@ -26,10 +26,12 @@ from pydantic import BaseModel, Field
 from corral.auth.principal import Principal
 from corral.cluster import etcd_server, peer
 from corral.cluster.member import LEASE_TTL, Member
-from corral.cluster.models import HostRecord, HostState, PlacementRequest, Strategy, VMPlacement
+from corral.cluster.models import DrainResult, HostRecord, HostState, PlacementRequest, Strategy, VMPlacement
 from corral.cluster.registry import EtcdUnavailable, Registry, Snapshot, parse_endpoint
 from corral.errors import Conflict, CorralError, InvalidInput, NotFound
 from corral.fleet import FLEET_LABEL
+from corral.migration.models import MigrationResult
+from corral.migration.service import MigrationService
 from corral.settings import Settings, parse_listen
 from corral.vm import host as host_capacity
 from corral.vm import labels as lbl
@@ -61,6 +63,7 @@ class ClusterService:
         self.config: ClusterConfig | None = None
         self.member: Member | None = None
         self.registry: Registry | None = None
+        self.migrations: Callable[[], MigrationService] | None = None  # live migration (corral.migration)
 
     # -- configuration ----------------------------------------------------------------------------------------
     @property
@@ -265,6 +268,76 @@ class ClusterService:
     async def unplace(self, vm: str, host: str) -> None:
         with contextlib.suppress(CorralError):
             await self._need().release(vm, host)
+
+    # -- moving VMs: live migration and drain ---------------------------------------------------------------
+    async def migrate(self, name: str, to: str | None, timeout: float = 600.0) -> MigrationResult:
+        """Move running VM ``name`` (it must be here) live to host ``to``, or where the scheduler puts it (this host
+        excluded); on success its placement moves in etcd. On failure it runs on here, nothing left there."""
+        from corral.cluster.placement import place
+
+        reg = self._need()
+        rec = self.vms.store.get_vm(name)
+        if rec is None:
+            raise NotFound(f"no VM named '{name}' on host '{self.name}'")
+        if to == self.name:
+            raise InvalidInput(f"VM '{name}' already runs on host '{to}': name another host (`corral host ls`)")
+        snap = await reg.snapshot()
+        hosts = snap.host_list()
+        if to is not None and to not in snap.hosts:
+            raise NotFound(f"no host named '{to}' in the cluster: see `corral host ls`")
+        current = snap.placements.get(name)
+        req = PlacementRequest(vm=name, vcpus=rec.spec.vcpus, memory_mib=rec.spec.memory, image=_image_key(rec.spec),
+                               host=to, group=current.group if current is not None else None,
+                               exclude=[self.name], host_labels={} if to else rec.spec.placement.host_labels)
+        target = place(req, hosts, list(snap.placements.values()))
+        if self.migrations is None:
+            raise InvalidInput("this corrald runs no live migration service")
+        remote = peer.PeerTarget(target, self.secret or "")
+        self.vms.event(name, "migrate", f"moving live to host '{target.name}'", result="started", to=target.name)
+        result = await self.migrations().migrate(name, remote, timeout)
+        moved = VMPlacement(name=name, host=target.name, vcpus=rec.spec.vcpus, memory_mib=rec.spec.memory,
+                            group=req.group, state="running", project=rec.spec.project, owner=rec.spec.owner,
+                            image=rec.spec.image, vm_id=rec.id, updated_at=time.time(),
+                            info=current.info if current is not None else None)
+        if not await reg.move(name, self.name, moved):
+            log.warning("VM '%s' moved to %s, but its placement no longer named this host", name, target.name)
+            await reg.update_placement(moved)
+        if self.member is not None:
+            self.member.wake.set()
+        return result.model_copy(update={"target": target.name})
+
+    async def drain(self, name: str, timeout: float = 3600.0) -> DrainResult:
+        """Mark host ``name`` draining, then move its running VMs live to the others (placed as new ones would be,
+        that host excluded). A VM that cannot move stays, named in the result; stopped VMs stay where their disks
+        are."""
+        await self.set_draining(name, True)
+        snap = await self.snapshot()
+        moved, failed, stayed = [], {}, []
+        for vm, p in sorted(snap.placements.items()):
+            if p.host != name:
+                continue
+            if p.state != "running":
+                stayed.append(vm)
+                continue
+            try:
+                if name == self.name:
+                    await self.migrate(vm, None)
+                else:
+                    await self._remote_move(snap.hosts[name], vm)
+                moved.append(vm)
+            except CorralError as exc:
+                failed[vm] = exc.message
+        return DrainResult(host=name, moved=moved, failed=failed, stayed=stayed)
+
+    async def _remote_move(self, host: HostRecord, vm: str) -> None:
+        async with self.peer(host, timeout=3600.0) as c:
+            r = await c.post(f"/v1/vms/{vm}/move", json={"to": None})
+            if r.status_code >= 400:
+                try:
+                    msg = r.json().get("message", r.text)
+                except ValueError:
+                    msg = r.text
+                raise CorralError(str(msg))
 
     def peer(self, host: HostRecord, principal: Principal | None = None, timeout: float = 600.0) -> httpx.AsyncClient:
         if not self.secret:

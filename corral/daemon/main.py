@@ -118,6 +118,7 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
     svc.cluster = ClusterService(vms, settings, info=lambda name: _vm_info(svc, name),
                                  cert_pem=lambda: _cert_pem(settings))
     svc.cluster.templates = lambda: [t.name for t in templates.all()]  # type: ignore[method-assign]
+    svc.cluster.migrations = lambda: migration_service.attach(vms, storage, recovery)
     return svc
 
 

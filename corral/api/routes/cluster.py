@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from corral.api.deps import Services, services
-from corral.cluster.models import ClusterInfo, ClusterInit, ClusterJoin, HostRecord
+from corral.cluster.models import ClusterInfo, ClusterInit, ClusterJoin, DrainResult, HostRecord, MoveRequest
 from corral.cluster.service import ClusterService
 from corral.errors import InvalidInput
+from corral.migration.models import MigrationResult
 
 router = APIRouter(tags=["cluster"])
 Svc = Annotated[Services, Depends(services)]
@@ -58,7 +59,14 @@ async def undrain(name: str, svc: Svc) -> HostRecord:
     return await cluster_of(svc).set_draining(name, False)
 
 
-@router.post("/hosts/{name}/drain", response_model=HostRecord)
-async def drain(name: str, svc: Svc) -> HostRecord:
-    """The host takes no new VMs (and, once live migration is there, its VMs move to the others)."""
-    return await cluster_of(svc).set_draining(name, True)
+@router.post("/hosts/{name}/drain", response_model=DrainResult)
+async def drain(name: str, svc: Svc) -> DrainResult:
+    """The host takes no new VMs, and its running VMs move live to the others (placed as new ones would be)."""
+    return await cluster_of(svc).drain(name)
+
+
+@router.post("/vms/{name}/move", response_model=MigrationResult)
+async def move(name: str, req: MoveRequest, svc: Svc) -> MigrationResult:
+    """Move running VM ``name`` live to host ``to`` (or where the scheduler puts it); sent to the VM's host by any
+    host (corral.api.forward). On failure the VM runs on where it was, nothing left on the other host."""
+    return await cluster_of(svc).migrate(name, req.to, req.timeout)
