@@ -137,3 +137,64 @@ def test_three_hosts_place_forward_drain_and_survive_etcd(cluster: Cluster) -> N
           "h2 back in the cluster")
     assert Counter(v["host"] for v in vms_of(h2).values())["h2"] == len(h2.env.qemu_pids()) + sum(
         1 for v in vms_of(h2).values() if v["host"] == "h2" and v["state"] == "stopped")
+
+
+WRITER = "i=0; while :; do i=$((i+1)); echo $i >> /root/lines; sync; sleep 0.05; done"
+
+
+def guest(h: Host, vm: str, script: str) -> str:
+    r = h.cli("exec", vm, "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def lines(h: Host, vm: str) -> list[int]:
+    return [int(x) for x in guest(h, vm, "sync; cat /root/lines").split()]
+
+
+@pytest.fixture
+def pair() -> Iterator[Cluster]:
+    yield from make_cluster(2, {"CORRAL_CLUSTER_LEASE_TTL": "3"})
+
+
+def test_migrate_between_hosts_and_drain(pair: Cluster) -> None:
+    h1, h2 = pair.hosts
+    assert h1.cli("cluster", "init", "--name", "h1").returncode == 0
+    assert h2.cli("cluster", "join", f"http://{h1.ip}:2379", "--name", "h2").returncode == 0
+    for h in pair.hosts:
+        h.env.client.build_image("tiny")
+    until(lambda: all(x["images"] for x in hosts_of(h1).values()), 30, "both hosts publish their images")
+    r = h1.cli("launch", "mv", "--host", "h1", "--memory", "256M")
+    assert r.returncode == 0, r.stderr
+    before = vms_of(h2)["mv"]
+    guest(h2, "mv", f"({WRITER}) >/dev/null 2>&1 &")  # from h2: forwarded to h1
+    until(lambda: len(lines(h1, "mv")) > 10, 60, "the guest writing lines")
+    written = lines(h1, "mv")
+
+    # bad input first: one line, nothing moves
+    assert "no host named" in one_line(h2.cli("migrate", "mv", "--to", "h9"))
+    assert "already runs on host" in one_line(h1.cli("migrate", "mv", "--to", "h1"))
+    assert vms_of(h1)["mv"]["host"] == "h1" and "mv" in h1.env.qemu_pids()
+
+    r = h2.cli("migrate", "mv", "--to", "h2")  # asked on h2, run by h1 (the VM's host)
+    assert r.returncode == 0, r.stderr
+    assert "now runs on h2" in r.stdout and "paused" in r.stdout, r.stdout
+    after = vms_of(h1)["mv"]
+    assert after["host"] == "h2" and after["state"] == "running"
+    assert after["id"] == before["id"] and after["mac"] == before["mac"]
+    assert "mv" not in h1.env.qemu_pids() and "mv" in h2.env.qemu_pids()
+    assert not (h1.env.settings.vms_dir / "mv").exists()
+    time.sleep(1)
+    got = [int(x) for x in guest(h1, "mv", "sync; echo 3 > /proc/sys/vm/drop_caches; cat /root/lines").split()]
+    assert got[: len(written)] == written and got == list(range(1, len(got) + 1)), "no write lost"
+    assert len(got) > len(written) + 5, "the guest writes on after the move"
+
+    # drain h2: its running VM moves back to h1, it takes no new VM
+    r = h1.cli("host", "drain", "h2")
+    assert r.returncode == 0, r.stderr
+    assert "moved 1 VMs (mv)" in r.stdout, r.stdout
+    assert vms_of(h2)["mv"]["host"] == "h1" and h2.env.qemu_pids() == {}
+    assert hosts_of(h2)["h2"]["state"] == "draining"
+    assert h2.cli("launch", "new", "--no-wait").returncode == 0
+    assert vms_of(h1)["new"]["host"] == "h1"
+    assert guest(h2, "mv", "cat /root/lines").split()[-1] != written[-1]
