@@ -82,7 +82,8 @@ def _error(r: httpx.Response) -> str:
 
 
 async def _disks(vms: VMService, rec: VMRecord, monitor: Monitor) -> list[tuple[IncomingDisk, str]]:
-    """Each disk to move with the node it is mirrored from: the root disk's top node, each extra disk's qcow2."""
+    """Each disk to move with the node it is mirrored from (a mirror starts at a root node): the root disk's top node,
+    each extra disk's throttle node (so the copy keeps to its I/O limits)."""
     sizes = {str(d.get("qdev", "")): int(d["inserted"]["image"]["virtual-size"])
              for d in await monitor.execute("query-block") if "inserted" in d}
     root_size = next((s for q, s in sizes.items() if blockjobs.ROOT_DEVICE in q), None)
@@ -96,7 +97,7 @@ async def _disks(vms: VMService, rec: VMRecord, monitor: Monitor) -> list[tuple[
         nodes = DiskNodes.of(d.name)
         size = next((s for q, s in sizes.items() if nodes.device in q), d.size)
         out.append((IncomingDisk(root=False, name=d.name, size=size, port=d.port, limits=d.limits,
-                                 serial=d.serial), nodes.fmt))
+                                 serial=d.serial), nodes.top))  # mirrored from the root (its throttle node)
     return out
 
 

@@ -12,6 +12,7 @@ import signal
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ import httpx
 import pytest
 
 from corral.engine import process
+from corral.vm.spec import VMSpec
 from tests.conftest import CorralEnv, guest, make_env, ok, show, start_daemon, start_daemon_with, until
 from tests.integration.test_remote_access import free_port
 
 pytestmark = pytest.mark.vm
 
+FIND_DATA = "for s in /sys/block/vd*; do [ \"$(cat $s/serial 2>/dev/null)\" = data ] && echo ${s##*/}; done"
+MARK = "corral-live-migration-mark"
 WRITER = "i=0; while :; do i=$((i+1)); echo $i >> /root/lines; sync; sleep 0.05; done"
 
 
@@ -99,6 +103,9 @@ def test_live_migration_moves_a_running_vm(hosts: tuple[CorralEnv, CorralEnv, di
                                            capsys: pytest.CaptureFixture[str]) -> None:
     a, b, target = hosts
     launch_writer(a, "mv")
+    ok(a, "disk", "add", "mv", "data", "--size", "64M")  # an extra disk moves too
+    until(lambda: guest(a, "mv", FIND_DATA).strip(), 30, "the guest seeing the extra disk")
+    guest(a, "mv", f"d=$({FIND_DATA}); echo {MARK} | dd of=/dev/$d bs=512 seek=1000 conv=fsync 2>/dev/null")
     before = show(a, "mv")
     written = lines(a, "mv")
 
@@ -124,6 +131,10 @@ def test_live_migration_moves_a_running_vm(hosts: tuple[CorralEnv, CorralEnv, di
     assert got[: len(written)] == written
     assert got == list(range(1, len(got) + 1)), "no line lost or repeated"
     assert len(got) > len(written) + 5, "the guest writes on after the migration"
+    on_disk = guest(b, "mv", f"d=$({FIND_DATA}); echo 3 > /proc/sys/vm/drop_caches; "
+                    "dd if=/dev/$d bs=512 skip=1000 count=1 2>/dev/null | head -n 1")
+    assert on_disk.strip() == MARK
+    assert "data" in ok(b, "disk", "ls", "mv")
     listed = b.cli("ls", "--json")
     assert '"mv"' in listed.stdout and "running" in listed.stdout
     with capsys.disabled():
@@ -211,3 +222,27 @@ def test_source_daemon_killed_mid_migration_is_rolled_back(
     until(lambda: b.cli("show", "crash").returncode != 0, 30, "the target's copy removed")
     assert not (b.settings.vms_dir / "crash").exists()
     assert qemus_of(b.home) == []
+
+
+def test_target_daemon_killed_while_a_vm_arrives(hosts: tuple[CorralEnv, CorralEnv, dict[str, Any]]) -> None:
+    """The target's corrald dies while a VM waits there for its state: the next one removes it (QEMU killed by pid,
+    record and folder gone)."""
+    _, b, _ = hosts
+    spec = VMSpec(name="ghost", image="tiny", memory=256).model_dump(mode="json")
+    req = {"spec": spec, "id": str(uuid.uuid4()), "mac": "52:54:00:12:34:56", "created_at": time.time(),
+           "disks": [{"root": True, "name": "", "size": 1 << 30}], "source": "nowhere"}
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(b.settings.socket)), base_url="http://corral",
+                      timeout=120) as h:
+        r = h.post("/v1/migrations/incoming", json=req)
+    assert r.status_code == 201, r.text
+    assert show(b, "ghost")["state"] == "incoming"
+    pids = qemus_of(b.home)
+    assert len(pids) == 1
+    b.kill_daemon()
+    assert process.is_alive(pids[0]), "its QEMU outlives the daemon"
+    b.start_daemon()
+    assert b.cli("show", "ghost").returncode != 0
+    assert not (b.settings.vms_dir / "ghost").exists()
+    until(lambda: not process.is_alive(pids[0]), 10, "the arriving VM's QEMU killed")
+    events = [e.message for e in b.client.events(vm="ghost")]
+    assert any("migrate-in interrupted by a daemon restart: rolled back" in m for m in events), events[-5:]
