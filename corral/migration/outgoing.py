@@ -36,7 +36,7 @@ from corral.engine import blockjobs
 from corral.engine import live_migration as live
 from corral.engine.cmdline import DiskNodes
 from corral.engine.monitor import Monitor, MonitorError
-from corral.errors import CorralError, EngineError, InvalidInput, StateError
+from corral.errors import CorralError, EngineError, InvalidInput
 from corral.migration.incoming import check_movable
 from corral.migration.models import IncomingAnswer, IncomingDisk, IncomingRequest, MigrationResult
 from corral.operations.journal import Operation
@@ -44,7 +44,7 @@ from corral.operations.recovery import Outcome
 from corral.store.db import OperationRecord, VMRecord
 from corral.vm.machine import Machine
 from corral.vm.service import VMService
-from corral.vm.states import VMState
+from corral.vm.states import VMState, check_operation
 
 KIND = "migrate"
 API_PREFIX = "/v1"  # corral.api.models.API_PREFIX (nothing below the API imports it)
@@ -112,9 +112,11 @@ class Departures:
         vms = self.vms
         async with vms.operation_lock(name), http_client(target) as http:
             rec = vms.get(name)
-            if rec.state != VMState.RUNNING:
-                raise StateError(name, "migrate", rec.state.value, [VMState.RUNNING.value])
+            check_operation(name, "migrate", rec.state)
             check_movable(rec.spec)
+            if snaps := vms.store.list_snapshots(name):
+                raise InvalidInput(f"VM '{name}' has snapshots ({', '.join(x.name for x in snaps)}), which cannot "
+                                   "move (they would be deleted with it here): `corral snapshot rm` them first")
             m = vms.machine(name)
             if m is None or m.monitor is None:
                 raise EngineError(f"the monitor of VM '{name}' is not connected")

@@ -110,6 +110,7 @@ ALLOWED_FROM: dict[str, frozenset[VMState]] = {
     "resume": frozenset({S.PAUSED, S.SUSPENDED}),
     "suspend": frozenset({S.RUNNING, S.PAUSED}),
     "exec": frozenset({S.RUNNING}),
+    "migrate": frozenset({S.RUNNING}),  # live, to another host (corral.migration)
     "console": frozenset({S.RUNNING, S.PAUSED, S.STARTING}),
     "delete": frozenset({S.STOPPED, S.CRASHED, S.SUSPENDED}),  # suspended: the state file goes too
 }
