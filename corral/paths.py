@@ -87,6 +87,12 @@ class VMPaths:
         return self.root / "state.bin"
 
     @property
+    def migration_tls(self) -> Path:
+        """During a live migration (corral.migration): ``keys.psk``, the pre-shared key QEMU encrypts the stream and
+        the NBD disk copy with; removed after it."""
+        return self.root / "migration-tls"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "qemu.pid"
 

@@ -13,6 +13,12 @@ then cancels them (``block-job-cancel`` of a ready mirror ends it with the targe
 keeps its own disk) and the target is told to go on (:func:`hand_over`: ``nbd-server-stop``, then ``cont``; the
 export goes first because the device takes its write permission back when the vCPUs start).
 
+Both the stream and the NBD connections are TLS with a pre-shared key (``tls-creds-psk``): the target makes a key per
+migration (:func:`new_key`), writes it where its QEMU reads it (:func:`write_key`, the creds object :data:`CREDS`) and
+hands it to the source in the prepare answer, over the API's own TLS. Neither accepts a peer without the key. The
+``tls-creds`` migration parameter is set back to none once the migration is over, on both sides: a later save to a
+file (suspend) must not ask for TLS.
+
 Every function builds its QMP arguments with a pure helper (``*_args``), tested on its own.
 """
 
@@ -20,8 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from corral.engine.monitor import Monitor, MonitorError
@@ -34,6 +43,11 @@ BANDWIDTH = 1 << 40
 POLL = 0.05
 #: Migration states in which the stream is still going.
 ACTIVE = frozenset({"setup", "active", "pre-switchover", "device", "cancelling", "wait-unplug", "postcopy-active"})
+
+
+#: The TLS credentials object (its id in QEMU) and the PSK identity.
+CREDS = "mig-tls"
+IDENTITY = "corral"
 
 
 class LiveMigrationError(EngineError):
@@ -82,13 +96,49 @@ def tcp_uri(host: str, port: int) -> str:
     return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
 
 
+def new_key() -> str:
+    """A pre-shared key for one migration (hex, as QEMU's keys.psk holds it)."""
+    return secrets.token_hex(32)
+
+
+def write_key(directory: Path, key: str) -> Path:
+    """``directory/keys.psk`` (made private, 0700 and 0600 from the first byte), the file QEMU's tls-creds-psk reads;
+    the path."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    path = directory / "keys.psk"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{IDENTITY}:{key}\n")
+    return path
+
+
+def creds_args(directory: Path, endpoint: str) -> dict[str, Any]:
+    """object-add of the TLS-PSK credentials (``endpoint``: server on the target, client on the source)."""
+    args: dict[str, Any] = {"qom-type": "tls-creds-psk", "id": CREDS, "dir": str(directory), "endpoint": endpoint}
+    if endpoint == "client":
+        args["username"] = IDENTITY
+    return args
+
+
+async def add_creds(monitor: Monitor, directory: Path, endpoint: str) -> None:
+    await monitor.execute("object-add", creds_args(directory, endpoint))
+
+
+async def drop_creds(monitor: Monitor) -> None:
+    """The migration is over: no TLS for the next one (a suspend's), the credentials object removed; never raises."""
+    with contextlib.suppress(MonitorError):
+        await monitor.execute("migrate-set-parameters", {"tls-creds": ""})
+    with contextlib.suppress(MonitorError):
+        await monitor.execute("object-del", {"id": CREDS})
+
+
 def export_args(export: Export) -> dict[str, Any]:
     return {"type": "nbd", "id": f"exp-{export.name}", "node-name": export.node, "name": export.name,
             "writable": True}
 
 
 def nbd_client_args(node: str, host: str, port: int, export: str) -> dict[str, Any]:
-    return {"driver": "nbd", "node-name": node, "server": inet(host, port), "export": export}
+    return {"driver": "nbd", "node-name": node, "server": inet(host, port), "export": export, "tls-creds": CREDS}
 
 
 def mirror_args(m: Mirror) -> dict[str, Any]:
@@ -121,13 +171,14 @@ def mirrors_state(jobs: list[dict[str, Any]], wanted: list[str]) -> tuple[bool, 
 async def listen(monitor: Monitor, host: str, port: int) -> str:
     """Wait for the machine state on ``host:port``; the URI the source is to migrate to."""
     uri = tcp_uri(host, port)
+    await monitor.execute("migrate-set-parameters", {"tls-creds": CREDS})
     await monitor.execute("migrate-incoming", {"uri": uri})
     return uri
 
 
 async def export_disks(monitor: Monitor, host: str, port: int, exports: list[Export]) -> None:
     """An NBD server on ``host:port`` exporting each disk node writable (the source's mirrors write into them)."""
-    await monitor.execute("nbd-server-start", {"addr": inet_legacy(host, port)})
+    await monitor.execute("nbd-server-start", {"addr": inet_legacy(host, port), "tls-creds": CREDS})
     for e in exports:
         await monitor.execute("block-export-add", export_args(e))
 
@@ -144,6 +195,7 @@ async def hand_over(monitor: Monitor) -> None:
     with contextlib.suppress(MonitorError):  # already stopped (a commit asked twice)
         await monitor.execute("nbd-server-stop")
     await monitor.execute("cont")
+    await drop_creds(monitor)
 
 
 # --------------------------------------------------------------------------------------------- source side --
@@ -176,7 +228,7 @@ async def migrate(monitor: Monitor, uri: str, timeout: float, jobs: list[str]) -
     """Send the machine state to ``uri`` and wait until it is complete (QEMU then leaves the vCPUs stopped:
     ``postmigrate``). Raises on failure, cancellation, a mirror that fails meanwhile or ``timeout`` (the migration is
     cancelled then); the vCPUs run again after a failed migration (QEMU's own doing)."""
-    await monitor.execute("migrate-set-parameters", {"max-bandwidth": BANDWIDTH})
+    await monitor.execute("migrate-set-parameters", {"max-bandwidth": BANDWIDTH, "tls-creds": CREDS})
     await monitor.execute("migrate", {"uri": uri})
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -115,6 +115,9 @@ class Arrivals:
                 accel = (rt.accel if (rt := vms.store.get_runtime(name)) else "tcg")
                 arrival = Arrival(op, req.source, child, ident, monitor, ssh_port, accel)
                 self._live[name] = arrival
+                key = live.new_key()
+                await asyncio.to_thread(live.write_key, paths.migration_tls, key)
+                await live.add_creds(monitor, paths.migration_tls, "server")
                 uri = await live.listen(monitor, address, free_port(address))
                 nbd_port = free_port(address)
                 exports = [live.Export(self._node(d), export_key(d)) for d in req.disks]
@@ -126,7 +129,7 @@ class Arrivals:
             vms.event(name, "migrate", f"arriving from {req.source}: state on {uri}, disks on nbd "
                       f"{address}:{nbd_port}", source=req.source)
             return IncomingAnswer(vm=name, nbd_host=address, nbd_port=nbd_port,
-                                  exports=[e.name for e in exports], migrate_uri=uri)
+                                  exports=[e.name for e in exports], migrate_uri=uri, psk=key)
 
     @staticmethod
     def _node(d: IncomingDisk) -> str:
@@ -160,6 +163,7 @@ class Arrivals:
                 raise EngineError(f"the QEMU of arriving VM '{name}' exited: "
                                   f"{process.tail(self.vms.paths(name).qemu_log, 2)}")
             await live.hand_over(arrival.monitor)
+            await asyncio.to_thread(shutil.rmtree, self.vms.paths(name).migration_tls, True)
             if arrival.watcher is not None:
                 arrival.watcher.cancel()
             self._live.pop(name, None)

@@ -45,6 +45,7 @@ class IncomingAnswer(BaseModel):
     nbd_port: int
     exports: list[str] = Field(description="the NBD export names, one per disk (export_key)")
     migrate_uri: str
+    psk: str = Field(description="the pre-shared key (hex) both the stream and NBD are encrypted with (TLS-PSK)")
 
 
 class MigrateRequest(BaseModel):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import ssl
 import time
 from dataclasses import dataclass
@@ -164,6 +165,11 @@ class Departures:
             op.add("nodes", mirror.target)
             op.add("jobs", mirror.job)
 
+        tls = self.vms.paths(op.rec.vm or "").migration_tls
+        op.add("files", str(tls / "keys.psk"))
+        await asyncio.to_thread(live.write_key, tls, answer.psk)
+        await live.add_creds(monitor, tls, "client")
+
         await live.mirror_disks(monitor, answer.nbd_host, answer.nbd_port,
                                 list(zip(mirrors, answer.exports, strict=True)), noted)
         jobs = [mm.job for mm in mirrors]
@@ -188,11 +194,13 @@ class Departures:
             with contextlib.suppress(CorralError):
                 await live.cancel(monitor)
             await live.drop_mirrors(monitor, mirrors)
+            await live.drop_creds(monitor)
             with contextlib.suppress(MonitorError):
                 if not (await monitor.execute("query-status")).get("running"):
                     await monitor.execute("cont")  # from postmigrate too: QEMU takes its disks back
                     undone.append("vCPUs continued")
         op.note(jobs=None, nodes=None, migrating=None, paused=None)
+        await asyncio.to_thread(shutil.rmtree, self.vms.paths(name).migration_tls, True)
         try:
             r = await http.delete(f"/migrations/incoming/{name}")
             if r.status_code not in (204, 404):
@@ -218,6 +226,8 @@ class Departures:
         except httpx.HTTPError as exc:
             reason = (f"migrating to {http.base_url}: {failure}, and the target cannot be reached: the VM may run "
                       "there; left paused here (check there, then `corral rm --force` here or `corral resume`)")
+            if m.monitor is not None:
+                await live.drop_creds(m.monitor)
             await self.vms._set_state(name, VMState.PAUSED, reason)  # noqa: SLF001
             op.note(committing=None)
             raise MigrationFailed(reason) from exc
@@ -225,6 +235,7 @@ class Departures:
             return  # it runs there
         monitor = m.monitor
         if monitor is not None:
+            await live.drop_creds(monitor)
             with contextlib.suppress(MonitorError):
                 await monitor.execute("cont")
         op.note(committing=None)
@@ -287,13 +298,16 @@ async def recover(vms: VMService, op: OperationRecord) -> Outcome:
     said = {204: "its arriving copy removed there", 404: "nothing there"}.get(there, str(there)) \
         if isinstance(there, int) else there
     rec = vms.store.get_vm(op.vm)
+    m = vms.machine(op.vm)
+    if m is not None and m.monitor is not None and not data.get("committing"):
+        await live.drop_creds(m.monitor)  # a later suspend must not ask for TLS
     if not data.get("committing") or rec is None:
         return Outcome(False, f"the VM runs on here; the target: {said}")
-    m = vms.machine(op.vm)
     if there == 409:
         await vms._delete(op.vm, True)  # noqa: SLF001 - it runs on the target: this copy's QEMU killed, its files go
         return Outcome(True, f"it runs on the target {data.get('target')}: removed here")
     if there in (204, 404) and m is not None and m.monitor is not None:
+        await live.drop_creds(m.monitor)
         if not (await m.monitor.execute("query-status")).get("running"):
             await m.monitor.execute("cont")
         await vms._set_state(op.vm, VMState.RUNNING, "")  # noqa: SLF001

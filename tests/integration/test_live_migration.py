@@ -9,6 +9,8 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -224,9 +226,28 @@ def test_source_daemon_killed_mid_migration_is_rolled_back(
     assert qemus_of(b.home) == []
 
 
+NBD_REP_ERR_TLS_REQD = (1 << 31) + 5
+
+
+def nbd_reply_to_plain_client(host: str, port: int) -> int:
+    """The reply type an NBD server gives a client that asks for the export list without TLS."""
+    with socket.create_connection((host, port), timeout=10) as s:
+        hello = b""
+        while len(hello) < 18:
+            hello += s.recv(18 - len(hello))
+        assert hello[:16] == b"NBDMAGICIHAVEOPT", hello
+        s.sendall(struct.pack(">I", 3))  # fixed newstyle, no zeroes
+        s.sendall(b"IHAVEOPT" + struct.pack(">II", 3, 0))  # NBD_OPT_LIST
+        reply = b""
+        while len(reply) < 20:
+            reply += s.recv(20 - len(reply))
+        _, _, kind, _ = struct.unpack(">QIII", reply)
+        return int(kind)
+
+
 def test_target_daemon_killed_while_a_vm_arrives(hosts: tuple[CorralEnv, CorralEnv, dict[str, Any]]) -> None:
     """The target's corrald dies while a VM waits there for its state: the next one removes it (QEMU killed by pid,
-    record and folder gone)."""
+    record and folder gone). Its disks' NBD export meanwhile refuses a client without TLS (the migration's key)."""
     _, b, _ = hosts
     spec = VMSpec(name="ghost", image="tiny", memory=256).model_dump(mode="json")
     req = {"spec": spec, "id": str(uuid.uuid4()), "mac": "52:54:00:12:34:56", "created_at": time.time(),
@@ -235,7 +256,9 @@ def test_target_daemon_killed_while_a_vm_arrives(hosts: tuple[CorralEnv, CorralE
                       timeout=120) as h:
         r = h.post("/v1/migrations/incoming", json=req)
     assert r.status_code == 201, r.text
+    answer = r.json()
     assert show(b, "ghost")["state"] == "incoming"
+    assert nbd_reply_to_plain_client(answer["nbd_host"], answer["nbd_port"]) == NBD_REP_ERR_TLS_REQD
     pids = qemus_of(b.home)
     assert len(pids) == 1
     b.kill_daemon()

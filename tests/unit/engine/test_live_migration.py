@@ -4,6 +4,7 @@ verdicts, and the source's steps in order against a fake monitor."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ def test_export_client_and_mirror_arguments() -> None:
     assert live.export_args(live.Export("root", "root")) == {
         "type": "nbd", "id": "exp-root", "node-name": "root", "name": "root", "writable": True}
     assert live.nbd_client_args("mig-0", "10.0.0.2", 5000, "disk-data") == {
-        "driver": "nbd", "node-name": "mig-0", "export": "disk-data",
+        "driver": "nbd", "node-name": "mig-0", "export": "disk-data", "tls-creds": live.CREDS,
         "server": {"type": "inet", "host": "10.0.0.2", "port": "5000"}}
     assert live.mirror_args(live.Mirror(device="root", target="mig-0", job="mig-0")) == {
         "job-id": "mig-0", "device": "root", "target": "mig-0", "sync": "full", "auto-finalize": True,
@@ -93,6 +94,8 @@ def test_the_source_steps_in_order() -> None:
     assert names(m) == ["blockdev-add", "blockdev-mirror", "migrate-set-parameters", "migrate", "block-job-cancel",
                         "job-dismiss"]
     assert dict(m.calls)["migrate"] == {"uri": "tcp:10.0.0.2:4000"}
+    assert dict(m.calls)["migrate-set-parameters"]["tls-creds"] == live.CREDS
+    assert dict(m.calls)["blockdev-add"]["tls-creds"] == live.CREDS
     assert stream.downtime_ms == 40 and copied == 1 << 30
 
 
@@ -109,4 +112,17 @@ def test_the_target_hands_over_only_once_the_state_is_there() -> None:
     assert "cont" not in names(m)
     m = FakeMonitor(["completed"])
     asyncio.run(live.hand_over(m))  # type: ignore[arg-type]
-    assert names(m) == ["nbd-server-stop", "cont"]  # the export first: the device takes its write permission back
+    # the export first (the device takes its write permission back), then no TLS for a later save (suspend)
+    assert names(m) == ["nbd-server-stop", "cont", "migrate-set-parameters", "object-del"]
+    assert dict(m.calls)["migrate-set-parameters"] == {"tls-creds": ""}
+
+
+def test_the_pre_shared_key_file(tmp_path: Path) -> None:
+    key = live.new_key()
+    assert len(key) == 64 and key != live.new_key()
+    path = live.write_key(tmp_path / "tls", key)
+    assert path.read_text() == f"corral:{key}\n"
+    assert path.stat().st_mode & 0o777 == 0o600 and (tmp_path / "tls").stat().st_mode & 0o777 == 0o700
+    assert live.creds_args(tmp_path, "server") == {"qom-type": "tls-creds-psk", "id": "mig-tls",
+                                                   "dir": str(tmp_path), "endpoint": "server"}
+    assert live.creds_args(tmp_path, "client")["username"] == "corral"
