@@ -92,6 +92,8 @@ class Arrivals:
             raise InvalidInput("an arriving VM has exactly one root disk")
         name = spec.name
         vms = self.vms
+        if vms.store.get_vm(name) is not None:  # before the lock: a source migrating to its own host holds it
+            raise Conflict(f"a VM named '{name}' already exists on this host")
         async with vms.operation_lock(name):
             if vms.store.get_vm(name) is not None:
                 raise Conflict(f"a VM named '{name}' already exists on this host")

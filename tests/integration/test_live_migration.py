@@ -151,6 +151,14 @@ def test_failed_migration_leaves_the_vm_running_on_the_source(
     launch_writer(a, "stay")
     before = show(a, "stay")
 
+    # a target that refuses (a VM of that name there): one line, nothing changed on either side
+    b.client.create_vm({"name": "stay", "image": "tiny"})
+    r = migrate(a, "stay", target)
+    assert r.status_code >= 400 and "already exists" in r.json()["message"], r.text
+    assert show(a, "stay")["state"] == "running"
+    assert show(b, "stay")["state"] == "stopped"
+    ok(b, "rm", "stay")
+
     # B's QEMU for the arriving VM is killed once it is ready to receive (during the disk copy or the stream)
     killed: list[int] = []
     log = b.home / "corrald.log"
