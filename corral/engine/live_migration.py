@@ -125,9 +125,13 @@ async def add_creds(monitor: Monitor, directory: Path, endpoint: str) -> None:
 
 
 async def drop_creds(monitor: Monitor) -> None:
-    """The migration is over: no TLS for the next one (a suspend's), the credentials object removed; never raises."""
+    """The migration is over: no TLS (nor auto-converge) for the next one (a suspend's), the credentials object
+    removed; never raises."""
     with contextlib.suppress(MonitorError):
         await monitor.execute("migrate-set-parameters", {"tls-creds": ""})
+    with contextlib.suppress(MonitorError):
+        await monitor.execute("migrate-set-capabilities", {"capabilities": [{"capability": "auto-converge",
+                                                                             "state": False}]})
     with contextlib.suppress(MonitorError):
         await monitor.execute("object-del", {"id": CREDS})
 
@@ -229,6 +233,9 @@ async def migrate(monitor: Monitor, uri: str, timeout: float, jobs: list[str]) -
     ``postmigrate``). Raises on failure, cancellation, a mirror that fails meanwhile or ``timeout`` (the migration is
     cancelled then); the vCPUs run again after a failed migration (QEMU's own doing)."""
     await monitor.execute("migrate-set-parameters", {"max-bandwidth": BANDWIDTH, "tls-creds": CREDS})
+    # A guest dirtying memory faster than the link carries it is slowed down until the stream converges.
+    await monitor.execute("migrate-set-capabilities", {"capabilities": [{"capability": "auto-converge",
+                                                                         "state": True}]})
     await monitor.execute("migrate", {"uri": uri})
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

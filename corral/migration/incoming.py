@@ -224,6 +224,8 @@ class Arrivals:
         if rec is not None and rec.state != VMState.INCOMING:
             return Outcome(True, f"VM '{name}' had arrived ({rec.state})")
         pid = op.data.get("pid")
+        if not pid and (rt := self.vms.store.get_runtime(name)) is not None:  # died before noting it: the runtime row
+            pid = [rt.pid, rt.start_ticks]
         if pid and rec is not None and process.kill(process.ProcessIdentity(int(pid[0]), int(pid[1])), rec.id):
             await process.wait_exit(int(pid[0]))
         self.vms.store.delete_runtime(name)

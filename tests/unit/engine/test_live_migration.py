@@ -91,8 +91,8 @@ def test_the_source_steps_in_order() -> None:
 
     stream, copied = asyncio.run(run())
     assert noted == [mirror]
-    assert names(m) == ["blockdev-add", "blockdev-mirror", "migrate-set-parameters", "migrate", "block-job-cancel",
-                        "job-dismiss"]
+    assert names(m) == ["blockdev-add", "blockdev-mirror", "migrate-set-parameters", "migrate-set-capabilities",
+                        "migrate", "block-job-cancel", "job-dismiss"]
     assert dict(m.calls)["migrate"] == {"uri": "tcp:10.0.0.2:4000"}
     assert dict(m.calls)["migrate-set-parameters"]["tls-creds"] == live.CREDS
     assert dict(m.calls)["blockdev-add"]["tls-creds"] == live.CREDS
@@ -113,7 +113,8 @@ def test_the_target_hands_over_only_once_the_state_is_there() -> None:
     m = FakeMonitor(["completed"])
     asyncio.run(live.hand_over(m))  # type: ignore[arg-type]
     # the export first (the device takes its write permission back), then no TLS for a later save (suspend)
-    assert names(m) == ["nbd-server-stop", "cont", "migrate-set-parameters", "object-del"]
+    assert names(m) == ["nbd-server-stop", "cont", "migrate-set-parameters", "migrate-set-capabilities",
+                        "object-del"]
     assert dict(m.calls)["migrate-set-parameters"] == {"tls-creds": ""}
 
 
