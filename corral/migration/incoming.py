@@ -126,6 +126,7 @@ class Arrivals:
                 await live.export_disks(monitor, address, nbd_port, exports)
             except BaseException as exc:
                 await self._remove(name, f"its arrival failed: {exc}")
+                vms.journal.end(op, ok=False)  # (done by _remove once its QEMU was known; ending twice is nothing)
                 raise
             arrival.watcher = asyncio.create_task(self._watch(name, arrival), name=f"arrival-{name}")
             vms.event(name, "migrate", f"arriving from {req.source}: state on {uri}, disks on nbd "
