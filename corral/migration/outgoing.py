@@ -224,16 +224,19 @@ class Departures:
             failure = f"the target's answer to the hand-over was lost ({exc})"
         try:
             r = await http.delete(f"/migrations/incoming/{name}")
+            status, said = r.status_code, _error(r)
         except httpx.HTTPError as exc:
-            reason = (f"migrating to {http.base_url}: {failure}, and the target cannot be reached: the VM may run "
-                      "there; left paused here (check there, then `corral rm --force` here or `corral resume`)")
+            status, said = 0, f"cannot be reached: {exc}"
+        if status == 409:
+            return  # it runs there
+        if status not in (204, 404):  # neither removed there nor running there for sure: never run it twice
+            reason = (f"migrating to {http.base_url}: {failure}, and the target {said}: the VM may run there; left "
+                      "paused here (check there, then `corral rm --force` here or `corral resume`)")
             if m.monitor is not None:
                 await live.drop_creds(m.monitor)
             await self.vms._set_state(name, VMState.PAUSED, reason)  # noqa: SLF001
             op.note(committing=None)
-            raise MigrationFailed(reason) from exc
-        if r.status_code == 409:
-            return  # it runs there
+            raise MigrationFailed(reason)
         monitor = m.monitor
         if monitor is not None:
             await live.drop_creds(monitor)
