@@ -45,6 +45,7 @@ POINTS: dict[str, str] = {
     "resume.after-spawn": "resume of a suspended VM: QEMU spawned to load its saved state, the load not begun",
     "migrate.during-mirror": "live migration, the source: its disks mirrored to the target (ready), no state sent",
     "migrate.before-commit": "live migration, the source: the state sent (vCPUs stopped), the target not yet told",
+    "migrate.after-commit": "live migration, the source: the VM runs on the target, its copy here not yet removed",
 }
 
 _armed = frozenset(n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip())

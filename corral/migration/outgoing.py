@@ -141,6 +141,7 @@ class Departures:
                     raise
                 op.note(paused=None, migrating=None, committing=True)  # from here the VM may run there
                 await self._commit(op, name, m, http)
+                faults.point("migrate.after-commit")
                 await self._retire(name, m, target.url)
         vms._locks.pop(name, None)  # noqa: SLF001 - the VM is gone from here, as after a delete
         result = MigrationResult(vm=name, target=target.url, seconds=round(time.monotonic() - t0, 3),

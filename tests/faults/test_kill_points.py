@@ -156,8 +156,8 @@ def _fill(c: CorralEnv, arg: str) -> str:
     return arg.replace("{home}", str(c.home))
 
 
-#: Fault points that need more than one daemon, killed in their own tests.
-ELSEWHERE = {"migrate.during-mirror", "migrate.before-commit"}  # tests/integration/test_live_migration.py
+#: Fault points that need more than one daemon, killed in their own tests (tests/integration/test_live_migration.py).
+ELSEWHERE = {"migrate.during-mirror", "migrate.before-commit", "migrate.after-commit"}
 
 
 def test_every_fault_point_has_a_case() -> None:

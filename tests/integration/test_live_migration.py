@@ -234,6 +234,30 @@ def test_source_daemon_killed_mid_migration_is_rolled_back(
     assert qemus_of(b.home) == []
 
 
+def test_source_daemon_killed_after_the_hand_over_removes_its_copy(
+        hosts: tuple[CorralEnv, CorralEnv, dict[str, Any]]) -> None:
+    """corrald of the source dies once the target runs the VM, before its own copy is gone: the next one asks the
+    target (the VM runs there: 409) and removes its copy; the VM runs on the target only."""
+    a, b, target = hosts
+    launch_writer(a, "done")
+    pid = show(a, "done")["pid"]
+    a.kill_daemon()
+    start_daemon(a.settings, environ=dict(a.env, CORRAL_FAULT="migrate.after-commit"))
+    with pytest.raises(httpx.HTTPError):
+        r = migrate(a, "done", target)
+        raise AssertionError(f"the daemon answered: {r.status_code} {r.text}")
+    until(lambda: a.daemon_pid() is None, 15, "the source daemon killed at the fault point")
+    a.start_daemon()
+    assert a.cli("show", "done").returncode != 0
+    assert not (a.settings.vms_dir / "done").exists()
+    until(lambda: not process.is_alive(pid), 10, "the source's QEMU gone")
+    assert show(b, "done")["state"] == "running"
+    got = lines(b, "done")
+    assert got == list(range(1, len(got) + 1))
+    events = [e.message for e in a.client.events(vm="done")]
+    assert any("migrate interrupted by a daemon restart: finished" in m for m in events), events[-5:]
+
+
 NBD_REP_ERR_TLS_REQD = (1 << 31) + 5
 
 
