@@ -52,13 +52,19 @@ def _uses(req: PlacementRequest, placements: Sequence[VMPlacement]) -> dict[str,
 
 
 def allocation(host: str, placements: Sequence[VMPlacement]) -> tuple[int, int]:
-    """(vCPUs, MiB) the placements on ``host`` take."""
-    u = _uses(PlacementRequest(vm="", vcpus=1, memory_mib=1), placements).get(host, _Use())
-    return u.vcpus, u.memory_mib
+    """(vCPUs, MiB) the placements on ``host`` take: those not stopped, crashed or suspended (unknown counts)."""
+    taken = [p for p in placements if p.host == host and p.state not in IDLE_STATES]
+    return sum(p.vcpus for p in taken), sum(p.memory_mib for p in taken)
+
+
+def _image_key(image: str) -> str:
+    """A host publishes its x86_64 images as bare NAME (corral.cluster.service), a request may say NAME@x86_64."""
+    return image.removesuffix("@x86_64")
 
 
 def _has_image(host: HostRecord, image: str) -> bool:
-    return image in host.images or ("@" not in image and f"{image}@x86_64" in host.images)
+    key = _image_key(image)
+    return any(_image_key(i) == key for i in host.images)
 
 
 def _why_not(req: PlacementRequest, h: HostRecord, u: _Use) -> str | None:
@@ -75,11 +81,9 @@ def _why_not(req: PlacementRequest, h: HostRecord, u: _Use) -> str | None:
     if req.template is not None and req.template not in h.templates:
         return f"lacks template {req.template}"
     cpu_free, mem_free = h.cpu_limit - u.vcpus, h.memory_limit_mib - u.memory_mib
-    if req.vcpus > cpu_free:
-        return f"has {max(0, cpu_free)} vCPUs free of {h.cpu_limit}"
-    if req.memory_mib > mem_free:
-        return f"has {max(0, mem_free)} MiB free of {h.memory_limit_mib}"
-    return None
+    short = ([f"{max(0, cpu_free)} vCPUs free of {h.cpu_limit}"] if req.vcpus > cpu_free else []) + (
+        [f"{max(0, mem_free)} MiB free of {h.memory_limit_mib}"] if req.memory_mib > mem_free else [])
+    return f"has {' and '.join(short)}" if short else None
 
 
 def place(req: PlacementRequest, hosts: Sequence[HostRecord], placements: Sequence[VMPlacement]) -> HostRecord:
@@ -114,7 +118,7 @@ def place(req: PlacementRequest, hosts: Sequence[HostRecord], placements: Sequen
         mem_left = h.memory_limit_mib - u.memory_mib - req.memory_mib
         cpu_left = h.cpu_limit - u.vcpus - req.vcpus
         if req.strategy == Strategy.PACK:
-            return mem_left, cpu_left, -u.vms, h.name
+            return mem_left, cpu_left, 0, h.name
         return -mem_left, -cpu_left, u.vms, h.name
 
     return min(fits, key=key)[0]
