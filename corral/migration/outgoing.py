@@ -153,13 +153,19 @@ class Departures:
         return result
 
     async def _prepare(self, http: httpx.AsyncClient, req: IncomingRequest) -> IncomingAnswer:
+        """The target's answer; if it was lost (or garbled) the target may have prepared: it is told to abort."""
+        name = req.spec["name"]
         try:
             r = await http.post("/migrations/incoming", json=req.model_dump(mode="json"))
-        except httpx.HTTPError as exc:
-            raise MigrationFailed(f"the target cannot be reached: {exc}") from exc
-        if r.status_code != 201:
-            raise MigrationFailed(f"the target refused the VM: {_error(r)}")
-        return IncomingAnswer.model_validate(r.json())
+            if r.status_code != 201:
+                raise MigrationFailed(f"the target refused the VM: {_error(r)}")
+            return IncomingAnswer.model_validate(r.json())
+        except MigrationFailed:
+            raise
+        except (httpx.HTTPError, ValueError) as exc:
+            with contextlib.suppress(httpx.HTTPError):
+                await http.delete(f"/migrations/incoming/{name}")
+            raise MigrationFailed(f"the target's answer to the migration was lost: {exc}") from exc
 
     async def _send(self, op: Operation, monitor: Monitor, answer: IncomingAnswer, mirrors: list[live.Mirror],
                     timeout: float) -> tuple[live.StreamResult, int]:
