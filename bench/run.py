@@ -15,13 +15,18 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.cases import BENCHMARKS, delete_all_vms, warm_up
+from bench import cluster
+from bench.cases import BENCHMARKS as ON_CORRAL
+from bench.cases import delete_all_vms, warm_up
 from bench.harness import BenchHome, Context, host_facts, load_average
 from bench.report import BenchResult, Row, render_markdown, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 DOC = ROOT / "docs" / "benchmarks.md"
+#: Benchmarks of pure code, run in this process: no daemon, no VM (``python -m bench.cluster`` runs it alone).
+IN_PROCESS = {cluster.KEY: cluster.cluster_placement}
+BENCHMARKS = ON_CORRAL | IN_PROCESS
 
 
 def log(msg: str) -> None:
