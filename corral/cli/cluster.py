@@ -37,11 +37,13 @@ def init(
                                     "here"),
     name: str | None = NAME,
     label: list[str] = LABEL,
+    ha_repo: str | None = typer.Option(None, "--ha-repo", help="the backup repository every host sees (an "
+                                       "absolute path to a shared directory): HA VMs are restored from it"),
 ) -> None:
     """Make this host the first member of a new cluster: starts etcd here (Debian's etcd-server) unless --etcd
     names one. corrald must listen on an address the other hosts reach (`corrald --listen IP:PORT`)."""
     with api() as client, out.status("starting the cluster...", spinner="dots"):
-        h = client.cluster_init(ClusterInit(etcd=etcd, name=name, labels=_labels(label)))
+        h = client.cluster_init(ClusterInit(etcd=etcd, name=name, labels=_labels(label), ha_repo=ha_repo))
         info = client.cluster()
     _joined(h, "created the cluster")
     out.print(f"other hosts join with: corral cluster join {info.etcd}", highlight=False)
@@ -70,7 +72,8 @@ def show(json_: bool = typer.Option(False, "--json", help="print JSON")) -> None
     if not info.name:
         out.print("this host is in no cluster: `corral cluster init`, or `corral cluster join ETCD`")
         return
-    out.print(f"host {info.name} of the cluster on etcd {info.etcd}: {len(info.hosts)} hosts", highlight=False)
+    out.print(f"host {info.name} of the cluster on etcd {info.etcd}: {len(info.hosts)} hosts; HA repository: "
+              f"{info.settings.ha_repo or 'none'}", highlight=False)
 
 
 def migrate(

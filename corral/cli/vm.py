@@ -163,6 +163,8 @@ def launch(
                                          "KEY=VALUE (repeatable)"),
     strategy: str = typer.Option("spread", "--strategy", help="in a cluster: spread (the host with the most room "
                                  "left) or pack (the fullest one it fits)"),
+    ha: bool = typer.Option(False, "--ha", help="in a cluster: started on another host from its newest backup in "
+                            "the cluster's HA repository when its host goes down"),
 ) -> None:
     """Create and start a VM, then wait until its guest agent answers (images without one: --no-wait).
 
@@ -196,7 +198,7 @@ def launch(
         host_labels = lbl.parse_set(host_label)
     except ValueError as exc:
         fail(f"--host-label: {exc}", EXIT_INVALID)
-    placement = {"host": host, "host_labels": host_labels, "strategy": strategy}
+    placement = {"host": host, "host_labels": host_labels, "strategy": strategy, "ha": ha}
     expiry_fields: dict[str, object] = {}
     if ttl is not None and expires_at is not None:
         fail("give --ttl or --expires-at, not both", EXIT_INVALID)
@@ -224,7 +226,7 @@ def launch(
                  | ({"display": display} if display != "none" else {})
                  | {"mounts": [parse_mount(m) for m in mount]}
                  | ({"command": command} if command is not None else {})
-                 | ({"placement": placement} if host or host_labels or strategy != "spread" else {}))
+                 | ({"placement": placement} if host or host_labels or strategy != "spread" or ha else {}))
     t0 = time.monotonic()
     if template is not None:
         with api() as client:

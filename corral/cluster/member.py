@@ -1,14 +1,15 @@
-"""This host as a member of the cluster: its lease (the heartbeat), its host record, and the placements of its VMs.
+"""This host as a member of the cluster: its host record, the placements of its VMs, and its fence (the process that
+holds its lease: corral.cluster.fence).
 
-Every :attr:`Member.period` seconds (a third of the lease's TTL) the member renews its lease, publishes its host
+Every :attr:`Member.period` seconds (a third of the lease's TTL) the member sees that the fence runs, publishes its host
 record (capacity, what it runs, its versions), and brings the placements of its own VMs in line with its store: a
 VM created here gets a placement, a VM whose state changed gets its new state, a VM deleted here loses its
 placement. Only a placement that names this host is touched, and one still being created (``creating``, young) is
 left alone: the host it was placed on may be making it right now.
 
 When etcd does not answer the VMs keep running: the loop logs, waits and tries again, and once etcd is back the
-next pass publishes everything anew (a lease that expired meanwhile is replaced). The state in etcd is only ever
-made to match what this host sees, never the other way round: losing etcd changes no VM.
+next pass publishes everything anew (the fence takes a new lease if the old one expired meanwhile). The state in
+etcd is only ever made to match what this host sees, never the other way round: losing etcd changes no VM.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from corral import __version__
 from corral.cluster.models import HostRecord, VMPlacement
-from corral.cluster.registry import EtcdUnavailable, Registry
+from corral.cluster.registry import EtcdUnavailable, Registry, Snapshot
 from corral.fleet import FLEET_LABEL
 from corral.vm.service import VMService
 from corral.vm.states import LIVE
@@ -38,16 +39,19 @@ CREATING_GRACE = 120.0
 class Member:
     def __init__(self, vms: VMService, registry: Registry, base: Callable[[], HostRecord],
                  info: Callable[[str], dict[str, Any] | None], lease_ttl: int = LEASE_TTL,
-                 on_unavailable: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_unavailable: Callable[[], Awaitable[None]] | None = None,
+                 ensure_fence: Callable[[], None] | None = None,
+                 after: Callable[[Snapshot], Awaitable[None]] | None = None) -> None:
         self.vms = vms
         self.registry = registry
         self.base = base  # this host's record, without what changes (the cluster service fills it)
         self.info = info  # a VM as `corral ls` shows it, JSON-ready
         self.lease_ttl = lease_ttl
         self.on_unavailable = on_unavailable  # etcd does not answer: e.g. start the etcd this host runs again
+        self.ensure_fence = ensure_fence
+        self.after = after
         self.period = max(0.5, lease_ttl / 3)
         self.name = base().name
-        self._lease: Any = None
         self.secret: str | None = None  # the cluster's secret, read at the first pass that reaches etcd
         self._published: dict[str, str] = {}  # vm -> the placement JSON last written (without updated_at)
         self._task: asyncio.Task[None] | None = None
@@ -77,7 +81,7 @@ class Member:
             except EtcdUnavailable as exc:
                 if not failing:
                     log.warning("%s; this host's VMs keep running", exc.message)
-                failing, self._lease = True, None
+                failing = True
                 self._published.clear()
                 self.connected.clear()
                 if self.on_unavailable is not None:
@@ -92,14 +96,16 @@ class Member:
                 await asyncio.wait_for(self.wake.wait(), self.period)
 
     async def beat(self) -> None:
-        """One pass: renew (or take) the lease, publish the host record, bring this host's placements in line."""
+        """One pass: see that the fence (which holds the lease) runs, publish the host record, bring this host's
+        placements in line, then whatever the cluster service does each pass (HA restarts)."""
         if self.secret is None:
             self.secret = await self.registry.secret()
-        if self._lease is None or await self.registry.refresh(self._lease) <= 0:
-            self._lease = await self.registry.lease(self.lease_ttl)
-            await self.registry.mark_alive(self.name, self._lease)
+        if self.ensure_fence is not None:
+            await asyncio.to_thread(self.ensure_fence)  # the fence holds the lease (corral.cluster.fence)
         await self.registry.publish_host(self.record())
-        await self.sync_placements()
+        snap = await self.sync_placements()
+        if self.after is not None:
+            await self.after(snap)
 
     def record(self) -> HostRecord:
         recs = self.vms.list()
@@ -110,7 +116,7 @@ class Member:
             "vms": len(recs), "corral_version": __version__, "updated_at": time.time(),
         })
 
-    async def sync_placements(self) -> None:
+    async def sync_placements(self) -> Snapshot:
         snap = await self.registry.snapshot()
         local = {r.name: r for r in self.vms.list()}
         for name, rec in local.items():
@@ -139,6 +145,7 @@ class Member:
                 continue
             await self.registry.release(name, self.name)
             self._published.pop(name, None)
+        return snap
 
 
 #: Fields of a VM's info that change on their own (clocks): not a reason to publish again.

@@ -23,7 +23,7 @@ class HostRecord(BaseModel):
 
     name: str
     address: str = Field(description="https://IP:PORT of its corrald's TLS listener")
-    cert_pem: str = Field("", description="its listener's certificate, pinned by the other hosts")
+    cert_pem: str = Field(default="", description="its listener's certificate, pinned by the other hosts")
     state: HostState = HostState.READY
     labels: dict[str, str] = Field(default_factory=dict)
     cpus: int = Field(description="host threads")
@@ -95,11 +95,29 @@ class VMPlacement(BaseModel):
     info: dict[str, Any] | None = None  # the VM as `corral ls` showed it last (shown, as unknown, if its host is down)
 
 
+class ClusterConfig(BaseModel):
+    """``cluster.json`` in a member's home: which cluster it belongs to, as what."""
+
+    name: str
+    etcd: str = Field(description="http://HOST:PORT of an etcd member")
+    managed_etcd: bool = Field(default=False, description="corrald started this etcd (`cluster init` with no --etcd)")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterSettings(BaseModel):
+    """What every member uses alike (``/corral/config``)."""
+
+    ha_repo: str | None = Field(default=None, description="the backup repository every host sees (a shared "
+                                "directory): an HA VM whose host died is restored from its newest backup there")
+
+
 # -- requests and answers of /v1/cluster ----------------------------------------------------------------------
 class ClusterInit(BaseModel):
     etcd: str | None = Field(default=None, description="an etcd to use (http://HOST:2379); default: start one here")
     name: str | None = Field(default=None, description="this host's name in the cluster; default: its hostname")
     labels: dict[str, str] = Field(default_factory=dict, description="this host's labels (for --host-label)")
+    ha_repo: str | None = Field(default=None, description="the cluster's HA repository (a directory every host "
+                                "sees): where HA VMs are restored from when their host dies")
 
 
 class ClusterJoin(BaseModel):
@@ -111,6 +129,7 @@ class ClusterJoin(BaseModel):
 class ClusterInfo(BaseModel):
     name: str = Field(description="this host's name; empty: in no cluster")
     etcd: str = ""
+    settings: ClusterSettings = Field(default_factory=ClusterSettings)
     hosts: list[HostRecord] = Field(default_factory=list)
 
 

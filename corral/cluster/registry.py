@@ -3,6 +3,7 @@ loop, with no thread per call).
 
 Keys (all under ``/corral/``; values are JSON of corral.cluster.models unless said):
   ``secret``             the cluster's secret: peers authenticate to each other with it (corral.cluster.peer)
+  ``config``             ClusterSettings: what every member uses alike (the HA repository)
   ``hosts/<host>``       HostRecord, published by the host itself (kept when it dies: `host ls` shows it down)
   ``alive/<host>``       empty, on the host's lease: present while the host renews it (its heartbeat)
   ``drain/<host>``       present while an admin drains the host: it takes no new VM
@@ -17,14 +18,14 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import aetcd
 import aetcd.exceptions
 
-from corral.cluster.models import HostRecord, HostState, VMPlacement
+from corral.cluster.models import ClusterSettings, HostRecord, HostState, VMPlacement
 from corral.errors import Conflict, CorralError, InvalidInput
 
 PREFIX = b"/corral/"
@@ -60,6 +61,8 @@ class Snapshot:
     draining: set[str]
     placements: dict[str, VMPlacement]
     hostrev: dict[str, int]  # mod revision of hostrev/<host> (0: never placed on)
+    settings: ClusterSettings = field(default_factory=ClusterSettings)
+    revisions: dict[str, int] = field(default_factory=dict)  # vms/<vm> -> its mod revision
 
     def host_state(self, name: str) -> HostState:
         if name not in self.alive:
@@ -98,6 +101,8 @@ class Registry:
             kind, name = parts[0], parts[1] if len(parts) > 1 else ""
             if kind == "secret":
                 snap.secret = kv.value.decode()
+            elif kind == "config":
+                snap.settings = ClusterSettings.model_validate_json(kv.value)
             elif kind == "hosts":
                 snap.hosts[name] = HostRecord.model_validate_json(kv.value)
             elif kind == "alive":
@@ -106,6 +111,7 @@ class Registry:
                 snap.draining.add(name)
             elif kind == "vms":
                 snap.placements[name] = VMPlacement.model_validate_json(kv.value)
+                snap.revisions[name] = kv.mod_revision
             elif kind == "hostrev":
                 snap.hostrev[name] = kv.mod_revision
         return snap
@@ -129,6 +135,9 @@ class Registry:
         if got is None:
             raise InvalidInput(f"etcd at {self.endpoint} holds no Corral cluster: run `corral cluster init` first")
         return str(got.value.decode())
+
+    async def set_settings(self, settings: ClusterSettings) -> None:
+        await self._call(self.client.put(key("config"), settings.model_dump_json().encode()))
 
     async def publish_host(self, rec: HostRecord) -> None:
         await self._call(self.client.put(key("hosts", rec.name), rec.model_dump_json().encode()))
@@ -182,6 +191,16 @@ class Registry:
         ok, _ = await self._call(self.client.transaction(
             compare=[t.mod(key("vms", vm)) == cur.mod_revision],
             success=[t.put(key("vms", vm), to.model_dump_json().encode()), t.put(key("hostrev", to.host), b"")],
+            failure=[]))
+        return bool(ok)
+
+    async def claim(self, p: VMPlacement, seen_revision: int) -> bool:
+        """Take over a dead host's VM: ``p`` (naming the new host) replaces its placement only if nobody changed it
+        since ``seen_revision``; of several hosts trying, exactly one wins."""
+        t = self.client.transactions
+        ok, _ = await self._call(self.client.transaction(
+            compare=[t.mod(key("vms", p.name)) == seen_revision],
+            success=[t.put(key("vms", p.name), p.model_dump_json().encode()), t.put(key("hostrev", p.host), b"")],
             failure=[]))
         return bool(ok)
 

@@ -14,43 +14,54 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from pydantic import BaseModel, Field
 
+from corral import detach
 from corral.auth.principal import Principal
-from corral.cluster import etcd_server, peer
+from corral.cluster import etcd_server, fence, peer
 from corral.cluster.member import LEASE_TTL, Member
-from corral.cluster.models import DrainResult, HostRecord, HostState, PlacementRequest, Strategy, VMPlacement
+from corral.cluster.models import (
+    ClusterConfig,
+    ClusterSettings,
+    DrainResult,
+    HostRecord,
+    HostState,
+    PlacementRequest,
+    Strategy,
+    VMPlacement,
+)
 from corral.cluster.registry import EtcdUnavailable, Registry, Snapshot, parse_endpoint
-from corral.errors import Conflict, CorralError, InvalidInput, NotFound
+from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound
 from corral.fleet import FLEET_LABEL
 from corral.migration.models import MigrationResult
 from corral.migration.service import MigrationService
 from corral.settings import Settings, parse_listen
+from corral.store.db import VMRecord
 from corral.vm import host as host_capacity
 from corral.vm import labels as lbl
 from corral.vm.service import VMService
+
+if TYPE_CHECKING:
+    from corral.backup.service import BackupService
 from corral.vm.spec import VMSpec
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "cluster.json"
+FENCE_LOG = "cluster-fence.log"
+#: Lease TTLs a host must have been seen down before its HA VMs are started elsewhere, on top of the lease's own
+#: expiry (its fence fired at 0.7 TTL after its last renewal: corral.cluster.fence).
+FENCE_GRACE = 0.5
 #: Tries of a placement whose transaction lost a race (another launch took the room first).
 PLACE_TRIES = 8
 HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-class ClusterConfig(BaseModel):
-    name: str
-    etcd: str = Field(description="http://HOST:PORT of an etcd member")
-    managed_etcd: bool = Field(False, description="corrald started this etcd (`cluster init` with no --etcd)")
-    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class ClusterService:
@@ -64,6 +75,10 @@ class ClusterService:
         self.member: Member | None = None
         self.registry: Registry | None = None
         self.migrations: Callable[[], MigrationService] | None = None  # live migration (corral.migration)
+        self.backups: Callable[[], BackupService] | None = None  # HA restarts restore from backups
+        self._down_since: dict[str, float] = {}  # host -> when this host first saw it down (monotonic)
+        self._restoring: set[str] = set()
+        vms.start_checks.append(self._start_check)
 
     # -- configuration ----------------------------------------------------------------------------------------
     @property
@@ -132,20 +147,112 @@ class ClusterService:
         self.registry = Registry(self.config.etcd)
         secret = await self.registry.ensure_secret() if first else None
         restart = (lambda: asyncio.to_thread(self._ensure_etcd)) if self.config.managed_etcd else None
-        self.member = Member(self.vms, self.registry, self.base_record, self.info,
-                             int(os.environ.get("CORRAL_CLUSTER_LEASE_TTL", LEASE_TTL)), on_unavailable=restart)
+        self.member = Member(self.vms, self.registry, self.base_record, self.info, self.lease_ttl,
+                             on_unavailable=restart, ensure_fence=self._ensure_fence, after=self._failover)
         self.member.secret = secret
         self.member.start()
         if first:
             await asyncio.wait_for(self.member.connected.wait(), 30)
+            deadline = time.monotonic() + 20
+            while self.name not in (await self.registry.snapshot()).alive:  # the fence took the lease
+                if time.monotonic() > deadline:
+                    raise EngineError(f"the fence did not take this host's lease: see {self.settings.home / FENCE_LOG}")
+                await asyncio.sleep(0.1)
+
+    @property
+    def lease_ttl(self) -> int:
+        return int(os.environ.get("CORRAL_CLUSTER_LEASE_TTL", LEASE_TTL))
+
+    def _ensure_fence(self) -> None:
+        """Start this host's fence (it holds the lease: corral.cluster.fence) unless it runs."""
+        home = self.settings.home
+        if fence.running(home) is None:
+            detach.spawn_detached(fence.argv(home), home / FENCE_LOG)
+            deadline = time.monotonic() + 10
+            while fence.running(home) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    async def _start_check(self, rec: VMRecord) -> None:
+        """Fencing on this side: an HA VM starts only on the host etcd places it on (after a failover, the dead
+        host's copy must not come back when that host does)."""
+        if not rec.spec.placement.ha or self.registry is None:
+            return
+        try:
+            p = await self.registry.placement(rec.name)
+        except EtcdUnavailable as exc:
+            raise Conflict(f"HA VM '{rec.name}' starts only where the cluster places it, and etcd cannot be asked "
+                           f"now ({exc.message}): not started") from None
+        if p is not None and p.host != self.name:
+            raise Conflict(f"HA VM '{rec.name}' now runs on host '{p.host}' (restarted there while this host was "
+                           f"down): not started here; remove this copy with `corral rm {rec.name}` on this host")
+
+    async def _failover(self, snap: Snapshot) -> None:
+        """Each pass: take over the HA VMs of hosts down for longer than the fence needs, one transaction each (of
+        several hosts trying, exactly one wins), and restore them here from their newest backup."""
+        from corral.cluster.placement import NoHostFits, place
+
+        now = time.monotonic()
+        for h in snap.hosts:
+            if snap.host_state(h) == HostState.DOWN:
+                self._down_since.setdefault(h, now)
+            else:
+                self._down_since.pop(h, None)
+        repo = snap.settings.ha_repo
+        for vm, p in sorted(snap.placements.items()):
+            if (not p.ha or p.host == self.name or p.host not in self._down_since or vm in self._restoring
+                    or now - self._down_since[p.host] < self.lease_ttl * FENCE_GRACE
+                    or self.vms.store.get_vm(vm) is not None):
+                continue
+            if repo is None:
+                log.warning("HA VM '%s' of down host %s cannot be restarted: the cluster has no HA repository "
+                            "(`corral cluster init --ha-repo DIR`)", vm, p.host)
+                continue
+            req = PlacementRequest(vm=vm, vcpus=p.vcpus, memory_mib=p.memory_mib, host=self.name,
+                                   image=p.image or None)
+            try:
+                place(req, snap.host_list(), list(snap.placements.values()))
+            except NoHostFits:
+                continue  # no room here: another host may take it
+            mine = p.model_copy(update={"host": self.name, "state": "creating", "updated_at": time.time()})
+            if not await self._need().claim(mine, snap.revisions.get(vm, 0)):
+                continue
+            self._restoring.add(vm)
+            self.vms.spawn_background(self._restore(vm, repo, p.host), f"ha-{vm}")
+
+    async def _restore(self, vm: str, repo: str, dead: str) -> None:
+        try:
+            if self.backups is None:
+                raise InvalidInput("this corrald has no backup service")
+            backups = self.backups()
+            found = await backups.list_backups(repo, vm)
+            if not found:
+                raise NotFound(f"no backup of '{vm}' in the HA repository {repo}")
+            newest = max(found, key=lambda b: b.created)
+            await backups.restore(newest.id, repo, to=vm, in_place=None)
+            await self.vms.start(vm)
+            self.vms.event(vm, "ha", f"started here from backup {newest.id} ({newest.created:%Y-%m-%d %H:%M:%S}Z) "
+                           f"after host '{dead}' went down", backup=newest.id, dead_host=dead)
+        except CorralError as exc:
+            self.vms.event(vm, "ha", f"could not start it here after host '{dead}' went down: {exc.message}",
+                           result="error", dead_host=dead)
+        finally:
+            self._restoring.discard(vm)
+            if self.member is not None:
+                self.member.wake.set()
 
     def _ensure_etcd(self) -> None:
         ip, _ = self.address()
         etcd_server.ensure(self.settings.home / "etcd" / "data", self.name, ip)
 
-    async def init(self, etcd: str | None, name: str | None, labels: dict[str, str]) -> HostRecord:
+    async def init(self, etcd: str | None, name: str | None, labels: dict[str, str],
+                   ha_repo: str | None = None) -> HostRecord:
         """Make this host the first member: start etcd here (or use ``etcd``), make the cluster's secret."""
-        return await self._begin(etcd, name, labels, creating=True)
+        if ha_repo is not None and not Path(ha_repo).is_absolute():
+            raise InvalidInput(f"--ha-repo {ha_repo!r}: give an absolute path every host sees (a shared directory)")
+        rec = await self._begin(etcd, name, labels, creating=True)
+        if ha_repo is not None:
+            await self._need().set_settings(ClusterSettings(ha_repo=ha_repo))
+        return rec
 
     async def join(self, etcd: str, name: str | None, labels: dict[str, str]) -> HostRecord:
         return await self._begin(etcd, name, labels, creating=False)
@@ -178,18 +285,24 @@ class ClusterService:
                                        "first host, then join it")
                 if name in snap.alive:
                     raise Conflict(f"a host named '{name}' is already a live member: join with another --name")
+            tmp = self.config_path.with_suffix(".tmp")  # first: the fence reads it
+            tmp.write_text(self.config.model_dump_json(indent=2) + "\n")
+            tmp.replace(self.config_path)
             await self._connect(first=True)
         except BaseException:
             await self._drop()
             raise
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(self.config.model_dump_json(indent=2) + "\n")
-        tmp.replace(self.config_path)
         self.vms.event(None, "cluster", f"{'created the cluster' if creating else 'joined the cluster'} as host "
                        f"'{name}' (etcd {url})", host=name, etcd=url)
         return self.base_record()
 
     async def _drop(self) -> None:
+        """Undo a failed init or join: no fence, no cluster.json, nothing held."""
+        pid = fence.running(self.settings.home)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        self.config_path.unlink(missing_ok=True)
         if self.member is not None:
             await self.member.stop()
         elif self.registry is not None:
@@ -346,6 +459,5 @@ class ClusterService:
 
 
 def _image_key(spec: VMSpec) -> str:
-    from corral.vm.arch import host_arch
-
-    return spec.image if spec.arch == host_arch() else f"{spec.image}@{spec.arch}"
+    """The image as hosts publish theirs: NAME for x86_64, NAME@ARCH for another architecture."""
+    return spec.image if spec.arch == "x86_64" else f"{spec.image}@{spec.arch}"

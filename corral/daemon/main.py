@@ -119,6 +119,7 @@ def build_services(settings: Settings, store: Store, images: ImageStore) -> Serv
                                  cert_pem=lambda: _cert_pem(settings))
     svc.cluster.templates = lambda: [t.name for t in templates.all()]  # type: ignore[method-assign]
     svc.cluster.migrations = lambda: migration_service.attach(vms, storage, recovery)
+    svc.cluster.backups = lambda: backups
     return svc
 
 

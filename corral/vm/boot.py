@@ -66,6 +66,8 @@ class Booter:
         if rec.spec.unprivileged and os.geteuid() != 0:
             raise Conflict(f"VM '{name}' is unprivileged (QEMU drops root with -runas), but the daemon does not run "
                            "as root: run corrald as root, or set unprivileged false")
+        for check in self.vms.start_checks:
+            await check(rec)
         resuming = rec.state == VMState.SUSPENDED
         if resuming and not self.vms.paths(name).state_file.is_file():
             raise EngineError(f"VM '{name}' is suspended but its saved state {self.vms.paths(name).state_file} is "

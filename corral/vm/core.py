@@ -68,6 +68,9 @@ class VMCore:
         self.root_chain: Callable[[VMRecord, BootSource], Chain | None] | None = None
         self.provision_hooks: list[Callable[[str, GuestAgent], Awaitable[None]]] = []
         self.delete_hooks: list[Callable[[VMRecord], Awaitable[None]]] = []
+        #: Asked before any start of a VM (a restart policy's too); one raises to refuse it (the cluster's fencing:
+        #: an HA VM starts only on the host etcd places it on).
+        self.start_checks: list[Callable[[VMRecord], Awaitable[None]]] = []
         #: Set by the backup service: takes the final backup of an expired VM whose spec asks for one (the VM's lock
         #: is held); if it raises, the VM is not deleted.
         self.before_expiry_delete: Callable[[str], Awaitable[None]] | None = None

@@ -169,6 +169,9 @@ class Placement(BaseModel):
                                                 "left; pack: the fullest host it still fits")
     group: str | None = Field(default=None, description="anti-affinity: VMs of one group go to different hosts "
                               "while there are enough (a fleet's members: the fleet's name)")
+    ha: bool = Field(default=False, description="high availability: when its host goes down (its lease in etcd "
+                     "expires), the VM is started on another host from its newest backup in the cluster's HA "
+                     "repository, once the dead host is fenced (docs/explanation/cluster.md)")
 
 
 class VMSpec(BaseModel):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from corral.client import DAEMON_PREFIX_ENV
-from corral.cluster import etcd_server
+from corral.cluster import etcd_server, fence
 from tests.conftest import CorralEnv, make_env
 from tests.integration.test_bridged import _netns_unavailable
 
@@ -82,9 +82,9 @@ class Cluster:
     def cleanup(self) -> None:
         for h in self.hosts:
             h.env.cleanup()
-            pid = etcd_server.find(h.etcd_data)
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
+            for pid in (etcd_server.find(h.etcd_data), fence.running(h.env.home)):
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
         for h in self.hosts:
             subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
             shutil.rmtree(h.env.home, ignore_errors=True)

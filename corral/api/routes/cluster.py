@@ -25,7 +25,7 @@ def cluster_of(svc: Services) -> ClusterService:
 @router.post("/cluster/init", response_model=HostRecord)
 async def init(req: ClusterInit, svc: Svc) -> HostRecord:
     """Make this host the first member of a new cluster (starting etcd here unless one is given)."""
-    return await cluster_of(svc).init(req.etcd, req.name, req.labels)
+    return await cluster_of(svc).init(req.etcd, req.name, req.labels, req.ha_repo)
 
 
 @router.post("/cluster/join", response_model=HostRecord)
@@ -39,7 +39,8 @@ async def show(svc: Svc) -> ClusterInfo:
     c = cluster_of(svc)
     if not c.enabled or c.config is None:
         return ClusterInfo(name="")
-    return ClusterInfo(name=c.name, etcd=c.config.etcd, hosts=await c.hosts())
+    snap = await c.snapshot()
+    return ClusterInfo(name=c.name, etcd=c.config.etcd, settings=snap.settings, hosts=snap.host_list())
 
 
 @router.get("/hosts", response_model=list[HostRecord])
