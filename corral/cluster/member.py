@@ -131,7 +131,7 @@ class Member:
                             group=cur.group if cur is not None else (
                                 rec.spec.placement.group or rec.spec.labels.get(FLEET_LABEL)),
                             state=rec.state.value, project=rec.spec.project, owner=rec.spec.owner,
-                            image=rec.spec.image, ha=cur.ha if cur is not None else False, vm_id=rec.id,
+                            image=rec.spec.image, ha=rec.spec.placement.ha, vm_id=rec.id,
                             info=_steady(info))
             doc = p.model_dump_json()
             if cur is None or self._published.get(name) != doc or _steady_doc(cur) != doc:

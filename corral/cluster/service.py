@@ -249,6 +249,8 @@ class ClusterService:
         """Make this host the first member: start etcd here (or use ``etcd``), make the cluster's secret."""
         if ha_repo is not None and not Path(ha_repo).is_absolute():
             raise InvalidInput(f"--ha-repo {ha_repo!r}: give an absolute path every host sees (a shared directory)")
+        if ha_repo is not None and self.backups is not None and not (Path(ha_repo) / "corral-backup.json").exists():
+            await self.backups().init_repo(ha_repo)  # a new or empty directory becomes the HA repository
         rec = await self._begin(etcd, name, labels, creating=True)
         if ha_repo is not None:
             await self._need().set_settings(ClusterSettings(ha_repo=ha_repo))
@@ -373,7 +375,7 @@ class ClusterService:
             chosen = place(req, snap.host_list(), list(snap.placements.values()))
             p = VMPlacement(name=spec.name, host=chosen.name, vcpus=spec.vcpus, memory_mib=spec.memory,
                             group=req.group, state="creating", project=spec.project, owner=spec.owner,
-                            image=spec.image, updated_at=time.time())
+                            image=spec.image, ha=spec.placement.ha, updated_at=time.time())
             if await reg.reserve(p, snap.hostrev.get(chosen.name, 0)):
                 return chosen, chosen.name == self.name
         raise Conflict(f"VM '{spec.name}' could not be placed: other launches kept taking the room first; try again")
@@ -410,7 +412,7 @@ class ClusterService:
         result = await self.migrations().migrate(name, remote, timeout)
         moved = VMPlacement(name=name, host=target.name, vcpus=rec.spec.vcpus, memory_mib=rec.spec.memory,
                             group=req.group, state="running", project=rec.spec.project, owner=rec.spec.owner,
-                            image=rec.spec.image, vm_id=rec.id, updated_at=time.time(),
+                            image=rec.spec.image, ha=rec.spec.placement.ha, vm_id=rec.id, updated_at=time.time(),
                             info=current.info if current is not None else None)
         if not await reg.move(name, self.name, moved):
             log.warning("VM '%s' moved to %s, but its placement no longer named this host", name, target.name)

@@ -293,6 +293,7 @@ def main() -> None:
         level=logging.INFO if os.environ.get("CORRAL_DEBUG") is None else logging.DEBUG,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line a forwarded request is noise
     try:
         asyncio.run(serve(settings))
     except CorralError as exc:  # already running, a port in use, a bad TLS file

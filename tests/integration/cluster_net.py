@@ -39,6 +39,11 @@ class Host:
     ns: str
     ip: str
     env: CorralEnv
+    dev: str = ""  # its end of the link to the switch, in its namespace
+
+    def cut(self, up: bool = False) -> None:
+        """Take the host's link down (cut off from etcd and the other hosts), or up again."""
+        sh("ip", "-n", self.ns, "link", "set", self.dev, "up" if up else "down")
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return self.env.cli(*args, timeout=timeout)
@@ -63,7 +68,7 @@ class Cluster:
         ns, ip = f"crlh-{tag}", f"{SUBNET}.{10 + i}"
         sh("ip", "netns", "add", ns)
         home = Path(tempfile.mkdtemp(prefix="ch-", dir="/tmp"))
-        host = Host(f"h{i}", ns, ip, make_env(home))
+        host = Host(f"h{i}", ns, ip, make_env(home), dev=f"crla{tag}")
         self.hosts.append(host)
         a, b = f"crla{tag}", f"crlb{tag}"
         sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
