@@ -113,7 +113,8 @@ class ClusterSettings(BaseModel):
 
 # -- requests and answers of /v1/cluster ----------------------------------------------------------------------
 class ClusterInit(BaseModel):
-    etcd: str | None = Field(default=None, description="an etcd to use (http://HOST:2379); default: start one here")
+    etcd: str | None = Field(default=None, description="an etcd to use (http://HOST:2379; its members "
+                             "comma-separated); default: start one here")
     name: str | None = Field(default=None, description="this host's name in the cluster; default: its hostname")
     labels: dict[str, str] = Field(default_factory=dict, description="this host's labels (for --host-label)")
     ha_repo: str | None = Field(default=None, description="the cluster's HA repository (a directory every host "

@@ -16,8 +16,10 @@ A read of the whole prefix is one range request: one revision, a consistent pict
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +39,14 @@ class EtcdUnavailable(CorralError):
 
 def key(*parts: str) -> bytes:
     return PREFIX + "/".join(parts).encode()
+
+
+def parse_endpoints(urls: str) -> list[tuple[str, int]]:
+    """``http://a:2379,http://b:2379``: each, checked."""
+    found = [parse_endpoint(u.strip()) for u in urls.split(",") if u.strip()]
+    if not found:
+        raise InvalidInput("no etcd address given: give http://HOST:PORT (several: comma-separated)")
+    return found
 
 
 def parse_endpoint(url: str) -> tuple[str, int]:
@@ -75,26 +85,43 @@ class Snapshot:
 
 
 class Registry:
-    """One host's connection to etcd."""
+    """One host's connection to etcd: to one of its members (``endpoints``, comma-separated), the next one tried when
+    the one in use does not answer, so a three-member etcd keeps serving while one member is down."""
 
-    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
-        self.endpoint = endpoint
-        host, port = parse_endpoint(endpoint)
-        self.client = aetcd.Client(host=host, port=port, timeout=int(max(1, timeout)))
+    def __init__(self, endpoints: str, timeout: float = 5.0) -> None:
+        self.endpoint = endpoints
+        self.members = parse_endpoints(endpoints)
+        self.timeout = int(max(1, timeout))
+        self._at = 0
+        self.client = self._connect(0)
+
+    def _connect(self, i: int) -> aetcd.Client:
+        host, port = self.members[i % len(self.members)]
+        return aetcd.Client(host=host, port=port, timeout=self.timeout)
 
     async def close(self) -> None:
         await self.client.close()
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError) as exc:
-            raise EtcdUnavailable(f"etcd at {self.endpoint} does not answer: check it runs "
-                                  "(`corral host ls` works again once it does)") from exc
+    async def _call(self, call: Callable[[aetcd.Client], Awaitable[Any]]) -> Any:
+        """``call`` on the member in use; on a connection failure, on each other member in turn."""
+        last: Exception | None = None
+        for _ in range(len(self.members)):
+            try:
+                return await call(self.client)
+            except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError) as exc:
+                last = exc
+                if len(self.members) == 1:
+                    break
+                with contextlib.suppress(Exception):
+                    await self.client.close()
+                self._at += 1
+                self.client = self._connect(self._at)
+        raise EtcdUnavailable(f"etcd at {self.endpoint} does not answer: check it runs "
+                              "(`corral host ls` works again once it does)") from last
 
     # -- reads ----------------------------------------------------------------------------------------------------
     async def snapshot(self) -> Snapshot:
-        kvs = await self._call(self.client.get_prefix(PREFIX))
+        kvs = await self._call(lambda c: c.get_prefix(PREFIX))
         snap = Snapshot("", {}, set(), set(), {}, {})
         for kv in kvs:
             parts = kv.key[len(PREFIX):].decode().split("/", 1)
@@ -117,7 +144,7 @@ class Registry:
         return snap
 
     async def placement(self, vm: str) -> VMPlacement | None:
-        got = await self._call(self.client.get(key("vms", vm)))
+        got = await self._call(lambda c: c.get(key("vms", vm)))
         return VMPlacement.model_validate_json(got.value) if got is not None else None
 
     # -- membership -----------------------------------------------------------------------------------------------
@@ -125,43 +152,43 @@ class Registry:
         """The cluster's secret, made by the first host (a transaction: two first hosts agree on one)."""
         fresh = secrets.token_urlsafe(32)
         t = self.client.transactions
-        await self._call(self.client.transaction(compare=[t.version(key("secret")) == 0],
+        await self._call(lambda c: c.transaction(compare=[t.version(key("secret")) == 0],
                                                  success=[t.put(key("secret"), fresh.encode())], failure=[]))
-        got = await self._call(self.client.get(key("secret")))
+        got = await self._call(lambda c: c.get(key("secret")))
         return str(got.value.decode())
 
     async def secret(self) -> str:
-        got = await self._call(self.client.get(key("secret")))
+        got = await self._call(lambda c: c.get(key("secret")))
         if got is None:
             raise InvalidInput(f"etcd at {self.endpoint} holds no Corral cluster: run `corral cluster init` first")
         return str(got.value.decode())
 
     async def set_settings(self, settings: ClusterSettings) -> None:
-        await self._call(self.client.put(key("config"), settings.model_dump_json().encode()))
+        await self._call(lambda c: c.put(key("config"), settings.model_dump_json().encode()))
 
     async def publish_host(self, rec: HostRecord) -> None:
-        await self._call(self.client.put(key("hosts", rec.name), rec.model_dump_json().encode()))
+        await self._call(lambda c: c.put(key("hosts", rec.name), rec.model_dump_json().encode()))
 
     async def lease(self, ttl: int) -> Any:
-        return await self._call(self.client.lease(ttl))
+        return await self._call(lambda c: c.lease(ttl))
 
     async def mark_alive(self, host: str, lease: Any) -> None:
-        await self._call(self.client.put(key("alive", host), b"", lease=lease))
+        await self._call(lambda c: c.put(key("alive", host), b"", lease=lease))
 
     async def refresh(self, lease: Any) -> int:
         """Renew the lease; its TTL left (0 or less: it expired, the host is seen down)."""
-        resp = await self._call(self.client.refresh_lease(lease.id))
+        resp = await self._call(lambda c: c.refresh_lease(lease.id))
         return int(resp.TTL)
 
     async def set_draining(self, host: str, draining: bool) -> None:
         if draining:
-            await self._call(self.client.put(key("drain", host), b"1"))
+            await self._call(lambda c: c.put(key("drain", host), b"1"))
         else:
-            await self._call(self.client.delete(key("drain", host)))
+            await self._call(lambda c: c.delete(key("drain", host)))
 
     async def forget_host(self, host: str) -> None:
         for k in ("hosts", "alive", "drain", "hostrev"):
-            await self._call(self.client.delete(key(k, host)))
+            await self._call(lambda c, k=k: c.delete(key(k, host)))  # type: ignore[misc]
 
     # -- placements -----------------------------------------------------------------------------------------------
     async def reserve(self, p: VMPlacement, seen_hostrev: int) -> bool:
@@ -169,7 +196,7 @@ class Registry:
         (the mod revision of hostrev/<host> in the snapshot the scheduler read); False: try again on a new snapshot.
         """
         t = self.client.transactions
-        ok, _ = await self._call(self.client.transaction(
+        ok, _ = await self._call(lambda c: c.transaction(
             compare=[t.version(key("vms", p.name)) == 0, t.mod(key("hostrev", p.host)) == seen_hostrev],
             success=[t.put(key("vms", p.name), p.model_dump_json().encode()),
                      t.put(key("hostrev", p.host), b"")],
@@ -180,15 +207,15 @@ class Registry:
 
     async def update_placement(self, p: VMPlacement) -> None:
         """The host that holds the VM publishes its state (and nothing else may change it)."""
-        await self._call(self.client.put(key("vms", p.name), p.model_dump_json().encode()))
+        await self._call(lambda c: c.put(key("vms", p.name), p.model_dump_json().encode()))
 
     async def move(self, vm: str, from_host: str, to: VMPlacement) -> bool:
         """The commit point of a migration: the placement moves to the new host only if the old one still holds it."""
         t = self.client.transactions
-        cur = await self._call(self.client.get(key("vms", vm)))
+        cur = await self._call(lambda c: c.get(key("vms", vm)))
         if cur is None or VMPlacement.model_validate_json(cur.value).host != from_host:
             return False
-        ok, _ = await self._call(self.client.transaction(
+        ok, _ = await self._call(lambda c: c.transaction(
             compare=[t.mod(key("vms", vm)) == cur.mod_revision],
             success=[t.put(key("vms", vm), to.model_dump_json().encode()), t.put(key("hostrev", to.host), b"")],
             failure=[]))
@@ -198,7 +225,7 @@ class Registry:
         """Take over a dead host's VM: ``p`` (naming the new host) replaces its placement only if nobody changed it
         since ``seen_revision``; of several hosts trying, exactly one wins."""
         t = self.client.transactions
-        ok, _ = await self._call(self.client.transaction(
+        ok, _ = await self._call(lambda c: c.transaction(
             compare=[t.mod(key("vms", p.name)) == seen_revision],
             success=[t.put(key("vms", p.name), p.model_dump_json().encode()), t.put(key("hostrev", p.host), b"")],
             failure=[]))
@@ -207,10 +234,10 @@ class Registry:
     async def release(self, vm: str, host: str) -> None:
         """The VM is gone from ``host`` (deleted, or it failed to be made): its placement goes, if still that host's."""
         t = self.client.transactions
-        cur = await self._call(self.client.get(key("vms", vm)))
+        cur = await self._call(lambda c: c.get(key("vms", vm)))
         if cur is None or VMPlacement.model_validate_json(cur.value).host != host:
             return
-        await self._call(self.client.transaction(compare=[t.mod(key("vms", vm)) == cur.mod_revision],
+        await self._call(lambda c: c.transaction(compare=[t.mod(key("vms", vm)) == cur.mod_revision],
                                                  success=[t.delete(key("vms", vm))], failure=[]))
 
 

@@ -37,7 +37,7 @@ from corral.cluster.models import (
     Strategy,
     VMPlacement,
 )
-from corral.cluster.registry import EtcdUnavailable, Registry, Snapshot, parse_endpoint
+from corral.cluster.registry import EtcdUnavailable, Registry, Snapshot, parse_endpoints
 from corral.errors import Conflict, CorralError, EngineError, InvalidInput, NotFound
 from corral.fleet import FLEET_LABEL
 from corral.migration.models import MigrationResult
@@ -273,7 +273,7 @@ class ClusterService:
             raise InvalidInput(str(exc)) from None
         managed = creating and etcd is None
         url = etcd or f"http://{ip}:{etcd_server.CLIENT_PORT}"
-        parse_endpoint(url)
+        parse_endpoints(url)
         self.config = ClusterConfig(name=name, etcd=url, managed_etcd=managed, labels=checked)
         try:
             if not creating:

@@ -116,3 +116,55 @@ def test_a_bad_endpoint_is_refused() -> None:
     for bad in ("ftp://x", "http://:12", "http://h:port"):
         with pytest.raises(InvalidInput):
             parse_endpoint(bad)
+
+
+@pytest.fixture
+def etcd3() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A three-member etcd on loopback: the client URLs, comma-separated, and the members' processes."""
+    d = Path(tempfile.mkdtemp(prefix="etcd3-", dir="/tmp"))
+    ports = [(_free_port(), _free_port()) for _ in range(3)]
+    initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
+    procs = []
+    try:
+        for i, (cport, pport) in enumerate(ports):
+            c, p = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{pport}"
+            procs.append(subprocess.Popen(
+                [etcd_server.binary(), "--name", f"m{i}", "--data-dir", str(d / f"m{i}"), "--listen-client-urls", c,
+                 "--advertise-client-urls", c, "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
+                 "--initial-cluster", initial, "--initial-cluster-state", "new"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 30
+        while not all(etcd_server.answers("127.0.0.1", c) for c, _ in ports) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield ",".join(f"http://127.0.0.1:{c}" for c, _ in ports), procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_three_member_etcd_keeps_serving_with_one_member_down(
+        etcd3: tuple[str, list[subprocess.Popen[bytes]]]) -> None:
+    urls, procs = etcd3
+
+    async def run() -> None:
+        r = Registry(urls, timeout=2)
+        try:
+            secret = await r.ensure_secret()
+            await r.publish_host(host("h1"))
+            procs[0].kill()  # the member the registry talks to
+            procs[0].wait()
+            for _ in range(100):  # the next member answers once the others elected a leader (when it was m0)
+                try:
+                    snap = await r.snapshot()
+                    break
+                except EtcdUnavailable:
+                    await asyncio.sleep(0.2)
+            assert snap.secret == secret and "h1" in snap.hosts
+            await r.publish_host(host("h2"))  # two of three: still a quorum for writes
+            assert "h2" in (await r.snapshot()).hosts
+        finally:
+            await r.close()
+
+    asyncio.run(run())
